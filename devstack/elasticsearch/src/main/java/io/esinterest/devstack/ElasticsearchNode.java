@@ -1,0 +1,68 @@
+package io.esinterest.devstack;
+
+import org.elasticsearch.common.logging.LogConfigurator;
+import org.elasticsearch.common.settings.Settings;
+import org.elasticsearch.env.Environment;
+import org.elasticsearch.node.Node;
+import org.elasticsearch.plugins.ClasspathPluginsService;
+import org.elasticsearch.plugins.Plugin;
+import org.elasticsearch.transport.netty4.Netty4Plugin;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.CountDownLatch;
+
+/**
+ * Starts one Elasticsearch node in this JVM with the plugins Maven Central publishes.
+ *
+ * <p>Usage: {@code ElasticsearchNode INSTALL_DIR DATA_DIR HTTP_PORT TRANSPORT_PORT}. Runs until
+ * the process receives SIGTERM, then closes the node cleanly.
+ */
+public final class ElasticsearchNode extends Node {
+    private static final List<Class<? extends Plugin>> PLUGINS = List.of(Netty4Plugin.class);
+
+    private ElasticsearchNode(Environment environment) {
+        super(environment, settings -> new ClasspathPluginsService(settings, environment, PLUGINS), true);
+    }
+
+    public static void main(String[] args) throws Exception {
+        Path install = Path.of(args[0]).toAbsolutePath();
+        Path data = Path.of(args[1]).toAbsolutePath();
+        for (Path dir : List.of(install.resolve("modules"), install.resolve("plugins"), data.resolve("config"), data.resolve("data"), data.resolve("logs"))) {
+            Files.createDirectories(dir);
+        }
+        Settings settings = Settings.builder()
+            .put("path.home", install.toString())
+            .put("path.data", data.resolve("data").toString())
+            .put("path.logs", data.resolve("logs").toString())
+            .put("cluster.name", "es-interest-dev")
+            .put("node.name", "es-interest-es")
+            .put("discovery.type", "single-node")
+            .put("network.host", "127.0.0.1")
+            .put("http.port", args[2])
+            .put("transport.port", args[3])
+            // A dev node on a shared disk: don't turn read-only when the disk is nearly full.
+            .put("cluster.routing.allocation.disk.threshold_enabled", false)
+            .put("action.destructive_requires_name", false)
+            .build();
+        LogConfigurator.loadLog4jPlugins();
+        LogConfigurator.configureESLogging();
+        LogConfigurator.configureWithoutConfig(settings);
+        Environment environment = new Environment(settings, data.resolve("config"));
+        Node node = new ElasticsearchNode(environment);
+        CountDownLatch stopped = new CountDownLatch(1);
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                node.close();
+            } catch (Exception e) {
+                e.printStackTrace();
+            } finally {
+                stopped.countDown();
+            }
+        }));
+        node.start();
+        System.out.println("elasticsearch started on 127.0.0.1:" + args[2]);
+        stopped.await();
+    }
+}
