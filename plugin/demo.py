@@ -1,0 +1,106 @@
+"""`make demo`: the whole loop on real services, from an empty index to a personalized ranking."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from plugin.config import load_settings
+from plugin.indices import setup_indices
+from plugin.movielens import movie_documents
+from plugin.pipeline import erase_user
+from plugin.services import Services
+
+DEMO_USER = "demo-user"
+QUERY = "adventure"
+BATCH = 250
+
+
+def _api_search(api_url: str, query: str, user_id: str | None) -> dict[str, Any]:
+    params = {"q": query, "size": 10, **({"user_id": user_id} if user_id else {})}
+    url = f"{api_url}/search?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        result: dict[str, Any] = json.load(response)
+    return result
+
+
+def _wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=30) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the API at {api_url} did not become healthy")
+        time.sleep(1)
+
+
+def _print_hits(label: str, result: dict[str, Any]) -> list[str]:
+    click.echo(f"\n{label} (personalized: {result['personalized']}"
+               f"{'' if result['personalized'] else ', ' + str(result['reason'])})")
+    for rank, hit in enumerate(result["hits"], 1):
+        click.echo(f"  {rank:2d}. {hit['title']}  [{', '.join(hit['tags'][:4])}]")
+    return [hit["id"] for hit in result["hits"]]
+
+
+def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
+    from workers.tasks import index_documents, ingest_events, ping
+
+    settings = load_settings()
+    api_url = api_url or f"http://{settings.api_host}:{settings.api_port}"
+    services = Services(settings)
+
+    click.echo(f"engine: {services.engine.kind.value} {services.engine.version} at "
+               f"{settings.engine_url}")
+    for line in setup_indices(services.engine, settings, services.embedder.dims):
+        click.echo(f"index  {line}")
+    worker = ping.delay().get(timeout=120)
+    click.echo(f"worker: pid {worker['pid']} answers, model dims {worker['dims']}")
+
+    docs = movie_documents(data_dir, limit=movies)
+    batches = [docs[i:i + BATCH] for i in range(0, len(docs), BATCH)]
+    pending = [index_documents.delay(batch) for batch in batches]
+    indexed, errors = 0, 0
+    with tqdm(total=len(docs), desc="indexing movies", unit="doc") as bar:
+        for result in pending:
+            report = result.get(timeout=600)
+            indexed += len(report["done"])
+            errors += len(report["errors"])
+            bar.update(len(report["done"]) + len(report["errors"]))
+    services.engine.client.indices.refresh(index=settings.docs_alias)
+    click.echo(f"indexed {indexed} movies ({errors} errors)")
+
+    # Start the demo user from nothing, so that every run shows the same before and after.
+    erase_user(services, DEMO_USER)
+    _wait_for_api(api_url)
+    before = _print_hits(f"'{QUERY}' for {DEMO_USER}, before any feedback",
+                         _api_search(api_url, QUERY, DEMO_USER))
+
+    # The demo user loves animated family films: like a few of them, most recent last.
+    liked = [d for d in docs if {"Animation", "Children"} <= set(d["metadata"]["genres"])][:6]
+    now = time.time()
+    events = [{"event_id": f"demo-{d['id']}", "user_id": DEMO_USER, "doc_id": d["id"],
+               "type": "like", "timestamp": now - 60 * (len(liked) - i)}
+              for i, d in enumerate(liked)]
+    click.echo(f"\n{DEMO_USER} likes: " + "; ".join(d["title"] for d in liked))
+    report = ingest_events.delay(events).get(timeout=120)
+    click.echo(f"events applied: {len(report['done'])}, errors: {len(report['errors'])}")
+
+    after = _print_hits(f"'{QUERY}' for {DEMO_USER}, after the feedback",
+                        _api_search(api_url, QUERY, DEMO_USER))
+    if after == before:
+        click.echo("\nthe personalized ranking did not change: something is wrong", err=True)
+        sys.exit(1)
+    moved = sum(1 for a, b in zip(before, after, strict=False) if a != b)
+    click.echo(f"\npersonalization changed {moved} of the top {len(after)} positions")

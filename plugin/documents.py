@@ -1,0 +1,63 @@
+"""Validation of incoming documents and the text that gets embedded for them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class InvalidDocument(ValueError):
+    """A document that cannot be indexed; the message says why."""
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    body: str = ""
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """What the model embeds: title, tags and body, in the order of their signal."""
+        parts = [self.title]
+        if self.tags:
+            parts.append(", ".join(self.tags))
+        if self.body:
+            parts.append(self.body)
+        return " | ".join(p for p in parts if p)
+
+    def source(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id,
+            "title": self.title,
+            "body": self.body,
+            "tags": list(self.tags),
+            "metadata": dict(self.metadata),
+        }
+
+
+def parse_document(raw: Mapping[str, Any]) -> Document:
+    if not isinstance(raw, Mapping):
+        raise InvalidDocument("a document must be a JSON object")
+    doc_id = raw.get("id", raw.get("doc_id"))
+    if doc_id is None or str(doc_id).strip() == "":
+        raise InvalidDocument("missing 'id'")
+    title = raw.get("title") or ""
+    body = raw.get("body") or ""
+    if not isinstance(title, str) or not isinstance(body, str):
+        raise InvalidDocument("'title' and 'body' must be strings")
+    tags_raw = raw.get("tags") or []
+    if isinstance(tags_raw, str):
+        tags_raw = [t for t in tags_raw.split("|") if t]
+    if not isinstance(tags_raw, list) or not all(isinstance(t, str) for t in tags_raw):
+        raise InvalidDocument("'tags' must be a list of strings")
+    metadata = raw.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidDocument("'metadata' must be an object")
+    doc = Document(str(doc_id), title.strip(), body.strip(), tuple(tags_raw), metadata)
+    if not doc.text.strip():
+        raise InvalidDocument("empty text: 'title', 'body' and 'tags' are all empty")
+    return doc

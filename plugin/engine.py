@@ -1,0 +1,246 @@
+"""Every difference between Elasticsearch and OpenSearch lives here, and nowhere else.
+
+The rest of the code asks an :class:`Engine` for a vector field mapping, a kNN clause, the
+Painless cosine expression or a client call, and never checks which engine it talks to.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin.config import Settings
+
+JSON = dict[str, Any]
+
+
+class EngineKind(enum.StrEnum):
+    ELASTICSEARCH = "elasticsearch"
+    OPENSEARCH = "opensearch"
+
+
+class EngineError(RuntimeError):
+    """The engine is unreachable, or answered in a way the product cannot use."""
+
+
+@dataclass
+class Engine:
+    kind: EngineKind
+    client: Any  # elasticsearch.Elasticsearch or opensearchpy.OpenSearch
+    version: str
+    _capabilities: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    # -- mappings ---------------------------------------------------------------------------
+
+    def index_settings(self) -> JSON:
+        """Settings an index with vector fields needs on this engine."""
+        if self.kind is EngineKind.OPENSEARCH:
+            return {"index.knn": True}
+        return {}
+
+    def vector_field(
+        self,
+        dims: int,
+        *,
+        m: int = 16,
+        ef_construction: int = 100,
+        quantized: bool = False,
+    ) -> JSON:
+        """A cosine-similarity HNSW vector field of ``dims`` dimensions."""
+        if self.kind is EngineKind.OPENSEARCH:
+            return {
+                "type": "knn_vector",
+                "dimension": dims,
+                "method": {
+                    "name": "hnsw",
+                    # Lucene's HNSW needs no native library (faiss/nmslib are not shipped).
+                    "engine": "lucene",
+                    "space_type": "cosinesimil",
+                    "parameters": {"m": m, "ef_construction": ef_construction},
+                },
+            }
+        options: JSON = {"type": "int8_hnsw" if quantized else "hnsw", "m": m,
+                         "ef_construction": ef_construction}
+        mapping: JSON = {"type": "dense_vector", "dims": dims, "index": True,
+                         "similarity": "cosine"}
+        # int8_hnsw exists from Elasticsearch 8.12; an older server rejects it with its reason.
+        mapping["index_options"] = options
+        return mapping
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def add_knn(
+        self,
+        body: JSON,
+        *,
+        field_name: str,
+        vector: Iterable[float],
+        k: int,
+        num_candidates: int,
+        boost: float = 1.0,
+        filter_query: JSON | None = None,
+    ) -> None:
+        """Add one kNN clause whose score (``(1 + cos) / 2``) is summed with the query's."""
+        values = [float(x) for x in vector]
+        if self.kind is EngineKind.OPENSEARCH:
+            clause: JSON = {"vector": values, "k": k, "boost": boost}
+            if filter_query is not None:
+                clause["filter"] = filter_query
+            query = body.setdefault("query", {"bool": {"should": []}})
+            if "bool" not in query or "should" not in query["bool"]:
+                body["query"] = query = {"bool": {"should": [query]}}
+            query["bool"]["should"].append({"knn": {field_name: clause}})
+            return
+        knn: JSON = {"field": field_name, "query_vector": values, "k": k,
+                     "num_candidates": max(num_candidates, k), "boost": boost}
+        if filter_query is not None:
+            knn["filter"] = filter_query
+        body.setdefault("knn", []).append(knn)
+
+    def painless_cosine(self, vector_param: str, field_name: str) -> str:
+        """Painless expression for the cosine similarity (in [-1, 1]) of a param and a field."""
+        if self.kind is EngineKind.OPENSEARCH:
+            # k-NN plugin's scoring function over a knn_vector doc value.
+            return f"cosineSimilarity(params.{vector_param}, doc['{field_name}'])"
+        return f"cosineSimilarity(params.{vector_param}, '{field_name}')"
+
+    def has_painless(self) -> bool:
+        """Whether the node runs Painless (the Maven-built Elasticsearch here does not)."""
+        if "painless" not in self._capabilities:
+            info = self.client.nodes.info(metric="plugins")
+            names = {
+                module.get("name")
+                for node in info.get("nodes", {}).values()
+                for module in node.get("modules", []) + node.get("plugins", [])
+            }
+            self._capabilities["painless"] = "lang-painless" in names
+        return self._capabilities["painless"]
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def search(self, index: str, body: Mapping[str, Any], **params: Any) -> JSON:
+        return dict(self.client.search(index=index, body=dict(body), **params))
+
+    def get_versioned(self, index: str, doc_id: str) -> tuple[JSON, int, int] | None:
+        """A document's source with its ``_seq_no`` and ``_primary_term``, or None."""
+        try:
+            doc = self.client.get(index=index, id=doc_id)
+        except self._not_found_error:
+            return None
+        return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
+
+    def put_versioned(
+        self, index: str, doc_id: str, source: JSON, version: tuple[int, int] | None,
+        refresh: bool | str = False,
+    ) -> bool:
+        """Write ``source`` only if nobody changed the document since ``version`` was read
+        (``None``: only if it does not exist). False means another writer won: read again."""
+        params: JSON = {"refresh": refresh} if refresh else {}
+        if version is None:
+            params["op_type"] = "create"
+        else:
+            params["if_seq_no"], params["if_primary_term"] = version
+        try:
+            self.client.index(index=index, id=doc_id, body=source, **params)
+        except self._conflict_error:
+            return False
+        return True
+
+    @property
+    def _not_found_error(self) -> type[Exception]:
+        if self.kind is EngineKind.OPENSEARCH:
+            from opensearchpy import NotFoundError as OsNotFound
+
+            return OsNotFound
+        from elasticsearch import NotFoundError as EsNotFound
+
+        return EsNotFound
+
+    @property
+    def _conflict_error(self) -> type[Exception]:
+        if self.kind is EngineKind.OPENSEARCH:
+            from opensearchpy import ConflictError as OsConflict
+
+            return OsConflict
+        from elasticsearch import ConflictError as EsConflict
+
+        return EsConflict
+
+    @property
+    def transient_errors(self) -> tuple[type[Exception], ...]:
+        """Errors worth a retry with backoff (connection trouble, timeouts, overload)."""
+        if self.kind is EngineKind.OPENSEARCH:
+            import opensearchpy
+
+            return (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout)
+        import elastic_transport
+
+        return (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout)
+
+    def streaming_bulk(self, actions: Iterable[JSON], **kwargs: Any) -> Iterable[tuple[bool, JSON]]:
+        """The client's own ``helpers.streaming_bulk``: yields (ok, item) per action."""
+        if self.kind is EngineKind.OPENSEARCH:
+            from opensearchpy import helpers as os_helpers
+
+            return os_helpers.streaming_bulk(self.client, actions, **kwargs)
+        from elasticsearch import helpers as es_helpers
+
+        return es_helpers.streaming_bulk(self.client, actions, **kwargs)
+
+    def scan(self, index: str, query: JSON, **kwargs: Any) -> Iterable[JSON]:
+        """Every hit of ``query``, through the client's ``helpers.scan`` (scroll)."""
+        if self.kind is EngineKind.OPENSEARCH:
+            from opensearchpy import helpers as os_helpers
+
+            return os_helpers.scan(self.client, query=query, index=index, **kwargs)
+        from elasticsearch import helpers as es_helpers
+
+        return es_helpers.scan(self.client, query=query, index=index, **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _client_options(settings: Settings) -> JSON:
+    options: JSON = {"request_timeout": 30}
+    if settings.engine_ca_file:
+        options["ca_certs"] = settings.engine_ca_file
+    return options
+
+
+def connect(settings: Settings, url: str | None = None) -> Engine:
+    """Connect to the engine at ``url`` (default: settings), detecting which one it is."""
+    from opensearchpy import OpenSearch
+
+    url = url or settings.engine_url
+    options = _client_options(settings)
+    auth = (
+        (settings.engine_username, settings.engine_password or "")
+        if settings.engine_username
+        else None
+    )
+    # opensearch-py sends no product or compatibility headers, so it can read any engine's `GET /`.
+    probe = OpenSearch(hosts=[url], http_auth=auth, timeout=options["request_timeout"],
+                       ca_certs=settings.engine_ca_file,
+                       headers={"Authorization": f"ApiKey {settings.engine_api_key}"}
+                       if settings.engine_api_key else None)
+    try:
+        info = probe.info()
+    except Exception as exc:  # any transport error means the same thing here
+        raise EngineError(f"cannot reach the engine at {url}: {exc}") from exc
+    version = info.get("version", {})
+    if version.get("distribution") == "opensearch":
+        return Engine(EngineKind.OPENSEARCH, probe, str(version.get("number")))
+    probe.close()
+
+    from elasticsearch import Elasticsearch
+
+    client = Elasticsearch(
+        url,
+        api_key=settings.engine_api_key,
+        basic_auth=auth,
+        **options,
+    )
+    return Engine(EngineKind.ELASTICSEARCH, client, str(version.get("number")))

@@ -1,0 +1,141 @@
+"""Validation of user interactions (events) and their signed weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Events stamped further ahead than this are rejected: a clock that far off is a bug upstream.
+MAX_FUTURE_SKEW_S = 300.0
+# A view's weight scales with dwell time around this many seconds, within these bounds.
+DWELL_REFERENCE_S = 30.0
+DWELL_SCALE_BOUNDS = (0.1, 3.0)
+MAX_TEXT_CHARS = 10_000
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be applied; the message says why."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    type: str
+    weight: float
+    timestamp: float
+    doc_id: str | None = None
+    text: str | None = None
+    dwell_s: float | None = None
+
+    def source(self) -> dict[str, Any]:
+        src: dict[str, Any] = {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "weight": self.weight,
+            "timestamp": self.timestamp,
+        }
+        for key in ("doc_id", "text", "dwell_s"):
+            value = getattr(self, key)
+            if value is not None:
+                src[key] = value
+        return src
+
+
+def _timestamp(raw: Any) -> float:
+    if raw is None:
+        return time.time()
+    if isinstance(raw, bool):
+        raise InvalidEvent("'timestamp' must be epoch seconds or an ISO 8601 string")
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            try:
+                value = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise InvalidEvent(
+                    f"'timestamp' {raw!r} is neither epoch seconds nor ISO 8601"
+                ) from None
+    else:
+        raise InvalidEvent("'timestamp' must be epoch seconds or an ISO 8601 string")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidEvent(f"'timestamp' {raw!r} is not a valid time")
+    return value
+
+
+def _number(raw: Any, name: str) -> float:
+    if isinstance(raw, bool):
+        raise InvalidEvent(f"'{name}' must be a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"'{name}' must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise InvalidEvent(f"'{name}' must be finite, got {raw!r}")
+    return value
+
+
+def derive_event_id(raw: Mapping[str, Any]) -> str:
+    """A stable id for an event sent without one, so that a resend is still a duplicate."""
+    fields = {k: raw.get(k) for k in ("user_id", "doc_id", "type", "timestamp", "text")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return f"auto-{digest[:32]}"
+
+
+def parse_event(
+    raw: Mapping[str, Any], type_weights: Mapping[str, float], now: float | None = None
+) -> Event:
+    """Check one raw event and give it its signed weight.
+
+    ``weight``, when present, replaces the type's default weight; ``dwell_s`` scales a view.
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidEvent("an event must be a JSON object")
+    user_id = raw.get("user_id")
+    if user_id is None or str(user_id).strip() == "":
+        raise InvalidEvent("missing 'user_id'")
+    event_type = str(raw.get("type"))
+    if event_type not in type_weights:
+        known = ", ".join(sorted(type_weights))
+        raise InvalidEvent(f"unknown event type {raw.get('type')!r} (known: {known})")
+    weight = (
+        type_weights[event_type] if raw.get("weight") is None else _number(raw["weight"], "weight")
+    )
+    dwell = None if raw.get("dwell_s") is None else _number(raw["dwell_s"], "dwell_s")
+    if dwell is not None:
+        if dwell < 0:
+            raise InvalidEvent(f"'dwell_s' must not be negative, got {dwell}")
+        if event_type == "view":
+            low, high = DWELL_SCALE_BOUNDS
+            weight *= min(high, max(low, dwell / DWELL_REFERENCE_S))
+    timestamp = _timestamp(raw.get("timestamp"))
+    now = time.time() if now is None else now
+    if timestamp > now + MAX_FUTURE_SKEW_S:
+        raise InvalidEvent(
+            f"'timestamp' is {timestamp - now:.0f} s in the future"
+            f" (at most {MAX_FUTURE_SKEW_S:.0f} s)"
+        )
+    doc_id = raw.get("doc_id")
+    doc_id = None if doc_id is None or str(doc_id) == "" else str(doc_id)
+    text = raw.get("text")
+    if text is not None:
+        if not isinstance(text, str):
+            raise InvalidEvent("'text' must be a string")
+        text = text.strip() or None
+        if text is not None and len(text) > MAX_TEXT_CHARS:
+            raise InvalidEvent(f"'text' is longer than {MAX_TEXT_CHARS} characters")
+    if doc_id is None and text is None:
+        raise InvalidEvent("an event needs a 'doc_id' or a 'text' (a query, a comment)")
+    event_id = raw.get("event_id")
+    event_id = derive_event_id(raw) if event_id is None or str(event_id) == "" else str(event_id)
+    return Event(event_id, str(user_id), str(event_type), weight, timestamp, doc_id, text, dwell)

@@ -1,0 +1,222 @@
+"""The interest model (DESIGN.md): decayed sums per horizon, exact under any arrival order.
+
+For one user and one horizon with half-life h, at reference time T (the latest event seen)::
+
+    S(T) = sum_i w_i * 2^(-(T - t_i)/h) * emb_i     (the direction)
+    W(T) = sum_i |w_i| * 2^(-(T - t_i)/h)           (how much evidence)
+    N(T) = sum_i w_i * 2^(-(T - t_i)/h)             (net sign of the evidence)
+
+All three are linear in the events, so folding events one by one in any order gives the same
+state as a replay in time order. Pure functions only: no engine, no model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+# A direction backed by less than this fraction of its evidence is noise (e.g. a like and a
+# dislike of the same item): treat it as absent.
+MIN_RELATIVE_NORM = 1e-3
+
+
+@dataclass(frozen=True)
+class HorizonState:
+    """Unnormalized decayed sums of one horizon at reference time ``ref_time`` (epoch s)."""
+
+    vector_sum: FloatArray
+    weight: float
+    net: float
+    ref_time: float
+
+    @classmethod
+    def empty(cls, dims: int) -> HorizonState:
+        return cls(np.zeros(dims, dtype=np.float64), 0.0, 0.0, -math.inf)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.ref_time == -math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sum": [float(x) for x in self.vector_sum],
+            "weight": self.weight,
+            "net": self.net,
+            "ref_time": None if self.is_empty else self.ref_time,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> HorizonState:
+        ref = data.get("ref_time")
+        return cls(
+            np.asarray(data["sum"], dtype=np.float64),
+            float(data["weight"]),
+            float(data.get("net", 0.0)),
+            -math.inf if ref is None else float(ref),
+        )
+
+
+def decay_factor(elapsed_s: float, half_life_s: float) -> float:
+    return float(2.0 ** (-elapsed_s / half_life_s))
+
+
+def fold(
+    state: HorizonState,
+    *,
+    timestamp: float,
+    weight: float,
+    embedding: npt.ArrayLike,
+    half_life_s: float,
+) -> HorizonState:
+    """Add one event (signed ``weight`` at ``timestamp``) to a horizon's state."""
+    emb = np.asarray(embedding, dtype=np.float64)
+    if not np.all(np.isfinite(emb)) or not math.isfinite(weight) or not math.isfinite(timestamp):
+        raise ValueError("event embedding, weight and timestamp must be finite")
+    if state.is_empty:
+        return HorizonState(weight * emb, abs(weight), weight, timestamp)
+    if timestamp >= state.ref_time:
+        # Move the reference forward: everything seen so far decays by the elapsed time.
+        f = decay_factor(timestamp - state.ref_time, half_life_s)
+        return HorizonState(
+            state.vector_sum * f + weight * emb,
+            state.weight * f + abs(weight),
+            state.net * f + weight,
+            timestamp,
+        )
+    # Late event: it enters already decayed to the reference time, which stays.
+    f = decay_factor(state.ref_time - timestamp, half_life_s)
+    return HorizonState(
+        state.vector_sum + (weight * f) * emb,
+        state.weight + abs(weight) * f,
+        state.net + weight * f,
+        state.ref_time,
+    )
+
+
+def interest_vector(state: HorizonState) -> npt.NDArray[np.float32] | None:
+    """The unit interest vector, or None when there is no (net positive) interest to show.
+
+    Negative feedback subtracts from the sum; a horizon whose net evidence is not positive
+    would point *away* from everything the user touched, which means nothing, so it is absent.
+    """
+    if state.is_empty or state.net <= 0.0:
+        return None
+    norm = float(np.linalg.norm(state.vector_sum))
+    if not math.isfinite(norm) or norm <= MIN_RELATIVE_NORM * state.weight:
+        return None
+    return (state.vector_sum / norm).astype(np.float32)
+
+
+def weight_at(state: HorizonState, when: float, half_life_s: float) -> float:
+    """The evidence weight decayed to ``when`` (query time), for scaling a blend term."""
+    if state.is_empty:
+        return 0.0
+    return state.weight * decay_factor(max(0.0, when - state.ref_time), half_life_s)
+
+
+def replay(
+    events: Iterable[tuple[float, float, npt.ArrayLike]], dims: int, half_life_s: float
+) -> HorizonState:
+    """Fold (timestamp, weight, embedding) events in time order: the exact rebuild."""
+    state = HorizonState.empty(dims)
+    for timestamp, weight, embedding in sorted(events, key=lambda e: e[0]):
+        state = fold(state, timestamp=timestamp, weight=weight, embedding=embedding,
+                     half_life_s=half_life_s)
+    return state
+
+
+# -- one user's whole interest document --------------------------------------------------------
+
+TOP_TAGS = 20
+# Tag scores are for people reading the index (Kibana), not for ranking: keep a bounded few.
+TAG_SCORES_KEPT = 100
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One embedding an event adds: a document it touched, or the text it carried."""
+
+    timestamp: float
+    weight: float
+    embedding: npt.ArrayLike
+    event_type: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UserInterest:
+    user_id: str
+    long: HorizonState
+    short: HorizonState
+    event_counts: Mapping[str, int]
+    tag_scores: Mapping[str, float]
+
+    @classmethod
+    def empty(cls, user_id: str, dims: int) -> UserInterest:
+        return cls(user_id, HorizonState.empty(dims), HorizonState.empty(dims), {}, {})
+
+    def fold(self, item: Contribution, half_life_long_s: float,
+             half_life_short_s: float, *, count: bool = True) -> UserInterest:
+        """Add one contribution; ``count`` is False for the second embedding of one event."""
+        long = fold(self.long, timestamp=item.timestamp, weight=item.weight,
+                    embedding=item.embedding, half_life_s=half_life_long_s)
+        short = fold(self.short, timestamp=item.timestamp, weight=item.weight,
+                     embedding=item.embedding, half_life_s=half_life_short_s)
+        counts = dict(self.event_counts)
+        if count:
+            counts[item.event_type] = counts.get(item.event_type, 0) + 1
+        tags = dict(self.tag_scores)
+        if item.tags:
+            # Scores live at the long horizon's reference time, like its sums.
+            if self.long.is_empty or item.timestamp >= self.long.ref_time:
+                shift = (0.0 if self.long.is_empty
+                         else decay_factor(item.timestamp - self.long.ref_time, half_life_long_s))
+                tags = {k: v * shift for k, v in tags.items()}
+                scale = 1.0
+            else:
+                scale = decay_factor(self.long.ref_time - item.timestamp, half_life_long_s)
+            for tag in item.tags:
+                tags[tag] = tags.get(tag, 0.0) + item.weight * scale
+            if len(tags) > TAG_SCORES_KEPT:
+                tags = dict(sorted(tags.items(), key=lambda kv: -abs(kv[1]))[:TAG_SCORES_KEPT])
+        return UserInterest(self.user_id, long, short, counts, tags)
+
+    def to_source(self, updated_at: float) -> dict[str, Any]:
+        """The interests-index document: unit vectors for search, exact state for updates."""
+        source: dict[str, Any] = {
+            "user_id": self.user_id,
+            "weight_long": self.long.weight,
+            "weight_short": self.short.weight,
+            "state": {"long": self.long.to_json(), "short": self.short.to_json(),
+                      "tag_scores": dict(self.tag_scores)},
+            "event_counts": dict(self.event_counts),
+            "event_count": sum(self.event_counts.values()),
+            "updated_at": int(updated_at * 1000),
+            "top_tags": [t for t, s in sorted(self.tag_scores.items(), key=lambda kv: -kv[1])
+                         if s > 0][:TOP_TAGS],
+        }
+        if not self.long.is_empty:
+            source["last_event_at"] = self.long.ref_time
+        for name, state in (("interest_long", self.long), ("interest_short", self.short)):
+            vector = interest_vector(state)
+            if vector is not None:
+                source[name] = [float(x) for x in vector]
+        return source
+
+    @classmethod
+    def from_source(cls, source: Mapping[str, Any]) -> UserInterest:
+        state = source["state"]
+        return cls(
+            str(source["user_id"]),
+            HorizonState.from_json(state["long"]),
+            HorizonState.from_json(state["short"]),
+            dict(source.get("event_counts", {})),
+            dict(state.get("tag_scores", {})),
+        )

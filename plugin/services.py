@@ -1,0 +1,38 @@
+"""Connections to the engine, Redis and the model, made once per process and only when used."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from plugin.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    import redis
+
+    from plugin.embedding import Embedder
+    from plugin.engine import Engine
+
+
+class Services:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or load_settings()
+
+    @cached_property
+    def engine(self) -> Engine:
+        from plugin.engine import connect
+
+        return connect(self.settings)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        from plugin.embedding import get_embedder
+
+        s = self.settings
+        return get_embedder(s.model, s.model_device, s.embed_batch_size)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        import redis as redis_lib
+
+        return redis_lib.Redis.from_url(self.settings.redis_url)

@@ -1,0 +1,1 @@
+"""Celery workers: embed documents, ingest events, fold them into interest vectors."""

@@ -1,0 +1,32 @@
+"""The Celery app, configured explicitly: Redis broker and backend, JSON only, late acks."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from plugin.config import Settings, load_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("es_interest", broker=settings.redis_url, backend=settings.redis_url,
+                    include=["workers.tasks"])
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only once it finished, and requeued if its worker died
+        # mid-way: every task is idempotent (documents by id, events by event_id).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        task_time_limit=300,
+        task_soft_time_limit=240,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 600},
+        worker_hijack_root_logger=False,
+    )
+    return celery
+
+
+app = make_celery(load_settings())
