@@ -1,0 +1,53 @@
+# The two commands a new machine needs are `make demo` and `make test` (see README).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE := .devstack
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv up down status demo test lint bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/es-interest: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/es-interest  ## create .venv and install the package with its dev tools
+
+up:  ## start Elasticsearch :9200, OpenSearch :9201 and Redis :6379 (ENGINES=... to pick)
+	devstack/stack.sh up
+
+down:  ## stop the engines, Redis, and the demo's worker and API
+	devstack/stack.sh down
+
+status:  ## what is running
+	devstack/stack.sh status
+
+demo: venv up  ## the whole loop on a local engine: index, feedback, personalized search
+	@$(MAKE) --no-print-directory demo-services
+	$(BIN)/es-interest demo
+
+demo-services:
+	@mkdir -p $(STATE)
+	@if ! kill -0 $$(cat $(STATE)/worker.pid 2>/dev/null) 2>/dev/null; then \
+	  setsid nohup $(BIN)/es-interest worker --concurrency 2 >$(STATE)/worker.log 2>&1 </dev/null & \
+	  echo $$! >$(STATE)/worker.pid; echo "worker started (log: $(STATE)/worker.log)"; fi
+	@if ! kill -0 $$(cat $(STATE)/api.pid 2>/dev/null) 2>/dev/null; then \
+	  setsid nohup $(BIN)/es-interest serve >$(STATE)/api.log 2>&1 </dev/null & \
+	  echo $$! >$(STATE)/api.pid; echo "API started on 127.0.0.1:8000 (log: $(STATE)/api.log)"; fi
+
+test: venv up  ## unit and integration tests against the real services
+	$(BIN)/pytest -ra
+
+lint:  ## ruff and mypy
+	$(BIN)/ruff check plugin workers tests
+	$(BIN)/mypy
+
+clean: down  ## stop everything and delete data, build outputs and the venv
+	rm -rf $(STATE) $(VENV) devstack/*/target

@@ -1,0 +1,136 @@
+"""Fixtures for integration tests: the real engines, Redis, model and Celery workers.
+
+Engines come from `make up` (started here if they are not answering). Each test session uses
+its own index prefix and Redis databases, and removes its indices at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from plugin.config import Settings, load_settings
+from plugin.services import Services
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = uuid.uuid4().hex[:8]
+LOCAL_ENGINES = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
+# A full engine of the user's (e.g. an Elasticsearch with Painless) joins the parametrization.
+EXTERNAL_ES = os.environ.get("ES_INTEREST_TEST_ES_URL")
+ENGINE_URLS = {**LOCAL_ENGINES, **({"external": EXTERNAL_ES} if EXTERNAL_ES else {})}
+REDIS_DBS = {"elasticsearch": 11, "opensearch": 12, "external": 13}
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    """Make sure `make up`'s services answer; start them if not."""
+    if not all(_answers(u) for u in LOCAL_ENGINES.values()):
+        subprocess.run([str(ROOT / "devstack" / "stack.sh"), "up"], check=True)
+    redis_lib.Redis().ping()
+
+
+@pytest.fixture(scope="session", params=sorted(ENGINE_URLS))
+def engine_name(request: pytest.FixtureRequest, stack: None) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture(scope="session")
+def settings(engine_name: str) -> Settings:
+    base = load_settings({})
+    return replace(
+        base,
+        engine_url=ENGINE_URLS[engine_name],
+        redis_url=f"redis://127.0.0.1:6379/{REDIS_DBS[engine_name]}",
+        index_prefix=f"test-{RUN_ID}-{engine_name}",
+    )
+
+
+@pytest.fixture(scope="session")
+def services(settings: Settings) -> Iterator[Services]:
+    from plugin.indices import setup_indices
+
+    svc = Services(settings)
+    svc.redis.flushdb()
+    setup_indices(svc.engine, settings, svc.embedder.dims)
+    yield svc
+    svc.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+    svc.redis.flushdb()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings."""
+    return {
+        **os.environ,
+        "ES_INTEREST_ENGINE_URL": settings.engine_url,
+        "ES_INTEREST_REDIS_URL": settings.redis_url,
+        "ES_INTEREST_INDEX_PREFIX": settings.index_prefix,
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, name: str, concurrency: int = 1) -> None:
+        self.log_path = ROOT / ".devstack" / f"test-worker-{name}-{RUN_ID}.log"
+        self.log_path.parent.mkdir(exist_ok=True)
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+             f"--concurrency={concurrency}", "--loglevel=info", "-n", f"{name}-{RUN_ID}@%h",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_client(settings: Settings, services: Services):  # type: ignore[no-untyped-def]
+    from workers.app import make_celery
+
+    return make_celery(settings)
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, services: Services, celery_client, engine_name: str):  # type: ignore[no-untyped-def]
+    """A real Celery worker process on this engine's Redis broker."""
+    proc = WorkerProcess(settings, f"w-{engine_name}")
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.process.poll() is not None:
+                raise RuntimeError(f"worker exited; see {proc.log_path}")
+            try:
+                celery_client.send_task("es_interest.ping").get(timeout=10)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield proc
+    finally:
+        proc.stop()

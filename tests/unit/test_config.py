@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+
+from plugin.config import ConfigError, load_settings
+
+
+def test_defaults_and_overrides() -> None:
+    assert load_settings({}).engine_url == "http://127.0.0.1:9200"
+    s = load_settings({"ES_INTEREST_ENGINE_URL": "http://e:9200",
+                       "ES_INTEREST_HALF_LIFE_SHORT_DAYS": "0.5",
+                       "ES_INTEREST_EVENT_WEIGHTS": "like=5,rate=1"})
+    assert s.engine_url == "http://e:9200"
+    assert s.half_life_short_s == 43200.0
+    assert s.event_weights["like"] == 5.0 and s.event_weights["rate"] == 1.0
+    assert s.docs_alias == "es-interest-docs"
+
+
+@pytest.mark.parametrize("env", [{"ES_INTEREST_HALF_LIFE_LONG_DAYS": "long"},
+                                 {"ES_INTEREST_EVENT_WEIGHTS": "like"}])
+def test_bad_values_are_named(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="ES_INTEREST_"):
+        load_settings(env)

@@ -1,0 +1,51 @@
+"""Validation of events: each bad field gets its own clear reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin.config import DEFAULT_EVENT_WEIGHTS
+from plugin.events import InvalidEvent, parse_event
+
+NOW = 1_700_000_000.0
+GOOD = {"event_id": "e1", "user_id": "u1", "doc_id": "d1", "type": "like", "timestamp": NOW}
+
+
+def parse(**changes: object):  # type: ignore[no-untyped-def]
+    raw = {**GOOD, **changes}
+    return parse_event({k: v for k, v in raw.items() if v is not ...}, DEFAULT_EVENT_WEIGHTS,
+                       now=NOW)
+
+
+def test_a_good_event_gets_its_types_weight() -> None:
+    event = parse()
+    assert (event.event_id, event.user_id, event.weight, event.timestamp) == ("e1", "u1", 2.0, NOW)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"user_id": ...}, "missing 'user_id'"),
+    ({"type": "teleport"}, "unknown event type 'teleport'"),
+    ({"weight": "heavy"}, "'weight' must be a number"),
+    ({"weight": float("nan")}, "'weight' must be finite"),
+    ({"timestamp": NOW + 3600}, "in the future"),
+    ({"timestamp": "yesterday"}, "neither epoch seconds nor ISO 8601"),
+    ({"doc_id": ...}, "needs a 'doc_id' or a 'text'"),
+    ({"dwell_s": -1}, "'dwell_s' must not be negative"),
+])
+def test_bad_fields_are_named(changes: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        parse(**changes)
+
+
+def test_iso_timestamps_dwell_and_text() -> None:
+    event = parse(timestamp="2023-11-14T22:13:20Z", type="view", dwell_s=60, doc_id=...,
+                  text="space opera")
+    assert event.timestamp == NOW
+    assert event.weight == pytest.approx(0.2 * 2)
+    assert event.doc_id is None and event.text == "space opera"
+
+
+def test_an_event_without_id_gets_a_stable_one() -> None:
+    first = parse(event_id=...)
+    again = parse(event_id=...)
+    assert first.event_id == again.event_id and first.event_id.startswith("auto-")

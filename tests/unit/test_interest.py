@@ -1,0 +1,105 @@
+"""The interest math: exact decayed sums, whatever the arrival order."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from plugin.interest import (
+    Contribution,
+    HorizonState,
+    UserInterest,
+    decay_factor,
+    fold,
+    interest_vector,
+    replay,
+    weight_at,
+)
+
+DAY = 86400.0
+
+
+def unit(*xs: float) -> np.ndarray:
+    v = np.asarray(xs, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+EVENTS = [
+    (1000.0, 2.0, unit(1, 0, 0)),
+    (1000.0 + DAY, 1.0, unit(0, 1, 0)),
+    (1000.0 + 3 * DAY, -0.5, unit(1, 1, 0)),
+    (1000.0 + 0.5 * DAY, 4.0, unit(0, 0, 1)),
+]
+
+
+def test_decay_halves_per_half_life() -> None:
+    assert decay_factor(DAY, DAY) == pytest.approx(0.5)
+    assert decay_factor(0.0, DAY) == 1.0
+
+
+def test_every_arrival_order_equals_the_time_ordered_replay() -> None:
+    expected = replay(EVENTS, 3, DAY)
+    for order in itertools.permutations(EVENTS):
+        state = HorizonState.empty(3)
+        for t, w, emb in order:
+            state = fold(state, timestamp=t, weight=w, embedding=emb, half_life_s=DAY)
+        np.testing.assert_allclose(state.vector_sum, expected.vector_sum, atol=1e-12)
+        assert state.weight == pytest.approx(expected.weight)
+        assert state.net == pytest.approx(expected.net)
+        assert state.ref_time == expected.ref_time == 1000.0 + 3 * DAY
+
+
+def test_replay_matches_the_closed_form() -> None:
+    state = replay(EVENTS, 3, DAY)
+    t_ref = max(t for t, _, _ in EVENTS)
+    s = sum(w * 2 ** (-(t_ref - t) / DAY) * e for t, w, e in EVENTS)
+    big_w = sum(abs(w) * 2 ** (-(t_ref - t) / DAY) for t, w, _ in EVENTS)
+    np.testing.assert_allclose(state.vector_sum, s, atol=1e-12)
+    assert state.weight == pytest.approx(big_w)
+
+
+def test_negative_feedback_pushes_away_but_never_flips() -> None:
+    liked = fold(HorizonState.empty(2), timestamp=0, weight=2.0, embedding=unit(1, 0),
+                 half_life_s=DAY)
+    pushed = fold(liked, timestamp=1, weight=-1.0, embedding=unit(1, 1), half_life_s=DAY)
+    v = interest_vector(pushed)
+    assert v is not None and v[1] < 0 < v[0]  # moved away from (1, 1), still towards (1, 0)
+    only_negative = fold(HorizonState.empty(2), timestamp=0, weight=-2.0,
+                         embedding=unit(1, 0), half_life_s=DAY)
+    assert interest_vector(only_negative) is None
+
+
+def test_cancelled_evidence_is_absent_and_vectors_are_unit() -> None:
+    state = fold(HorizonState.empty(2), timestamp=0, weight=1.0, embedding=unit(1, 0),
+                 half_life_s=DAY)
+    state = fold(state, timestamp=0, weight=-1.0, embedding=unit(1, 0), half_life_s=DAY)
+    assert interest_vector(state) is None
+    v = interest_vector(replay(EVENTS, 3, DAY))
+    assert v is not None and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-6)
+    assert interest_vector(HorizonState.empty(3)) is None
+
+
+def test_non_finite_input_is_refused() -> None:
+    with pytest.raises(ValueError):
+        fold(HorizonState.empty(2), timestamp=0, weight=1.0, embedding=[math.nan, 0],
+             half_life_s=DAY)
+
+
+def test_weight_decays_to_query_time() -> None:
+    state = replay(EVENTS[:1], 3, DAY)
+    assert weight_at(state, 1000.0 + DAY, DAY) == pytest.approx(1.0)
+
+
+def test_user_interest_round_trips_through_its_source() -> None:
+    user = UserInterest.empty("u1", 3)
+    for t, w, e in EVENTS:
+        user = user.fold(Contribution(t, w, e, "like", ("tag-a",)), 30 * DAY, DAY)
+    source = user.to_source(updated_at=2000.0)
+    again = UserInterest.from_source(source)
+    np.testing.assert_allclose(again.long.vector_sum, user.long.vector_sum)
+    assert again.event_counts == {"like": 4}
+    assert source["top_tags"] == ["tag-a"]
+    assert len(source["interest_long"]) == 3 and len(source["interest_short"]) == 3
