@@ -31,7 +31,7 @@ build_engine() {
     return
   fi
   echo "building $1 launcher (Maven Central artifacts)..."
-  (cd "$dir" && { mvn -q -B -o package 2>/dev/null || mvn -q -B package; })
+  (cd "$dir" && { mvn -q -B -o package >/dev/null 2>&1 || mvn -q -B package; })
 }
 
 start_engine() {

@@ -20,13 +20,23 @@ def main() -> None:
 
 
 @main.command()
-def setup() -> None:
-    """Create the documents, events and interests indices behind their aliases (idempotent)."""
-    from plugin.indices import setup_indices
+@click.option("--reindex", is_flag=True,
+              help="migrate an index whose mapping changed incompatibly into a new one")
+def setup(reindex: bool) -> None:
+    """Create or upgrade the documents, events and interests indices (idempotent)."""
+    from tqdm import tqdm
+
+    from plugin.indices import IncompatibleMapping, setup_indices
     from plugin.services import Services
 
     services = Services()
-    for line in setup_indices(services.engine, services.settings, services.embedder.dims):
+    try:
+        with tqdm(desc="copying", unit="doc", disable=not reindex) as bar:
+            lines = setup_indices(services.engine, services.settings, services.embedder.dims,
+                                  reindex=reindex, progress=bar.update)
+    except IncompatibleMapping as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in lines:
         click.echo(line)
 
 
@@ -67,6 +77,130 @@ def search(query: str, user_id: str | None, size: int) -> None:
     json.dump({"personalized": result.personalized, "reason": result.reason,
                "hits": result.hits}, sys.stdout, indent=2)
     click.echo()
+
+
+@main.group()
+def ingest() -> None:
+    """Send documents or events from a file (JSON Lines, or CSV with a header) to the workers."""
+
+
+def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path | None) -> None:
+    from tqdm import tqdm
+
+    from plugin.ingest_files import InvalidLine, count_lines, read_records
+    from workers.app import app
+
+    totals = {"done": 0, "duplicates": 0, "pending": 0, "errors": 0}
+    errors: list[dict[str, object]] = []
+    results = []
+
+    def send(batch: list[dict[str, object]]) -> None:
+        results.append((len(batch), app.send_task(task_name, args=[batch])))
+
+    batch: list[dict[str, object]] = []
+    for record in read_records(path):
+        if isinstance(record, InvalidLine):
+            errors.append({"error": str(record)})
+            continue
+        batch.append(record)
+        if len(batch) >= batch_size:
+            send(batch)
+            batch = []
+    if batch:
+        send(batch)
+    with tqdm(total=count_lines(path), desc=f"ingesting {path.name}", unit="item") as bar:
+        bar.update(len(errors))
+        for size, result in results:
+            report = result.get(timeout=3600)
+            for key in ("done", "duplicates", "pending"):
+                totals[key] += len(report[key])
+            errors += report["errors"]
+            bar.update(size)
+    totals["errors"] = len(errors)
+    click.echo(", ".join(f"{k}: {v}" for k, v in totals.items()))
+    for error in errors[:10]:
+        click.echo(f"  error: {error}", err=True)
+    if len(errors) > 10:
+        click.echo(f"  ... and {len(errors) - 10} more errors", err=True)
+    if report_path:
+        report_path.write_text(json.dumps({**totals, "error_list": errors}, indent=2))
+
+
+FILE = click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+BATCH = click.option("--batch-size", default=500, show_default=True, help="items per task")
+REPORT = click.option("--report", "report_path", type=click.Path(path_type=Path),
+                      help="write every per-item error to this JSON file")
+
+
+@ingest.command("documents")
+@FILE
+@BATCH
+@REPORT
+def ingest_documents(path: Path, batch_size: int, report_path: Path | None) -> None:
+    """Index documents: id, title, body, tags (a list, or '|'-separated in CSV), metadata."""
+    _ingest_file(path, "es_interest.index_documents", batch_size, report_path)
+
+
+@ingest.command("events")
+@FILE
+@BATCH
+@REPORT
+def ingest_events(path: Path, batch_size: int, report_path: Path | None) -> None:
+    """Ingest events: event_id, user_id, doc_id, type, weight, timestamp, text, dwell_s."""
+    _ingest_file(path, "es_interest.ingest_events", batch_size, report_path)
+
+
+@main.command()
+@click.option("--user", "user_id", default=None, help="only this user (default: every user)")
+def rebuild(user_id: str | None) -> None:
+    """Recompute interest vectors exactly by replaying the event log in time order."""
+    from tqdm import tqdm
+
+    from plugin import pipeline
+    from plugin.services import Services
+
+    services = Services()
+    if user_id:
+        click.echo(json.dumps(pipeline.rebuild_user(services, user_id)))
+        return
+    with tqdm(desc="rebuilding users", unit="user") as bar:
+        count = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
+    click.echo(f"rebuilt {count} users")
+
+
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Tasks that kept failing: list, replay or purge them."""
+
+
+@dead_letter.command("list")
+def dead_letter_list() -> None:
+    """Print each dead letter (task, error, when) as a JSON line, arguments left out."""
+    from workers import dead_letter as dl
+    from workers.app import app
+
+    for entry in dl.entries(app):
+        click.echo(json.dumps({k: v for k, v in entry.items() if k not in ("args", "kwargs")}))
+
+
+@dead_letter.command("replay")
+@click.option("--limit", type=int, default=None, help="at most this many (oldest first)")
+def dead_letter_replay(limit: int | None) -> None:
+    """Send dead letters to the workers again."""
+    from workers import dead_letter as dl
+    from workers.app import app
+
+    click.echo(f"replayed {len(dl.replay(app, limit))} tasks")
+
+
+@dead_letter.command("purge")
+@click.confirmation_option(prompt="Delete every dead letter?")
+def dead_letter_purge() -> None:
+    """Delete every dead letter."""
+    from workers import dead_letter as dl
+    from workers.app import app
+
+    click.echo(f"purged {dl.purge(app)} dead letters")
 
 
 @main.command()

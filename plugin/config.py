@@ -44,6 +44,10 @@ class Settings:
     embed_batch_size: int = 64
     index_prefix: str = "es-interest"
     mappings_dir: Path = REPO_ROOT / "mappings"
+    # HNSW graph parameters of every vector field; int8 quantization needs Elasticsearch 8.12+.
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 100
+    vector_quantized: bool = False
     half_life_long_s: float = 30 * 86400.0
     half_life_short_s: float = 86400.0
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
@@ -112,6 +116,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embed_batch_size=int(_number(env, "EMBED_BATCH_SIZE", Settings.embed_batch_size)),
         index_prefix=text("INDEX_PREFIX", Settings.index_prefix),
         mappings_dir=Path(text("MAPPINGS_DIR", str(REPO_ROOT / "mappings"))),
+        hnsw_m=int(_number(env, "HNSW_M", Settings.hnsw_m)),
+        hnsw_ef_construction=int(_number(env, "HNSW_EF_CONSTRUCTION",
+                                         Settings.hnsw_ef_construction)),
+        vector_quantized=text("VECTOR_QUANTIZED", "false").lower() in ("1", "true", "yes"),
         half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS", 30.0) * 86400.0,
         half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS", 1.0) * 86400.0,
         event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ class Document:
     body: str = ""
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # A vector the client computed itself (same model and size); None: the worker embeds.
+    embedding: tuple[float, ...] | None = None
 
     @property
     def text(self) -> str:
@@ -57,7 +60,25 @@ def parse_document(raw: Mapping[str, Any]) -> Document:
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, Mapping):
         raise InvalidDocument("'metadata' must be an object")
-    doc = Document(str(doc_id), title.strip(), body.strip(), tuple(tags_raw), metadata)
+    embedding = _embedding(raw.get("embedding"))
+    doc = Document(str(doc_id), title.strip(), body.strip(), tuple(tags_raw), metadata, embedding)
     if not doc.text.strip():
         raise InvalidDocument("empty text: 'title', 'body' and 'tags' are all empty")
     return doc
+
+
+def _embedding(raw: Any) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise InvalidDocument("'embedding' must be a non-empty list of numbers")
+    try:
+        values = tuple(float(x) for x in raw)
+    except (TypeError, ValueError):
+        raise InvalidDocument("'embedding' must contain only numbers") from None
+    bad = [i for i, x in enumerate(values) if not math.isfinite(x)]
+    if bad:
+        raise InvalidDocument(f"'embedding' has NaN or infinite values (first at index {bad[0]})")
+    if not any(values):
+        raise InvalidDocument("'embedding' is all zeros: a cosine needs a direction")
+    return values

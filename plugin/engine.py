@@ -131,6 +131,17 @@ class Engine:
             return None
         return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
 
+    def mget_versioned(self, index: str, ids: list[str]) -> dict[str, tuple[JSON, int, int]]:
+        """Real-time multi-get: found documents with their ``_seq_no`` and ``_primary_term``."""
+        found: dict[str, tuple[JSON, int, int]] = {}
+        for start in range(0, len(ids), 1000):
+            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]})
+            for doc in response["docs"]:
+                if doc.get("found"):
+                    found[doc["_id"]] = (doc["_source"], int(doc["_seq_no"]),
+                                         int(doc["_primary_term"]))
+        return found
+
     def put_versioned(
         self, index: str, doc_id: str, source: JSON, version: tuple[int, int] | None,
         refresh: bool | str = False,

@@ -1,9 +1,18 @@
-"""Versioned indices behind aliases: documents, events and interests (``mappings/*.vN.json``)."""
+"""Versioned indices behind aliases: documents, events and interests (``mappings/*.vN.json``).
+
+A concrete index ``<alias>-v<N>[-<stamp>]`` sits behind each alias. ``setup`` creates what is
+missing, adds new fields to a current index in place, and refuses a change the engine cannot
+make in place (a field's type, the vector size) with a message that names ``--reindex``, which
+copies everything into a new index and moves the alias atomically.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +21,12 @@ from plugin.config import Settings
 from plugin.engine import JSON, Engine
 
 KINDS = ("documents", "events", "interests")
+# Documents changed this long before a copy started are caught up after the alias moved.
+CATCH_UP_MARGIN_MS = 5000
+
+
+class IncompatibleMapping(RuntimeError):
+    """The live index cannot take the new mapping in place."""
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,7 @@ class IndexSpec:
     kind: str
     alias: str
     version: int
+    changed_at_field: str
     body: JSON
 
     @property
@@ -46,11 +62,15 @@ def alias_for(settings: Settings, kind: str) -> str:
 def load_spec(settings: Settings, engine: Engine, kind: str, dims: int) -> IndexSpec:
     path = _latest_mapping(settings.mappings_dir, kind)
     raw = json.loads(path.read_text())
+    vector = engine.vector_field(dims, m=settings.hnsw_m,
+                                 ef_construction=settings.hnsw_ef_construction,
+                                 quantized=settings.vector_quantized)
     body: JSON = {
         "settings": {**raw.get("settings", {}), **engine.index_settings()},
-        "mappings": _resolve_vectors(raw["mappings"], engine.vector_field(dims)),
+        "mappings": _resolve_vectors(raw["mappings"], vector),
     }
-    return IndexSpec(kind, alias_for(settings, kind), int(raw["version"]), body)
+    return IndexSpec(kind, alias_for(settings, kind), int(raw["version"]),
+                     str(raw["changed_at_field"]), body)
 
 
 def _latest_mapping(directory: Path, kind: str) -> Path:
@@ -61,20 +81,112 @@ def _latest_mapping(directory: Path, kind: str) -> Path:
     return candidates[-1]
 
 
-def ensure_index(engine: Engine, spec: IndexSpec) -> str:
-    """Create the spec's concrete index and point its alias at it, if not there yet.
+def _version_of(alias: str, index: str) -> int:
+    match = re.fullmatch(re.escape(alias) + r"-v(\d+)(?:-\d+)?", index)
+    return int(match.group(1)) if match else 0
 
-    Returns what was done, in words, for the CLI.
+
+def _vector_size(field: JSON) -> int | None:
+    size = field.get("dims", field.get("dimension"))
+    return None if size is None else int(size)
+
+
+def mapping_conflicts(current: JSON, wanted: JSON, path: str = "") -> list[str]:
+    """Changes between two mappings' properties that cannot be made in place."""
+    found = []
+    current_props = current.get("properties", {})
+    for name, field in wanted.get("properties", {}).items():
+        if name not in current_props:
+            continue  # a new field: added in place
+        have = current_props[name]
+        where = f"{path}{name}"
+        if field.get("type", "object") != have.get("type", "object"):
+            found.append(f"{where}: {have.get('type', 'object')} -> {field.get('type', 'object')}")
+        elif _vector_size(field) != _vector_size(have):
+            found.append(f"{where}: vector size {_vector_size(have)} -> {_vector_size(field)}")
+        elif "properties" in field:
+            found += mapping_conflicts(have, field, f"{where}.")
+    return found
+
+
+def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
+                 progress: Callable[[int], None] | None = None) -> str:
+    """Create, upgrade in place, or (with ``reindex``) migrate one index. Returns what it did."""
+    client = engine.client
+    if not client.indices.exists_alias(name=spec.alias):
+        if client.indices.exists(index=spec.alias):
+            raise IncompatibleMapping(f"{spec.alias} is a concrete index, not an alias; "
+                                      "rename it or choose another ES_INTEREST_INDEX_PREFIX")
+        if not client.indices.exists(index=spec.concrete):
+            client.indices.create(index=spec.concrete, body=spec.body)
+        client.indices.put_alias(index=spec.concrete, name=spec.alias)
+        return f"{spec.alias} -> {spec.concrete} (created)"
+    targets = sorted(client.indices.get_alias(name=spec.alias))
+    if len(targets) != 1:
+        raise IncompatibleMapping(f"{spec.alias} points at {len(targets)} indices: {targets}")
+    current = targets[0]
+    live = client.indices.get_mapping(index=current)[current]["mappings"]
+    conflicts = mapping_conflicts(live, spec.body["mappings"])
+    outdated = _version_of(spec.alias, current) < spec.version
+    if reindex and (conflicts or outdated):
+        return migrate(engine, spec, current, progress)
+    if conflicts:
+        raise IncompatibleMapping(
+            f"{current} cannot take mapping v{spec.version} in place ({'; '.join(conflicts)}); "
+            "run `es-interest setup --reindex` to copy it into a new index behind the alias")
+    missing = set(spec.body["mappings"].get("properties", {})) - set(live.get("properties", {}))
+    if missing:
+        client.indices.put_mapping(index=current,
+                                   body={"properties": spec.body["mappings"]["properties"]})
+        return f"{spec.alias} -> {current} (added fields: {', '.join(sorted(missing))})"
+    return f"{spec.alias} -> {current} (up to date)"
+
+
+def migrate(engine: Engine, spec: IndexSpec, old: str,
+            progress: Callable[[int], None] | None = None) -> str:
+    """Copy ``old`` into a new index for ``spec``, move the alias atomically, catch up.
+
+    Scan + bulk rather than _reindex (a module some engine builds lack). Writes that land on
+    the old index while the copy runs are copied again after the alias moved (by the spec's
+    change-time field); the old index is kept, so nothing can be lost.
     """
     client = engine.client
-    if client.indices.exists_alias(name=spec.alias):
-        current = sorted(client.indices.get_alias(name=spec.alias).keys())
-        return f"{spec.alias} -> {', '.join(current)} (exists)"
-    if not client.indices.exists(index=spec.concrete):
-        client.indices.create(index=spec.concrete, body=spec.body)
-    client.indices.put_alias(index=spec.concrete, name=spec.alias)
-    return f"{spec.alias} -> {spec.concrete} (created)"
+    new = f"{spec.alias}-v{spec.version}-{int(time.time())}"
+    client.indices.create(index=new, body=spec.body)
+    started_ms = int(time.time() * 1000) - CATCH_UP_MARGIN_MS
+    copied = _copy(engine, old, new, {"query": {"match_all": {}}}, progress)
+    client.indices.update_aliases(body={"actions": [
+        {"remove": {"index": old, "alias": spec.alias}},
+        {"add": {"index": new, "alias": spec.alias}},
+    ]})
+    client.indices.refresh(index=old)
+    late = _copy(engine, old, new,
+                 {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress)
+    client.indices.refresh(index=new)
+    old_count = int(client.count(index=old)["count"])
+    new_count = int(client.count(index=new)["count"])
+    if new_count < old_count:
+        raise RuntimeError(f"migration copied {new_count} of {old_count} documents from {old}; "
+                           f"the alias now points at {new}, {old} is untouched")
+    return (f"{spec.alias} -> {new} (migrated {copied} documents from {old}, {late} caught up; "
+            f"{old} kept: delete it once satisfied)")
 
 
-def setup_indices(engine: Engine, settings: Settings, dims: int) -> list[str]:
-    return [ensure_index(engine, load_spec(settings, engine, kind, dims)) for kind in KINDS]
+def _copy(engine: Engine, old: str, new: str, query: JSON,
+          progress: Callable[[int], None] | None) -> int:
+    actions = ({"_op_type": "index", "_index": new, "_id": hit["_id"], "_source": hit["_source"]}
+               for hit in engine.scan(old, query))
+    copied = 0
+    for ok, item in engine.streaming_bulk(actions, raise_on_error=False, chunk_size=500):
+        if not ok:
+            raise RuntimeError(f"copying {old} -> {new} failed: {item}")
+        copied += 1
+        if progress:
+            progress(1)
+    return copied
+
+
+def setup_indices(engine: Engine, settings: Settings, dims: int, reindex: bool = False,
+                  progress: Callable[[int], None] | None = None) -> list[str]:
+    return [ensure_index(engine, load_spec(settings, engine, kind, dims), reindex, progress)
+            for kind in KINDS]

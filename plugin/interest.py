@@ -13,8 +13,8 @@ state as a replay in time order. Pure functions only: no engine, no model.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,6 +137,9 @@ def replay(
 TOP_TAGS = 20
 # Tag scores are for people reading the index (Kibana), not for ranking: keep a bounded few.
 TAG_SCORES_KEPT = 100
+# How long an applied event's id is remembered, so that a redelivered task or a rebuild racing
+# an in-flight update cannot fold it twice. Far longer than a task's lifetime with retries.
+RECENT_WINDOW_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -157,10 +160,24 @@ class UserInterest:
     short: HorizonState
     event_counts: Mapping[str, int]
     tag_scores: Mapping[str, float]
+    # event_id -> when it was applied (epoch s), for the last RECENT_WINDOW_S seconds.
+    recent: Mapping[str, float]
 
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
-        return cls(user_id, HorizonState.empty(dims), HorizonState.empty(dims), {}, {})
+        return cls(user_id, HorizonState.empty(dims), HorizonState.empty(dims), {}, {}, {})
+
+    def apply_event(self, event_id: str, items: Sequence[Contribution], half_life_long_s: float,
+                    half_life_short_s: float, now: float) -> UserInterest | None:
+        """Fold one event's contributions, or None if this event was already applied."""
+        if event_id in self.recent:
+            return None
+        user = self
+        for n, item in enumerate(items):
+            user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
+        recent = {k: v for k, v in self.recent.items() if v >= now - RECENT_WINDOW_S}
+        recent[event_id] = now
+        return replace(user, recent=recent)
 
     def fold(self, item: Contribution, half_life_long_s: float,
              half_life_short_s: float, *, count: bool = True) -> UserInterest:
@@ -186,7 +203,7 @@ class UserInterest:
                 tags[tag] = tags.get(tag, 0.0) + item.weight * scale
             if len(tags) > TAG_SCORES_KEPT:
                 tags = dict(sorted(tags.items(), key=lambda kv: -abs(kv[1]))[:TAG_SCORES_KEPT])
-        return UserInterest(self.user_id, long, short, counts, tags)
+        return UserInterest(self.user_id, long, short, counts, tags, self.recent)
 
     def to_source(self, updated_at: float) -> dict[str, Any]:
         """The interests-index document: unit vectors for search, exact state for updates."""
@@ -195,7 +212,7 @@ class UserInterest:
             "weight_long": self.long.weight,
             "weight_short": self.short.weight,
             "state": {"long": self.long.to_json(), "short": self.short.to_json(),
-                      "tag_scores": dict(self.tag_scores)},
+                      "tag_scores": dict(self.tag_scores), "recent": dict(self.recent)},
             "event_counts": dict(self.event_counts),
             "event_count": sum(self.event_counts.values()),
             "updated_at": int(updated_at * 1000),
@@ -219,4 +236,5 @@ class UserInterest:
             HorizonState.from_json(state["short"]),
             dict(source.get("event_counts", {})),
             dict(state.get("tag_scores", {})),
+            dict(state.get("recent", {})),
         )

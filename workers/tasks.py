@@ -1,4 +1,8 @@
-"""Celery tasks: thin wrappers over plugin.pipeline, one Services per worker process."""
+"""Celery tasks: thin, idempotent wrappers over plugin.pipeline, one Services per process.
+
+Transient engine or Redis errors (and a user document that kept changing) are retried with
+exponential backoff; a task that still fails goes to the dead-letter list.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,32 @@ import socket
 from functools import lru_cache
 from typing import Any
 
+import elastic_transport
+import opensearchpy
+import redis
+
 from plugin import pipeline
 from plugin.services import Services
 from workers.app import app
+from workers.dead_letter import DeadLetterTask
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    elastic_transport.ConnectionError,
+    elastic_transport.ConnectionTimeout,
+    opensearchpy.ConnectionError,
+    opensearchpy.ConnectionTimeout,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    pipeline.ConcurrentUpdateError,
+)
+RETRY = {
+    "base": DeadLetterTask,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 6,
+}
 
 
 @lru_cache(maxsize=1)
@@ -25,11 +52,16 @@ def ping() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "dims": len(vector)}
 
 
-@app.task(name="es_interest.index_documents")
+@app.task(name="es_interest.index_documents", **RETRY)
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     return pipeline.index_documents(services(), docs, refresh=refresh).as_dict()
 
 
-@app.task(name="es_interest.ingest_events")
+@app.task(name="es_interest.ingest_events", **RETRY)
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     return pipeline.ingest_events(services(), events, refresh=refresh).as_dict()
+
+
+@app.task(name="es_interest.rebuild_user", **RETRY)
+def rebuild_user(user_id: str) -> dict[str, Any]:
+    return pipeline.rebuild_user(services(), user_id)

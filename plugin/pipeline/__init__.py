@@ -1,0 +1,21 @@
+"""What the workers do, as plain functions of (services, batch) -> report.
+
+- ``documents``: embed and index documents, then apply events that were waiting for them.
+- ``events``: validate, deduplicate, store, and fold events into user vectors.
+- ``users``: the per-user read-fold-write with optimistic concurrency, rebuilds, erasure.
+"""
+
+from plugin.pipeline.documents import index_documents
+from plugin.pipeline.events import ingest_events
+from plugin.pipeline.report import BatchReport
+from plugin.pipeline.users import ConcurrentUpdateError, erase_user, rebuild_all, rebuild_user
+
+__all__ = [
+    "BatchReport",
+    "ConcurrentUpdateError",
+    "erase_user",
+    "index_documents",
+    "ingest_events",
+    "rebuild_all",
+    "rebuild_user",
+]

@@ -1,0 +1,72 @@
+"""Embed documents in batches and index them; re-indexing an id replaces the document."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from plugin.documents import Document, InvalidDocument, parse_document
+from plugin.pipeline.events import apply_pending_events
+from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
+from plugin.services import Services
+
+
+def index_documents(
+    services: Services, raw_docs: Sequence[Mapping[str, Any]], refresh: bool = False
+) -> BatchReport:
+    report = BatchReport()
+    docs: list[tuple[int, Document]] = []
+    for position, raw in enumerate(raw_docs):
+        try:
+            docs.append((position, parse_document(raw)))
+        except InvalidDocument as exc:
+            report.error(position, raw_id(raw, "id", "doc_id"), str(exc))
+    if not docs:
+        return report
+    embedder = services.embedder
+    to_embed = [doc for _, doc in docs if doc.embedding is None]
+    encoded = iter(embedder.encode([doc.text for doc in to_embed]))
+    vectors = [next(encoded) if doc.embedding is None
+               else np.asarray(doc.embedding, dtype=np.float32) for _, doc in docs]
+    limit = embedder.max_tokens
+    now_ms = int(time.time() * 1000)
+    actions = []
+    positions: dict[str, int] = {}
+    for (position, doc), vector in zip(docs, vectors, strict=True):
+        if not np.all(np.isfinite(vector)):
+            report.error(position, doc.doc_id, "the model returned a non-finite vector")
+            continue
+        if len(vector) != embedder.dims:
+            report.error(position, doc.doc_id,
+                         f"'embedding' has {len(vector)} dimensions, the index {embedder.dims}")
+            continue
+        # The model reads at most `limit` tokens: longer texts are embedded from their start.
+        # (Cheap length test first: a token is rarely shorter than two characters.)
+        long_text = doc.embedding is None and len(doc.text) > limit * 2
+        if long_text and embedder.token_count(doc.text) > limit:
+            report.notes.append({"position": position, "id": doc.doc_id,
+                                 "note": f"text truncated to the model's {limit} tokens"})
+        positions[doc.doc_id] = position
+        actions.append({
+            "_op_type": "index",
+            "_index": services.settings.docs_alias,
+            "_id": doc.doc_id,
+            "_source": {**doc.source(), "embedding": vector.tolist(), "indexed_at": now_ms},
+        })
+    for ok, item in services.engine.streaming_bulk(
+        actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=500
+    ):
+        doc_id = bulk_item_id(item)
+        if ok:
+            report.done.append(doc_id)
+        else:
+            report.error(positions.get(doc_id, -1), doc_id, bulk_error_reason(item))
+    if report.done:
+        applied = apply_pending_events(services, report.done)
+        if applied:
+            report.notes.append({"note": f"applied {applied} events that waited for these "
+                                         "documents"})
+    return report

@@ -1,0 +1,130 @@
+"""Ingest events: validate, deduplicate by ``event_id``, store, fold into user vectors.
+
+Each event is stored once (``create`` refuses an existing id) with a status:
+``stored`` (waiting to be folded), ``pending`` (its document is not indexed yet) or
+``applied``. A redelivered batch finds its events already stored: those still ``stored`` are
+folded now (the user document remembers recent ids, so nothing counts twice); ``applied`` ones
+are duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from plugin.events import Event, InvalidEvent, parse_event
+from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
+from plugin.pipeline.users import (
+    APPLIED,
+    PENDING,
+    STORED,
+    DocVector,
+    fetch_doc_vectors,
+    fold_into_users,
+)
+from plugin.services import Services
+
+
+def ingest_events(
+    services: Services, raw_events: Sequence[Mapping[str, Any]], refresh: bool = False
+) -> BatchReport:
+    settings = services.settings
+    report = BatchReport()
+    events: list[tuple[int, Event]] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(raw_events):
+        try:
+            event = parse_event(raw, settings.event_weights)
+        except InvalidEvent as exc:
+            report.error(position, raw_id(raw, "event_id"), str(exc))
+            continue
+        if event.event_id in seen:  # the same event twice in one batch
+            report.duplicates.append(event.event_id)
+            continue
+        seen.add(event.event_id)
+        events.append((position, event))
+    if not events:
+        return report
+
+    with_text = [e for _, e in events if e.text]
+    text_vectors = services.embedder.encode([e.text or "" for e in with_text])
+    text_embedding = {e.event_id: v.tolist() for e, v in zip(with_text, text_vectors, strict=True)}
+    docs = fetch_doc_vectors(services, {e.doc_id for _, e in events if e.doc_id})
+
+    now_ms = int(time.time() * 1000)
+    sources: dict[str, dict[str, Any]] = {}
+    for _, event in events:
+        source = {**event.source(), "received_at": now_ms,
+                  "status": STORED if event.doc_id is None or event.doc_id in docs else PENDING}
+        if event.event_id in text_embedding:
+            source["text_embedding"] = text_embedding[event.event_id]
+        sources[event.event_id] = source
+    positions = {e.event_id: p for p, e in events}
+
+    created, existing = _store(services, sources, positions, report, refresh)
+    # An id already stored: a client's resend (duplicate), or this batch redelivered after a
+    # worker died mid-way (its events are still `stored` or `pending`).
+    for event_id, stored in existing.items():
+        if stored.get("status") == APPLIED:
+            report.duplicates.append(event_id)
+        else:
+            created.append(stored)
+
+    ready = [s for s in created if s["status"] == STORED]
+    waiting = [s for s in created if s["status"] == PENDING]
+    if waiting:
+        # Pending events must be visible to a document task's search before we look for their
+        # documents again: then one of the two sides is sure to see the other.
+        services.engine.client.indices.refresh(index=settings.events_alias)
+        docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
+        arrived = [s for s in waiting if s["doc_id"] in docs]
+        ready += arrived
+        report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
+    fold_into_users(services, ready, docs)
+    report.done += [s["event_id"] for s in ready]
+    return report
+
+
+def _store(
+    services: Services, sources: Mapping[str, dict[str, Any]], positions: Mapping[str, int],
+    report: BatchReport, refresh: bool,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Create event documents; returns (created sources, already stored sources by id)."""
+    index = services.settings.events_alias
+    actions = ({"_op_type": "create", "_index": index, "_id": event_id, "_source": source}
+               for event_id, source in sources.items())
+    created, conflicts = [], []
+    for ok, item in services.engine.streaming_bulk(
+        actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=1000
+    ):
+        event_id = bulk_item_id(item)
+        if ok:
+            created.append(sources[event_id])
+        elif next(iter(item.values())).get("status") == 409:
+            conflicts.append(event_id)
+        else:
+            report.error(positions.get(event_id, -1), event_id, bulk_error_reason(item))
+    existing: dict[str, dict[str, Any]] = {}
+    if conflicts:
+        response = services.engine.client.mget(index=index, body={"ids": conflicts})
+        existing = {d["_id"]: d["_source"] for d in response["docs"] if d.get("found")}
+    return created, existing
+
+
+def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
+    """Fold the events that waited for these (now indexed) documents. Returns how many."""
+    ids = sorted(set(doc_ids))
+    applied = 0
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start:start + 1000]
+        query = {"query": {"bool": {"filter": [{"term": {"status": PENDING}},
+                                               {"terms": {"doc_id": chunk}}]}}}
+        waiting = [h["_source"] for h in
+                   services.engine.scan(services.settings.events_alias, query)]
+        if not waiting:
+            continue
+        docs: dict[str, DocVector] = fetch_doc_vectors(services, {w["doc_id"] for w in waiting})
+        ready = [w for w in waiting if w["doc_id"] in docs]
+        applied += len(fold_into_users(services, ready, docs))
+    return applied

@@ -1,0 +1,229 @@
+"""Per-user interest documents: fold with optimistic concurrency, rebuild, erase."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from plugin.interest import RECENT_WINDOW_S, Contribution, UserInterest
+from plugin.pipeline.report import bulk_error_reason
+from plugin.services import Services
+
+MAX_UPDATE_ATTEMPTS = 30
+# Event statuses in the events index.
+STORED, PENDING, APPLIED = "stored", "pending", "applied"
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """A user's interest document kept changing under us; the task is retried."""
+
+
+@dataclass(frozen=True)
+class DocVector:
+    embedding: list[float]
+    tags: tuple[str, ...]
+
+
+def fetch_doc_vectors(services: Services, doc_ids: Iterable[str]) -> dict[str, DocVector]:
+    ids = sorted(set(doc_ids))
+    found: dict[str, DocVector] = {}
+    client = services.engine.client
+    for start in range(0, len(ids), 1000):
+        # mget is real-time: a document is visible as soon as its bulk request returned.
+        response = client.mget(index=services.settings.docs_alias,
+                               body={"ids": ids[start:start + 1000]},
+                               _source_includes=["embedding", "tags"])
+        for doc in response["docs"]:
+            if doc.get("found") and "embedding" in doc.get("_source", {}):
+                src = doc["_source"]
+                found[doc["_id"]] = DocVector(src["embedding"], tuple(src.get("tags") or ()))
+    return found
+
+
+def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> list[Contribution]:
+    """The embeddings one stored event adds: its document's, then its text's."""
+    items = []
+    doc_id = event.get("doc_id")
+    if doc_id is not None:
+        doc = docs[doc_id]
+        items.append(Contribution(float(event["timestamp"]), float(event["weight"]),
+                                  doc.embedding, event["type"], doc.tags))
+    if event.get("text_embedding") is not None:
+        items.append(Contribution(float(event["timestamp"]), float(event["weight"]),
+                                  event["text_embedding"], event["type"]))
+    return items
+
+
+def update_users(
+    services: Services, events_by_user: Mapping[str, Sequence[Mapping[str, Any]]],
+    docs: Mapping[str, DocVector],
+) -> list[str]:
+    """Fold stored events into their users' documents; returns the event ids applied.
+
+    One real-time mget reads every user's document with its ``_seq_no``/``_primary_term``;
+    one bulk writes them back only where nobody wrote in between (``create`` for a new user).
+    Users whose write lost the race are read and folded again, so no update is lost. A user's
+    document remembers the ids it applied recently, so an event folded twice (a redelivered
+    task, a rebuild racing this) counts once.
+    """
+    settings = services.settings
+    engine = services.engine
+    todo = dict(events_by_user)
+    applied: list[str] = []
+    for _ in range(MAX_UPDATE_ATTEMPTS):
+        if not todo:
+            return applied
+        current = engine.mget_versioned(settings.interests_alias, list(todo))
+        now = time.time()
+        actions, applied_by_user = [], {}
+        for user_id, events in todo.items():
+            found = current.get(user_id)
+            user = (UserInterest.from_source(found[0]) if found
+                    else UserInterest.empty(user_id, services.embedder.dims))
+            ids = []
+            for event in events:
+                folded = user.apply_event(event["event_id"], contributions(event, docs),
+                                          settings.half_life_long_s, settings.half_life_short_s,
+                                          now)
+                if folded is not None:
+                    user = folded
+                    ids.append(event["event_id"])
+            if not ids:
+                continue
+            action: dict[str, Any] = {"_index": settings.interests_alias, "_id": user_id,
+                                      "_source": user.to_source(now)}
+            if found is None:
+                action["_op_type"] = "create"
+            else:
+                action.update(_op_type="index", if_seq_no=found[1], if_primary_term=found[2])
+            actions.append(action)
+            applied_by_user[user_id] = ids
+        retry: dict[str, Sequence[Mapping[str, Any]]] = {}
+        for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
+                                              raise_on_exception=False, chunk_size=500):
+            user_id = next(iter(item.values())).get("_id")
+            if ok:
+                applied += applied_by_user[user_id]
+            elif next(iter(item.values())).get("status") == 409:
+                retry[user_id] = todo[user_id]
+            else:
+                raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
+        todo = retry
+    raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
+
+
+def mark_applied(services: Services, event_ids: Iterable[str]) -> None:
+    actions = ({"_op_type": "update", "_index": services.settings.events_alias, "_id": event_id,
+                "doc": {"status": APPLIED}} for event_id in event_ids)
+    for _ in services.engine.streaming_bulk(actions, raise_on_error=False, chunk_size=1000):
+        pass
+
+
+def fold_into_users(
+    services: Services, events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector]
+) -> list[str]:
+    """Group stored events by user, fold each group, mark them applied."""
+    by_user: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        by_user.setdefault(event["user_id"], []).append(event)
+    applied = update_users(services, by_user, docs)
+    # Already-applied ones too: they may be left `stored` by a run that died before this.
+    mark_applied(services, [e["event_id"] for e in events])
+    return applied
+
+
+# -- rebuild -----------------------------------------------------------------------------------
+
+
+def user_events(services: Services, user_id: str) -> list[dict[str, Any]]:
+    """Every stored or applied event of a user (pending ones have no document yet)."""
+    query = {"query": {"bool": {"filter": [{"term": {"user_id": user_id}},
+                                           {"terms": {"status": [STORED, APPLIED]}}]}}}
+    return [hit["_source"] for hit in services.engine.scan(services.settings.events_alias, query)]
+
+
+def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
+    """Replay the user's event log in time order into a fresh state, and store it."""
+    settings = services.settings
+    engine = services.engine
+    for _ in range(MAX_UPDATE_ATTEMPTS):
+        current = engine.get_versioned(settings.interests_alias, user_id)
+        # Everything stored so far becomes visible to the scan.
+        engine.client.indices.refresh(index=settings.events_alias)
+        events = sorted(user_events(services, user_id),
+                        key=lambda e: (float(e["timestamp"]), e["event_id"]))
+        docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")})
+        usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
+        now = time.time()
+        user = UserInterest.empty(user_id, services.embedder.dims)
+        for event in usable:
+            folded = user.apply_event(event["event_id"], contributions(event, docs),
+                                      settings.half_life_long_s, settings.half_life_short_s, now)
+            user = folded if folded is not None else user
+        # Remember only ids that an in-flight task could still try to apply.
+        cutoff_ms = (now - RECENT_WINDOW_S) * 1000
+        recent = {e["event_id"]: now for e in usable
+                  if e.get("status") == STORED or e.get("received_at", 0) >= cutoff_ms}
+        user = UserInterest(user.user_id, user.long, user.short, user.event_counts,
+                            user.tag_scores, recent)
+        version = None if current is None else (current[1], current[2])
+        if not usable:
+            if current is not None:
+                engine.client.delete(index=settings.interests_alias, id=user_id)
+            return {"user_id": user_id, "events": 0, "skipped": len(events)}
+        if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
+            return {"user_id": user_id, "events": len(usable),
+                    "skipped": len(events) - len(usable)}
+    raise ConcurrentUpdateError(f"a user's interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
+
+
+def all_user_ids(services: Services) -> Iterable[str]:
+    """Every user with events, by composite aggregation pages."""
+    after: dict[str, Any] | None = None
+    while True:
+        composite: dict[str, Any] = {"size": 1000,
+                                     "sources": [{"user": {"terms": {"field": "user_id"}}}]}
+        if after:
+            composite["after"] = after
+        response = services.engine.search(services.settings.events_alias,
+                                          {"size": 0, "aggs": {"users": {"composite": composite}}})
+        agg = response["aggregations"]["users"]
+        for bucket in agg["buckets"]:
+            yield str(bucket["key"]["user"])
+        after = agg.get("after_key")
+        if not after or not agg["buckets"]:
+            return
+
+
+def rebuild_all(
+    services: Services, progress: Callable[[dict[str, Any]], None] | None = None
+) -> int:
+    count = 0
+    for user_id in all_user_ids(services):
+        result = rebuild_user(services, user_id)
+        count += 1
+        if progress:
+            progress(result)
+    return count
+
+
+def erase_user(services: Services, user_id: str) -> dict[str, int]:
+    """Remove a user's interest document and every event of theirs.
+
+    Scan and bulk delete rather than _delete_by_query, which lives in a module (reindex) that
+    not every engine build has.
+    """
+    settings = services.settings
+    engine = services.engine
+    engine.client.indices.refresh(index=settings.events_alias)
+    hits = engine.scan(settings.events_alias, {"query": {"term": {"user_id": user_id}},
+                                               "_source": False})
+    actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
+    deleted = sum(1 for ok, _ in engine.streaming_bulk(actions, raise_on_error=False,
+                                                       refresh=True) if ok)
+    found = engine.get_versioned(settings.interests_alias, user_id)
+    if found is not None:
+        engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
+    return {"events": deleted, "interests": int(found is not None)}
