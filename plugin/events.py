@@ -40,7 +40,9 @@ class Event:
             "user_id": self.user_id,
             "type": self.type,
             "weight": self.weight,
-            "timestamp": self.timestamp,
+            # Whole milliseconds: stored sources are re-serialized by the engine on updates,
+            # and a float in exponent notation would no longer parse as a date.
+            "timestamp": round(self.timestamp * 1000),
         }
         for key in ("doc_id", "text", "dwell_s"):
             value = getattr(self, key)
@@ -70,7 +72,8 @@ def _timestamp(raw: Any) -> float:
         raise InvalidEvent("'timestamp' must be epoch seconds or an ISO 8601 string")
     if not math.isfinite(value) or value < 0:
         raise InvalidEvent(f"'timestamp' {raw!r} is not a valid time")
-    return value
+    # Millisecond resolution, the resolution it is stored with, so replays fold the same value.
+    return round(value * 1000) / 1000
 
 
 def _number(raw: Any, name: str) -> float:

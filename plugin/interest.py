@@ -220,7 +220,7 @@ class UserInterest:
                          if s > 0][:TOP_TAGS],
         }
         if not self.long.is_empty:
-            source["last_event_at"] = self.long.ref_time
+            source["last_event_at"] = round(self.long.ref_time * 1000)
         for name, state in (("interest_long", self.long), ("interest_short", self.short)):
             vector = interest_vector(state)
             if vector is not None:

@@ -54,12 +54,14 @@ def ping() -> dict[str, Any]:
 
 @app.task(name="es_interest.index_documents", **RETRY)
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
-    return pipeline.index_documents(services(), docs, refresh=refresh).as_dict()
+    report = pipeline.index_documents(services(), docs, refresh=refresh)
+    return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
 @app.task(name="es_interest.ingest_events", **RETRY)
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
-    return pipeline.ingest_events(services(), events, refresh=refresh).as_dict()
+    report = pipeline.ingest_events(services(), events, refresh=refresh)
+    return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
 @app.task(name="es_interest.rebuild_user", **RETRY)

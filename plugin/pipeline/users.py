@@ -45,14 +45,15 @@ def fetch_doc_vectors(services: Services, doc_ids: Iterable[str]) -> dict[str, D
 def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> list[Contribution]:
     """The embeddings one stored event adds: its document's, then its text's."""
     items = []
+    timestamp = int(event["timestamp"]) / 1000.0  # stored in epoch milliseconds
     doc_id = event.get("doc_id")
     if doc_id is not None:
         doc = docs[doc_id]
-        items.append(Contribution(float(event["timestamp"]), float(event["weight"]),
-                                  doc.embedding, event["type"], doc.tags))
+        items.append(Contribution(timestamp, float(event["weight"]), doc.embedding,
+                                  event["type"], doc.tags))
     if event.get("text_embedding") is not None:
-        items.append(Contribution(float(event["timestamp"]), float(event["weight"]),
-                                  event["text_embedding"], event["type"]))
+        items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],
+                                  event["type"]))
     return items
 
 
@@ -117,8 +118,11 @@ def update_users(
 def mark_applied(services: Services, event_ids: Iterable[str]) -> None:
     actions = ({"_op_type": "update", "_index": services.settings.events_alias, "_id": event_id,
                 "doc": {"status": APPLIED}} for event_id in event_ids)
-    for _ in services.engine.streaming_bulk(actions, raise_on_error=False, chunk_size=1000):
-        pass
+    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
+                                                   chunk_size=1000):
+        if not ok:
+            # The task is retried; folds already made are remembered, so none counts twice.
+            raise RuntimeError(f"marking events applied failed: {bulk_error_reason(item)}")
 
 
 def fold_into_users(
