@@ -1,10 +1,9 @@
-"""Ingest events: validate, deduplicate by ``event_id``, store, fold into user vectors.
+"""Ingest events: validate, deduplicate by ``event_id``, fold into user vectors, store.
 
-Each event is stored once (``create`` refuses an existing id) with a status:
-``stored`` (waiting to be folded), ``pending`` (its document is not indexed yet) or
-``applied``. A redelivered batch finds its events already stored: those still ``stored`` are
-folded now (the user document remembers recent ids, so nothing counts twice); ``applied`` ones
-are duplicates.
+One write per event: an event is folded first and then stored as ``applied`` (or stored as
+``pending`` when its document is not indexed yet). A batch redelivered after a worker died
+between the two finds its events not stored and folds them again; the user document remembers
+the ids it applied recently, so they count once. An event already stored is a duplicate.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id,
 from plugin.pipeline.users import (
     APPLIED,
     PENDING,
-    STORED,
     DocVector,
     fetch_doc_vectors,
     fold_into_users,
+    mark_applied,
 )
 from plugin.services import Services
 
@@ -47,6 +46,12 @@ def ingest_events(
     if not events:
         return report
 
+    stored = services.engine.mget_versioned(settings.events_alias, [e.event_id for _, e in events])
+    report.duplicates += [e.event_id for _, e in events if e.event_id in stored]
+    events = [(p, e) for p, e in events if e.event_id not in stored]
+    if not events:
+        return report
+
     with_text = [e for _, e in events if e.text]
     text_vectors = services.embedder.encode([e.text or "" for e in with_text])
     text_embedding = {e.event_id: v.tolist() for e, v in zip(with_text, text_vectors, strict=True)}
@@ -55,61 +60,51 @@ def ingest_events(
     now_ms = int(time.time() * 1000)
     sources: dict[str, dict[str, Any]] = {}
     for _, event in events:
-        source = {**event.source(), "received_at": now_ms,
-                  "status": STORED if event.doc_id is None or event.doc_id in docs else PENDING}
+        ready = event.doc_id is None or event.doc_id in docs
+        source = {**event.source(), "received_at": now_ms, "status": APPLIED if ready else PENDING}
         if event.event_id in text_embedding:
             source["text_embedding"] = text_embedding[event.event_id]
         sources[event.event_id] = source
+    ready_sources = [s for s in sources.values() if s["status"] == APPLIED]
+    fold_into_users(services, ready_sources, docs)
     positions = {e.event_id: p for p, e in events}
+    created = _store(services, sources, positions, report, refresh)
+    report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
 
-    created, existing = _store(services, sources, positions, report, refresh)
-    # An id already stored: a client's resend (duplicate), or this batch redelivered after a
-    # worker died mid-way (its events are still `stored` or `pending`).
-    for event_id, stored in existing.items():
-        if stored.get("status") == APPLIED:
-            report.duplicates.append(event_id)
-        else:
-            created.append(stored)
-
-    ready = [s for s in created if s["status"] == STORED]
-    waiting = [s for s in created if s["status"] == PENDING]
+    waiting = [s for s in sources.values() if s["status"] == PENDING and s["event_id"] in created]
     if waiting:
         # Pending events must be visible to a document task's search before we look for their
         # documents again: then one of the two sides is sure to see the other.
         services.engine.client.indices.refresh(index=settings.events_alias)
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
-        ready += arrived
+        fold_into_users(services, arrived, docs)
+        mark_applied(services, [s["event_id"] for s in arrived])
+        report.done += [s["event_id"] for s in arrived]
         report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
-    fold_into_users(services, ready, docs)
-    report.done += [s["event_id"] for s in ready]
     return report
 
 
 def _store(
     services: Services, sources: Mapping[str, dict[str, Any]], positions: Mapping[str, int],
     report: BatchReport, refresh: bool,
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Create event documents; returns (created sources, already stored sources by id)."""
+) -> set[str]:
+    """Create event documents; returns the ids created by this call."""
     index = services.settings.events_alias
     actions = ({"_op_type": "create", "_index": index, "_id": event_id, "_source": source}
                for event_id, source in sources.items())
-    created, conflicts = [], []
+    created = set()
     for ok, item in services.engine.streaming_bulk(
         actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=1000
     ):
         event_id = bulk_item_id(item)
         if ok:
-            created.append(sources[event_id])
+            created.add(event_id)
         elif next(iter(item.values())).get("status") == 409:
-            conflicts.append(event_id)
+            report.duplicates.append(event_id)  # the same event, sent twice at once
         else:
             report.error(positions.get(event_id, -1), event_id, bulk_error_reason(item))
-    existing: dict[str, dict[str, Any]] = {}
-    if conflicts:
-        response = services.engine.client.mget(index=index, body={"ids": conflicts})
-        existing = {d["_id"]: d["_source"] for d in response["docs"] if d.get("found")}
-    return created, existing
+    return created
 
 
 def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
@@ -127,4 +122,5 @@ def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
         docs: dict[str, DocVector] = fetch_doc_vectors(services, {w["doc_id"] for w in waiting})
         ready = [w for w in waiting if w["doc_id"] in docs]
         applied += len(fold_into_users(services, ready, docs))
+        mark_applied(services, [w["event_id"] for w in ready])
     return applied

@@ -12,8 +12,10 @@ from plugin.pipeline.report import bulk_error_reason
 from plugin.services import Services
 
 MAX_UPDATE_ATTEMPTS = 30
-# Event statuses in the events index.
-STORED, PENDING, APPLIED = "stored", "pending", "applied"
+# Event statuses in the events index: folded into the user, or waiting for its document.
+PENDING, APPLIED = "pending", "applied"
+# How often a rebuild waits for an event that was folded but whose write is still in flight.
+REBUILD_WAIT_TRIES, REBUILD_WAIT_S = 20, 0.1
 
 
 class ConcurrentUpdateError(RuntimeError):
@@ -128,24 +130,36 @@ def mark_applied(services: Services, event_ids: Iterable[str]) -> None:
 def fold_into_users(
     services: Services, events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector]
 ) -> list[str]:
-    """Group stored events by user, fold each group, mark them applied."""
+    """Group events by user and fold each group; returns the ids newly applied."""
     by_user: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         by_user.setdefault(event["user_id"], []).append(event)
-    applied = update_users(services, by_user, docs)
-    # Already-applied ones too: they may be left `stored` by a run that died before this.
-    mark_applied(services, [e["event_id"] for e in events])
-    return applied
+    return update_users(services, by_user, docs)
 
 
 # -- rebuild -----------------------------------------------------------------------------------
 
 
-def user_events(services: Services, user_id: str) -> list[dict[str, Any]]:
-    """Every stored or applied event of a user (pending ones have no document yet)."""
+def user_events(services: Services, user_id: str, current: UserInterest | None
+                ) -> list[dict[str, Any]] | None:
+    """Every applied event of a user, or None while one it applied is not readable yet.
+
+    An event is folded before it is written, so the user document can remember an id whose
+    write is still in flight; the log is complete once each remembered id can be read.
+    """
+    index = services.settings.events_alias
+    services.engine.client.indices.refresh(index=index)
     query = {"query": {"bool": {"filter": [{"term": {"user_id": user_id}},
-                                           {"terms": {"status": [STORED, APPLIED]}}]}}}
-    return [hit["_source"] for hit in services.engine.scan(services.settings.events_alias, query)]
+                                           {"term": {"status": APPLIED}}]}}}
+    events = {hit["_id"]: hit["_source"] for hit in services.engine.scan(index, query)}
+    unseen = [i for i in (current.recent if current else {}) if i not in events]
+    if unseen:
+        found = services.engine.mget_versioned(index, unseen)
+        if len(found) < len(unseen):
+            return None
+        events.update({i: src for i, (src, _, _) in found.items()
+                       if src.get("status") == APPLIED})
+    return list(events.values())
 
 
 def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
@@ -154,10 +168,16 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
     engine = services.engine
     for _ in range(MAX_UPDATE_ATTEMPTS):
         current = engine.get_versioned(settings.interests_alias, user_id)
-        # Everything stored so far becomes visible to the scan.
-        engine.client.indices.refresh(index=settings.events_alias)
-        events = sorted(user_events(services, user_id),
-                        key=lambda e: (float(e["timestamp"]), e["event_id"]))
+        for _ in range(REBUILD_WAIT_TRIES):
+            log = user_events(services, user_id,
+                              UserInterest.from_source(current[0]) if current else None)
+            if log is not None:
+                break
+            time.sleep(REBUILD_WAIT_S)
+            current = engine.get_versioned(settings.interests_alias, user_id)
+        else:
+            raise ConcurrentUpdateError("events folded into this user never reached the log")
+        events = sorted(log, key=lambda e: (int(e["timestamp"]), e["event_id"]))
         docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")})
         usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
         now = time.time()
@@ -168,8 +188,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
             user = folded if folded is not None else user
         # Remember only ids that an in-flight task could still try to apply.
         cutoff_ms = (now - RECENT_WINDOW_S) * 1000
-        recent = {e["event_id"]: now for e in usable
-                  if e.get("status") == STORED or e.get("received_at", 0) >= cutoff_ms}
+        recent = {e["event_id"]: now for e in usable if e.get("received_at", 0) >= cutoff_ms}
         user = UserInterest(user.user_id, user.long, user.short, user.event_counts,
                             user.tag_scores, recent)
         version = None if current is None else (current[1], current[2])

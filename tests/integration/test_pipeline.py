@@ -17,7 +17,6 @@ import pytest
 from plugin import pipeline
 from plugin.config import Settings
 from plugin.interest import UserInterest
-from plugin.pipeline.users import STORED
 from plugin.services import Services
 from tests.conftest import ROOT, WorkerProcess, settings_env
 from workers import dead_letter
@@ -149,20 +148,22 @@ def test_event_text_is_embedded_into_the_same_sums(services: Services) -> None:
 
 def test_a_batch_redelivered_after_a_crash_is_applied_once(services: Services,
                                                            corpus: list[str]) -> None:
-    """A worker died after storing the events but before folding them (acks_late redelivers)."""
+    """A worker died after folding events but before storing them (acks_late redelivers)."""
+    from plugin.pipeline.users import fetch_doc_vectors, fold_into_users
+
     user = uid("u")
     events = [{"event_id": uid("e"), "user_id": user, "doc_id": corpus[i], "type": "like",
                "timestamp": time.time() - i} for i in range(5)]
-    # The crashed run: stored, one of them folded, none marked applied.
-    for e in events:
-        services.engine.client.index(index=services.settings.events_alias, id=e["event_id"],
-                                     body={**e, "weight": 2.0, "status": STORED,
-                                           "timestamp": round(e["timestamp"] * 1000),
-                                           "received_at": int(time.time() * 1000)})
-    pipeline.ingest_events(services, events[:1])  # folds #0, then it counts as applied
+    # The crashed run folded the first three, then died before its write to the events index.
+    crashed = [{**e, "weight": 2.0, "timestamp": round(e["timestamp"] * 1000)}
+               for e in events[:3]]
+    fold_into_users(services, crashed, fetch_doc_vectors(services, corpus[:3]))
     report = pipeline.ingest_events(services, events)
-    assert sorted(report.done) == sorted(e["event_id"] for e in events[1:])
-    assert report.duplicates == [events[0]["event_id"]]
+    assert sorted(report.done) == sorted(e["event_id"] for e in events)
+    state = interest(services, user)
+    assert state is not None and state.event_counts == {"like": 5}
+    again = pipeline.ingest_events(services, events)
+    assert sorted(again.duplicates) == sorted(e["event_id"] for e in events)
     state = interest(services, user)
     assert state is not None and state.event_counts == {"like": 5}
 
