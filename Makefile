@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status demo test lint bench clean
+.PHONY: help venv up down status demo demo-services test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,3 +51,6 @@ lint:  ## ruff and mypy
 
 clean: down  ## stop everything and delete data, build outputs and the venv
 	rm -rf $(STATE) $(VENV) devstack/*/target
+
+bench: venv up  ## benchmarks: JSON and markdown tables in bench/results/
+	$(BIN)/python -m bench.pipeline

@@ -41,15 +41,28 @@ def setup(reindex: bool) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--concurrency", "-c", default=2, show_default=True, help="worker processes")
+@click.option("--queues", "-Q", default="documents,events,celery", show_default=True,
+              help="queues to consume: documents (embedding), events (folding), celery (rest)")
+@click.option("--pool", "-P", type=click.Choice(["prefork", "threads", "solo"]),
+              default="prefork", show_default=True,
+              help="threads suits the documents queue (one model, I/O overlaps encoding)")
+@click.option("--concurrency", "-c", default=2, show_default=True, help="processes or threads")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker for the ingestion tasks (extra arguments go to Celery)."""
+def worker(queues: str, pool: str, concurrency: int, loglevel: str,
+           celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to Celery's own `worker` command)."""
+    import os
+
+    if not os.environ.get("ES_INTEREST_TORCH_THREADS"):
+        # Processes of a prefork pool each embed with their share of the cores; threads share
+        # one model, which uses them all. (Read when the model loads.)
+        share = concurrency if pool == "prefork" else 1
+        os.environ["ES_INTEREST_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // share))
     from workers.app import app
 
-    app.worker_main(["worker", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-                     *celery_args])
+    app.worker_main(["worker", f"--queues={queues}", f"--pool={pool}",
+                     f"--concurrency={concurrency}", f"--loglevel={loglevel}", *celery_args])
 
 
 @main.command()

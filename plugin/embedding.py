@@ -26,8 +26,14 @@ def default_model_path() -> str:
 class Embedder:
     """Encodes texts to unit-length float32 vectors in batches."""
 
-    def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, model: str = "", device: str = "cpu", batch_size: int = 64,
+                 threads: int = 0) -> None:
         from sentence_transformers import SentenceTransformer
+
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
 
         self.model_name = model or default_model_path()
         self.batch_size = batch_size
@@ -60,6 +66,7 @@ class Embedder:
 
 
 @lru_cache(maxsize=4)
-def get_embedder(model: str = "", device: str = "cpu", batch_size: int = 64) -> Embedder:
+def get_embedder(model: str = "", device: str = "cpu", batch_size: int = 64,
+                 threads: int = 0) -> Embedder:
     """One loaded model per process and configuration."""
-    return Embedder(model, device, batch_size)
+    return Embedder(model, device, batch_size, threads)

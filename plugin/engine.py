@@ -34,10 +34,10 @@ class Engine:
 
     # -- mappings ---------------------------------------------------------------------------
 
-    def index_settings(self) -> JSON:
-        """Settings an index with vector fields needs on this engine."""
+    def index_settings(self, knn: bool = True) -> JSON:
+        """Settings of an index whose vector fields are searched by kNN (``knn``) or not."""
         if self.kind is EngineKind.OPENSEARCH:
-            return {"index.knn": True}
+            return {"index.knn": knn}
         return {}
 
     def vector_field(
@@ -47,8 +47,17 @@ class Engine:
         m: int = 16,
         ef_construction: int = 100,
         quantized: bool = False,
+        indexed: bool = True,
     ) -> JSON:
-        """A cosine-similarity HNSW vector field of ``dims`` dimensions."""
+        """A cosine-similarity HNSW vector field of ``dims`` dimensions.
+
+        ``indexed=False``: stored for scripts and readers, with no graph to build on writes
+        (user vectors are read by id, never searched by kNN).
+        """
+        if not indexed:
+            if self.kind is EngineKind.OPENSEARCH:
+                return {"type": "knn_vector", "dimension": dims}
+            return {"type": "dense_vector", "dims": dims, "index": False}
         if self.kind is EngineKind.OPENSEARCH:
             return {
                 "type": "knn_vector",
@@ -131,11 +140,14 @@ class Engine:
             return None
         return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
 
-    def mget_versioned(self, index: str, ids: list[str]) -> dict[str, tuple[JSON, int, int]]:
+    def mget_versioned(self, index: str, ids: list[str], exclude: list[str] | None = None
+                       ) -> dict[str, tuple[JSON, int, int]]:
         """Real-time multi-get: found documents with their ``_seq_no`` and ``_primary_term``."""
         found: dict[str, tuple[JSON, int, int]] = {}
+        params = {"_source_excludes": exclude} if exclude else {}
         for start in range(0, len(ids), 1000):
-            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]})
+            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]},
+                                        **params)
             for doc in response["docs"]:
                 if doc.get("found"):
                     found[doc["_id"]] = (doc["_source"], int(doc["_seq_no"]),
@@ -214,6 +226,24 @@ class Engine:
         self.client.close()
 
 
+def _opensearch_orjson() -> Any:
+    """opensearch-py's JSON serializer on orjson: 384-float vectors make JSON the hot path."""
+    import orjson
+    from opensearchpy.serializer import JSONSerializer
+
+    class OrjsonSerializer(JSONSerializer):
+        def dumps(self, data: Any) -> Any:
+            if isinstance(data, str | bytes):
+                return data
+            return orjson.dumps(data, default=self.default,
+                                option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
+
+        def loads(self, s: Any) -> Any:
+            return orjson.loads(s)
+
+    return OrjsonSerializer()
+
+
 def _client_options(settings: Settings) -> JSON:
     options: JSON = {"request_timeout": 30}
     if settings.engine_ca_file:
@@ -236,7 +266,8 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
     probe = OpenSearch(hosts=[url], http_auth=auth, timeout=options["request_timeout"],
                        ca_certs=settings.engine_ca_file,
                        headers={"Authorization": f"ApiKey {settings.engine_api_key}"}
-                       if settings.engine_api_key else None)
+                       if settings.engine_api_key else None,
+                       serializer=_opensearch_orjson())
     try:
         info = probe.info()
     except Exception as exc:  # any transport error means the same thing here
@@ -247,11 +278,13 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
     probe.close()
 
     from elasticsearch import Elasticsearch
+    from elasticsearch.serializer import OrjsonSerializer
 
     client = Elasticsearch(
         url,
         api_key=settings.engine_api_key,
         basic_auth=auth,
+        serializer=OrjsonSerializer(),
         **options,
     )
     return Engine(EngineKind.ELASTICSEARCH, client, str(version.get("number")))

@@ -42,13 +42,21 @@ class IndexSpec:
         return f"{self.alias}-v{self.version}"
 
 
-def _resolve_vectors(node: Any, vector_field: JSON) -> Any:
-    """Replace every ``{"$vector": true}`` placeholder with the engine's vector mapping."""
+def _resolve_vectors(node: Any, vector_field: Callable[[bool], JSON]) -> Any:
+    """Replace each ``{"$vector": true[, "indexed": false]}`` with the engine's vector mapping."""
     if isinstance(node, dict):
         if node.get("$vector") is True:
-            return copy.deepcopy(vector_field)
+            return copy.deepcopy(vector_field(bool(node.get("indexed", True))))
         return {key: _resolve_vectors(value, vector_field) for key, value in node.items()}
     return node
+
+
+def _has_indexed_vector(node: Any) -> bool:
+    if isinstance(node, dict):
+        if node.get("$vector") is True:
+            return bool(node.get("indexed", True))
+        return any(_has_indexed_vector(v) for v in node.values())
+    return False
 
 
 def alias_for(settings: Settings, kind: str) -> str:
@@ -62,11 +70,14 @@ def alias_for(settings: Settings, kind: str) -> str:
 def load_spec(settings: Settings, engine: Engine, kind: str, dims: int) -> IndexSpec:
     path = _latest_mapping(settings.mappings_dir, kind)
     raw = json.loads(path.read_text())
-    vector = engine.vector_field(dims, m=settings.hnsw_m,
-                                 ef_construction=settings.hnsw_ef_construction,
-                                 quantized=settings.vector_quantized)
+    def vector(indexed: bool) -> JSON:
+        return engine.vector_field(dims, m=settings.hnsw_m,
+                                   ef_construction=settings.hnsw_ef_construction,
+                                   quantized=settings.vector_quantized, indexed=indexed)
+
     body: JSON = {
-        "settings": {**raw.get("settings", {}), **engine.index_settings()},
+        "settings": {**raw.get("settings", {}),
+                     **engine.index_settings(knn=_has_indexed_vector(raw["mappings"]))},
         "mappings": _resolve_vectors(raw["mappings"], vector),
     }
     return IndexSpec(kind, alias_for(settings, kind), int(raw["version"]),

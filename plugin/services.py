@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from plugin import caches
+from plugin.caches import LockedCache
 from plugin.config import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -12,6 +14,8 @@ if TYPE_CHECKING:
 
     from plugin.embedding import Embedder
     from plugin.engine import Engine
+    from plugin.interest import UserInterest
+    from plugin.pipeline.users import DocVector
 
 
 class Services:
@@ -29,7 +33,17 @@ class Services:
         from plugin.embedding import get_embedder
 
         s = self.settings
-        return get_embedder(s.model, s.model_device, s.embed_batch_size)
+        return get_embedder(s.model, s.model_device, s.embed_batch_size, s.torch_threads)
+
+    @cached_property
+    def user_states(self) -> LockedCache[str, tuple[UserInterest, int, int]]:
+        """user_id -> (interest, _seq_no, _primary_term) as this process last wrote it."""
+        return caches.lru(self.settings.user_cache_size)
+
+    @cached_property
+    def doc_vectors(self) -> LockedCache[str, DocVector]:
+        s = self.settings
+        return caches.ttl(s.doc_vector_cache_size, s.doc_vector_cache_ttl_s)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -93,11 +93,19 @@ class WorkerProcess:
         self.log_path.parent.mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-             f"--concurrency={concurrency}", "--loglevel=info", "-n", f"{name}-{RUN_ID}@%h",
-             "--without-gossip", "--without-mingle"],
+            [sys.executable, "-m", "plugin.cli", "worker", f"--concurrency={concurrency}",
+             "--loglevel=info", "-n", f"{name}-{RUN_ID}@%h", "--without-gossip",
+             "--without-mingle"],
             cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
         )
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until Celery logs that this worker consumes its queues."""
+        deadline = time.monotonic() + timeout_s
+        while " ready." not in self.log_path.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready; see {self.log_path}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -25,6 +25,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 600},
         worker_hijack_root_logger=False,
+        # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let
+        # each get the pool that suits it (README, Workers). Other tasks use the default queue.
+        task_routes={
+            "es_interest.index_documents": {"queue": "documents"},
+            "es_interest.ingest_events": {"queue": "events"},
+        },
     )
     return celery
 

@@ -53,8 +53,10 @@ def ingest_events(
         return report
 
     with_text = [e for _, e in events if e.text]
-    text_vectors = services.embedder.encode([e.text or "" for e in with_text])
-    text_embedding = {e.event_id: v.tolist() for e, v in zip(with_text, text_vectors, strict=True)}
+    text_embedding: dict[str, list[float]] = {}
+    if with_text:  # the model loads only in workers that see text
+        vectors = services.embedder.encode([e.text or "" for e in with_text])
+        text_embedding = {e.event_id: v.tolist() for e, v in zip(with_text, vectors, strict=True)}
     docs = fetch_doc_vectors(services, {e.doc_id for _, e in events if e.doc_id})
 
     now_ms = int(time.time() * 1000)

@@ -28,9 +28,12 @@ class DocVector:
     tags: tuple[str, ...]
 
 
-def fetch_doc_vectors(services: Services, doc_ids: Iterable[str]) -> dict[str, DocVector]:
-    ids = sorted(set(doc_ids))
-    found: dict[str, DocVector] = {}
+def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
+                      fresh: bool = False) -> dict[str, DocVector]:
+    """Vectors and tags of indexed documents (from this process's cache unless ``fresh``)."""
+    wanted = set(doc_ids)
+    found: dict[str, DocVector] = {} if fresh else services.doc_vectors.get_many(wanted)
+    ids = sorted(wanted - set(found))
     client = services.engine.client
     for start in range(0, len(ids), 1000):
         # mget is real-time: a document is visible as soon as its bulk request returned.
@@ -40,7 +43,9 @@ def fetch_doc_vectors(services: Services, doc_ids: Iterable[str]) -> dict[str, D
         for doc in response["docs"]:
             if doc.get("found") and "embedding" in doc.get("_source", {}):
                 src = doc["_source"]
-                found[doc["_id"]] = DocVector(src["embedding"], tuple(src.get("tags") or ()))
+                found[doc["_id"]] = vector = DocVector(src["embedding"],
+                                                       tuple(src.get("tags") or ()))
+                services.doc_vectors.put(doc["_id"], vector)
     return found
 
 
@@ -57,6 +62,11 @@ def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> li
         items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],
                                   event["type"]))
     return items
+
+
+def _dims(items: Sequence[Contribution]) -> int:
+    # From the vectors themselves, so folding events needs no model in this process.
+    return len(items[0].embedding)  # type: ignore[arg-type]
 
 
 def update_users(
@@ -78,22 +88,28 @@ def update_users(
     for _ in range(MAX_UPDATE_ATTEMPTS):
         if not todo:
             return applied
-        current = engine.mget_versioned(settings.interests_alias, list(todo))
+        current = services.user_states.get_many(todo)
+        missing = [u for u in todo if u not in current]
+        # The unit vectors are derived from the state: no need to read them back.
+        for user_id, (source, seq_no, term) in engine.mget_versioned(
+                settings.interests_alias, missing,
+                exclude=["interest_long", "interest_short"]).items():
+            current[user_id] = (UserInterest.from_source(source), seq_no, term)
         now = time.time()
-        actions, applied_by_user = [], {}
+        actions, applied_by_user, written = [], {}, {}
         for user_id, events in todo.items():
             found = current.get(user_id)
-            user = (UserInterest.from_source(found[0]) if found
-                    else UserInterest.empty(user_id, services.embedder.dims))
+            user = found[0] if found else None
             ids = []
             for event in events:
-                folded = user.apply_event(event["event_id"], contributions(event, docs),
-                                          settings.half_life_long_s, settings.half_life_short_s,
-                                          now)
+                items = contributions(event, docs)
+                user = user or UserInterest.empty(user_id, _dims(items))
+                folded = user.apply_event(event["event_id"], items, settings.half_life_long_s,
+                                          settings.half_life_short_s, now)
                 if folded is not None:
                     user = folded
                     ids.append(event["event_id"])
-            if not ids:
+            if not ids or user is None:
                 continue
             action: dict[str, Any] = {"_index": settings.interests_alias, "_id": user_id,
                                       "_source": user.to_source(now)}
@@ -103,13 +119,19 @@ def update_users(
                 action.update(_op_type="index", if_seq_no=found[1], if_primary_term=found[2])
             actions.append(action)
             applied_by_user[user_id] = ids
+            written[user_id] = user
         retry: dict[str, Sequence[Mapping[str, Any]]] = {}
         for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
                                               raise_on_exception=False, chunk_size=500):
-            user_id = next(iter(item.values())).get("_id")
+            info = next(iter(item.values()))
+            user_id = info.get("_id")
             if ok:
                 applied += applied_by_user[user_id]
-            elif next(iter(item.values())).get("status") == 409:
+                services.user_states.put(user_id, (written[user_id], int(info["_seq_no"]),
+                                                   int(info["_primary_term"])))
+            elif info.get("status") == 409:
+                # Another writer (worker, rebuild, erase) got there first: read afresh.
+                services.user_states.discard(user_id)
                 retry[user_id] = todo[user_id]
             else:
                 raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
@@ -166,6 +188,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
     """Replay the user's event log in time order into a fresh state, and store it."""
     settings = services.settings
     engine = services.engine
+    services.user_states.discard(user_id)
     for _ in range(MAX_UPDATE_ATTEMPTS):
         current = engine.get_versioned(settings.interests_alias, user_id)
         for _ in range(REBUILD_WAIT_TRIES):
@@ -178,10 +201,15 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
         else:
             raise ConcurrentUpdateError("events folded into this user never reached the log")
         events = sorted(log, key=lambda e: (int(e["timestamp"]), e["event_id"]))
-        docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")})
+        docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")},
+                                 fresh=True)
         usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
         now = time.time()
-        user = UserInterest.empty(user_id, services.embedder.dims)
+        if not usable:
+            if current is not None:
+                engine.client.delete(index=settings.interests_alias, id=user_id)
+            return {"user_id": user_id, "events": 0, "skipped": len(events)}
+        user = UserInterest.empty(user_id, _dims(contributions(usable[0], docs)))
         for event in usable:
             folded = user.apply_event(event["event_id"], contributions(event, docs),
                                       settings.half_life_long_s, settings.half_life_short_s, now)
@@ -192,10 +220,6 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
         user = UserInterest(user.user_id, user.long, user.short, user.event_counts,
                             user.tag_scores, recent)
         version = None if current is None else (current[1], current[2])
-        if not usable:
-            if current is not None:
-                engine.client.delete(index=settings.interests_alias, id=user_id)
-            return {"user_id": user_id, "events": 0, "skipped": len(events)}
         if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
             return {"user_id": user_id, "events": len(usable),
                     "skipped": len(events) - len(usable)}
@@ -240,6 +264,7 @@ def erase_user(services: Services, user_id: str) -> dict[str, int]:
     """
     settings = services.settings
     engine = services.engine
+    services.user_states.discard(user_id)
     engine.client.indices.refresh(index=settings.events_alias)
     hits = engine.scan(settings.events_alias, {"query": {"term": {"user_id": user_id}},
                                                "_source": False})

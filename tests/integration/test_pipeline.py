@@ -202,7 +202,7 @@ def test_two_worker_processes_lose_no_update(services: Services, settings: Setti
                                              corpus: list[str], worker, celery_client) -> None:  # type: ignore[no-untyped-def]
     second = WorkerProcess(settings, f"second-{uuid.uuid4().hex[:4]}")
     try:
-        celery_client.send_task("es_interest.ping").get(timeout=180)
+        second.wait_ready()
         user = uid("hot")
         now = time.time()
         batches = [[{"event_id": uid("e"), "user_id": user, "doc_id": corpus[(b + i) % 40],

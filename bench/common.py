@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: an isolated setup, a worker process, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from plugin.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def isolated_settings(name: str, redis_db: int = 9) -> Settings:
+    """The configured engine, with a throwaway index prefix and its own Redis database."""
+    base = load_settings()
+    return replace(base, index_prefix=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+                   redis_url=f"redis://127.0.0.1:6379/{redis_db}")
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "ES_INTEREST_ENGINE_URL": settings.engine_url,
+            "ES_INTEREST_REDIS_URL": settings.redis_url,
+            "ES_INTEREST_INDEX_PREFIX": settings.index_prefix, "HF_HUB_OFFLINE": "1"}
+
+
+def start_worker(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`es-interest worker ARGS` as its own process, on this run's broker and indices."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "plugin.cli", "worker", *args, "--loglevel=warning",
+         "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=child_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for_worker(celery: Any, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            celery.send_task("es_interest.ping").get(timeout=10)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (prefork pool), in MiB."""
+    pids = {pid}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        pids.add(int(entry))
+            except OSError:
+                continue
+    total_kb = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def write_results(name: str, results: dict[str, Any], table: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(results, indent=2))
+    md_path.write_text(table)
+    return json_path, md_path
