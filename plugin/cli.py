@@ -73,8 +73,10 @@ def serve(host: str | None, port: int | None) -> None:
     from plugin.api import create_app
 
     settings = load_settings()
-    create_app(settings).run(host=host or settings.api_host, port=port or settings.api_port,
-                             threaded=True)
+    app = create_app(settings)
+    dims = app.extensions["es_interest"].embedder.dims  # load the model before any request
+    click.echo(f"model ready ({dims} dimensions); serving")
+    app.run(host=host or settings.api_host, port=port or settings.api_port, threaded=True)
 
 
 @main.command()
@@ -86,9 +88,10 @@ def search(query: str, user_id: str | None, size: int) -> None:
     from plugin import search as search_service
     from plugin.services import Services
 
-    result = search_service.search(Services(), query, user_id=user_id, size=size)
+    result = search_service.search(
+        Services(), search_service.SearchParams(query, user_id=user_id, size=size, explain=True))
     json.dump({"personalized": result.personalized, "reason": result.reason,
-               "hits": result.hits}, sys.stdout, indent=2)
+               "strategy": result.strategy, "hits": result.hits}, sys.stdout, indent=2)
     click.echo()
 
 
@@ -179,6 +182,46 @@ def rebuild(user_id: str | None) -> None:
     with tqdm(desc="rebuilding users", unit="user") as bar:
         count = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
     click.echo(f"rebuilt {count} users")
+
+
+@main.group("api-key")
+def api_key() -> None:
+    """API keys for the HTTP API (stored hashed in Redis)."""
+
+
+@api_key.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["read", "write"]),
+              default=["read"], show_default=True)
+@click.option("--rate", default=None,
+              help="e.g. 600/minute (default: ES_INTEREST_API_DEFAULT_RATE)")
+def api_key_create(name: str, scopes: tuple[str, ...], rate: str | None) -> None:
+    """Create a key and print it (it is shown only this once)."""
+    from plugin.api.auth import create_key
+    from plugin.services import Services
+
+    services = Services()
+    click.echo(create_key(services.redis, name, scopes, rate or services.settings.api_default_rate))
+
+
+@api_key.command("list")
+def api_key_list() -> None:
+    """Names, scopes and rates of the stored keys."""
+    from plugin.api.auth import list_keys
+    from plugin.services import Services
+
+    for key in list_keys(Services().redis):
+        click.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rate}")
+
+
+@api_key.command("revoke")
+@click.argument("name")
+def api_key_revoke(name: str) -> None:
+    """Delete every key of this name."""
+    from plugin.api.auth import revoke_key
+    from plugin.services import Services
+
+    click.echo(f"revoked {revoke_key(Services().redis, name)} keys")
 
 
 @main.group("dead-letter")

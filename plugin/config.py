@@ -61,8 +61,23 @@ class Settings:
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
+    # Search: blend strategy (auto: script_score where Painless runs, else knn_linear), kNN
+    # candidates per vector, caches, and the time a user's vectors may take to load.
+    blend_strategy: str = "auto"
+    knn_candidates: int = 100
+    query_cache_ttl_s: float = 300.0
+    user_cache_ttl_s: float = 600.0
+    user_vector_budget_ms: float = 100.0
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # API keys are required unless this is "disabled" (a local demo, say).
+    api_auth: str = "required"
+    api_default_rate: str = "600/minute"
+    cors_origins: tuple[str, ...] = ()
+    # Indices the `_search` proxy serves, besides the documents alias.
+    proxy_indices: tuple[str, ...] = ()
+    max_size: int = 100
+    max_window: int = 1000
 
     @property
     def docs_alias(self) -> str:
@@ -85,6 +100,17 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (raw or "").split(",") if item.strip())
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(PREFIX + name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _event_weights(raw: str | None) -> dict[str, float]:
@@ -139,6 +165,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                           Settings.doc_vector_cache_size)),
         doc_vector_cache_ttl_s=_number(env, "DOC_VECTOR_CACHE_TTL_S",
                                        Settings.doc_vector_cache_ttl_s),
+        blend_strategy=_choice(env, "BLEND_STRATEGY", ("auto", "script_score", "knn_linear")),
+        knn_candidates=int(_number(env, "KNN_CANDIDATES", Settings.knn_candidates)),
+        query_cache_ttl_s=_number(env, "QUERY_CACHE_TTL_S", Settings.query_cache_ttl_s),
+        user_cache_ttl_s=_number(env, "USER_CACHE_TTL_S", Settings.user_cache_ttl_s),
+        user_vector_budget_ms=_number(env, "USER_VECTOR_BUDGET_MS",
+                                      Settings.user_vector_budget_ms),
         api_host=text("API_HOST", Settings.api_host),
         api_port=int(_number(env, "API_PORT", Settings.api_port)),
+        api_auth=_choice(env, "API_AUTH", ("required", "disabled")),
+        api_default_rate=text("API_DEFAULT_RATE", Settings.api_default_rate),
+        cors_origins=_list(env.get(PREFIX + "CORS_ORIGINS")),
+        proxy_indices=_list(env.get(PREFIX + "PROXY_INDICES")),
+        max_size=int(_number(env, "MAX_SIZE", Settings.max_size)),
+        max_window=int(_number(env, "MAX_WINDOW", Settings.max_window)),
     )

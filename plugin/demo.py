@@ -13,6 +13,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from plugin.api.auth import create_key, revoke_key
 from plugin.config import load_settings
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
@@ -24,10 +25,11 @@ QUERY = "adventure"
 BATCH = 250
 
 
-def _api_search(api_url: str, query: str, user_id: str | None) -> dict[str, Any]:
+def _api_search(api_url: str, key: str, query: str, user_id: str | None) -> dict[str, Any]:
     params = {"q": query, "size": 10, **({"user_id": user_id} if user_id else {})}
     url = f"{api_url}/search?{urllib.parse.urlencode(params)}"
-    with urllib.request.urlopen(url, timeout=60) as response:
+    request = urllib.request.Request(url, headers={"Authorization": f"ApiKey {key}"})
+    with urllib.request.urlopen(request, timeout=60) as response:
         result: dict[str, Any] = json.load(response)
     return result
 
@@ -84,8 +86,9 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     # Start the demo user from nothing, so that every run shows the same before and after.
     erase_user(services, DEMO_USER)
     _wait_for_api(api_url)
+    key = create_key(services.redis, "demo", ("read",), settings.api_default_rate)
     before = _print_hits(f"'{QUERY}' for {DEMO_USER}, before any feedback",
-                         _api_search(api_url, QUERY, DEMO_USER))
+                         _api_search(api_url, key, QUERY, DEMO_USER))
 
     # The demo user loves animated family films: like a few of them, most recent last.
     liked = [d for d in docs if {"Animation", "Children"} <= set(d["metadata"]["genres"])][:6]
@@ -98,7 +101,8 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     click.echo(f"events applied: {len(report['done'])}, errors: {len(report['errors'])}")
 
     after = _print_hits(f"'{QUERY}' for {DEMO_USER}, after the feedback",
-                        _api_search(api_url, QUERY, DEMO_USER))
+                        _api_search(api_url, key, QUERY, DEMO_USER))
+    revoke_key(services.redis, "demo")
     if after == before:
         click.echo("\nthe personalized ranking did not change: something is wrong", err=True)
         sys.exit(1)

@@ -108,6 +108,29 @@ class Engine:
             knn["filter"] = filter_query
         body.setdefault("knn", []).append(knn)
 
+    def knn_query(self, field_name: str, vector: Iterable[float], k: int) -> JSON:
+        """A kNN *query* clause (usable inside bool): OpenSearch, or Elasticsearch 8.12+."""
+        values = [float(x) for x in vector]
+        if self.kind is EngineKind.OPENSEARCH:
+            return {"knn": {field_name: {"vector": values, "k": k}}}
+        return {"knn": {"field": field_name, "query_vector": values, "num_candidates": 2 * k}}
+
+    def blend_script(self, field_name: str) -> str:
+        """The blend's Painless source: a constant per engine and field, never request data.
+
+        Params: a, b, c, d (weights), max_bm25, q, ul, us (query, long, short vectors).
+        """
+        def sim(param: str) -> str:
+            return f"(1.0 + {self.painless_cosine(param, field_name)}) / 2.0"
+
+        return (
+            "double s = params.a * Math.min(1.0, _score / params.max_bm25)"
+            f" + params.b * {sim('q')};"
+            f" if (params.c > 0) {{ s += params.c * {sim('ul')}; }}"
+            f" if (params.d > 0) {{ s += params.d * {sim('us')}; }}"
+            " return s;"
+        )
+
     def painless_cosine(self, vector_param: str, field_name: str) -> str:
         """Painless expression for the cosine similarity (in [-1, 1]) of a param and a field."""
         if self.kind is EngineKind.OPENSEARCH:
@@ -139,6 +162,21 @@ class Engine:
         except self._not_found_error:
             return None
         return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
+
+    def get_source(self, index: str, doc_id: str, timeout_s: float,
+                   exclude: list[str] | None = None) -> JSON | None:
+        """One document's source within ``timeout_s`` (raises on timeout), or None."""
+        params: JSON = {"_source_excludes": exclude} if exclude else {}
+        try:
+            if self.kind is EngineKind.OPENSEARCH:
+                doc = self.client.get(index=index, id=doc_id, request_timeout=timeout_s,
+                                      **params)
+            else:
+                doc = self.client.options(request_timeout=timeout_s).get(
+                    index=index, id=doc_id, **params)
+        except self._not_found_error:
+            return None
+        return dict(doc["_source"])
 
     def mget_versioned(self, index: str, ids: list[str], exclude: list[str] | None = None
                        ) -> dict[str, tuple[JSON, int, int]]:
@@ -190,6 +228,20 @@ class Engine:
         from elasticsearch import ConflictError as EsConflict
 
         return EsConflict
+
+    def api_error(self, exc: Exception) -> tuple[int, Any] | None:
+        """(HTTP status, body) when ``exc`` is the engine refusing a request, else None."""
+        if self.kind is EngineKind.OPENSEARCH:
+            import opensearchpy
+
+            if isinstance(exc, opensearchpy.TransportError) and isinstance(exc.status_code, int):
+                return exc.status_code, exc.info
+            return None
+        import elasticsearch
+
+        if isinstance(exc, elasticsearch.ApiError):
+            return exc.meta.status, exc.body
+        return None
 
     @property
     def transient_errors(self) -> tuple[type[Exception], ...]:

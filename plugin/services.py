@@ -11,6 +11,7 @@ from plugin.config import Settings, load_settings
 
 if TYPE_CHECKING:
     import redis
+    from celery import Celery
 
     from plugin.embedding import Embedder
     from plugin.engine import Engine
@@ -44,6 +45,13 @@ class Services:
     def doc_vectors(self) -> LockedCache[str, DocVector]:
         s = self.settings
         return caches.ttl(s.doc_vector_cache_size, s.doc_vector_cache_ttl_s)
+
+    @cached_property
+    def celery(self) -> Celery:
+        """A client of the workers' queues on this configuration's broker."""
+        from workers.app import make_celery
+
+        return make_celery(self.settings)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
+from flask_cors import CORS
+from flask_limiter import Limiter
 
 from plugin.config import Settings
 from plugin.services import Services
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    services = Services(settings)
     app = Flask("es_interest")
-    app.extensions["es_interest"] = Services(settings)
+    app.extensions["es_interest"] = services
+    # Request lines carry queries and user ids: keep them out of the logs.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
+    from plugin.api import auth, errors, metrics
     from plugin.api.health import bp as health_bp
+    from plugin.api.ingest import bp as ingest_bp
+    from plugin.api.openapi import bp as openapi_bp
+    from plugin.api.proxy import bp as proxy_bp
     from plugin.api.search import bp as search_bp
+    from plugin.api.users import bp as users_bp
 
-    app.register_blueprint(health_bp)
-    app.register_blueprint(search_bp)
+    errors.register(app)
+    metrics.instrument(app)
+    app.before_request(auth.identify)  # before the limiter's hook: limits are per key
+    if services.settings.cors_origins:
+        CORS(app, origins=list(services.settings.cors_origins))
+    limiter = Limiter(auth.rate_key, app=app, storage_uri=services.settings.redis_url,
+                      key_prefix="es-interest:rate", strategy="fixed-window")
+    limited = limiter.shared_limit(auth.rate_limit, scope="api")
+    for bp in (search_bp, proxy_bp, ingest_bp, users_bp):
+        limited(bp)  # per API key, or per address for requests without a valid key
+        app.register_blueprint(bp)
+    for bp in (health_bp, metrics.bp, openapi_bp):
+        app.register_blueprint(bp)
     return app

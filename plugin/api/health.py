@@ -1,4 +1,4 @@
-"""GET /health: whether the engine, Redis and the model answer."""
+"""GET /health: whether the engine, Redis, the workers and the model answer."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def health() -> ResponseReturnValue:
         checks["redis"] = {"ok": bool(svc.redis.ping())}
     except Exception as exc:
         checks["redis"] = {"ok": False, "error": type(exc).__name__}
+    try:
+        replies = svc.celery.control.ping(timeout=0.5) or []
+        checks["workers"] = {"ok": bool(replies), "count": len(replies)}
+    except Exception as exc:
+        checks["workers"] = {"ok": False, "error": type(exc).__name__}
     try:
         checks["model"] = {"ok": True, "dims": svc.embedder.dims}
     except Exception as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 from plugin.interest import RECENT_WINDOW_S, Contribution, UserInterest
 from plugin.pipeline.report import bulk_error_reason
+from plugin.search import forget_users
 from plugin.services import Services
 
 MAX_UPDATE_ATTEMPTS = 30
@@ -135,6 +136,7 @@ def update_users(
                 retry[user_id] = todo[user_id]
             else:
                 raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
+        forget_users(services, list(applied_by_user))
         todo = retry
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
@@ -221,6 +223,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
                             user.tag_scores, recent)
         version = None if current is None else (current[1], current[2])
         if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
+            forget_users(services, [user_id])
             return {"user_id": user_id, "events": len(usable),
                     "skipped": len(events) - len(usable)}
     raise ConcurrentUpdateError(f"a user's interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
@@ -274,4 +277,5 @@ def erase_user(services: Services, user_id: str) -> dict[str, int]:
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
         engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
+    forget_users(services, [user_id])
     return {"events": deleted, "interests": int(found is not None)}

@@ -1,0 +1,102 @@
+"""API keys: stored as SHA-256 hashes in Redis, each with scopes and a rate limit."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from plugin.api.context import services
+from plugin.api.errors import ApiError
+
+KEYS = "es-interest:api-keys"
+SCOPES = ("read", "write")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    scopes: tuple[str, ...]
+    rate: str  # a flask-limiter rate string, e.g. "600/minute"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(redis: Any, name: str, scopes: tuple[str, ...], rate: str) -> str:
+    """Store a new key's hash and return the key itself (shown once, never stored)."""
+    key = "esi_" + secrets.token_urlsafe(32)
+    redis.hset(KEYS, _digest(key), json.dumps({"name": name, "scopes": list(scopes),
+                                               "rate": rate}))
+    return key
+
+
+def list_keys(redis: Any) -> list[ApiKey]:
+    return [ApiKey(d["name"], tuple(d["scopes"]), d["rate"])
+            for d in (json.loads(v) for v in redis.hvals(KEYS))]
+
+
+def revoke_key(redis: Any, name: str) -> int:
+    doomed = [h for h, v in redis.hgetall(KEYS).items() if json.loads(v)["name"] == name]
+    return int(redis.hdel(KEYS, *doomed)) if doomed else 0
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("ApiKey "):
+        return header[len("ApiKey "):].strip()
+    return request.headers.get("X-Api-Key")
+
+
+def identify() -> None:
+    """Before every request (and before the rate limiter): whose key is this, if any."""
+    svc = services()
+    g.api_key = None
+    if svc.settings.api_auth == "disabled":
+        g.api_key = ApiKey("anonymous", SCOPES, svc.settings.api_default_rate)
+        return
+    presented = _presented_key()
+    if presented:
+        raw = svc.redis.hget(KEYS, _digest(presented))
+        if raw is not None:
+            data = json.loads(raw)
+            g.api_key = ApiKey(data["name"], tuple(data["scopes"]), data["rate"])
+        else:
+            g.key_problem = "unknown API key"
+
+
+def require(scope: str) -> Callable[[F], F]:
+    """Let the request through only with a key that has ``scope`` (unless auth is off)."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            key: ApiKey | None = g.get("api_key")
+            if key is None:
+                raise ApiError(401, g.get("key_problem")
+                               or "missing API key: send 'Authorization: ApiKey <key>'")
+            if scope not in key.scopes:
+                raise ApiError(403, f"this API key lacks the '{scope}' scope")
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def rate_key() -> str:
+    key = g.get("api_key")
+    return f"key:{key.name}" if key else f"ip:{request.remote_addr}"
+
+
+def rate_limit() -> str:
+    key = g.get("api_key")
+    return key.rate if key else services().settings.api_default_rate

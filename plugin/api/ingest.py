@@ -1,0 +1,62 @@
+"""POST /documents and POST /events: validate now, queue for the workers, answer 202."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from plugin.api.auth import require
+from plugin.api.context import services
+from plugin.api.errors import ApiError
+from plugin.api.schemas import DocumentsRequest, EventsRequest
+from plugin.documents import InvalidDocument, parse_document
+from plugin.events import InvalidEvent, parse_event
+
+bp = Blueprint("ingest", __name__)
+TASK_BATCH = 500
+
+
+def _body(key: str) -> dict[str, Any]:
+    raw = request.get_json(silent=True)
+    if isinstance(raw, list):
+        raw = {key: raw}
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"send a JSON list, or an object with a '{key}' list")
+    return raw
+
+
+def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
+           invalid: type[Exception], id_key: str) -> ResponseReturnValue:
+    celery = services().celery
+    errors, valid = [], []
+    for position, item in enumerate(items):
+        try:
+            check(item)
+        except invalid as exc:
+            item_id = item.get(id_key) if isinstance(item, dict) else None
+            errors.append({"position": position, "id": item_id, "error": str(exc)})
+        else:
+            valid.append(item)
+    task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]]).id
+                for i in range(0, len(valid), TASK_BATCH)]
+    return jsonify({"accepted": len(valid), "task_ids": task_ids, "errors": errors}), 202
+
+
+@bp.post("/documents")
+@require("write")
+def documents() -> ResponseReturnValue:
+    req = DocumentsRequest.model_validate(_body("documents"))
+    return _queue("es_interest.index_documents", req.documents, parse_document,
+                  InvalidDocument, "id")
+
+
+@bp.post("/events")
+@require("write")
+def events() -> ResponseReturnValue:
+    req = EventsRequest.model_validate(_body("events"))
+    weights = services().settings.event_weights
+    return _queue("es_interest.ingest_events", req.events,
+                  lambda raw: parse_event(raw, weights), InvalidEvent, "event_id")

@@ -1,0 +1,159 @@
+"""POST /<index>/_search: an Elasticsearch-compatible search endpoint that personalizes.
+
+Any Elasticsearch (or OpenSearch) client pointed at the layer sends its usual body plus an
+``X-User-Id`` header. For a user with interest vectors the body's query is kept as the text
+clause (normalized by its best score) and weighted kNN clauses for the user's vectors (and the
+query text's, when the body has one) are added, each filtered by the original query, so the
+result set stays the one the query asked for and only the order changes. Without a user, or
+for a user with no vector, the body goes to the engine unchanged. The engine's response comes
+back as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from plugin import search as search_service
+from plugin.api.auth import require
+from plugin.api.context import services
+from plugin.api.metrics import PERSONALIZED
+from plugin.engine import JSON, EngineKind
+
+bp = Blueprint("proxy", __name__)
+
+# Keys that make the engine run code or reach beyond a plain search.
+FORBIDDEN_KEYS = {"script", "script_score", "script_fields", "runtime_mappings",
+                  "scripted_metric", "stored_scripts", "pit", "suggest"}
+TEXT_QUERIES = ("match", "match_phrase", "multi_match", "query_string", "simple_query_string")
+PASSED_PARAMS = ("size", "from", "track_total_hits", "typed_keys")
+
+
+def _es_error(status: int, kind: str, reason: str) -> ResponseReturnValue:
+    return jsonify({"error": {"type": kind, "reason": reason,
+                              "root_cause": [{"type": kind, "reason": reason}]},
+                    "status": status}), status
+
+
+def _keys(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keys(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _keys(value)
+
+
+def _query_text(node: Any) -> str | None:
+    """The words of the first full-text clause, to embed as the query vector."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in TEXT_QUERIES and isinstance(value, dict):
+                if isinstance(value.get("query"), str):
+                    return str(value["query"])
+                for inner in value.values():
+                    if isinstance(inner, dict) and isinstance(inner.get("query"), str):
+                        return str(inner["query"])
+                    if isinstance(inner, str):
+                        return inner
+            found = _query_text(value)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _query_text(value)
+            if found:
+                return found
+    return None
+
+
+@bp.route("/<index>/_search", methods=["GET", "POST"])
+@require("read")
+def proxy_search(index: str) -> ResponseReturnValue:
+    svc = services()
+    settings = svc.settings
+    if index not in {settings.docs_alias, *settings.proxy_indices}:
+        return _es_error(404, "index_not_found_exception",
+                         "this layer serves searches on its configured indices only")
+    body = request.get_json(force=True, silent=True) if request.data else {}
+    if not isinstance(body, dict):
+        return _es_error(400, "parse_exception", "the request body must be a JSON object")
+    forbidden = sorted(FORBIDDEN_KEYS & set(_keys(body)))
+    if forbidden:
+        return _es_error(400, "illegal_argument_exception",
+                         f"scripts and code are refused here: {forbidden}")
+    params: dict[str, str] = {k: str(request.args[k]) for k in PASSED_PARAMS
+                              if k in request.args}
+    try:
+        size_raw: Any = params["size"] if "size" in params else body.get("size", 10)
+        from_raw: Any = params["from"] if "from" in params else body.get("from", 0)
+        size, offset = int(size_raw), int(from_raw)
+    except (TypeError, ValueError):
+        return _es_error(400, "illegal_argument_exception", "'size' and 'from' must be integers")
+    if not 0 <= size <= settings.max_size or offset < 0 or offset + size > settings.max_window:
+        return _es_error(400, "illegal_argument_exception",
+                         f"'size' must be 0..{settings.max_size} and 'from' + 'size' at most "
+                         f"{settings.max_window}")
+
+    user_id = request.headers.get("X-User-Id")
+    personalized, reason = False, "no X-User-Id"
+    if user_id and ("sort" in body or "knn" in body):
+        reason = "the body sorts or has its own kNN: passed through"
+    elif user_id:
+        try:
+            user = search_service.user_vectors(svc, user_id)
+            if user.empty:
+                reason = "user has no interest vector yet"
+            else:
+                body = _rewrite(body, user, size + offset)
+                personalized, reason = True, ""
+        except Exception as exc:  # a personalization fault never fails the search
+            reason = f"user vectors unavailable ({type(exc).__name__})"
+    PERSONALIZED.labels("yes" if personalized else "no").inc()
+    try:
+        response = svc.engine.search(index, body, **params)
+    except Exception as exc:
+        refused = svc.engine.api_error(exc)
+        if refused is None:
+            raise
+        status, error_body = refused  # the engine's own 4xx, relayed as it is
+        return jsonify(error_body), status
+    out = jsonify(response)
+    if svc.engine.kind is EngineKind.ELASTICSEARCH:
+        out.headers["X-Elastic-Product"] = "Elasticsearch"
+    out.headers["X-Es-Interest-Personalized"] = "true" if personalized else "false"
+    if reason:
+        out.headers["X-Es-Interest-Reason"] = reason
+    return out
+
+
+def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
+    svc = services()
+    engine = svc.engine
+    weights = search_service.BlendWeights()
+    original = body.get("query", {"match_all": {}})
+    best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
+                                                   "track_total_hits": False, "query": original})
+    max_score = float(best["hits"].get("max_score") or 0.0)
+    rewritten = copy.deepcopy(body)
+    rewritten["query"] = {"bool": {"should": [{"bool": {
+        "must": [original], "boost": weights.bm25 / max_score if max_score > 0 else 1.0}}],
+        "minimum_should_match": 1}}
+    k = max(window, svc.settings.knn_candidates)
+    text = _query_text(original)
+    vectors = [(user.long, weights.interest_long), (user.short, weights.interest_short)]
+    if text:
+        query_vector, _ = search_service.query_inputs(svc, text, {})
+        vectors.append((query_vector, weights.query))
+    for vector, weight in vectors:
+        if vector is not None and weight > 0:
+            engine.add_knn(rewritten, field_name="embedding", vector=vector, k=k,
+                           num_candidates=2 * k, boost=weight, filter_query=original)
+    return rewritten
+
+

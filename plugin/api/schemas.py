@@ -1,0 +1,50 @@
+"""Request bodies, validated with pydantic: bounds here are the API's documented limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from plugin.search import FILTER_FIELDS
+
+MAX_WEIGHT = 10.0
+MAX_BATCH = 10_000
+
+
+class Weights(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bm25: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    query: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    interest_long: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    interest_short: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    q: str = Field(min_length=1, max_length=1000)
+    user_id: str | None = Field(None, max_length=256)
+    size: int = Field(10, ge=1, le=100)
+    from_: int = Field(0, ge=0, le=1000, alias="from")
+    filters: dict[str, list[str]] = Field(default_factory=dict)
+    weights: Weights = Field(default_factory=lambda: Weights())
+    strategy: Literal["script_score", "knn_linear"] | None = None
+    explain: bool = False
+    cache: bool = True
+
+    @field_validator("filters")
+    @classmethod
+    def known_filters(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = set(value) - set(FILTER_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown filter field(s) {sorted(unknown)}; "
+                             f"known: {list(FILTER_FIELDS)}")
+        return value
+
+
+class DocumentsRequest(BaseModel):
+    documents: list[Any] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventsRequest(BaseModel):
+    events: list[Any] = Field(min_length=1, max_length=MAX_BATCH)

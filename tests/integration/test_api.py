@@ -1,0 +1,264 @@
+"""The HTTP layer end to end: real app, engine, Redis, model and worker processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from plugin.api import create_app
+from plugin.api.auth import create_key
+from plugin.config import Settings
+from plugin.engine import EngineKind
+from plugin.services import Services
+
+pytestmark = pytest.mark.integration
+
+ANIMALS = ["Dog training tips for puppies", "Caring for your cat at home",
+           "Horse riding lessons for beginners", "Feeding pet rabbits and guinea pigs"]
+CARS = ["Changing the oil in your car engine", "Choosing winter tires for your car",
+        "Electric cars and charging stations", "Repairing a motorcycle gearbox"]
+QUERY = "care and maintenance tips"
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings, services: Services) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def keys(services: Services) -> dict[str, str]:
+    rate = "10000/minute"
+    return {"read": create_key(services.redis, "reader", ("read",), rate),
+            "write": create_key(services.redis, "writer", ("read", "write"), rate)}
+
+
+@pytest.fixture(scope="module")
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"ApiKey {key}"}
+
+
+@pytest.fixture(scope="module")
+def topics(client: FlaskClient, keys: dict[str, str], celery_client: Any, worker: Any,
+           services: Services) -> dict[str, str]:
+    """Animal and car documents, and user A's likes of three car documents, via the API."""
+    run = uuid.uuid4().hex[:6]
+    docs = [{"id": f"a{i}-{run}", "title": t, "tags": ["animals"]} for i, t in enumerate(ANIMALS)]
+    docs += [{"id": f"c{i}-{run}", "title": t, "tags": ["cars"]} for i, t in enumerate(CARS)]
+    answer = client.post("/documents", json={"documents": docs}, headers=auth(keys["write"]))
+    assert answer.status_code == 202 and answer.json["accepted"] == 8
+    for task_id in answer.json["task_ids"]:
+        celery_client.AsyncResult(task_id).get(timeout=120)
+    services.engine.client.indices.refresh(index=services.settings.docs_alias)
+    user_a, user_b = f"A-{run}", f"B-{run}"
+    now = time.time()
+    likes = [{"event_id": f"like-{i}-{run}", "user_id": user_a, "doc_id": f"c{i}-{run}",
+              "type": "like", "timestamp": now - 10 + i} for i in range(3)]
+    answer = client.post("/events", json=likes, headers=auth(keys["write"]))
+    assert answer.status_code == 202 and answer.json["accepted"] == 3
+    for task_id in answer.json["task_ids"]:
+        celery_client.AsyncResult(task_id).get(timeout=120)
+    return {"a": user_a, "b": user_b, "run": run}
+
+
+def strategies(services: Services) -> list[str]:
+    return ["knn_linear", "script_score"] if services.engine.has_painless() else ["knn_linear"]
+
+
+def search(client: FlaskClient, key: str, **body: Any) -> Any:
+    answer = client.post("/search", json={"q": QUERY, "size": 8, **body}, headers=auth(key))
+    assert answer.status_code == 200, answer.json
+    return answer.json
+
+
+def car_rank(result: Any) -> float:
+    ranks = [i for i, h in enumerate(result["hits"]) if h["id"].startswith("c")]
+    return sum(ranks) / len(ranks)
+
+
+@pytest.mark.parametrize("strategy", ["knn_linear", "script_score"])
+def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str, str],
+                                            topics: dict[str, str], services: Services,
+                                            strategy: str) -> None:
+    if strategy not in strategies(services):
+        pytest.skip(f"{services.engine.kind.value} {services.engine.version} here has no "
+                    "Painless; script_score runs on OpenSearch and on a full Elasticsearch "
+                    "named by ES_INTEREST_TEST_ES_URL")
+    a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True)
+    b = search(client, keys["read"], user_id=topics["b"], strategy=strategy)
+    plain = search(client, keys["read"], strategy=strategy)
+    assert a["personalized"] and not b["personalized"]
+    assert b["reason"] == "user has no interest vector yet" and plain["reason"] == "no user_id"
+    assert [h["id"] for h in b["hits"]] == [h["id"] for h in plain["hits"]]
+    assert car_rank(a) < car_rank(b)
+    top = a["hits"][0]["components"]
+    assert set(top) == {"final", "bm25", "query", "interest_long", "interest_short"}
+    assert 0 <= top["bm25"] <= 1 and 0 <= top["interest_long"] <= 1
+    assert a["strategy"] == strategy and a["took_ms"] > 0
+
+
+def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,
+                                                       keys: dict[str, str],
+                                                       topics: dict[str, str],
+                                                       services: Services) -> None:
+    if "script_score" not in strategies(services):
+        pytest.skip("needs both strategies: an engine with Painless")
+    results = {s: search(client, keys["read"], user_id=topics["a"], strategy=s,
+                         weights={"interest_long": 4.0}) for s in strategies(services)}
+    orders = {s: [h["id"] for h in r["hits"]] for s, r in results.items()}
+    assert orders["knn_linear"] == orders["script_score"]
+    # The three liked car documents are clearly ahead of everything else in both.
+    assert sorted(orders["knn_linear"][:3]) == [f"c{i}-{topics['run']}" for i in range(3)]
+    for s, r in results.items():
+        assert r["hits"][2]["score"] - r["hits"][3]["score"] > 0.05, s
+
+
+def test_a_personalization_fault_answers_unpersonalized(settings: Settings,
+                                                        keys: dict[str, str],
+                                                        topics: dict[str, str]) -> None:
+    slow = create_app(replace(settings, user_vector_budget_ms=0.001)).test_client()
+    user = topics["a"]
+    answer = slow.post("/search", json={"q": QUERY, "user_id": user}, headers=auth(keys["read"]))
+    assert answer.status_code == 200
+    assert not answer.json["personalized"] and "budget" in answer.json["reason"]
+
+
+# -- the Elasticsearch-compatible proxy ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(app: Flask) -> Iterator[str]:
+    http = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{http.server_port}"
+    http.shutdown()
+
+
+def test_proxy_answers_the_engines_own_client(server: str, keys: dict[str, str],
+                                              topics: dict[str, str], services: Services) -> None:
+    index = services.settings.docs_alias
+    body = {"size": 8, "query": {"bool": {
+        "must": [{"match": {"title": "for your and the in tips"}}],
+        "filter": [{"terms": {"tags": ["animals", "cars"]}},
+                   {"wildcard": {"doc_id": f"*-{topics['run']}"}}]}}}
+    if services.engine.kind is EngineKind.ELASTICSEARCH:
+        from elasticsearch import Elasticsearch
+
+        es = Elasticsearch(server, api_key=keys["read"])
+        mine = es.options(headers={"X-User-Id": topics["a"]}).search(index=index, body=body)
+        plain = es.search(index=index, body=body)
+        assert mine.meta.headers["X-Es-Interest-Personalized"] == "true"
+        assert plain.meta.headers["X-Es-Interest-Personalized"] == "false"
+    else:
+        from opensearchpy import OpenSearch
+
+        client = OpenSearch(hosts=[server], headers={"Authorization": f"ApiKey {keys['read']}"})
+        mine = client.search(index=index, body=body, headers={"X-User-Id": topics["a"]})
+        plain = client.search(index=index, body=body)
+    assert mine["hits"]["hits"] and plain["hits"]["hits"]
+    # Same result set (the original query filters every kNN clause), a different order.
+    assert {h["_id"] for h in mine["hits"]["hits"]} == {h["_id"] for h in plain["hits"]["hits"]}
+    assert [h["_id"] for h in mine["hits"]["hits"]] != [h["_id"] for h in plain["hits"]["hits"]]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
+    ("post", "/{docs}/_search", {"query": {"script_score": {"query": {"match_all": {}},
+     "script": {"source": "1"}}}}, 400, "scripts and code are refused"),
+    ("post", "/{docs}/_search", {"script_fields": {"x": {"script": "1"}}}, 400, "refused"),
+    ("post", "/{docs}/_search", {"runtime_mappings": {"x": {"type": "long"}}}, 400, "refused"),
+    ("post", "/{docs}/_search", {"size": 100000}, 400, "'size' must be"),
+    ("post", "/{docs}/_search", {"size": "many"}, 400, "must be integers"),
+    ("post", "/{events}/_search", {}, 404, "configured indices only"),
+    ("post", "/_bulk", {}, 404, ""),
+    ("delete", "/{docs}/_search", None, 405, ""),
+    ("get", "/_cat/indices", None, 404, ""),
+    ("post", "/search", {"q": "x", "size": 5000}, 400, "size"),
+    ("post", "/search", {"q": "x", "weights": {"bm25": 1e9}}, 400, "weights.bm25"),
+    ("post", "/search", {"q": "x", "weights": {"query": "lots"}}, 400, "weights.query"),
+    ("post", "/search", {"q": "x", "weights": {"hack": 1}}, 400, "weights.hack"),
+    ("post", "/search", {"q": "x", "filters": {"embedding": ["1"]}}, 400, "unknown filter"),
+    ("post", "/search", {"size": 3}, 400, "q: Field required"),
+    ("post", "/search", {"q": "x", "strategy": "painless_inline"}, 400, "strategy"),
+])
+def test_injection_attempts_get_a_clear_4xx(client: FlaskClient, keys: dict[str, str],
+                                            services: Services, method: str, path: str,
+                                            body: Any, status: int, message: str) -> None:
+    path = path.format(docs=services.settings.docs_alias, events=services.settings.events_alias)
+    answer = getattr(client, method)(path, json=body, headers=auth(keys["read"]))
+    assert answer.status_code == status
+    assert message in answer.get_data(as_text=True)
+
+
+def test_malformed_vectors_and_events_are_rejected_per_item(client: FlaskClient,
+                                                            keys: dict[str, str]) -> None:
+    docs = [{"id": "ok", "title": "fine"}, {"id": "nan", "title": "x", "embedding": ["NaN"] * 384},
+            {"id": "short", "title": "x", "embedding": "not a list"}]
+    answer = client.post("/documents", json=docs, headers=auth(keys["write"]))
+    assert answer.status_code == 202 and answer.json["accepted"] == 1
+    errors = {e["id"]: e["error"] for e in answer.json["errors"]}
+    assert "NaN" in errors["nan"] and "non-empty list" in errors["short"]
+    bad = client.post("/events", json=[{"user_id": "u", "type": "like", "doc_id": "d",
+                                        "weight": "x"}], headers=auth(keys["write"]))
+    assert bad.status_code == 202 and bad.json["accepted"] == 0
+    assert "'weight' must be a number" in bad.json["errors"][0]["error"]
+
+
+# -- access ----------------------------------------------------------------------------------
+
+
+def test_keys_scopes_and_rate_limits(app: Flask, services: Services) -> None:
+    client = app.test_client()
+    assert client.get("/search?q=x").status_code == 401
+    assert client.get("/search?q=x", headers=auth("esi_wrong")).status_code == 401
+    reader = create_key(services.redis, f"r-{uuid.uuid4().hex[:6]}", ("read",), "3/minute")
+    assert client.post("/events", json=[{}], headers=auth(reader)).status_code == 403
+    codes = [client.get("/search?q=tips", headers=auth(reader)).status_code for _ in range(4)]
+    assert codes[:2] == [200, 200] and codes[-1] == 429
+
+
+def test_user_endpoints(client: FlaskClient, keys: dict[str, str],
+                        topics: dict[str, str], services: Services) -> None:
+    services.engine.client.indices.refresh(index=services.settings.events_alias)
+    answer = client.get(f"/users/{topics['a']}/interest", headers=auth(keys["read"]))
+    assert answer.status_code == 200
+    data = answer.json
+    assert data["event_counts"] == {"like": 3} and data["top_tags"] == ["cars"]
+    assert data["horizons"]["long"]["present"]
+    assert all(n["id"].startswith("c") for n in data["horizons"]["long"]["nearest"][:3])
+    assert len(data["recent_events"]) == 3
+    user = f"erase-{topics['run']}"
+    client.post("/events", json=[{"user_id": user, "type": "query", "text": "gearbox"}],
+                headers=auth(keys["write"]))
+    deadline = time.monotonic() + 60
+    while client.get(f"/users/{user}/interest", headers=auth(keys["read"])).status_code == 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    gone = client.delete(f"/users/{user}", headers=auth(keys["write"]))
+    assert gone.status_code == 200 and gone.json["deleted"]["interests"] == 1
+    assert client.get(f"/users/{user}/interest", headers=auth(keys["read"])).status_code == 404
+    after = search(client, keys["read"], user_id=user)
+    assert not after["personalized"]
+
+
+def test_health_metrics_and_openapi(client: FlaskClient, worker: Any) -> None:
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["workers"]["count"] >= 1
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "es_interest_http_requests_total" in metrics
+    spec = client.get("/openapi.json").json
+    assert spec["openapi"].startswith("3.") and "/search" in spec["paths"]
+    assert "q" in spec["paths"]["/search"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]
