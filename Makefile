@@ -54,3 +54,4 @@ clean: down  ## stop everything and delete data, build outputs and the venv
 
 bench: venv up  ## benchmarks: JSON and markdown tables in bench/results/
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.search

@@ -1,0 +1,191 @@
+"""Search latency benchmark (`make bench`): plain BM25 against the layer's paths, per engine.
+
+For each engine of `make up`, one session: index MovieLens movies, give 50 users feedback,
+serve the API with gunicorn, then measure p50/p99 at concurrency 1, 8 and 32 for
+plain BM25 sent straight to the engine (the baseline), the non-personalized hybrid through the
+layer, and the personalized blend with each strategy the engine runs, with and without the
+query-embedding cache. Caches are warmed first where they are on.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import click
+import numpy as np
+import requests
+from tqdm import tqdm
+
+from bench.common import ROOT, child_env, isolated_settings, machine, write_results
+from plugin import pipeline
+from plugin.api.auth import create_key
+from plugin.indices import setup_indices
+from plugin.movielens import movie_documents
+from plugin.search import TEXT_FIELDS
+from plugin.services import Services
+
+ENGINES = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
+QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "animated family",
+           "horror", "documentary", "musical", "western", "time travel", "dark comedy",
+           "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
+           "war drama", "detective"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(services: Services, movies: int, users: int) -> list[str]:
+    docs = movie_documents(limit=movies)
+    for i in tqdm(range(0, len(docs), 500), desc="indexing", unit="batch"):
+        pipeline.index_documents(services, docs[i:i + 500])
+    services.engine.client.indices.refresh(index=services.settings.docs_alias)
+    rng = random.Random(3)
+    ids = [d["id"] for d in docs]
+    user_ids = [f"bench-user-{u}" for u in range(users)]
+    events = [{"user_id": u, "doc_id": rng.choice(ids), "type": "like",
+               "timestamp": time.time() - rng.uniform(0, 86400 * 30)}
+              for u in user_ids for _ in range(20)]
+    pipeline.ingest_events(services, events)
+    return user_ids
+
+
+def measure(call: Any, jobs: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
+    def timed(job: dict[str, Any]) -> float:
+        started = time.perf_counter()
+        call(job)
+        return (time.perf_counter() - started) * 1000
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = np.array(list(pool.map(timed, jobs)))
+    return {"p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "requests": len(jobs)}
+
+
+def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell: int,
+                 concurrencies: list[int]) -> dict[str, Any]:
+    settings = replace(isolated_settings(f"search-{name}"), engine_url=url)
+    services = Services(settings)
+    services.redis.flushdb()
+    setup_indices(services.engine, settings, services.embedder.dims)
+    user_ids = prepare(services, movies, users)
+    key = create_key(services.redis, "bench", ("read",), "1000000/minute")
+    port = free_port()
+    env = {**child_env(settings), "ES_INTEREST_API_PORT": str(port)}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "32", "--worker-class", "gthread", "--log-level", "warning",
+         "plugin.wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    layer = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    session.headers["Authorization"] = f"ApiKey {key}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if session.get(f"{layer}/openapi.json", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not start")
+            time.sleep(0.5)
+        strategies = ["knn_linear"] + (["script_score"] if services.engine.has_painless() else [])
+        rng = random.Random(4)
+        plain_session = requests.Session()
+
+        def plain(job: dict[str, Any]) -> None:
+            body = {"size": 10, "_source": {"excludes": ["embedding"]},
+                    "query": {"multi_match": {"query": job["q"], "fields": TEXT_FIELDS}}}
+            plain_session.post(f"{url}/{settings.docs_alias}/_search", json=body,
+                               timeout=30).raise_for_status()
+
+        def through_layer(params: dict[str, Any]) -> Any:
+            def call(job: dict[str, Any]) -> None:
+                answer = session.get(f"{layer}/search", params={**params, **job}, timeout=30)
+                answer.raise_for_status()
+            return call
+
+        paths: dict[str, Any] = {"plain BM25, straight to the engine": (plain, False)}
+        paths["hybrid, no user, through the layer"] = (
+            through_layer({"strategy": "knn_linear"}), False)
+        for strategy in strategies:
+            for cache in (True, False):
+                label = (f"personalized {strategy}, query cache "
+                         f"{'warm' if cache else 'off'}")
+                paths[label] = (through_layer({"strategy": strategy,
+                                               "cache": "true" if cache else "false"}), True)
+        # Warm the query and user caches (and the engine's) once.
+        for q in QUERIES:
+            for u in user_ids:
+                through_layer({"strategy": "knn_linear"})({"q": q, "user_id": u})
+                break
+        for u in user_ids:
+            through_layer({"strategy": "knn_linear"})({"q": QUERIES[0], "user_id": u})
+        cells: dict[str, dict[str, Any]] = {}
+        for label, (call, personal) in paths.items():
+            cells[label] = {}
+            for c in concurrencies:
+                jobs = [{"q": rng.choice(QUERIES), **({"user_id": rng.choice(user_ids)}
+                                                       if personal else {})}
+                        for _ in range(requests_per_cell)]
+                cells[label][str(c)] = measure(call, jobs, c)
+        return {"engine": f"{services.engine.kind.value} {services.engine.version}",
+                "documents": movies, "users": users, "cells": cells}
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+        services.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+        services.redis.flushdb()
+
+
+def table(results: dict[str, Any], concurrencies: list[int]) -> str:
+    lines = []
+    for name, res in results["engines"].items():
+        lines += [f"\n### {res['engine']}\n",
+                  "| path | " + " | ".join(f"c={c} p50 / p99 (ms)" for c in concurrencies)
+                  + " | added at c=1 (p50 / p99) |",
+                  "| --- |" + " --- |" * (len(concurrencies) + 1)]
+        base = res["cells"]["plain BM25, straight to the engine"]["1"]
+        for label, cells in res["cells"].items():
+            row = [f"{cells[str(c)]['p50_ms']} / {cells[str(c)]['p99_ms']}"
+                   for c in concurrencies]
+            added = (f"+{cells['1']['p50_ms'] - base['p50_ms']:.1f} / "
+                     f"+{cells['1']['p99_ms'] - base['p99_ms']:.1f}")
+            lines.append(f"| {label} | " + " | ".join(row) + f" | {added} |")
+        del name
+    return "\n".join(lines) + "\n"
+
+
+@click.command()
+@click.option("--engines", default="elasticsearch,opensearch", show_default=True)
+@click.option("--movies", default=3000, show_default=True)
+@click.option("--users", default=50, show_default=True)
+@click.option("--requests", "requests_per_cell", default=300, show_default=True,
+              help="requests per (path, concurrency) cell")
+def main(engines: str, movies: int, users: int, requests_per_cell: int) -> None:
+    """Measure search latency; writes bench/results/search.{json,md}."""
+    concurrencies = [1, 8, 32]
+    results: dict[str, Any] = {"machine": machine(), "engines": {},
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                               "goal": "personalized adds <= 15 ms p50, <= 40 ms p99 over "
+                                       "plain BM25 (warm caches)"}
+    for name in engines.split(","):
+        results["engines"][name] = bench_engine(name, ENGINES[name], movies, users,
+                                                requests_per_cell, concurrencies)
+    json_path, md_path = write_results("search", results, table(results, concurrencies))
+    click.echo(md_path.read_text())
+    click.echo(f"written: {json_path}, {md_path}")
+
+
+if __name__ == "__main__":
+    main()
