@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status demo demo-services test lint bench clean
+.PHONY: help venv up down status demo demo-services test lint bench eval eval-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ test: venv up  ## unit and integration tests against the real services
 lint:  ## ruff and mypy
 	$(BIN)/ruff check plugin workers tests
 	$(BIN)/mypy
+
+eval: venv up  ## the full offline evaluation on MovieLens: docs/evaluation.md and plots
+	$(BIN)/es-interest eval
+
+eval-quick: venv up  ## the same on 40 users (a few minutes): bench/results/eval-quick/
+	$(BIN)/es-interest eval --quick
 
 clean: down  ## stop everything and delete data, build outputs and the venv
 	rm -rf $(STATE) $(VENV) devstack/*/target

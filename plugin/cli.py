@@ -259,6 +259,22 @@ def dead_letter_purge() -> None:
     click.echo(f"purged {dl.purge(app)} dead letters")
 
 
+@main.command("eval")
+@click.option("--quick", is_flag=True, help="a few dozen users and a smaller catalog")
+@click.option("--users", type=int, default=None, help="how many users (default: all; quick 40)")
+@click.option("--engines", default="elasticsearch,opensearch", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="default: docs/ (full run), bench/results/eval-quick/ (quick)")
+def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None) -> None:
+    """Offline evaluation on MovieLens; writes evaluation.md, JSON and plots."""
+    from plugin.config import REPO_ROOT
+    from plugin.evaluation.run import run
+
+    out = out_dir or (REPO_ROOT / ("bench/results/eval-quick" if quick else "docs"))
+    run(quick, users, engines.split(","), out, progress=click.echo)
+    click.echo(f"written: {out / 'evaluation.md'}")
+
+
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="MovieLens folder (default: the sample shipped in data/)")

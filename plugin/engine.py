@@ -108,12 +108,19 @@ class Engine:
             knn["filter"] = filter_query
         body.setdefault("knn", []).append(knn)
 
-    def knn_query(self, field_name: str, vector: Iterable[float], k: int) -> JSON:
+    def knn_query(self, field_name: str, vector: Iterable[float], k: int,
+                  filter_query: JSON | None = None) -> JSON:
         """A kNN *query* clause (usable inside bool): OpenSearch, or Elasticsearch 8.12+."""
         values = [float(x) for x in vector]
         if self.kind is EngineKind.OPENSEARCH:
-            return {"knn": {field_name: {"vector": values, "k": k}}}
-        return {"knn": {"field": field_name, "query_vector": values, "num_candidates": 2 * k}}
+            clause: JSON = {"vector": values, "k": k}
+            if filter_query is not None:
+                clause["filter"] = filter_query
+            return {"knn": {field_name: clause}}
+        knn: JSON = {"field": field_name, "query_vector": values, "num_candidates": 2 * k}
+        if filter_query is not None:
+            knn["filter"] = filter_query
+        return {"knn": knn}
 
     def blend_script(self, field_name: str) -> str:
         """The blend's Painless source: a constant per engine and field, never request data.

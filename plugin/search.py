@@ -10,14 +10,16 @@ norm(bm25) = bm25 / (the query's best BM25 score over the index, with the same f
 Strategies:
 
 - ``script_score`` (where Painless runs): candidates are the BM25 matches + the kNN top-k of
-  the query vector + the kNN top-k of the long-term interest vector (kNN clauses wrapped in a
+  the query vector + the kNN top-k of the long-term interest vector among documents matching
+  the query's words (kNN clauses wrapped in a
   zero-boost ``constant_score``, so ``_score`` stays pure BM25); one Painless script whose
   source is a constant of the engine module scores every candidate exactly. Vectors and weights
   arrive as params.
 - ``knn_linear`` (no scripts): the BM25 clause (boost a / best BM25) plus one kNN clause per
-  vector (boost b, c, d); the engine adds the clause scores. Differences from the exact blend:
-  a vector's term counts only for documents in that vector's top-k candidates (0 elsewhere),
-  and candidates are the union of the clauses, like ``script_score``'s.
+  vector (boost b, c, d); the engine adds the clause scores. The user-vector clauses search
+  only documents matching the query's words, so personalization re-orders what the query
+  found. Difference from the exact blend: a vector's term counts only for documents in that
+  vector's top-k candidates (0 elsewhere).
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ class BlendWeights:
     interest_short: float = 0.5
 
 
+@dataclass
+class UserVectors:
+    long: list[float] | None = None
+    short: list[float] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.long is None and self.short is None
+
+
 @dataclass(frozen=True)
 class SearchParams:
     query: str
@@ -62,16 +74,8 @@ class SearchParams:
     strategy: str | None = None  # None: the configured default
     explain: bool = False
     use_cache: bool = True
-
-
-@dataclass
-class UserVectors:
-    long: list[float] | None = None
-    short: list[float] | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.long is None and self.short is None
+    # Given vectors instead of the stored ones (offline evaluation of other profiles).
+    vectors: UserVectors | None = None
 
 
 @dataclass
@@ -175,7 +179,8 @@ def script_score_request(services: Services, params: SearchParams, query_vector:
     k = _candidates(params, services)
     recall = [engine.knn_query("embedding", query_vector, k)]
     if user.long is not None:
-        recall.append(engine.knn_query("embedding", user.long, k))
+        recall.append(engine.knn_query("embedding", user.long, k,
+                                       filter_query=_matching(params)))
     w = params.weights
     script_params = {
         "a": w.bm25, "b": w.query, "max_bm25": max_bm25 if max_bm25 > 0 else 1.0,
@@ -211,13 +216,21 @@ def knn_linear_request(services: Services, params: SearchParams, query_vector: l
             "filter": filters, "minimum_should_match": 1}},
     }
     k = _candidates(params, services)
-    for vector, weight in ((query_vector, w.query), (user.long, w.interest_long),
-                           (user.short, w.interest_short)):
+    if w.query > 0:
+        engine.add_knn(body, field_name="embedding", vector=query_vector, k=k,
+                       num_candidates=2 * k, boost=w.query,
+                       filter_query={"bool": {"filter": filters}} if filters else None)
+    for vector, weight in ((user.long, w.interest_long), (user.short, w.interest_short)):
         if vector is not None and weight > 0:
             engine.add_knn(body, field_name="embedding", vector=vector, k=k,
-                           num_candidates=2 * k, boost=weight,
-                           filter_query={"bool": {"filter": filters}} if filters else None)
+                           num_candidates=2 * k, boost=weight, filter_query=_matching(params))
     return body
+
+
+def _matching(params: SearchParams) -> JSON:
+    """Documents that match the query's words (and filters): where user vectors re-rank."""
+    return {"bool": {"must": [text_query(params.query)],
+                     "filter": filter_clauses(params.filters)}}
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -240,7 +253,9 @@ def search(services: Services, params: SearchParams) -> SearchResult:
                                           params.use_cache)
     user = UserVectors()
     reason: str | None = "no user_id"
-    if params.user_id:
+    if params.vectors is not None:
+        user, reason = params.vectors, None if not params.vectors.empty else "empty vectors"
+    elif params.user_id:
         budget_ms = services.settings.user_vector_budget_ms
         loading = time.perf_counter()
         try:

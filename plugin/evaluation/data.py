@@ -1,0 +1,107 @@
+"""MovieLens ratings and tags as events, split per user in time, and the evaluation queries."""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plugin.movielens import SHIPPED, Rating, movie_documents, ratings
+
+POSITIVE, NEGATIVE = 4.0, 2.0  # ratings at or above / at or below
+
+
+def rating_event(r: Rating) -> dict[str, Any] | None:
+    """4 and above: a like weighted by how much (4 -> 1 ... 5 -> 2); 2 and below: a dislike
+    (2 -> -1 ... 0.5 -> -2.5); in between says little and is left out."""
+    if r.rating >= POSITIVE:
+        weight, kind = r.rating - 3.0, "like"
+    elif r.rating <= NEGATIVE:
+        weight, kind = r.rating - 3.0, "dislike"
+    else:
+        return None
+    return {"event_id": f"r-{r.user_id}-{r.movie_id}", "user_id": r.user_id,
+            "doc_id": r.movie_id, "type": kind, "weight": weight, "timestamp": r.timestamp}
+
+
+def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Each tag a user applied: a comment with its text, on the movie it was applied to."""
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with open(folder / "tags.csv", newline="", encoding="utf-8") as fh:
+        for n, row in enumerate(csv.DictReader(fh)):
+            by_user[row["userId"]].append({
+                "event_id": f"t-{n}", "user_id": row["userId"], "doc_id": row["movieId"],
+                "type": "comment", "text": row["tag"], "timestamp": int(row["timestamp"])})
+    return by_user
+
+
+@dataclass
+class Query:
+    user_id: str
+    movie_id: str
+    text: str
+    timestamp: int
+
+
+@dataclass
+class Split:
+    train: list[dict[str, Any]]  # events, time order
+    validation: list[Query]
+    test: list[Query]
+    static_events: dict[str, list[dict[str, Any]]]  # per user: training events (for profiles)
+
+
+def _query_for(movie: dict[str, Any], rng: random.Random) -> str | None:
+    """A genre or tag of the movie that does not name it."""
+    title_words = set(re.findall(r"\w+", movie["title"].lower()))
+    options = [t for t in movie["tags"]
+               if not set(re.findall(r"\w+", t.lower())) & title_words]
+    return rng.choice(options).lower() if options else None
+
+
+def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
+          train_share: float = 0.8, validation_share: float = 0.1,
+          max_queries_per_user: int = 5) -> tuple[Split, list[dict[str, Any]]]:
+    """Per user, in time: the first 80% of ratings train, the next 10% validate, the last 10%
+    test; held-out positives become queries. Tags before the user's cut join the training."""
+    folder = folder or SHIPPED
+    movies = {m["id"]: m for m in movie_documents(folder)}
+    by_user: dict[str, list[Rating]] = defaultdict(list)
+    for r in ratings(folder):
+        by_user[r.user_id].append(r)
+    user_ids = sorted(by_user, key=int)
+    rng = random.Random(seed)
+    if users is not None and users < len(user_ids):
+        user_ids = sorted(rng.sample(user_ids, users), key=int)
+    tags = tag_events(folder)
+    train: list[dict[str, Any]] = []
+    validation: list[Query] = []
+    test: list[Query] = []
+    static: dict[str, list[dict[str, Any]]] = {}
+    for user in user_ids:
+        history = sorted(by_user[user], key=lambda r: (r.timestamp, r.movie_id))
+        cut_train = int(len(history) * train_share)
+        cut_val = int(len(history) * (train_share + validation_share))
+        if cut_train == 0 or cut_val >= len(history):
+            continue
+        boundary = history[cut_train].timestamp
+        events = [e for r in history[:cut_train] if (e := rating_event(r)) is not None]
+        events += [t for t in tags.get(user, []) if t["timestamp"] < boundary]
+        events.sort(key=lambda e: e["timestamp"])
+        train += events
+        static[user] = events
+        for part, target in ((history[cut_train:cut_val], validation),
+                             (history[cut_val:], test)):
+            picked = 0
+            for r in part:
+                if r.rating >= POSITIVE and r.movie_id in movies and picked < max_queries_per_user:
+                    text = _query_for(movies[r.movie_id], rng)
+                    if text:
+                        target.append(Query(user, r.movie_id, text, r.timestamp))
+                        picked += 1
+    train.sort(key=lambda e: e["timestamp"])
+    return Split(train, validation, test, static), list(movies.values())
