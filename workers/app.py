@@ -18,7 +18,9 @@ def make_celery(settings: Settings) -> Celery:
         # mid-way: every task is idempotent (documents by id, events by event_id).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=4,
+        # One reserved message per pool slot: a busy process never sits on a batch that an idle
+        # one could fold (freshness), and batches are large enough to keep slots busy.
+        worker_prefetch_multiplier=1,
         task_time_limit=300,
         task_soft_time_limit=240,
         result_expires=3600,
