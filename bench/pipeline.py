@@ -205,7 +205,8 @@ def main(docs: int, event_count: int, users: int, rate: int, seconds: float) -> 
     services.redis.flushdb()
     setup_indices(services.engine, settings, services.embedder.dims)
     celery = make_celery(settings)
-    worker_args = {"documents": ["--queues=documents,celery", "--pool=threads", "-c", "2"],
+    worker_args = {"documents": ["--queues=documents,celery", "--pool=threads", "-c", "2",
+                                 "--prefetch-multiplier=4"],
                    "events": ["--queues=events,celery", "--pool=prefork", "-c", "2"]}
     workers = {name: start_worker(settings, args, ROOT / ".devstack" / f"bench-{name}.log")
                for name, args in worker_args.items()}
