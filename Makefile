@@ -46,7 +46,7 @@ test: venv up  ## unit and integration tests against the real services
 	$(BIN)/pytest -ra
 
 lint:  ## ruff and mypy
-	$(BIN)/ruff check plugin workers tests
+	$(BIN)/ruff check plugin workers tests bench
 	$(BIN)/mypy
 
 eval: venv up  ## the full offline evaluation on MovieLens: docs/evaluation.md and plots

@@ -52,19 +52,24 @@ def wait_for_worker(celery: Any, timeout_s: float = 180.0) -> None:
                 raise
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (prefork pool), in MiB."""
-    pids = {pid}
+def child_pids(pid: int) -> set[int]:
+    """Direct children of a process (a Celery prefork pool), from /proc."""
+    found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as fh:
                     if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        pids.add(int(entry))
+                        found.add(int(entry))
             except OSError:
                 continue
+    return found
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (prefork pool), in MiB."""
     total_kb = 0
-    for p in pids:
+    for p in {pid} | child_pids(pid):
         try:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from bench.common import child_pids
 from plugin.engine import EngineKind
 from plugin.services import Services
 
@@ -99,18 +100,6 @@ def test_redis_round_trip(services: Services) -> None:
 def test_task_runs_in_a_real_worker_process(worker, celery_client) -> None:  # type: ignore[no-untyped-def]
     result = celery_client.send_task("es_interest.ping").get(timeout=60)
     assert result["pid"] != os.getpid()
-    assert result["pid"] in _children(worker.process.pid) | {worker.process.pid}
+    assert result["pid"] in child_pids(worker.process.pid) | {worker.process.pid}
     assert result["dims"] == 384
 
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.add(int(entry))
-            except OSError:
-                continue
-    return found
