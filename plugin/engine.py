@@ -130,11 +130,13 @@ class Engine:
         def sim(param: str) -> str:
             return f"(1.0 + {self.painless_cosine(param, field_name)}) / 2.0"
 
+        # User terms only for documents that match the query's words (_score > 0: the kNN
+        # recall clauses score 0), as in knn_linear: personalization re-orders what was found.
         return (
             "double s = params.a * Math.min(1.0, _score / params.max_bm25)"
             f" + params.b * {sim('q')};"
-            f" if (params.c > 0) {{ s += params.c * {sim('ul')}; }}"
-            f" if (params.d > 0) {{ s += params.d * {sim('us')}; }}"
+            f" if (_score > 0 && params.c > 0) {{ s += params.c * {sim('ul')}; }}"
+            f" if (_score > 0 && params.d > 0) {{ s += params.d * {sim('us')}; }}"
             " return s;"
         )
 

@@ -12,7 +12,8 @@ Strategies:
 - ``script_score`` (where Painless runs): candidates are the BM25 matches + the kNN top-k of
   the query vector + the kNN top-k of the long-term interest vector among documents matching
   the query's words (kNN clauses wrapped in a
-  zero-boost ``constant_score``, so ``_score`` stays pure BM25); one Painless script whose
+  zero-boost ``constant_score``, so ``_score`` stays pure BM25, and the user terms apply to
+  documents with a BM25 match, as in ``knn_linear``); one Painless script whose
   source is a constant of the engine module scores every candidate exactly. Vectors and weights
   arrive as params.
 - ``knn_linear`` (no scripts): the BM25 clause (boost a / best BM25) plus one kNN clause per

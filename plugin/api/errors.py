@@ -33,6 +33,17 @@ def register(app: Flask) -> None:
     def invalid(exc: ValidationError) -> ResponseReturnValue:
         return jsonify({"error": _validation_message(exc)}), 400
 
+    @app.errorhandler(Exception)
+    def engine_trouble(exc: Exception) -> ResponseReturnValue:
+        from plugin.api.context import services
+
+        refused = services().engine.api_error(exc)
+        if refused is not None:
+            status = 503 if refused[0] >= 500 else 400
+            return jsonify({"error": "the engine refused or could not serve the request",
+                            "engine_status": refused[0]}), status
+        raise exc
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:
         return jsonify({"error": exc.description}), exc.code or 500
