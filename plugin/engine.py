@@ -252,17 +252,6 @@ class Engine:
             return exc.meta.status, exc.body
         return None
 
-    @property
-    def transient_errors(self) -> tuple[type[Exception], ...]:
-        """Errors worth a retry with backoff (connection trouble, timeouts, overload)."""
-        if self.kind is EngineKind.OPENSEARCH:
-            import opensearchpy
-
-            return (opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout)
-        import elastic_transport
-
-        return (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout)
-
     def streaming_bulk(self, actions: Iterable[JSON], **kwargs: Any) -> Iterable[tuple[bool, JSON]]:
         """The client's own ``helpers.streaming_bulk``: yields (ok, item) per action."""
         if self.kind is EngineKind.OPENSEARCH:
@@ -285,6 +274,15 @@ class Engine:
 
     def close(self) -> None:
         self.client.close()
+
+
+def transient_errors() -> tuple[type[Exception], ...]:
+    """Either client's errors worth a retry with backoff (connection trouble, timeouts)."""
+    import elastic_transport
+    import opensearchpy
+
+    return (elastic_transport.ConnectionError, elastic_transport.ConnectionTimeout,
+            opensearchpy.ConnectionError, opensearchpy.ConnectionTimeout)
 
 
 def _opensearch_orjson() -> Any:

@@ -11,20 +11,16 @@ import socket
 from functools import lru_cache
 from typing import Any
 
-import elastic_transport
-import opensearchpy
 import redis
 
 from plugin import pipeline
+from plugin.engine import transient_errors
 from plugin.services import Services
 from workers.app import app
 from workers.dead_letter import DeadLetterTask
 
 TRANSIENT: tuple[type[BaseException], ...] = (
-    elastic_transport.ConnectionError,
-    elastic_transport.ConnectionTimeout,
-    opensearchpy.ConnectionError,
-    opensearchpy.ConnectionTimeout,
+    *transient_errors(),
     redis.ConnectionError,
     redis.TimeoutError,
     pipeline.ConcurrentUpdateError,
