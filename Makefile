@@ -20,7 +20,7 @@ $(BIN)/es-interest: setup.cfg pyproject.toml
 
 venv: $(BIN)/es-interest  ## create .venv and install the package with its dev tools
 
-up:  ## start Elasticsearch :9200, OpenSearch :9201 and Redis :6379 (ENGINES=... to pick)
+up:  ## start Elasticsearch 9.5.3 :9200, OpenSearch :9201, Elasticsearch 8.19 :9202, Redis :6379 (ENGINES=... to pick)
 	devstack/stack.sh up
 
 down:  ## stop the engines, Redis, and the demo's worker and API

@@ -5,37 +5,99 @@
 #   devstack/stack.sh down    stop everything this script (or `make demo`) started
 #   devstack/stack.sh status  one line per service
 #
-# ENGINES (default "elasticsearch opensearch") picks the engines; ENGINE_HEAP (default 1g) sizes
-# each JVM. Build outputs stay in devstack/*/target and Maven's ~/.m2 cache, so a second `up`
-# needs no network; data and logs live in .devstack/ (git-ignored).
+# Engines (ENGINES picks; default all three):
+#   elasticsearch   Elasticsearch 9.5.3 with Painless   :9200  (Painless from ../shared/engines/es9-painless)
+#   opensearch      OpenSearch 2.19.1 with Painless     :9201
+#   elasticsearch8  Elasticsearch 8.19.21, no Painless  :9202  (a cluster with scripts off)
+# ENGINE_HEAP (default 1g) sizes each JVM. Build outputs stay in devstack/*/target and Maven's
+# ~/.m2 cache, so a second `up` needs no network; data and logs live in .devstack/ (git-ignored).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=${ES_INTEREST_DEVSTACK_DIR:-$ROOT/.devstack}
-ENGINES=${ENGINES:-elasticsearch opensearch}
+ENGINES=${ENGINES:-elasticsearch opensearch elasticsearch8}
 HEAP=${ENGINE_HEAP:-1g}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
+# Elasticsearch 9.x needs Java 21+; 8.19 and OpenSearch 2.19 run on the machine's Java 17.
+JAVA21_HOME=${JAVA21_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}
+PAINLESS_TOOL=${ES_INTEREST_PAINLESS_TOOL:-$ROOT/../shared/engines/es9-painless}
+ES9_VERSION=9.5.3
+ES8_VERSION=8.19.21
 mkdir -p "$STATE"
 
-http_port() { case $1 in elasticsearch) echo 9200 ;; opensearch) echo 9201 ;; esac; }
-transport_port() { case $1 in elasticsearch) echo 9300 ;; opensearch) echo 9301 ;; esac; }
-main_class() { case $1 in elasticsearch) echo io.esinterest.devstack.ElasticsearchNode ;; opensearch) echo io.esinterest.devstack.OpenSearchNode ;; esac; }
+http_port() { case $1 in elasticsearch) echo 9200 ;; opensearch) echo 9201 ;; elasticsearch8) echo 9202 ;; esac; }
+transport_port() { case $1 in elasticsearch) echo 9300 ;; opensearch) echo 9301 ;; elasticsearch8) echo 9302 ;; esac; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-build_engine() {
-  local dir=$ROOT/devstack/$1
-  local jar=$dir/target/devstack-$1-1.0.jar
-  # Rebuild only when the jar is missing or older than the pom or sources.
-  if [ -f "$jar" ] && [ -z "$(find "$dir/pom.xml" "$dir/src" -newer "$jar" -type f 2>/dev/null | head -n1)" ]; then
-    return
+# Rebuild only when the jar is missing or older than the pom or sources.
+stale() { [ ! -f "$1" ] || [ -n "$(find "$2/pom.xml" "$2/src" -newer "$1" -type f 2>/dev/null | head -n1)" ]; }
+
+mvn_package() {  # DIR [maven args...]: offline first, so a warm machine needs no network
+  local dir=$1; shift
+  (cd "$dir" && { mvn -q -B -o "$@" package >/dev/null 2>&1 || mvn -q -B "$@" package; })
+}
+
+java_for() {
+  if [ "$1" = elasticsearch ]; then
+    [ -x "$JAVA21_HOME/bin/java" ] || { echo "error: Elasticsearch $ES9_VERSION needs Java 21+; set JAVA21_HOME (looked in $JAVA21_HOME)" >&2; exit 1; }
+    echo "$JAVA21_HOME/bin/java"
+  else
+    echo java
   fi
-  echo "building $1 launcher (Maven Central artifacts)..."
-  (cd "$dir" && { mvn -q -B -o package >/dev/null 2>&1 || mvn -q -B package; })
+}
+
+# Prints the classpath and main-class arguments of one engine, building what is missing.
+engine_command() {
+  local name=$1 dir
+  case $name in
+    opensearch)
+      dir=$ROOT/devstack/opensearch
+      if stale "$dir/target/devstack-opensearch-1.0.jar" "$dir"; then
+        echo "building opensearch launcher (Maven Central artifacts)..." >&2
+        mvn_package "$dir" >&2
+      fi
+      echo "-cp $dir/target/devstack-opensearch-1.0.jar:$dir/target/lib/* io.esinterest.devstack.OpenSearchNode $dir/target"
+      ;;
+    elasticsearch8)
+      dir=$ROOT/devstack/elasticsearch
+      if stale "$dir/target/$ES8_VERSION/devstack-elasticsearch-1.0.jar" "$dir"; then
+        echo "building elasticsearch $ES8_VERSION launcher (Maven Central artifacts)..." >&2
+        mvn_package "$dir" >&2
+      fi
+      echo "-cp $dir/target/$ES8_VERSION/devstack-elasticsearch-1.0.jar:$dir/target/$ES8_VERSION/lib/* io.esinterest.devstack.ElasticsearchNode $dir/target/$ES8_VERSION"
+      ;;
+    elasticsearch)
+      dir=$ROOT/devstack/elasticsearch
+      local target=$dir/target/$ES9_VERSION painless=$dir/target/es9-painless
+      if stale "$target/devstack-elasticsearch-1.0.jar" "$dir"; then
+        echo "building elasticsearch $ES9_VERSION launcher (Maven Central artifacts)..." >&2
+        JAVA_HOME=$JAVA21_HOME mvn_package "$dir" -Pes9 >&2
+      fi
+      local cp="$target/devstack-elasticsearch-1.0.jar:$target/lib/*"
+      if [ ! -f "$painless/painless-port-1.0.jar" ] && [ -x "$PAINLESS_TOOL/build.sh" ]; then
+        echo "building Painless for elasticsearch $ES9_VERSION ($PAINLESS_TOOL)..." >&2
+        JAVA_HOME=$JAVA21_HOME "$PAINLESS_TOOL/build.sh" "$painless" >"$STATE/painless-build.log" 2>&1 \
+          || { tail -n 30 "$STATE/painless-build.log" >&2; exit 1; }
+      fi
+      if [ -f "$painless/painless-port-1.0.jar" ]; then
+        cp+=":$painless/painless-port-1.0.jar"
+        # The tool's lib/ repeats the server jars; add only what Painless brings (antlr, asm, spi).
+        local jar
+        for jar in "$painless"/lib/*.jar; do
+          [ -f "$target/lib/$(basename "$jar")" ] || cp+=":$jar"
+        done
+      else
+        echo "warning: $PAINLESS_TOOL is missing: elasticsearch $ES9_VERSION starts without Painless" \
+             "(script_score tests are skipped there)" >&2
+      fi
+      echo "-cp $cp io.esinterest.devstack.ElasticsearchNode $target"
+      ;;
+  esac
 }
 
 start_engine() {
-  local name=$1 port pidfile
+  local name=$1 port pidfile command java
   port=$(http_port "$name")
   pidfile=$STATE/$name.pid
   if alive "$pidfile"; then
@@ -46,13 +108,18 @@ start_engine() {
     echo "error: port $port answers but not by a node this script started; stop it first" >&2
     exit 1
   fi
-  build_engine "$name"
-  local dir=$ROOT/devstack/$name
+  command=$(engine_command "$name")
+  java=$(java_for "$name")
+  local -a argv
+  read -r -a argv <<<"$command"
+  local extra=() jvm=()
+  [ "$name" = elasticsearch ] && jvm=(--enable-native-access=ALL-UNNAMED)  # Java 21+: Lucene's native code
+  [[ $command == *painless-port* ]] && extra=(lang-painless=org.elasticsearch.painless.PainlessPlugin)
   mkdir -p "$STATE/$name"
-  setsid nohup java -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -Djava.io.tmpdir="$STATE/$name" \
-    -Dlog4j2.formatMsgNoLookups=true \
-    -cp "$dir/target/devstack-$name-1.0.jar:$dir/target/lib/*" "$(main_class "$name")" \
-    "$dir/target" "$STATE/$name" "$port" "$(transport_port "$name")" \
+  # argv: -cp CLASSPATH MAIN INSTALL_DIR; the node takes DATA_DIR HTTP TRANSPORT [plugins] after.
+  setsid nohup "$java" -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -Djava.io.tmpdir="$STATE/$name" \
+    -Dlog4j2.formatMsgNoLookups=true "${jvm[@]}" "${argv[@]}" \
+    "$STATE/$name" "$port" "$(transport_port "$name")" "${extra[@]}" \
     >"$STATE/$name.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   echo "$name starting on 127.0.0.1:$port (log: $STATE/$name.log)"
@@ -119,7 +186,7 @@ case ${1:-} in
   down)
     # Demo processes first (they talk to the services), then engines, then Redis.
     for p in api worker; do stop_pidfile "$p"; done
-    for e in elasticsearch opensearch; do stop_pidfile "$e"; done
+    for e in elasticsearch opensearch elasticsearch8; do stop_pidfile "$e"; done
     if alive "$STATE/redis.pid"; then
       redis-cli -p 6379 shutdown >/dev/null 2>&1 || true
       for _ in $(seq 50); do alive "$STATE/redis.pid" || break; sleep 0.1; done
@@ -128,7 +195,7 @@ case ${1:-} in
     rm -f "$STATE/redis.pid"
     ;;
   status)
-    for s in redis elasticsearch opensearch worker api; do
+    for s in redis elasticsearch opensearch elasticsearch8 worker api; do
       if alive "$STATE/$s.pid"; then echo "$s: running (pid $(cat "$STATE/$s.pid"))"; else echo "$s: stopped"; fi
     done
     ;;

@@ -1,36 +1,46 @@
 package io.esinterest.devstack;
 
+import io.esinterest.devstack.linear.LinearRetrieverPlugin;
 import org.elasticsearch.common.logging.LogConfigurator;
 import org.elasticsearch.common.settings.Settings;
 import org.elasticsearch.env.Environment;
+import org.elasticsearch.node.ClasspathNode;
 import org.elasticsearch.node.Node;
-import org.elasticsearch.plugins.ClasspathPluginsService;
+import org.elasticsearch.plugins.ClasspathPluginsService.Entry;
 import org.elasticsearch.plugins.Plugin;
 import org.elasticsearch.transport.netty4.Netty4Plugin;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CountDownLatch;
 
 /**
- * Starts one Elasticsearch node in this JVM with the plugins Maven Central publishes.
+ * Starts one Elasticsearch node in this JVM with plugins loaded from the classpath.
  *
- * <p>Usage: {@code ElasticsearchNode INSTALL_DIR DATA_DIR HTTP_PORT TRANSPORT_PORT}. Runs until
- * the process receives SIGTERM, then closes the node cleanly.
+ * <p>Usage: {@code ElasticsearchNode INSTALL_DIR DATA_DIR HTTP_PORT TRANSPORT_PORT [NAME=CLASS ...]};
+ * each {@code NAME=CLASS} adds a plugin found on the classpath (Painless, when its jar is there).
+ * Runs until SIGTERM, then closes the node cleanly.
  */
-public final class ElasticsearchNode extends Node {
-    private static final List<Class<? extends Plugin>> PLUGINS = List.of(Netty4Plugin.class);
+public final class ElasticsearchNode {
+    private ElasticsearchNode() {}
 
-    private ElasticsearchNode(Environment environment) {
-        super(environment, settings -> new ClasspathPluginsService(settings, environment, PLUGINS), true);
-    }
-
+    @SuppressWarnings("unchecked")
     public static void main(String[] args) throws Exception {
         Path install = Path.of(args[0]).toAbsolutePath();
         Path data = Path.of(args[1]).toAbsolutePath();
-        for (Path dir : List.of(install.resolve("modules"), install.resolve("plugins"), data.resolve("config"), data.resolve("data"), data.resolve("logs"))) {
+        for (Path dir : List.of(install.resolve("modules"), install.resolve("plugins"), data.resolve("config"),
+                                data.resolve("data"), data.resolve("logs"))) {
             Files.createDirectories(dir);
+        }
+        List<Entry> plugins = new ArrayList<>();
+        plugins.add(new Entry("transport-netty4", Netty4Plugin.class));
+        plugins.add(new Entry("devstack-root", RootInfoPlugin.class));
+        plugins.add(new Entry("devstack-linear-retriever", LinearRetrieverPlugin.class));
+        for (int i = 4; i < args.length; i++) {
+            String[] nameAndClass = args[i].split("=", 2);
+            plugins.add(new Entry(nameAndClass[0], (Class<? extends Plugin>) Class.forName(nameAndClass[1])));
         }
         Settings settings = Settings.builder()
             .put("path.home", install.toString())
@@ -46,11 +56,10 @@ public final class ElasticsearchNode extends Node {
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
             .put("action.destructive_requires_name", false)
             .build();
-        LogConfigurator.loadLog4jPlugins();
         LogConfigurator.configureESLogging();
         LogConfigurator.configureWithoutConfig(settings);
         Environment environment = new Environment(settings, data.resolve("config"));
-        Node node = new ElasticsearchNode(environment);
+        Node node = new ClasspathNode(environment, plugins);
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             try {
@@ -62,7 +71,8 @@ public final class ElasticsearchNode extends Node {
             }
         }));
         node.start();
-        System.out.println("elasticsearch started on 127.0.0.1:" + args[2]);
+        System.out.println("elasticsearch " + org.elasticsearch.Build.current().qualifiedVersion()
+            + " started on 127.0.0.1:" + args[2]);
         stopped.await();
     }
 }
