@@ -26,12 +26,12 @@ from tqdm import tqdm
 from bench.common import ROOT, child_env, isolated_settings, machine, write_results
 from plugin import pipeline
 from plugin.api.auth import create_key
+from plugin.config import LOCAL_ENGINE_URLS
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
-from plugin.search import TEXT_FIELDS
+from plugin.search import TEXT_FIELDS, available_strategies
 from plugin.services import Services
 
-ENGINES = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
 QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "animated family",
            "horror", "documentary", "musical", "western", "time travel", "dark comedy",
            "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
@@ -99,7 +99,7 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not start")
             time.sleep(0.5)
-        strategies = ["knn_linear"] + (["script_score"] if services.engine.has_painless() else [])
+        strategies = available_strategies(services)
         rng = random.Random(4)
         plain_session = requests.Session()
 
@@ -167,7 +167,7 @@ def table(results: dict[str, Any], concurrencies: list[int]) -> str:
 
 
 @click.command()
-@click.option("--engines", default="elasticsearch,opensearch", show_default=True)
+@click.option("--engines", default=",".join(LOCAL_ENGINE_URLS), show_default=True)
 @click.option("--movies", default=3000, show_default=True)
 @click.option("--users", default=50, show_default=True)
 @click.option("--requests", "requests_per_cell", default=300, show_default=True,
@@ -180,7 +180,7 @@ def main(engines: str, movies: int, users: int, requests_per_cell: int) -> None:
                                "goal": "personalized adds <= 15 ms p50, <= 40 ms p99 over "
                                        "plain BM25 (warm caches)"}
     for name in engines.split(","):
-        results["engines"][name] = bench_engine(name, ENGINES[name], movies, users,
+        results["engines"][name] = bench_engine(name, LOCAL_ENGINE_URLS[name], movies, users,
                                                 requests_per_cell, concurrencies)
     json_path, md_path = write_results("search", results, table(results, concurrencies))
     click.echo(md_path.read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from plugin.config import load_settings
+from plugin.config import LOCAL_ENGINE_URLS, load_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -262,7 +262,8 @@ def dead_letter_purge() -> None:
 @main.command("eval")
 @click.option("--quick", is_flag=True, help="a few dozen users and a smaller catalog")
 @click.option("--users", type=int, default=None, help="how many users (default: all; quick 40)")
-@click.option("--engines", default="elasticsearch,opensearch", show_default=True)
+@click.option("--engines", default=",".join(LOCAL_ENGINE_URLS), show_default=True,
+              help="engines of `make up` to evaluate on")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="default: docs/ (full run), bench/results/eval-quick/ (quick)")
 def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None) -> None:

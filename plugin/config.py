@@ -25,6 +25,18 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 }
 
 
+# Blend strategies, best first, as `make eval` ranked them (docs/evaluation.md): `auto` takes
+# the first one the engine offers. knn_linear runs on every engine.
+BLEND_STRATEGIES: tuple[str, ...] = ("script_score", "linear_retriever", "knn_linear")
+
+# The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
+LOCAL_ENGINE_URLS: dict[str, str] = {
+    "elasticsearch": "http://127.0.0.1:9200",  # 9.5.3 with Painless
+    "opensearch": "http://127.0.0.1:9201",  # 2.19.1 with Painless and k-NN
+    "elasticsearch8": "http://127.0.0.1:9202",  # 8.19, no Painless
+}
+
+
 class ConfigError(ValueError):
     """An ``ES_INTEREST_*`` variable has a value that cannot be used."""
 
@@ -61,7 +73,7 @@ class Settings:
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
-    # Search: blend strategy (auto: script_score where Painless runs, else knn_linear), kNN
+    # Search: blend strategy (auto: the best of BLEND_STRATEGIES the engine offers), kNN
     # candidates per vector, caches, and the time a user's vectors may take to load.
     blend_strategy: str = "auto"
     knn_candidates: int = 100
@@ -165,7 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                           Settings.doc_vector_cache_size)),
         doc_vector_cache_ttl_s=_number(env, "DOC_VECTOR_CACHE_TTL_S",
                                        Settings.doc_vector_cache_ttl_s),
-        blend_strategy=_choice(env, "BLEND_STRATEGY", ("auto", "script_score", "knn_linear")),
+        blend_strategy=_choice(env, "BLEND_STRATEGY", ("auto", *BLEND_STRATEGIES)),
         knn_candidates=int(_number(env, "KNN_CANDIDATES", Settings.knn_candidates)),
         query_cache_ttl_s=_number(env, "QUERY_CACHE_TTL_S", Settings.query_cache_ttl_s),
         user_cache_ttl_s=_number(env, "USER_CACHE_TTL_S", Settings.user_cache_ttl_s),

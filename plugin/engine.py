@@ -32,12 +32,24 @@ class Engine:
     version: str
     _capabilities: dict[str, bool] = field(default_factory=dict, repr=False)
 
+    @property
+    def version_tuple(self) -> tuple[int, int]:
+        """(major, minor) of the server, e.g. (9, 5)."""
+        major, _, rest = self.version.partition(".")
+        minor = rest.split(".", 1)[0]
+        return int(major), int(minor) if minor.isdigit() else 0
+
     # -- mappings ---------------------------------------------------------------------------
 
     def index_settings(self, knn: bool = True) -> JSON:
         """Settings of an index whose vector fields are searched by kNN (``knn``) or not."""
         if self.kind is EngineKind.OPENSEARCH:
             return {"index.knn": knn}
+        if self.version_tuple >= (9, 2):
+            # 9.2+ leaves vectors out of _source unless told otherwise. The product reads them
+            # back (score components, document vectors for folds, setup --reindex, rebuilds),
+            # so it keeps them, at the cost of the vectors' JSON in stored _source.
+            return {"index.mapping.exclude_source_vectors": False}
         return {}
 
     def vector_field(
@@ -122,6 +134,15 @@ class Engine:
             knn["filter"] = filter_query
         return {"knn": knn}
 
+    def knn_retriever(self, field_name: str, vector: Iterable[float], k: int,
+                      filter_query: JSON | None = None) -> JSON:
+        """A ``knn`` retriever (Elasticsearch 8.14+), for use inside a ``linear`` retriever."""
+        knn: JSON = {"field": field_name, "query_vector": [float(x) for x in vector], "k": k,
+                     "num_candidates": 2 * k}
+        if filter_query is not None:
+            knn["filter"] = filter_query
+        return {"knn": knn}
+
     def blend_script(self, field_name: str) -> str:
         """The blend's Painless source: a constant per engine and field, never request data.
 
@@ -158,6 +179,32 @@ class Engine:
             }
             self._capabilities["painless"] = "lang-painless" in names
         return self._capabilities["painless"]
+
+    def has_linear_retriever(self, index: str) -> bool:
+        """Whether the server takes a ``linear`` retriever (Elasticsearch 8.18+, where its
+        module is installed and licensed), asked once with a request on ``index`` that
+        matches nothing. A refusal (400: unknown retriever, 403: licence) is remembered; any
+        other failure (the index does not exist yet, say) is asked again next time."""
+        if "linear_retriever" in self._capabilities:
+            return self._capabilities["linear_retriever"]
+        if self.kind is not EngineKind.ELASTICSEARCH or self.version_tuple < (8, 18):
+            self._capabilities["linear_retriever"] = False
+            return False
+        nothing: JSON = {"standard": {"query": {"match_none": {}}}}
+        probe = {"size": 0, "retriever": {"linear": {"retrievers": [
+            {"retriever": nothing, "weight": 1.0, "normalizer": "minmax"},
+            {"retriever": nothing, "weight": 1.0, "normalizer": "minmax"}]}}}
+        try:
+            self.client.search(index=index, body=probe)
+        except Exception as exc:
+            refused = self.api_error(exc)
+            if refused is None:
+                raise
+            if refused[0] in (400, 403):
+                self._capabilities["linear_retriever"] = False
+            return False
+        self._capabilities["linear_retriever"] = True
+        return True
 
     # -- calls ------------------------------------------------------------------------------
 

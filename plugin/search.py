@@ -16,11 +16,16 @@ Strategies:
   documents with a BM25 match, as in ``knn_linear``); one Painless script whose
   source is a constant of the engine module scores every candidate exactly. Vectors and weights
   arrive as params.
-- ``knn_linear`` (no scripts): the BM25 clause (boost a / best BM25) plus one kNN clause per
-  vector (boost b, c, d); the engine adds the clause scores. The user-vector clauses search
-  only documents matching the query's words, so personalization re-orders what the query
-  found. Difference from the exact blend: a vector's term counts only for documents in that
-  vector's top-k candidates (0 elsewhere).
+- ``linear_retriever`` (Elasticsearch 8.18+): one ``linear`` retriever over a BM25 retriever
+  and one ``knn`` retriever per vector, each min-max normalized over the top
+  ``rank_window_size`` hits and weighted (a, b, c, d); the user-vector retrievers search only
+  documents matching the query's words. No script, and each term is calibrated per query; a
+  document outside a vector's window gets that term's minimum (0).
+- ``knn_linear`` (no scripts, any engine): the BM25 clause (boost a / best BM25) plus one kNN
+  clause per vector (boost b, c, d); the engine adds the clause scores. The user-vector
+  clauses search only documents matching the query's words, so personalization re-orders
+  what the query found. Difference from the exact blend: a vector's term counts only for
+  documents in that vector's top-k candidates (0 elsewhere).
 """
 
 from __future__ import annotations
@@ -35,13 +40,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from plugin.config import BLEND_STRATEGIES
 from plugin.engine import JSON
 from plugin.interest import UserInterest, interest_vector
 from plugin.services import Services
 
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
 FILTER_FIELDS = ("tags", "doc_id")
-STRATEGIES = ("script_score", "knn_linear")
 QUERY_CACHE_PREFIX = "es-interest:query:"
 USER_CACHE_PREFIX = "es-interest:user:"
 
@@ -228,6 +233,33 @@ def knn_linear_request(services: Services, params: SearchParams, query_vector: l
     return body
 
 
+def linear_retriever_request(services: Services, params: SearchParams,
+                             query_vector: list[float], max_bm25: float,
+                             user: UserVectors) -> JSON:
+    engine = services.engine
+    w = params.weights
+    filters = filter_clauses(params.filters)
+    window = _candidates(params, services)
+    text = {"bool": {"must": [text_query(params.query)], "filter": filters}}
+    terms: list[tuple[JSON, float]] = [({"standard": {"query": text}}, w.bm25)]
+    if w.query > 0:
+        terms.append((engine.knn_retriever(
+            "embedding", query_vector, window,
+            filter_query={"bool": {"filter": filters}} if filters else None), w.query))
+    for vector, weight in ((user.long, w.interest_long), (user.short, w.interest_short)):
+        if vector is not None and weight > 0:
+            terms.append((engine.knn_retriever("embedding", vector, window,
+                                               filter_query=_matching(params)), weight))
+    return {
+        "size": params.size, "from": params.offset,
+        "retriever": {"linear": {
+            "retrievers": [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
+                           for retriever, weight in terms],
+            "rank_window_size": window,
+        }},
+    }
+
+
 def _matching(params: SearchParams) -> JSON:
     """Documents that match the query's words (and filters): where user vectors re-rank."""
     return {"bool": {"must": [text_query(params.query)],
@@ -237,19 +269,39 @@ def _matching(params: SearchParams) -> JSON:
 # -- search -----------------------------------------------------------------------------------
 
 
+REQUEST_BUILDERS = {
+    "script_score": script_score_request,
+    "linear_retriever": linear_retriever_request,
+    "knn_linear": knn_linear_request,
+}
+# What a strategy needs from the engine, to say so when it is missing.
+STRATEGY_NEEDS = {"script_score": "Painless", "linear_retriever": "the `linear` retriever "
+                  "(Elasticsearch 8.18+)", "knn_linear": "kNN search"}
+
+
+def available_strategies(services: Services) -> list[str]:
+    """The strategies this engine can run, best first (BLEND_STRATEGIES' order)."""
+    engine = services.engine
+    offered = {"script_score": engine.has_painless(),
+               "linear_retriever": engine.has_linear_retriever(services.settings.docs_alias),
+               "knn_linear": True}
+    return [name for name in BLEND_STRATEGIES if offered[name]]
+
+
 def default_strategy(services: Services) -> str:
     configured = services.settings.blend_strategy
-    if configured in STRATEGIES:
+    if configured in BLEND_STRATEGIES:
         return configured
-    return "script_score" if services.engine.has_painless() else "knn_linear"
+    return available_strategies(services)[0]
 
 
 def search(services: Services, params: SearchParams) -> SearchResult:
     started = time.perf_counter()
     strategy = params.strategy or default_strategy(services)
-    if strategy == "script_score" and not services.engine.has_painless():
-        raise ValueError("strategy 'script_score' needs Painless, which this engine lacks; "
-                         "use 'knn_linear'")
+    available = available_strategies(services)
+    if strategy not in available:
+        raise ValueError(f"strategy {strategy!r} needs {STRATEGY_NEEDS[strategy]}, which this "
+                         f"engine lacks; available here: {', '.join(available)}")
     query_vector, max_bm25 = query_inputs(services, params.query, params.filters,
                                           params.use_cache)
     user = UserVectors()
@@ -269,8 +321,7 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             user = UserVectors()
             reason = (f"user vectors took {spent_ms:.1f} ms, over the {budget_ms:g} ms budget; "
                       "not personalized")
-    build = script_score_request if strategy == "script_score" else knn_linear_request
-    body = build(services, params, query_vector, max_bm25, user)
+    body = REQUEST_BUILDERS[strategy](services, params, query_vector, max_bm25, user)
     response = services.engine.search(services.settings.docs_alias, body)
     hits = _hits(services, params, response, query_vector, max_bm25, user)
     total = response["hits"]["total"]

@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from plugin.config import Settings, load_settings
+from plugin.config import LOCAL_ENGINE_URLS, Settings, load_settings
 from plugin.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
-LOCAL_ENGINES = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
-# A full engine of the user's (e.g. an Elasticsearch with Painless) joins the parametrization.
+# Every engine `make up` starts: Elasticsearch 9.5.3 (Painless), OpenSearch, Elasticsearch 8.19.
+LOCAL_ENGINES = dict(LOCAL_ENGINE_URLS)
+# A cluster of the user's (e.g. Elastic's own build) joins the parametrization.
 EXTERNAL_ES = os.environ.get("ES_INTEREST_TEST_ES_URL")
 ENGINE_URLS = {**LOCAL_ENGINES, **({"external": EXTERNAL_ES} if EXTERNAL_ES else {})}
-REDIS_DBS = {"elasticsearch": 11, "opensearch": 12, "external": 13}
+REDIS_DBS = {"elasticsearch": 11, "opensearch": 12, "elasticsearch8": 14, "external": 13}
 
 
 def _answers(url: str) -> bool:

@@ -28,7 +28,7 @@ class SearchRequest(BaseModel):
     from_: int = Field(0, ge=0, le=1000, alias="from")
     filters: dict[str, list[str]] = Field(default_factory=dict)
     weights: Weights = Field(default_factory=lambda: Weights())
-    strategy: Literal["script_score", "knn_linear"] | None = None
+    strategy: Literal["script_score", "linear_retriever", "knn_linear"] | None = None
     explain: bool = False
     cache: bool = True
 

@@ -131,6 +131,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
                       f"{'n/a' if gain is None else f'{gain:+.1%}'}. Goal (≥ +20% and better "
                       f"than the static profile, each with both p < 0.05): "
                       f"**{'met' if met else 'not met'}**.",
+                  "Blend strategies ranked by the dynamic profile's NDCG@10 here: "
+                  + " > ".join(f"`{name}`" for name in res.get("strategy_ranking", [])) + ".",
                   f"Pipeline vectors against the offline fold: max |difference| "
                   f"{res['pipeline_vs_offline_max_abs']:.1e}.", ""]
     lines += ["## Half-life ablation (validation)", "", "| long (days) | short (days) | "

@@ -26,16 +26,21 @@ import numpy as np
 from tqdm import tqdm
 
 from plugin import pipeline
-from plugin.config import REPO_ROOT, Settings, load_settings
+from plugin.config import LOCAL_ENGINE_URLS, REPO_ROOT, Settings, load_settings
 from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import UserInterest, interest_vector
 from plugin.pipeline.users import contributions
-from plugin.search import BlendWeights, SearchParams, UserVectors, search
+from plugin.search import (
+    BlendWeights,
+    SearchParams,
+    UserVectors,
+    available_strategies,
+    search,
+)
 from plugin.services import Services
 
-ENGINE_URLS = {"elasticsearch": "http://127.0.0.1:9200", "opensearch": "http://127.0.0.1:9201"}
 DAY = 86400.0
 HALF_LIVES = [(7.0, 1.0), (30.0, 1.0), (90.0, 3.0), (365.0, 7.0), (3650.0, 30.0)]
 TUNING_QUERIES = 400
@@ -136,7 +141,7 @@ def _stored(event: dict[str, Any], text_vectors: dict[str, list[float]]) -> dict
 
 def _services(engine: str, half_lives: tuple[float, float], prefix: str) -> Services:
     base = load_settings()
-    settings: Settings = replace(base, engine_url=ENGINE_URLS[engine],
+    settings: Settings = replace(base, engine_url=LOCAL_ENGINE_URLS[engine],
                                  index_prefix=f"{prefix}-{engine}",
                                  redis_url="redis://127.0.0.1:6379/8",
                                  half_life_long_s=half_lives[0] * DAY,
@@ -204,9 +209,10 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                      and dynamic[u].long), default=0.0)
         progress(f"{engine}: pipeline vs offline fold, max |difference| {drift:.2e}")
         evaluator = Evaluator(services, {"static": static, "dynamic": dynamic})
-        methods = _tune(evaluator, tuning, services.engine.has_painless(), progress)
+        methods = _tune(evaluator, tuning, available_strategies(services), progress)
         results["engines"][engine] = _score(evaluator, methods, split.test, progress)
         results["engines"][engine]["pipeline_vs_offline_max_abs"] = drift
+        results["engines"][engine]["strategies"] = available_strategies(services)
         results["engines"][engine]["engine"] = (f"{services.engine.kind.value} "
                                                 f"{services.engine.version}")
         services.engine.client.indices.delete(index=f"{services.settings.index_prefix}-*")
@@ -243,8 +249,11 @@ def _pipeline_profiles(services: Services, users: list[str]) -> dict[str, UserVe
     return out
 
 
-def _tune(evaluator: Evaluator, tuning: list[data.Query], painless: bool,
+def _tune(evaluator: Evaluator, tuning: list[data.Query], strategies: list[str],
           progress: Callable[[str], None]) -> list[Method]:
+    """Weights chosen on validation: the baselines and profiles with knn_linear (every
+    engine has it), then the dynamic profile's weights again for each other strategy, whose
+    terms are calibrated differently."""
     def best(candidates: list[Method]) -> Method:
         scored = [(evaluator.ndcg(m, tuning), i, m) for i, m in enumerate(candidates)]
         return max(scored)[2]
@@ -261,9 +270,14 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], painless: bool,
     methods = [Method("BM25", BlendWeights(1.0, 0.0, 0.0, 0.0), None),
                Method("kNN on the query", BlendWeights(0.0, 1.0, 0.0, 0.0), None),
                hybrid, static, dynamic]
-    if painless:
-        methods.append(replace(dynamic, name="dynamic profile (script_score)",
-                               strategy="script_score"))
+    for strategy in strategies:
+        if strategy == "knn_linear":
+            continue
+        tuned = best([Method(f"dynamic profile ({strategy})", BlendWeights(a, b, c, d),
+                             "dynamic", strategy)
+                      for c in (0.5, 1.0, 2.0, 4.0, 8.0) for d in (0.0, 0.5, 2.0)])
+        progress(f"tuned on validation: dynamic with {strategy} {tuned.weights}")
+        methods.append(tuned)
     return methods
 
 
@@ -282,7 +296,11 @@ def _score(evaluator: Evaluator, methods: list[Method], test: list[data.Query],
     best_np = max(non_personal, key=lambda n: per_method[n]["ndcg@10"].mean())
     tests = {name: metrics.paired_test(dyn, per_method[name]["ndcg@10"])
              for name in [*non_personal, "static profile"]}
+    # The strategies, best first by the dynamic profile's test NDCG@10: what `auto` should pick.
+    by_strategy = {m.strategy: float(per_method[m.name]["ndcg@10"].mean())
+                   for m in methods if m.profile == "dynamic"}
     return {"methods": table, "tests_vs_dynamic": tests, "best_non_personalized": best_np,
+            "strategy_ranking": sorted(by_strategy, key=lambda k: -by_strategy[k]),
             "relative_gain_vs_best_non_personalized":
                 float(dyn.mean() / per_method[best_np]["ndcg@10"].mean() - 1.0)
                 if per_method[best_np]["ndcg@10"].mean() > 0 else None}

@@ -57,8 +57,7 @@ def test_painless_cosine_matches_numpy(services: Services, scratch_index: str) -
     engine = services.engine
     if not engine.has_painless():
         pytest.skip(f"{engine.kind.value} {engine.version} at {services.settings.engine_url} "
-                    "has no Painless (Maven Central has no lang-painless for Elasticsearch); "
-                    "set ES_INTEREST_TEST_ES_URL to a full Elasticsearch to run it there")
+                    "has no Painless (make up's scripts-off engine)")
     query = services.embedder.encode_one("cute kitten")
     body = {"size": 3, "query": {"script_score": {
         "query": {"match_all": {}},
