@@ -85,6 +85,8 @@ class Settings:
     # API keys are required unless this is "disabled" (a local demo, say).
     api_auth: str = "required"
     api_default_rate: str = "600/minute"
+    # Largest request body the API reads (413 beyond it): 10,000 events of ~3 KB each.
+    api_max_body_mb: float = 32.0
     cors_origins: tuple[str, ...] = ()
     # Indices the `_search` proxy serves, besides the documents alias.
     proxy_indices: tuple[str, ...] = ()
@@ -187,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_port=int(_number(env, "API_PORT", Settings.api_port)),
         api_auth=_choice(env, "API_AUTH", ("required", "disabled")),
         api_default_rate=text("API_DEFAULT_RATE", Settings.api_default_rate),
+        api_max_body_mb=_number(env, "API_MAX_BODY_MB", Settings.api_max_body_mb),
         cors_origins=_list(env.get(PREFIX + "CORS_ORIGINS")),
         proxy_indices=_list(env.get(PREFIX + "PROXY_INDICES")),
         max_size=int(_number(env, "MAX_SIZE", Settings.max_size)),

@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin.storable import MAX_ID_BYTES, storable_json, storable_text
+
+# What a document may carry; anything else is dropped before it is queued.
+FIELDS = ("id", "doc_id", "title", "body", "tags", "metadata", "embedding")
+
 
 class InvalidDocument(ValueError):
     """A document that cannot be indexed; the message says why."""
@@ -61,10 +66,19 @@ def parse_document(raw: Mapping[str, Any]) -> Document:
     if not isinstance(metadata, Mapping):
         raise InvalidDocument("'metadata' must be an object")
     embedding = _embedding(raw.get("embedding"))
+    storable_text(str(doc_id), "id", InvalidDocument, MAX_ID_BYTES)
+    for name, value in (("title", title), ("body", body), ("tags", tags_raw),
+                        ("metadata", metadata)):
+        storable_json(value, name, InvalidDocument)
     doc = Document(str(doc_id), title.strip(), body.strip(), tuple(tags_raw), metadata, embedding)
     if not doc.text.strip():
         raise InvalidDocument("empty text: 'title', 'body' and 'tags' are all empty")
     return doc
+
+
+def known_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The document's fields this product reads; unknown ones never reach the queue."""
+    return {key: raw[key] for key in FIELDS if key in raw}
 
 
 def _embedding(raw: Any) -> tuple[float, ...] | None:

@@ -11,12 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from plugin.storable import MAX_ID_BYTES, storable_text
+
 # Events stamped further ahead than this are rejected: a clock that far off is a bug upstream.
 MAX_FUTURE_SKEW_S = 300.0
 # A view's weight scales with dwell time around this many seconds, within these bounds.
 DWELL_REFERENCE_S = 30.0
 DWELL_SCALE_BOUNDS = (0.1, 3.0)
 MAX_TEXT_CHARS = 10_000
+# Far above any real signal, far below what float32 storage (3.4e38) or a sum could overflow.
+MAX_ABS_WEIGHT = 1_000.0
+MAX_DWELL_S = 86_400.0
+# What an event may carry; anything else is dropped before it is queued.
+FIELDS = ("event_id", "user_id", "doc_id", "type", "weight", "timestamp", "text", "dwell_s")
 
 
 class InvalidEvent(ValueError):
@@ -76,6 +83,11 @@ def _timestamp(raw: Any) -> float:
     return round(value * 1000) / 1000
 
 
+def known_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The event's fields this product reads; unknown ones never reach the queue."""
+    return {key: raw[key] for key in FIELDS if key in raw}
+
+
 def _number(raw: Any, name: str) -> float:
     if isinstance(raw, bool):
         raise InvalidEvent(f"'{name}' must be a number, got {raw!r}")
@@ -111,13 +123,16 @@ def parse_event(
     if event_type not in type_weights:
         known = ", ".join(sorted(type_weights))
         raise InvalidEvent(f"unknown event type {raw.get('type')!r} (known: {known})")
+    storable_text(str(user_id), "user_id", InvalidEvent, MAX_ID_BYTES)
     weight = (
         type_weights[event_type] if raw.get("weight") is None else _number(raw["weight"], "weight")
     )
+    if abs(weight) > MAX_ABS_WEIGHT:
+        raise InvalidEvent(f"'weight' {weight:g} is out of range (at most ±{MAX_ABS_WEIGHT:g})")
     dwell = None if raw.get("dwell_s") is None else _number(raw["dwell_s"], "dwell_s")
     if dwell is not None:
-        if dwell < 0:
-            raise InvalidEvent(f"'dwell_s' must not be negative, got {dwell}")
+        if not 0 <= dwell <= MAX_DWELL_S:
+            raise InvalidEvent(f"'dwell_s' must be 0..{MAX_DWELL_S:g} seconds, got {dwell:g}")
         if event_type == "view":
             low, high = DWELL_SCALE_BOUNDS
             weight *= min(high, max(low, dwell / DWELL_REFERENCE_S))
@@ -130,10 +145,13 @@ def parse_event(
         )
     doc_id = raw.get("doc_id")
     doc_id = None if doc_id is None or str(doc_id) == "" else str(doc_id)
+    if doc_id is not None:
+        storable_text(doc_id, "doc_id", InvalidEvent, MAX_ID_BYTES)
     text = raw.get("text")
     if text is not None:
         if not isinstance(text, str):
             raise InvalidEvent("'text' must be a string")
+        storable_text(text, "text", InvalidEvent)
         text = text.strip() or None
         if text is not None and len(text) > MAX_TEXT_CHARS:
             raise InvalidEvent(f"'text' is longer than {MAX_TEXT_CHARS} characters")
@@ -141,4 +159,5 @@ def parse_event(
         raise InvalidEvent("an event needs a 'doc_id' or a 'text' (a query, a comment)")
     event_id = raw.get("event_id")
     event_id = derive_event_id(raw) if event_id is None or str(event_id) == "" else str(event_id)
+    storable_text(event_id, "event_id", InvalidEvent, MAX_ID_BYTES)
     return Event(event_id, str(user_id), str(event_type), weight, timestamp, doc_id, text, dwell)

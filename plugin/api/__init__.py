@@ -16,6 +16,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     services = Services(settings)
     app = Flask("es_interest")
     app.extensions["es_interest"] = services
+    app.config["MAX_CONTENT_LENGTH"] = int(services.settings.api_max_body_mb * 1024 * 1024)
     # Request lines carry queries and user ids: keep them out of the logs.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
@@ -32,8 +33,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(auth.identify)  # before the limiter's hook: limits are per key
     if services.settings.cors_origins:
         CORS(app, origins=list(services.settings.cors_origins))
+    # headers_enabled: a 429 says when to come back (Retry-After) and what is left.
     limiter = Limiter(auth.rate_key, app=app, storage_uri=services.settings.redis_url,
-                      key_prefix="es-interest:rate", strategy="fixed-window")
+                      key_prefix="es-interest:rate", strategy="fixed-window",
+                      headers_enabled=True)
     limited = limiter.shared_limit(auth.rate_limit, scope="api")
     for bp in (search_bp, proxy_bp, ingest_bp, users_bp):
         limited(bp)  # per API key, or per address for requests without a valid key

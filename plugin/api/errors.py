@@ -46,4 +46,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> ResponseReturnValue:
+        if exc.code == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            return jsonify({"error": f"the request body is over {limit} bytes "
+                                     "(ES_INTEREST_API_MAX_BODY_MB); send smaller batches"}), 413
         return jsonify({"error": exc.description}), exc.code or 500

@@ -8,6 +8,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from plugin import documents as document_fields
+from plugin import events as event_fields
 from plugin.api.auth import require
 from plugin.api.context import services
 from plugin.api.errors import ApiError
@@ -29,7 +31,8 @@ def _body(key: str) -> dict[str, Any]:
 
 
 def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
-           invalid: type[Exception], id_key: str) -> ResponseReturnValue:
+           invalid: type[Exception], id_key: str,
+           keep: Callable[[Any], dict[str, Any]]) -> ResponseReturnValue:
     celery = services().celery
     errors, valid = [], []
     for position, item in enumerate(items):
@@ -39,7 +42,7 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
             item_id = item.get(id_key) if isinstance(item, dict) else None
             errors.append({"position": position, "id": item_id, "error": str(exc)})
         else:
-            valid.append(item)
+            valid.append(keep(item))
     task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]]).id
                 for i in range(0, len(valid), TASK_BATCH)]
     return jsonify({"accepted": len(valid), "task_ids": task_ids, "errors": errors}), 202
@@ -50,7 +53,7 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
 def documents() -> ResponseReturnValue:
     req = DocumentsRequest.model_validate(_body("documents"))
     return _queue("es_interest.index_documents", req.documents, parse_document,
-                  InvalidDocument, "id")
+                  InvalidDocument, "id", document_fields.known_fields)
 
 
 @bp.post("/events")
@@ -59,4 +62,5 @@ def events() -> ResponseReturnValue:
     req = EventsRequest.model_validate(_body("events"))
     weights = services().settings.event_weights
     return _queue("es_interest.ingest_events", req.events,
-                  lambda raw: parse_event(raw, weights), InvalidEvent, "event_id")
+                  lambda raw: parse_event(raw, weights), InvalidEvent, "event_id",
+                  event_fields.known_fields)

@@ -22,6 +22,7 @@ from plugin import search as search_service
 from plugin.api.auth import require
 from plugin.api.context import services
 from plugin.api.metrics import PERSONALIZED
+from plugin.api.proxy_policy import RefusedBody, check_body
 from plugin.engine import JSON, EngineKind
 
 bp = Blueprint("proxy", __name__)
@@ -87,13 +88,17 @@ def proxy_search(index: str) -> ResponseReturnValue:
     if forbidden:
         return _es_error(400, "illegal_argument_exception",
                          f"scripts and code are refused here: {forbidden}")
+    try:
+        check_body(body, settings.max_window)
+    except RefusedBody as exc:
+        return _es_error(400, "illegal_argument_exception", str(exc))
     params: dict[str, str] = {k: str(request.args[k]) for k in PASSED_PARAMS
                               if k in request.args}
     try:
         size_raw: Any = params["size"] if "size" in params else body.get("size", 10)
         from_raw: Any = params["from"] if "from" in params else body.get("from", 0)
         size, offset = int(size_raw), int(from_raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return _es_error(400, "illegal_argument_exception", "'size' and 'from' must be integers")
     if not 0 <= size <= settings.max_size or offset < 0 or offset + size > settings.max_window:
         return _es_error(400, "illegal_argument_exception",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -187,7 +188,15 @@ def test_proxy_answers_the_engines_own_client(server: str, keys: dict[str, str],
     ("post", "/{docs}/_search", {"script_fields": {"x": {"script": "1"}}}, 400, "refused"),
     ("post", "/{docs}/_search", {"runtime_mappings": {"x": {"type": "long"}}}, 400, "refused"),
     ("post", "/{docs}/_search", {"size": 100000}, 400, "'size' must be"),
-    ("post", "/{docs}/_search", {"size": "many"}, 400, "must be integers"),
+    ("post", "/{docs}/_search", {"size": "many"}, 400, "must be a whole number"),
+    # Reading other indices through clauses that name one (issue 9, finding 10).
+    ("post", "/{docs}/_search", {"query": {"terms": {"tags": {
+        "index": "{interests}", "id": "u1", "path": "top_tags"}}}}, 400, "terms lookup"),
+    ("post", "/{docs}/_search", {"query": {"more_like_this": {
+        "fields": ["title"], "like": [{"_index": "{events}", "_id": "e1"}]}}}, 400,
+     "query type 'more_like_this'"),
+    ("post", "/{docs}/_search", {"aggs": {"t": {"terms": {"field": "tags", "size": 100000}}}},
+     400, "is over 1000"),
     ("post", "/{events}/_search", {}, 404, "configured indices only"),
     ("post", "/_bulk", {}, 404, ""),
     ("delete", "/{docs}/_search", None, 405, ""),
@@ -203,7 +212,12 @@ def test_proxy_answers_the_engines_own_client(server: str, keys: dict[str, str],
 def test_injection_attempts_get_a_clear_4xx(client: FlaskClient, keys: dict[str, str],
                                             services: Services, method: str, path: str,
                                             body: Any, status: int, message: str) -> None:
-    path = path.format(docs=services.settings.docs_alias, events=services.settings.events_alias)
+    names = {"docs": services.settings.docs_alias, "events": services.settings.events_alias,
+             "interests": services.settings.interests_alias}
+    path = path.format(**names)
+    if body is not None:
+        body = json.loads(json.dumps(body).replace("{interests}", names["interests"])
+                          .replace("{events}", names["events"]))
     answer = getattr(client, method)(path, json=body, headers=auth(keys["read"]))
     assert answer.status_code == status
     assert message in answer.get_data(as_text=True)
@@ -223,6 +237,56 @@ def test_malformed_vectors_and_events_are_rejected_per_item(client: FlaskClient,
     assert "'weight' must be a number" in bad.json["errors"][0]["error"]
 
 
+def test_non_finite_sizes_get_a_400(client: FlaskClient, keys: dict[str, str],
+                                    services: Services) -> None:
+    for raw in ('{"size": Infinity}', '{"from": -Infinity}', '{"size": 1e400}'):
+        answer = client.post(f"/{services.settings.docs_alias}/_search", data=raw,
+                             content_type="application/json", headers=auth(keys["read"]))
+        assert answer.status_code == 400, raw
+        assert "finite whole number" in answer.get_data(as_text=True)
+
+
+def test_bodies_over_the_limit_get_a_413_naming_it(settings: Settings,
+                                                   keys: dict[str, str]) -> None:
+    small = create_app(replace(settings, api_max_body_mb=0.01)).test_client()
+    events = [{"user_id": "u", "type": "like", "doc_id": f"d{i}", "pad": "x" * 100}
+              for i in range(200)]
+    answer = small.post("/events", json=events, headers=auth(keys["write"]))
+    assert answer.status_code == 413
+    assert "ES_INTEREST_API_MAX_BODY_MB" in answer.json["error"]
+
+
+def test_what_the_engine_cannot_store_is_refused_per_item(client: FlaskClient,
+                                                          keys: dict[str, str],
+                                                          celery_client: Any, worker: Any,
+                                                          services: Services) -> None:
+    """Issue 9, findings 3 and 4: a bad item is rejected at the API with its reason, and the
+    good events of the same batch are stored and folded."""
+    run = uuid.uuid4().hex[:6]
+    good = [{"event_id": f"ok-{i}-{run}", "user_id": f"store-{run}", "type": "query",
+             "text": "winter tires", "unknown_field": "x" * 1000} for i in range(3)]
+    bad = [{"event_id": f"long-{run}", "user_id": "u" * 600, "type": "query", "text": "x"},
+           {"event_id": "e" * 600, "user_id": f"store-{run}", "type": "query", "text": "x"},
+           {"event_id": f"big-{run}", "user_id": f"store-{run}", "type": "like", "doc_id": "d",
+            "weight": 1e308}]
+    raw = json.dumps(good + bad)[:-1] + ', {"event_id": "sur-' + run + \
+        '", "user_id": "u\\ud800", "type": "query", "text": "x"}]'
+    answer = client.post("/events", data=raw, content_type="application/json",
+                         headers=auth(keys["write"]))
+    assert answer.status_code == 202 and answer.json["accepted"] == 3
+    reasons = " | ".join(e["error"] for e in answer.json["errors"])
+    assert "'user_id' is 600 bytes" in reasons and "'event_id' is 600 bytes" in reasons
+    assert "out of range" in reasons and "not valid Unicode" in reasons
+    for task_id in answer.json["task_ids"]:
+        report = celery_client.AsyncResult(task_id).get(timeout=120)
+        assert sorted(report["done"]) == sorted(e["event_id"] for e in good)
+    stored = services.engine.client.mget(index=services.settings.events_alias,
+                                         body={"ids": [e["event_id"] for e in good]})
+    assert all(d["found"] and "unknown_field" not in d["_source"] for d in stored["docs"])
+    user = client.get(f"/users/store-{run}/interest", headers=auth(keys["read"]))
+    assert user.status_code == 200 and user.json["event_counts"] == {"query": 3}
+
+
 # -- access ----------------------------------------------------------------------------------
 
 
@@ -232,8 +296,11 @@ def test_keys_scopes_and_rate_limits(app: Flask, services: Services) -> None:
     assert client.get("/search?q=x", headers=auth("esi_wrong")).status_code == 401
     reader = create_key(services.redis, f"r-{uuid.uuid4().hex[:6]}", ("read",), "3/minute")
     assert client.post("/events", json=[{}], headers=auth(reader)).status_code == 403
-    codes = [client.get("/search?q=tips", headers=auth(reader)).status_code for _ in range(4)]
-    assert codes[:2] == [200, 200] and codes[-1] == 429
+    answers = [client.get("/search?q=tips", headers=auth(reader)) for _ in range(4)]
+    assert [a.status_code for a in answers[:2]] == [200, 200]
+    assert answers[-1].status_code == 429
+    # Issue 9, finding 13: a refused client is told when to come back.
+    assert int(answers[-1].headers["Retry-After"]) > 0
 
 
 def test_user_endpoints(client: FlaskClient, keys: dict[str, str],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plugin.config import DEFAULT_EVENT_WEIGHTS
-from plugin.events import InvalidEvent, parse_event
+from plugin.events import InvalidEvent, known_fields, parse_event
 
 NOW = 1_700_000_000.0
 GOOD = {"event_id": "e1", "user_id": "u1", "doc_id": "d1", "type": "like", "timestamp": NOW}
@@ -30,7 +30,17 @@ def test_a_good_event_gets_its_types_weight() -> None:
     ({"timestamp": NOW + 3600}, "in the future"),
     ({"timestamp": "yesterday"}, "neither epoch seconds nor ISO 8601"),
     ({"doc_id": ...}, "needs a 'doc_id' or a 'text'"),
-    ({"dwell_s": -1}, "'dwell_s' must not be negative"),
+    ({"dwell_s": -1}, "'dwell_s' must be 0..86400 seconds"),
+    ({"dwell_s": 1e12}, "'dwell_s' must be 0..86400 seconds"),
+    # What the engine cannot store is refused here, per item, not in the worker's batch.
+    ({"weight": 3.5e38}, "'weight' 3.5e\\+38 is out of range"),
+    ({"weight": -1e308}, "out of range"),
+    ({"user_id": "u" * 513}, "'user_id' is 513 bytes of UTF-8; at most 512"),
+    ({"user_id": "é" * 257}, "'user_id' is 514 bytes"),
+    ({"event_id": "e" * 600}, "'event_id' is 600 bytes"),
+    ({"doc_id": "d" * 513}, "'doc_id' is 513 bytes"),
+    ({"user_id": "u\ud800"}, "'user_id' is not valid Unicode"),
+    ({"text": "bad \ud800 text"}, "'text' is not valid Unicode"),
 ])
 def test_bad_fields_are_named(changes: dict[str, object], reason: str) -> None:
     with pytest.raises(InvalidEvent, match=reason):
@@ -49,3 +59,8 @@ def test_an_event_without_id_gets_a_stable_one() -> None:
     first = parse(event_id=...)
     again = parse(event_id=...)
     assert first.event_id == again.event_id and first.event_id.startswith("auto-")
+
+
+def test_unknown_fields_never_reach_the_queue() -> None:
+    raw = {**GOOD, "blob": "x" * 1000, "nested": {"a": 1}}
+    assert known_fields(raw) == GOOD
