@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 import cachetools
 
@@ -48,3 +48,13 @@ def lru(maxsize: int) -> LockedCache[K, V]:
 def ttl(maxsize: int, seconds: float) -> LockedCache[K, V]:
     return LockedCache(cachetools.TTLCache(maxsize, seconds)
                        if maxsize > 0 and seconds > 0 else None)
+
+
+# Redis cache of users' unit vectors for the search layer; workers drop entries on change.
+USER_VECTORS_PREFIX = "es-interest:user:"
+
+
+def forget_users(redis: Any, user_ids: Sequence[str]) -> None:
+    """Drop cached vectors of users whose interests just changed."""
+    if user_ids:
+        redis.delete(*(USER_VECTORS_PREFIX + u for u in user_ids))

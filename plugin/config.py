@@ -80,6 +80,9 @@ class Settings:
     query_cache_ttl_s: float = 300.0
     user_cache_ttl_s: float = 600.0
     user_vector_budget_ms: float = 100.0
+    # A search (and the engine probe at start-up) fails after this, answering 503, instead of
+    # holding the client: shorter than a person's patience, longer than any healthy search.
+    search_timeout_s: float = 5.0
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # API keys are required unless this is "disabled" (a local demo, say).
@@ -185,6 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         user_cache_ttl_s=_number(env, "USER_CACHE_TTL_S", Settings.user_cache_ttl_s),
         user_vector_budget_ms=_number(env, "USER_VECTOR_BUDGET_MS",
                                       Settings.user_vector_budget_ms),
+        search_timeout_s=_number(env, "SEARCH_TIMEOUT_S", Settings.search_timeout_s),
         api_host=text("API_HOST", Settings.api_host),
         api_port=int(_number(env, "API_PORT", Settings.api_port)),
         api_auth=_choice(env, "API_AUTH", ("required", "disabled")),

@@ -25,11 +25,27 @@ class EngineError(RuntimeError):
     """The engine is unreachable, or answered in a way the product cannot use."""
 
 
+class EngineBusy(EngineError):
+    """The engine refused for load (429: a circuit breaker or full queues; 502-504): nothing
+    is wrong with the request, so it is worth sending again later."""
+
+
+# Answers that mean "not now" rather than "not this".
+BUSY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def bulk_item_busy(item: Mapping[str, Any]) -> bool:
+    """Whether one failed bulk item was refused for load (retry it), not for its content."""
+    return next(iter(item.values())).get("status") in BUSY_STATUSES
+
+
 @dataclass
 class Engine:
     kind: EngineKind
     client: Any  # elasticsearch.Elasticsearch or opensearchpy.OpenSearch
     version: str
+    # Searches answer people: past this they fail (and the API says 503) rather than hang.
+    search_timeout_s: float = 30.0
     _capabilities: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -209,7 +225,12 @@ class Engine:
     # -- calls ------------------------------------------------------------------------------
 
     def search(self, index: str, body: Mapping[str, Any], **params: Any) -> JSON:
-        return dict(self.client.search(index=index, body=dict(body), **params))
+        """One search within ``search_timeout_s`` (a stalled engine raises a timeout)."""
+        if self.kind is EngineKind.OPENSEARCH:
+            return dict(self.client.search(index=index, body=dict(body),
+                                           request_timeout=self.search_timeout_s, **params))
+        return dict(self.client.options(request_timeout=self.search_timeout_s).search(
+            index=index, body=dict(body), **params))
 
     def get_versioned(self, index: str, doc_id: str) -> tuple[JSON, int, int] | None:
         """A document's source with its ``_seq_no`` and ``_primary_term``, or None."""
@@ -299,8 +320,17 @@ class Engine:
             return exc.meta.status, exc.body
         return None
 
+    def is_busy(self, exc: Exception) -> bool:
+        """Whether ``exc`` is the engine refusing for load (see :data:`BUSY_STATUSES`)."""
+        refused = self.api_error(exc)
+        return refused is not None and refused[0] in BUSY_STATUSES
+
     def streaming_bulk(self, actions: Iterable[JSON], **kwargs: Any) -> Iterable[tuple[bool, JSON]]:
-        """The client's own ``helpers.streaming_bulk``: yields (ok, item) per action."""
+        """The client's own ``helpers.streaming_bulk``: yields (ok, item) per action. Items
+        refused with 429 are sent again, with backoff, a few times before they count as
+        failed (the callers then raise :class:`EngineBusy`, so the task is retried)."""
+        kwargs.setdefault("max_retries", 3)
+        kwargs.setdefault("initial_backoff", 0.5)
         if self.kind is EngineKind.OPENSEARCH:
             from opensearchpy import helpers as os_helpers
 
@@ -375,12 +405,13 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
                        if settings.engine_api_key else None,
                        serializer=_opensearch_orjson())
     try:
-        info = probe.info()
+        info = probe.info(request_timeout=settings.search_timeout_s)
     except Exception as exc:  # any transport error means the same thing here
         raise EngineError(f"cannot reach the engine at {url}: {exc}") from exc
     version = info.get("version", {})
     if version.get("distribution") == "opensearch":
-        return Engine(EngineKind.OPENSEARCH, probe, str(version.get("number")))
+        return Engine(EngineKind.OPENSEARCH, probe, str(version.get("number")),
+                      settings.search_timeout_s)
     probe.close()
 
     from elasticsearch import Elasticsearch
@@ -393,4 +424,5 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
         serializer=OrjsonSerializer(),
         **options,
     )
-    return Engine(EngineKind.ELASTICSEARCH, client, str(version.get("number")))
+    return Engine(EngineKind.ELASTICSEARCH, client, str(version.get("number")),
+                  settings.search_timeout_s)

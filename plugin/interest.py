@@ -29,6 +29,14 @@ MIN_RELATIVE_NORM = 1e-3
 
 
 @dataclass(frozen=True)
+class DocVector:
+    """What a fold needs of an indexed document: its embedding and its tags."""
+
+    embedding: list[float]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class HorizonState:
     """Unnormalized decayed sums of one horizon at reference time ``ref_time`` (epoch s)."""
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from plugin.caches import USER_VECTORS_PREFIX
 from plugin.config import BLEND_STRATEGIES
 from plugin.engine import JSON
 from plugin.interest import UserInterest, interest_vector
@@ -48,7 +49,6 @@ from plugin.services import Services
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
 FILTER_FIELDS = ("tags", "doc_id")
 QUERY_CACHE_PREFIX = "es-interest:query:"
-USER_CACHE_PREFIX = "es-interest:user:"
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
 
 def user_vectors(services: Services, user_id: str) -> UserVectors:
     """The user's unit vectors (Redis, else the engine within the time budget); may raise."""
-    key = USER_CACHE_PREFIX + user_id
+    key = USER_VECTORS_PREFIX + user_id
     cached = services.redis.get(key)
     if cached:
         data = json.loads(cached)
@@ -164,12 +164,6 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
         "short": None if vectors.short is None else _pack(vectors.short),
     }), ex=int(services.settings.user_cache_ttl_s))
     return vectors
-
-
-def forget_users(services: Services, user_ids: Sequence[str]) -> None:
-    """Drop cached vectors of users whose interests just changed."""
-    if user_ids:
-        services.redis.delete(*(USER_CACHE_PREFIX + u for u in user_ids))
 
 
 # -- the two request shapes -------------------------------------------------------------------

@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 
     from plugin.embedding import Embedder
     from plugin.engine import Engine
-    from plugin.interest import UserInterest
-    from plugin.pipeline.users import DocVector
+    from plugin.interest import DocVector, UserInterest
 
 
 class Services:
@@ -57,4 +56,6 @@ class Services:
     def redis(self) -> redis.Redis:
         import redis as redis_lib
 
-        return redis_lib.Redis.from_url(self.settings.redis_url)
+        # Bounded waits: a Redis that is down or stalled fails a call, never hangs it.
+        return redis_lib.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                        socket_timeout=5)

@@ -1,20 +1,23 @@
 """Celery tasks: thin, idempotent wrappers over plugin.pipeline, one Services per process.
 
-Transient engine or Redis errors (and a user document that kept changing) are retried with
-exponential backoff; a task that still fails goes to the dead-letter list.
+Transient engine or Redis errors, the engine refusing for load (429, 502-504: a circuit
+breaker, full queues) and a user document that kept changing are retried with exponential
+backoff; a task that still fails goes to the dead-letter list.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from plugin import pipeline
-from plugin.engine import transient_errors
+from plugin.engine import EngineBusy, transient_errors
 from plugin.services import Services
 from workers.app import app
 from workers.dead_letter import DeadLetterTask
@@ -24,7 +27,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     pipeline.ConcurrentUpdateError,
+    EngineBusy,
 )
+F = TypeVar("F", bound=Callable[..., Any])
 RETRY = {
     "base": DeadLetterTask,
     "autoretry_for": TRANSIENT,
@@ -41,6 +46,21 @@ def services() -> Services:
     return Services()
 
 
+def busy_is_transient(task: F) -> F:
+    """A whole request the engine refused for load becomes :class:`EngineBusy`, retried."""
+
+    @functools.wraps(task)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as exc:
+            if not isinstance(exc, EngineBusy) and services().engine.is_busy(exc):
+                raise EngineBusy(f"the engine refused for load: {exc}") from exc
+            raise
+
+    return wrapped  # type: ignore[return-value]
+
+
 @app.task(name="es_interest.ping")
 def ping() -> dict[str, Any]:
     """Proves a worker is alive and can use the model: embeds a word."""
@@ -49,17 +69,20 @@ def ping() -> dict[str, Any]:
 
 
 @app.task(name="es_interest.index_documents", **RETRY)
+@busy_is_transient
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.index_documents(services(), docs, refresh=refresh)
     return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
 @app.task(name="es_interest.ingest_events", **RETRY)
+@busy_is_transient
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.ingest_events(services(), events, refresh=refresh)
     return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
 @app.task(name="es_interest.rebuild_user", **RETRY)
+@busy_is_transient
 def rebuild_user(user_id: str) -> dict[str, Any]:
     return pipeline.rebuild_user(services(), user_id)

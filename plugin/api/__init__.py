@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from plugin.api.search import bp as search_bp
     from plugin.api.users import bp as users_bp
 
-    errors.register(app)
+    errors.register(app)  # its after_request runs after the limiter's (registered later)
     metrics.instrument(app)
     app.before_request(auth.identify)  # before the limiter's hook: limits are per key
     if services.settings.cors_origins:
@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # headers_enabled: a 429 says when to come back (Retry-After) and what is left.
     limiter = Limiter(auth.rate_key, app=app, storage_uri=services.settings.redis_url,
                       key_prefix="es-interest:rate", strategy="fixed-window",
-                      headers_enabled=True)
+                      headers_enabled=True,
+                      # A Redis outage is answered by the key check (503), not by the limiter.
+                      swallow_errors=True)
     limited = limiter.shared_limit(auth.rate_limit, scope="api")
     for bp in (search_bp, proxy_bp, ingest_bp, users_bp):
         limited(bp)  # per API key, or per address for requests without a valid key

@@ -57,8 +57,8 @@ def search() -> ResponseReturnValue:
         raise ApiError(400, str(exc)) from None
     except Exception as exc:
         refused = svc.engine.api_error(exc)
-        if refused is None or refused[0] >= 500:
-            raise
+        if refused is None or refused[0] >= 500 or svc.engine.is_busy(exc):
+            raise  # a 503 with Retry-After (errors.py)
         raise ApiError(400, "the engine refused the rewritten query", engine=refused[1]) from None
     PERSONALIZED.labels("yes" if result.personalized else "no").inc()
     return jsonify({

@@ -30,7 +30,7 @@ from plugin.config import LOCAL_ENGINE_URLS, REPO_ROOT, Settings, load_settings
 from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
-from plugin.interest import UserInterest, interest_vector
+from plugin.interest import DocVector, UserInterest, interest_vector
 from plugin.pipeline.users import contributions
 from plugin.search import (
     BlendWeights,
@@ -166,7 +166,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     progress("embedding movies once for every engine")
     vectors = embedder.encode(texts)
     docs = [{**m, "embedding": v.tolist()} for m, v in zip(catalog, vectors, strict=True)]
-    doc_vectors = {m["id"]: pipeline.users.DocVector(v.tolist(), tuple(m["tags"]))
+    doc_vectors = {m["id"]: DocVector(v.tolist(), tuple(m["tags"]))
                    for m, v in zip(catalog, vectors, strict=True)}
     tag_texts = sorted({e["text"] for e in split.train if e.get("text")})
     text_vectors = dict(zip(tag_texts, (v.tolist() for v in embedder.encode(tag_texts)),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from plugin.documents import Document, InvalidDocument, parse_document
+from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.pipeline.events import apply_pending_events
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
 from plugin.services import Services
@@ -56,14 +57,19 @@ def index_documents(
             "_id": doc.doc_id,
             "_source": {**doc.source(), "embedding": vector.tolist(), "indexed_at": now_ms},
         })
+    busy: list[str] = []
     for ok, item in services.engine.streaming_bulk(
         actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=500
     ):
         doc_id = bulk_item_id(item)
         if ok:
             report.done.append(doc_id)
+        elif bulk_item_busy(item):
+            busy.append(bulk_error_reason(item))
         else:
             report.error(positions.get(doc_id, -1), doc_id, bulk_error_reason(item))
+    if busy:  # indexing by id is idempotent: the retried task writes the whole batch again
+        raise EngineBusy(f"{len(busy)} documents not indexed: {busy[0]}")
     if report.done:
         applied = apply_pending_events(services, report.done)
         if applied:

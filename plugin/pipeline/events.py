@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.events import Event, InvalidEvent, parse_event
+from plugin.interest import DocVector
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
 from plugin.pipeline.users import (
     APPLIED,
     PENDING,
-    DocVector,
     fetch_doc_vectors,
     fold_into_users,
     mark_applied,
@@ -96,6 +97,7 @@ def _store(
     actions = ({"_op_type": "create", "_index": index, "_id": event_id, "_source": source}
                for event_id, source in sources.items())
     created = set()
+    busy: list[str] = []
     for ok, item in services.engine.streaming_bulk(
         actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=1000
     ):
@@ -104,8 +106,13 @@ def _store(
             created.add(event_id)
         elif next(iter(item.values())).get("status") == 409:
             report.duplicates.append(event_id)  # the same event, sent twice at once
+        elif bulk_item_busy(item):
+            busy.append(bulk_error_reason(item))
         else:
             report.error(positions.get(event_id, -1), event_id, bulk_error_reason(item))
+    if busy:
+        # Folded but not stored: the retried task stores them (the folds are remembered).
+        raise EngineBusy(f"{len(busy)} events not stored: {busy[0]}")
     return created
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from plugin.interest import RECENT_WINDOW_S, Contribution, UserInterest
+from plugin.caches import forget_users
+from plugin.engine import EngineBusy, bulk_item_busy
+from plugin.interest import RECENT_WINDOW_S, Contribution, DocVector, UserInterest
 from plugin.pipeline.report import bulk_error_reason
-from plugin.search import forget_users
 from plugin.services import Services
 
 MAX_UPDATE_ATTEMPTS = 30
@@ -21,12 +21,6 @@ REBUILD_WAIT_TRIES, REBUILD_WAIT_S = 20, 0.1
 
 class ConcurrentUpdateError(RuntimeError):
     """A user's interest document kept changing under us; the task is retried."""
-
-
-@dataclass(frozen=True)
-class DocVector:
-    embedding: list[float]
-    tags: tuple[str, ...]
 
 
 def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
@@ -134,9 +128,11 @@ def update_users(
                 # Another writer (worker, rebuild, erase) got there first: read afresh.
                 services.user_states.discard(user_id)
                 retry[user_id] = todo[user_id]
+            elif bulk_item_busy(item):
+                raise EngineBusy(f"writing interests: {bulk_error_reason(item)}")
             else:
                 raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
-        forget_users(services, list(applied_by_user))
+        forget_users(services.redis, list(applied_by_user))
         todo = retry
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
@@ -148,7 +144,8 @@ def mark_applied(services: Services, event_ids: Iterable[str]) -> None:
                                                    chunk_size=1000):
         if not ok:
             # The task is retried; folds already made are remembered, so none counts twice.
-            raise RuntimeError(f"marking events applied failed: {bulk_error_reason(item)}")
+            error = EngineBusy if bulk_item_busy(item) else RuntimeError
+            raise error(f"marking events applied failed: {bulk_error_reason(item)}")
 
 
 def fold_into_users(
@@ -223,7 +220,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
                             user.tag_scores, recent)
         version = None if current is None else (current[1], current[2])
         if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
-            forget_users(services, [user_id])
+            forget_users(services.redis, [user_id])
             return {"user_id": user_id, "events": len(usable),
                     "skipped": len(events) - len(usable)}
     raise ConcurrentUpdateError(f"a user's interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
@@ -277,5 +274,5 @@ def erase_user(services: Services, user_id: str) -> dict[str, int]:
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
         engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
-    forget_users(services, [user_id])
+    forget_users(services.redis, [user_id])
     return {"events": deleted, "interests": int(found is not None)}

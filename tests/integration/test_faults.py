@@ -1,0 +1,134 @@
+"""Issue 9's faults, injected into real processes: every answer is a clear 503 (never a 500
+or a hang), and no event is lost when the engine refuses for load."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from plugin.api import create_app
+from plugin.api.auth import create_key
+from plugin.config import Settings
+from plugin.pipeline import rebuild_user
+from plugin.services import Services
+from tests.faults import PrivateRedis, StallingForwarder
+
+pytestmark = pytest.mark.integration
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"ApiKey {key}"}
+
+
+@pytest.fixture
+def stalling_engine(settings: Settings) -> Iterator[StallingForwarder]:
+    url = urlparse(settings.engine_url)
+    forwarder = StallingForwarder(url.hostname or "127.0.0.1", url.port or 9200)
+    yield forwarder
+    forwarder.close()
+
+
+def test_a_stalled_engine_gets_503_and_health_says_so(settings: Settings,
+                                                      services: Services,
+                                                      stalling_engine: StallingForwarder
+                                                      ) -> None:
+    """Finding 8: searches fail after ES_INTEREST_SEARCH_TIMEOUT_S with a 503 and a reason,
+    and /health reports the engine within its budget, instead of a 500 after 30 s."""
+    app = create_app(replace(settings, engine_url=stalling_engine.url, search_timeout_s=1.0))
+    client = app.test_client()
+    key = create_key(services.redis, f"stall-{uuid.uuid4().hex[:6]}", ("read",), "1000/minute")
+    assert client.get("/search?q=tips&cache=false", headers=auth(key)).status_code == 200
+    stalling_engine.stall()
+    try:
+        answer = client.get("/search?q=gearbox&cache=false", headers=auth(key))
+        assert answer.status_code == 503
+        assert "the search engine is unavailable or too slow" in answer.json["error"]
+        assert answer.headers["Retry-After"] == "1"
+        proxied = client.post(f"/{settings.docs_alias}/_search",
+                              json={"query": {"match": {"title": "tips"}}}, headers=auth(key))
+        assert proxied.status_code == 503
+        health = client.get("/health")
+        assert health.status_code == 503 and not health.json["engine"]["ok"]
+        assert health.json["redis"]["ok"]
+    finally:
+        stalling_engine.resume()
+    assert client.get("/search?q=tips&cache=false", headers=auth(key)).status_code == 200
+
+
+def test_redis_down_gets_503_not_500(settings: Settings, services: Services,
+                                     tmp_path: Path) -> None:
+    """Finding 9: with Redis gone, keyed endpoints and /health answer 503 with a reason."""
+    redis = PrivateRedis(tmp_path)
+    try:
+        app = create_app(replace(settings, redis_url=redis.url))
+        client = app.test_client()
+        key = create_key(app.extensions["es_interest"].redis, "r", ("read", "write"),
+                         "1000/minute")
+        assert client.get("/search?q=tips", headers=auth(key)).status_code == 200
+        redis.stop()
+        for answer in (client.get("/search?q=tips", headers=auth(key)),
+                       client.post("/events", json=[{"user_id": "u", "type": "like",
+                                                     "doc_id": "d"}], headers=auth(key)),
+                       client.get("/users/u/interest", headers=auth(key))):
+            assert answer.status_code == 503
+            assert "Redis" in answer.json["error"]
+        health = client.get("/health")
+        assert health.status_code == 503 and not health.json["redis"]["ok"]
+        assert health.json["engine"]["ok"]
+    finally:
+        redis.stop() if redis.process.poll() is None else None
+
+
+def _breaker(services: Services, limit: str | None) -> None:
+    services.engine.client.cluster.put_settings(
+        body={"transient": {"network.breaker.inflight_requests.limit": limit}})
+
+
+def test_events_survive_an_engine_refusing_for_load(services: Services, celery_client: Any,
+                                                    worker: Any) -> None:
+    """Finding 2: a real circuit breaker (429) during a batch: the task is retried, not
+    dead-lettered or half-applied; every event ends up stored and folded exactly once, and the
+    vectors equal a rebuild from the log."""
+    from workers import dead_letter
+
+    run = uuid.uuid4().hex[:6]
+    doc = {"id": f"brk-{run}", "title": "Winter tires and snow chains", "tags": ["cars"]}
+    celery_client.send_task("es_interest.index_documents", args=[[doc]],
+                            kwargs={"refresh": True}).get(timeout=120)
+    user = f"breaker-{run}"
+    now = time.time()
+    events = [{"event_id": f"brk-{i}-{run}", "user_id": user, "doc_id": doc["id"],
+               "type": "like", "timestamp": now - 100 + i} for i in range(40)]
+    dead_before = len(dead_letter.entries(celery_client))
+    # Requests with a body over 1 kB trip the in-flight requests breaker: 429 for every bulk.
+    _breaker(services, "1kb")
+    try:
+        result = celery_client.send_task("es_interest.ingest_events", args=[events])
+        time.sleep(4)  # the batch meets the breaker: folds and stores are refused
+        assert not result.ready()
+    finally:
+        _breaker(services, None)
+    report = result.get(timeout=180)
+    assert sorted(report["done"] + report["duplicates"]) == sorted(e["event_id"] for e in events)
+    assert len(dead_letter.entries(celery_client)) == dead_before
+    events_alias = services.settings.events_alias
+    services.engine.client.indices.refresh(index=events_alias)
+    stored = services.engine.client.count(index=events_alias,
+                                          body={"query": {"term": {"user_id": user}}})
+    assert stored["count"] == len(events)
+    state, _, _ = services.engine.get_versioned(services.settings.interests_alias, user) \
+        or pytest.fail("user not folded")
+    assert state["event_count"] == len(events)
+    before = state["state"]
+    rebuild_user(services, user)
+    after, _, _ = services.engine.get_versioned(services.settings.interests_alias, user) \
+        or pytest.fail("user gone after rebuild")
+    assert after["event_count"] == len(events)
+    assert after["state"]["long"]["weight"] == pytest.approx(before["long"]["weight"], rel=1e-9)
