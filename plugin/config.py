@@ -70,6 +70,10 @@ class Settings:
     # Per worker process: users' interest states last written here (checked by the engine on
     # every write, so never wrong, only saving a read), and document vectors, which may be
     # this many seconds older than a re-indexed document.
+    # A batch whose worker died (SIGKILL, OOM, a lost host) is handed to another worker after
+    # this many seconds; task time limits sit below it (workers/app.py), and it must exceed
+    # the longest retry countdown (60 s), or a waiting retry would be delivered twice.
+    task_visibility_s: float = 120.0
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
@@ -177,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS", 30.0) * 86400.0,
         half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS", 1.0) * 86400.0,
         event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
+        task_visibility_s=_number(env, "TASK_VISIBILITY_S", Settings.task_visibility_s),
         user_cache_size=int(_number(env, "USER_CACHE_SIZE", Settings.user_cache_size)),
         doc_vector_cache_size=int(_number(env, "DOC_VECTOR_CACHE_SIZE",
                                           Settings.doc_vector_cache_size)),

@@ -84,6 +84,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ES_INTEREST_ENGINE_URL": settings.engine_url,
         "ES_INTEREST_REDIS_URL": settings.redis_url,
         "ES_INTEREST_INDEX_PREFIX": settings.index_prefix,
+        "ES_INTEREST_TASK_VISIBILITY_S": str(settings.task_visibility_s),
         "HF_HUB_OFFLINE": "1",
     }
 

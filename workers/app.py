@@ -21,11 +21,20 @@ def make_celery(settings: Settings) -> Celery:
         # One reserved message per pool slot: a busy process never sits on a batch that an idle
         # one could fold (freshness), and batches are large enough to keep slots busy.
         worker_prefetch_multiplier=1,
-        task_time_limit=300,
-        task_soft_time_limit=240,
+        # A task must end (or be killed) before its message would be handed to another
+        # worker: the limits sit below the visibility timeout, which bounds how long a batch
+        # of a dead worker waits (folded events then wait for their store just as long).
+        task_time_limit=int(settings.task_visibility_s * 0.85),
+        task_soft_time_limit=int(settings.task_visibility_s * 0.75),
         result_expires=3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 600},
+        broker_transport_options={
+            "visibility_timeout": settings.task_visibility_s,
+            # Sweep for expired messages every ~1/12 of the timeout (kombu's default sweep
+            # is ~100 s, which would add up to that to the gap).
+            "unacked_restore_interval": max(1, int(settings.task_visibility_s / 12)),
+            "unacked_restore_throttle": 1,
+        },
         worker_hijack_root_logger=False,
         # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let
         # each get the pool that suits it (README, Workers). Other tasks use the default queue.

@@ -3,6 +3,8 @@ or a hang), and no event is lost when the engine refuses for load."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +15,13 @@ from urllib.parse import urlparse
 
 import pytest
 
+from bench.common import child_pids
 from plugin.api import create_app
 from plugin.api.auth import create_key
 from plugin.config import Settings
 from plugin.pipeline import rebuild_user
 from plugin.services import Services
+from tests.conftest import WorkerProcess
 from tests.faults import PrivateRedis, StallingForwarder
 
 pytestmark = pytest.mark.integration
@@ -132,3 +136,52 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
         or pytest.fail("user gone after rebuild")
     assert after["event_count"] == len(events)
     assert after["state"]["long"]["weight"] == pytest.approx(before["long"]["weight"], rel=1e-9)
+
+
+def test_a_killed_worker_loses_no_event(settings: Settings, services: Services,
+                                        engine_name: str) -> None:
+    """Finding 6: a worker SIGKILLed mid-batch; another worker gets the batch once the
+    visibility timeout passes, and every event is stored and folded exactly once."""
+    if engine_name != "elasticsearch":
+        pytest.skip("a Celery fault, independent of the engine: checked on elasticsearch")
+    from workers.app import make_celery
+
+    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
+    celery = make_celery(fast)
+    Services(fast).redis.flushdb()
+    run = uuid.uuid4().hex[:6]
+    users = [f"killed-{run}-{u}" for u in range(10)]
+    # Texts to embed make the batch take seconds, so the kill lands inside it.
+    events = [{"event_id": f"k-{i}-{run}", "user_id": users[i % len(users)], "type": "query",
+               "text": f"query number {i} about winter tires and snow chains {run}",
+               "timestamp": time.time() - 1000 + i} for i in range(300)]
+    victim = WorkerProcess(fast, f"victim-{run}")
+    rescuer = None
+    try:
+        victim.wait_ready()
+        result = celery.send_task("es_interest.ingest_events", args=[events])
+        deadline = time.monotonic() + 60
+        while "ingest_events[" not in victim.log_path.read_text():
+            assert time.monotonic() < deadline, "the victim never received the batch"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        for pid in child_pids(victim.process.pid) | {victim.process.pid}:
+            os.kill(pid, signal.SIGKILL)
+        assert not result.ready()
+        rescuer = WorkerProcess(fast, f"rescuer-{run}")
+        rescuer.wait_ready()
+        celery.send_task("es_interest.ping").get(timeout=120)  # the model loaded, warm
+        report = result.get(timeout=180)
+        assert sorted(report["done"] + report["duplicates"]) == \
+            sorted(e["event_id"] for e in events)
+    finally:
+        victim.stop()
+        if rescuer is not None:
+            rescuer.stop()
+        Services(fast).redis.flushdb()
+    services.engine.client.indices.refresh(index=services.settings.events_alias)
+    stored = services.engine.client.count(index=services.settings.events_alias, body={
+        "query": {"terms": {"user_id": users}}})
+    assert stored["count"] == len(events)
+    found = services.engine.mget_versioned(services.settings.interests_alias, users)
+    assert sum(src["event_count"] for src, _, _ in found.values()) == len(events)
