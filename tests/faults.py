@@ -74,17 +74,27 @@ class StallingForwarder:
 
 
 class PrivateRedis:
-    """A real redis-server of this test's own, on a free port, without persistence."""
+    """A real redis-server of this test's own on a free port; ``persistent`` keeps an
+    append-only file, so a restart brings back what it held (as `make up`'s Redis does)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (make up installs it)")
+        self.command = [server, "--bind", "127.0.0.1", "--port", "0", "--save", "",
+                        "--appendonly", "yes" if persistent else "no", "--dir", str(workdir)]
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [server, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.command[4] = str(self.port)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
@@ -93,10 +103,12 @@ class PrivateRedis:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
+    def stop(self, graceful: bool = False) -> None:
+        """SIGTERM (writes its file, like a restart) or SIGKILL."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if graceful:
+            self.process.terminate()
+        else:
+            self.process.kill()
+        self.process.wait(timeout=30)

@@ -34,6 +34,9 @@ def make_celery(settings: Settings) -> Celery:
             # is ~100 s, which would add up to that to the gap).
             "unacked_restore_interval": max(1, int(settings.task_visibility_s / 12)),
             "unacked_restore_throttle": 1,
+            # The sweep's lock outlives a Redis restart (append-only file); kombu's 300 s
+            # default would hold every sweep off that long after one.
+            "unacked_mutex_expire": max(5, int(settings.task_visibility_s / 4)),
         },
         worker_hijack_root_logger=False,
         # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let

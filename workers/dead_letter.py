@@ -12,12 +12,26 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 KEY = "es-interest:dead-letter"
 
 
 class DeadLetterTask(Task):
-    """Base task: a final failure is recorded in the dead-letter list."""
+    """Base task: a final failure is recorded in the dead-letter list, and a retry that
+    cannot be sent (the broker is away) leaves the message to be delivered again."""
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as rejected:
+            # Celery drops the message (requeue=False) when it cannot publish the retry, which
+            # lost whole batches during a Redis restart. Requeue it instead; if even that
+            # cannot reach Redis, the unacknowledged message comes back after the visibility
+            # timeout. The batch is idempotent, so a second delivery costs nothing.
+            if rejected.requeue:
+                raise
+            raise Reject(rejected.reason, requeue=True) from rejected
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
