@@ -10,6 +10,9 @@ import click
 
 from plugin.config import LOCAL_ENGINE_URLS, load_settings
 
+# sysexits' EX_TEMPFAIL: nothing is wrong, try again later (a rebuild waiting for events).
+EXIT_TRY_AGAIN = 75
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -176,12 +179,24 @@ def rebuild(user_id: str | None) -> None:
     from plugin.services import Services
 
     services = Services()
+    later = (f"a batch awaits its retry or redelivery (at most "
+             f"{services.settings.task_visibility_s:g} s, ES_INTEREST_TASK_VISIBILITY_S)")
     if user_id:
-        click.echo(json.dumps(pipeline.rebuild_user(services, user_id)))
+        try:
+            click.echo(json.dumps(pipeline.rebuild_user(services, user_id)))
+        except pipeline.EventsInFlight:
+            click.echo(f"deferred: events of this user are not stored yet; {later}. "
+                       "Run it again then.", err=True)
+            sys.exit(EXIT_TRY_AGAIN)
         return
     with tqdm(desc="rebuilding users", unit="user") as bar:
-        count = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
+        count, deferred = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
     click.echo(f"rebuilt {count} users")
+    if deferred:
+        click.echo(f"deferred {len(deferred)} users whose events are not stored yet ({later}); "
+                   f"run `es-interest rebuild` again then: {', '.join(deferred[:20])}"
+                   + (" …" if len(deferred) > 20 else ""), err=True)
+        sys.exit(EXIT_TRY_AGAIN)
 
 
 @main.group("api-key")

@@ -8,11 +8,18 @@
 from plugin.pipeline.documents import index_documents
 from plugin.pipeline.events import ingest_events
 from plugin.pipeline.report import BatchReport
-from plugin.pipeline.users import ConcurrentUpdateError, erase_user, rebuild_all, rebuild_user
+from plugin.pipeline.users import (
+    ConcurrentUpdateError,
+    EventsInFlight,
+    erase_user,
+    rebuild_all,
+    rebuild_user,
+)
 
 __all__ = [
     "BatchReport",
     "ConcurrentUpdateError",
+    "EventsInFlight",
     "erase_user",
     "index_documents",
     "ingest_events",

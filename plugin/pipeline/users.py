@@ -19,6 +19,11 @@ PENDING, APPLIED = "pending", "applied"
 REBUILD_WAIT_TRIES, REBUILD_WAIT_S = 20, 0.1
 
 
+class EventsInFlight(RuntimeError):
+    """The user's document counts events whose store has not happened yet (a batch waiting
+    for its retry or redelivery): the log is incomplete, so a rebuild must wait."""
+
+
 class ConcurrentUpdateError(RuntimeError):
     """A user's interest document kept changing under us; the task is retried."""
 
@@ -198,7 +203,8 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
             time.sleep(REBUILD_WAIT_S)
             current = engine.get_versioned(settings.interests_alias, user_id)
         else:
-            raise ConcurrentUpdateError("events folded into this user never reached the log")
+            raise EventsInFlight(f"user {user_id!r} counts events not stored yet (a batch awaits "
+                                 "its retry or redelivery); rebuild it again later")
         events = sorted(log, key=lambda e: (int(e["timestamp"]), e["event_id"]))
         docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")},
                                  fresh=True)
@@ -246,14 +252,21 @@ def all_user_ids(services: Services) -> Iterable[str]:
 
 def rebuild_all(
     services: Services, progress: Callable[[dict[str, Any]], None] | None = None
-) -> int:
-    count = 0
+) -> tuple[int, list[str]]:
+    """Rebuild every user; returns how many were rebuilt and the ids deferred because
+    events of theirs are still in flight (rebuild those again later)."""
+    count, deferred = 0, []
     for user_id in all_user_ids(services):
-        result = rebuild_user(services, user_id)
-        count += 1
+        try:
+            result: dict[str, Any] = rebuild_user(services, user_id)
+        except EventsInFlight:
+            deferred.append(user_id)
+            result = {"user_id": user_id, "deferred": True}
+        else:
+            count += 1
         if progress:
             progress(result)
-    return count
+    return count, deferred
 
 
 def erase_user(services: Services, user_id: str) -> dict[str, int]:

@@ -3,6 +3,7 @@ or a hang), and no event is lost when the engine refuses for load."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -241,3 +242,46 @@ def test_a_redis_restart_loses_no_event(settings: Settings, services: Services,
     after = services.engine.get_versioned(services.settings.interests_alias, users[0])
     assert after is not None
     assert after[0]["state"]["long"]["weight"] == pytest.approx(before, rel=1e-9)
+
+
+def test_rebuild_waits_for_events_in_flight_without_a_traceback(settings: Settings,
+                                                                services: Services) -> None:
+    """Finding 5: the user counts an event folded but not stored yet (the state a batch leaves
+    between its fold and its store, until its retry): `rebuild` defers that user with a clear
+    message and exit 75, and rebuilds it once the event is stored."""
+    import subprocess
+    import sys
+
+    from plugin import pipeline
+    from plugin.pipeline.users import fetch_doc_vectors, fold_into_users
+    from tests.conftest import ROOT, settings_env
+
+    run = uuid.uuid4().hex[:6]
+    doc = {"id": f"fly-{run}", "title": "Tire pressure and fuel economy", "tags": ["cars"]}
+    assert not pipeline.index_documents(services, [doc], refresh=True).errors
+    user = f"inflight-{run}"
+    stored = {"event_id": f"fly-1-{run}", "user_id": user, "doc_id": doc["id"], "type": "like",
+              "timestamp": time.time() - 60}
+    assert not pipeline.ingest_events(services, [stored], refresh=True).errors
+    # The second event as its batch leaves it when the store fails: folded, not in the log.
+    second_at = round(time.time() - 30)
+    in_flight = {**stored, "event_id": f"fly-2-{run}", "timestamp": second_at * 1000,
+                 "weight": 2.0, "status": "applied"}
+    fold_into_users(services, [in_flight], fetch_doc_vectors(services, [doc["id"]]))
+
+    def rebuild(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "plugin.cli", "rebuild", *args], cwd=ROOT,
+                              env=settings_env(settings), capture_output=True, text=True,
+                              timeout=300)
+
+    one = rebuild("--user", user)
+    assert one.returncode == 75, one.stderr
+    assert "not stored yet" in one.stderr and "Traceback" not in one.stderr
+    every = rebuild()
+    assert every.returncode == 75 and user in every.stderr and "Traceback" not in every.stderr
+    # The retried batch stores the event: the rebuild goes through and agrees.
+    retried = {**stored, "event_id": in_flight["event_id"], "timestamp": second_at}
+    assert not pipeline.ingest_events(services, [retried], refresh=True).errors
+    done = rebuild("--user", user)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["events"] == 2
