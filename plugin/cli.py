@@ -210,13 +210,17 @@ def api_key() -> None:
               default=["read"], show_default=True)
 @click.option("--rate", default=None,
               help="e.g. 600/minute (default: ES_INTEREST_API_DEFAULT_RATE)")
-def api_key_create(name: str, scopes: tuple[str, ...], rate: str | None) -> None:
+@click.option("--user-prefix", default=None,
+              help="a tenant's key: only user ids that start with this (default: every user)")
+def api_key_create(name: str, scopes: tuple[str, ...], rate: str | None,
+                   user_prefix: str | None) -> None:
     """Create a key and print it (it is shown only this once)."""
     from plugin.api.auth import create_key
     from plugin.services import Services
 
     services = Services()
-    click.echo(create_key(services.redis, name, scopes, rate or services.settings.api_default_rate))
+    click.echo(create_key(services.redis, name, scopes, rate or services.settings.api_default_rate,
+                          user_prefix or None))
 
 
 @api_key.command("list")
@@ -226,7 +230,8 @@ def api_key_list() -> None:
     from plugin.services import Services
 
     for key in list_keys(Services().redis):
-        click.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rate}")
+        users = "all users" if key.user_prefix is None else f"users {key.user_prefix}*"
+        click.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rate}\t{users}")
 
 
 @api_key.command("revoke")

@@ -1,4 +1,6 @@
-"""API keys: stored as SHA-256 hashes in Redis, each with scopes and a rate limit."""
+"""API keys: stored as SHA-256 hashes in Redis, each with scopes, a rate limit and, for a
+tenant's key, the user ids it may name (a prefix): such a key reads and writes only those
+users' profiles, personalizes only for them, and sends events only for them."""
 
 from __future__ import annotations
 
@@ -25,23 +27,31 @@ class ApiKey:
     name: str
     scopes: tuple[str, ...]
     rate: str  # a flask-limiter rate string, e.g. "600/minute"
+    user_prefix: str | None = None  # None: every user; else only ids that start with it
+
+    def allows_user(self, user_id: str) -> bool:
+        return self.user_prefix is None or user_id.startswith(self.user_prefix)
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(redis: Any, name: str, scopes: tuple[str, ...], rate: str) -> str:
+def create_key(redis: Any, name: str, scopes: tuple[str, ...], rate: str,
+               user_prefix: str | None = None) -> str:
     """Store a new key's hash and return the key itself (shown once, never stored)."""
     key = "esi_" + secrets.token_urlsafe(32)
     redis.hset(KEYS, _digest(key), json.dumps({"name": name, "scopes": list(scopes),
-                                               "rate": rate}))
+                                               "rate": rate, "user_prefix": user_prefix}))
     return key
 
 
+def _from_record(data: dict[str, Any]) -> ApiKey:
+    return ApiKey(data["name"], tuple(data["scopes"]), data["rate"], data.get("user_prefix"))
+
+
 def list_keys(redis: Any) -> list[ApiKey]:
-    return [ApiKey(d["name"], tuple(d["scopes"]), d["rate"])
-            for d in (json.loads(v) for v in redis.hvals(KEYS))]
+    return [_from_record(json.loads(v)) for v in redis.hvals(KEYS)]
 
 
 def revoke_key(redis: Any, name: str) -> int:
@@ -67,8 +77,7 @@ def identify() -> None:
     if presented:
         raw = svc.redis.hget(KEYS, _digest(presented))
         if raw is not None:
-            data = json.loads(raw)
-            g.api_key = ApiKey(data["name"], tuple(data["scopes"]), data["rate"])
+            g.api_key = _from_record(json.loads(raw))
         else:
             g.key_problem = "unknown API key"
 
@@ -90,6 +99,19 @@ def require(scope: str) -> Callable[[F], F]:
         return wrapped  # type: ignore[return-value]
 
     return decorate
+
+
+def check_user(user_id: str) -> None:
+    """403 unless this request's key may name ``user_id`` (tenant keys name a prefix)."""
+    key: ApiKey | None = g.get("api_key")
+    if key is not None and not key.allows_user(user_id):
+        raise ApiError(403, f"this API key serves only users whose id starts with "
+                            f"{key.user_prefix!r}")
+
+
+def user_allowed(user_id: str) -> bool:
+    key: ApiKey | None = g.get("api_key")
+    return key is None or key.allows_user(user_id)
 
 
 def rate_key() -> str:

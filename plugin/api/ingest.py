@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from plugin import documents as document_fields
 from plugin import events as event_fields
-from plugin.api.auth import require
+from plugin.api.auth import require, user_allowed
 from plugin.api.context import services
 from plugin.api.errors import ApiError
 from plugin.api.schemas import DocumentsRequest, EventsRequest
@@ -61,6 +61,12 @@ def documents() -> ResponseReturnValue:
 def events() -> ResponseReturnValue:
     req = EventsRequest.model_validate(_body("events"))
     weights = services().settings.event_weights
-    return _queue("es_interest.ingest_events", req.events,
-                  lambda raw: parse_event(raw, weights), InvalidEvent, "event_id",
+
+    def check(raw: Any) -> object:
+        event = parse_event(raw, weights)
+        if not user_allowed(event.user_id):
+            raise InvalidEvent("'user_id' is outside the users this API key serves")
+        return event
+
+    return _queue("es_interest.ingest_events", req.events, check, InvalidEvent, "event_id",
                   event_fields.known_fields)

@@ -19,7 +19,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from plugin import search as search_service
-from plugin.api.auth import require
+from plugin.api.auth import require, user_allowed
 from plugin.api.context import services
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
@@ -106,6 +106,9 @@ def proxy_search(index: str) -> ResponseReturnValue:
                          f"{settings.max_window}")
 
     user_id = request.headers.get("X-User-Id")
+    if user_id and not user_allowed(user_id):
+        return _es_error(403, "security_exception",
+                         "this API key may not personalize for that X-User-Id")
     personalized, reason = False, "no X-User-Id"
     if user_id and ("sort" in body or "knn" in body):
         reason = "the body sorts or has its own kNN: passed through"

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from plugin import search as search_service
-from plugin.api.auth import require
+from plugin.api.auth import check_user, require
 from plugin.api.context import services
 from plugin.api.errors import ApiError
 from plugin.api.metrics import PERSONALIZED
@@ -43,6 +43,8 @@ def search() -> ResponseReturnValue:
     if not isinstance(raw, dict):
         raise ApiError(400, "the body must be a JSON object")
     req = SearchRequest.model_validate(raw)
+    if req.user_id is not None:
+        check_user(req.user_id)
     svc = services()
     if req.from_ + req.size > svc.settings.max_window:
         raise ApiError(400, f"'from' + 'size' must be at most {svc.settings.max_window}")

@@ -8,7 +8,7 @@ import numpy as np
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from plugin.api.auth import require
+from plugin.api.auth import check_user, require
 from plugin.api.context import services
 from plugin.api.errors import ApiError
 from plugin.interest import UserInterest, interest_vector
@@ -22,6 +22,7 @@ RECENT = 10
 @bp.get("/users/<user_id>/interest")
 @require("read")
 def interest(user_id: str) -> ResponseReturnValue:
+    check_user(user_id)
     svc = services()
     settings, engine = svc.settings, svc.engine
     found = engine.get_versioned(settings.interests_alias, user_id)
@@ -60,4 +61,5 @@ def interest(user_id: str) -> ResponseReturnValue:
 @bp.delete("/users/<user_id>")
 @require("write")
 def delete(user_id: str) -> ResponseReturnValue:
+    check_user(user_id)
     return jsonify({"deleted": erase_user(services(), user_id)})

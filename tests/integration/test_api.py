@@ -303,6 +303,29 @@ def test_keys_scopes_and_rate_limits(app: Flask, services: Services) -> None:
     assert int(answers[-1].headers["Retry-After"]) > 0
 
 
+def test_tenant_keys_reach_only_their_users(client: FlaskClient, services: Services,
+                                            topics: dict[str, str]) -> None:
+    """Finding 12: a key scoped to a user-id prefix reads, personalizes and writes only for
+    those users."""
+    mine, other = topics["a"], topics["b"]  # "A-<run>" and "B-<run>"
+    key = create_key(services.redis, f"tenant-{topics['run']}", ("read", "write"),
+                     "1000/minute", user_prefix="A-")
+    assert client.get(f"/users/{mine}/interest", headers=auth(key)).status_code == 200
+    denied = client.get(f"/users/{other}/interest", headers=auth(key))
+    assert denied.status_code == 403 and "'A-'" in denied.json["error"]
+    assert client.delete(f"/users/{other}", headers=auth(key)).status_code == 403
+    assert client.get(f"/search?q=tips&user_id={mine}", headers=auth(key)).status_code == 200
+    assert client.get(f"/search?q=tips&user_id={other}", headers=auth(key)).status_code == 403
+    proxied = client.post(f"/{services.settings.docs_alias}/_search", json={},
+                          headers={**auth(key), "X-User-Id": other})
+    assert proxied.status_code == 403
+    sent = client.post("/events", json=[
+        {"user_id": other, "type": "like", "doc_id": "d1"},
+        {"user_id": f"{mine}-x", "type": "like", "doc_id": "d1"}], headers=auth(key))
+    assert sent.status_code == 202 and sent.json["accepted"] == 1
+    assert "outside the users this API key serves" in sent.json["errors"][0]["error"]
+
+
 def test_user_endpoints(client: FlaskClient, keys: dict[str, str],
                         topics: dict[str, str], services: Services) -> None:
     services.engine.client.indices.refresh(index=services.settings.events_alias)
