@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status demo demo-services test lint bench eval eval-quick clean
+.PHONY: help venv up down status demo demo-services test lint bench soak eval eval-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ eval-quick: venv up  ## the same on 40 users (a few minutes): bench/results/eval
 
 clean: down  ## stop everything and delete data, build outputs and the venv
 	rm -rf $(STATE) $(VENV) devstack/*/target
+
+soak: venv up  ## searches and events together for 2 minutes: 0 lost events, 0 5xx, RSS (bench/results/soak.*)
+	$(BIN)/python -m bench.soak
 
 bench: venv up  ## benchmarks: JSON and markdown tables in bench/results/
 	$(BIN)/python -m bench.pipeline

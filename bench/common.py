@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,37 @@ def start_worker(settings: Settings, args: list[str], log: Path) -> subprocess.P
         [sys.executable, "-m", "plugin.cli", "worker", *args, "--loglevel=warning",
          "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle"],
         cwd=ROOT, env=child_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_api(settings: Settings, threads: int = 32) -> tuple[subprocess.Popen[bytes], str]:
+    """The API under gunicorn (one gthread worker) on a free port; returns it and its URL
+    once it answers."""
+    import requests
+
+    port = free_port()
+    env = {**child_env(settings), "ES_INTEREST_API_PORT": str(port)}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", str(threads), "--worker-class", "gthread", "--log-level", "warning",
+         "plugin.wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/openapi.json", timeout=5).ok:
+                return api, url
+        except requests.ConnectionError:
+            pass
+        if api.poll() is not None or time.monotonic() > deadline:
+            api.kill()
+            raise RuntimeError("the API did not start")
+        time.sleep(0.5)
 
 
 def wait_for_worker(celery: Any, timeout_s: float = 180.0) -> None:

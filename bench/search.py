@@ -10,9 +10,6 @@ query-embedding cache. Caches are warmed first where they are on.
 from __future__ import annotations
 
 import random
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -23,7 +20,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from bench.common import ROOT, child_env, isolated_settings, machine, write_results
+from bench.common import isolated_settings, machine, start_api, write_results
 from plugin import pipeline
 from plugin.api.auth import create_key
 from plugin.config import LOCAL_ENGINE_URLS
@@ -36,12 +33,6 @@ QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "anima
            "horror", "documentary", "musical", "western", "time travel", "dark comedy",
            "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
            "war drama", "detective"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(services: Services, movies: int, users: int) -> list[str]:
@@ -79,26 +70,10 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
     setup_indices(services.engine, settings, services.embedder.dims)
     user_ids = prepare(services, movies, users)
     key = create_key(services.redis, "bench", ("read",), "1000000/minute")
-    port = free_port()
-    env = {**child_env(settings), "ES_INTEREST_API_PORT": str(port)}
-    api = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "32", "--worker-class", "gthread", "--log-level", "warning",
-         "plugin.wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    layer = f"http://127.0.0.1:{port}"
+    api, layer = start_api(settings)
     session = requests.Session()
     session.headers["Authorization"] = f"ApiKey {key}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if session.get(f"{layer}/openapi.json", timeout=5).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.5)
         strategies = available_strategies(services)
         rng = random.Random(4)
         plain_session = requests.Session()
