@@ -47,33 +47,34 @@ java_for() {
   fi
 }
 
+# Builds a launcher when its jar is missing or stale: NAME DIR JAR [maven args...]
+build_launcher() {
+  local name=$1 dir=$2 jar=$3; shift 3
+  if stale "$jar" "$dir"; then
+    echo "building $name launcher (Maven Central artifacts)..." >&2
+    mvn_package "$dir" "$@" >&2
+  fi
+}
+
 # Prints the classpath and main-class arguments of one engine, building what is missing.
 engine_command() {
-  local name=$1 dir
+  local name=$1 dir=$ROOT/devstack/elasticsearch target
   case $name in
     opensearch)
       dir=$ROOT/devstack/opensearch
-      if stale "$dir/target/devstack-opensearch-1.0.jar" "$dir"; then
-        echo "building opensearch launcher (Maven Central artifacts)..." >&2
-        mvn_package "$dir" >&2
-      fi
+      build_launcher opensearch "$dir" "$dir/target/devstack-opensearch-1.0.jar"
       echo "-cp $dir/target/devstack-opensearch-1.0.jar:$dir/target/lib/* io.esinterest.devstack.OpenSearchNode $dir/target"
       ;;
     elasticsearch8)
-      dir=$ROOT/devstack/elasticsearch
-      if stale "$dir/target/$ES8_VERSION/devstack-elasticsearch-1.0.jar" "$dir"; then
-        echo "building elasticsearch $ES8_VERSION launcher (Maven Central artifacts)..." >&2
-        mvn_package "$dir" >&2
-      fi
-      echo "-cp $dir/target/$ES8_VERSION/devstack-elasticsearch-1.0.jar:$dir/target/$ES8_VERSION/lib/* io.esinterest.devstack.ElasticsearchNode $dir/target/$ES8_VERSION"
+      target=$dir/target/$ES8_VERSION
+      build_launcher "elasticsearch $ES8_VERSION" "$dir" "$target/devstack-elasticsearch-1.0.jar"
+      echo "-cp $target/devstack-elasticsearch-1.0.jar:$target/lib/* io.esinterest.devstack.ElasticsearchNode $target"
       ;;
     elasticsearch)
-      dir=$ROOT/devstack/elasticsearch
-      local target=$dir/target/$ES9_VERSION painless=$dir/target/es9-painless
-      if stale "$target/devstack-elasticsearch-1.0.jar" "$dir"; then
-        echo "building elasticsearch $ES9_VERSION launcher (Maven Central artifacts)..." >&2
-        JAVA_HOME=$JAVA21_HOME mvn_package "$dir" -Pes9 >&2
-      fi
+      target=$dir/target/$ES9_VERSION
+      local painless=$dir/target/es9-painless
+      JAVA_HOME=$JAVA21_HOME build_launcher "elasticsearch $ES9_VERSION" "$dir" \
+        "$target/devstack-elasticsearch-1.0.jar" -Pes9
       local cp="$target/devstack-elasticsearch-1.0.jar:$target/lib/*"
       if [ ! -f "$painless/painless-port-1.0.jar" ] && [ -x "$PAINLESS_TOOL/build.sh" ]; then
         echo "building Painless for elasticsearch $ES9_VERSION ($PAINLESS_TOOL)..." >&2

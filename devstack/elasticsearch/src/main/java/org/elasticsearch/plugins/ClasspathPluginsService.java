@@ -1,6 +1,5 @@
 package org.elasticsearch.plugins;
 
-import org.elasticsearch.Build;
 import org.elasticsearch.action.admin.cluster.node.info.PluginsAndModules;
 import org.elasticsearch.common.settings.Settings;
 import org.elasticsearch.env.Environment;
@@ -11,7 +10,7 @@ import java.util.Map;
 import java.util.Set;
 
 /**
- * Loads plugins from the JVM classpath instead of a distribution's modules/ folder (8.19 API).
+ * Loads plugins from the JVM classpath instead of a distribution's modules/ folder.
  * It lives in this package because {@code PluginsService.LoadedPlugin} is package-private.
  */
 public final class ClasspathPluginsService extends PluginsService {
@@ -25,10 +24,7 @@ public final class ClasspathPluginsService extends PluginsService {
         List<LoadedPlugin> loaded = new ArrayList<>();
         for (Entry entry : entries) {
             Plugin instance = loadPlugin(entry.pluginClass(), settings, environment.configDir());
-            PluginDescriptor descriptor = new PluginDescriptor(
-                entry.name(), "classpath plugin " + entry.pluginClass().getName(), Build.current().version(),
-                Build.current().version(), "17", entry.pluginClass().getName(), null, List.of(),
-                false, false, false, false);
+            PluginDescriptor descriptor = ClasspathDescriptors.of(entry.name(), entry.pluginClass());
             loaded.add(new LoadedPlugin(descriptor, instance, entry.pluginClass().getClassLoader()));
         }
         loadExtensions(loaded);
