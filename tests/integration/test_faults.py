@@ -112,10 +112,16 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
     events = [{"event_id": f"brk-{i}-{run}", "user_id": user, "doc_id": doc["id"],
                "type": "like", "timestamp": now - 100 + i} for i in range(40)]
     dead_before = len(dead_letter.entries(celery_client))
+    client = create_app(services.settings).test_client()
+    key = create_key(services.redis, f"brk-{run}", ("read",), "1000/minute")
     # Requests with a body over 1 kB trip the in-flight requests breaker: 429 for every bulk.
     _breaker(services, "1kb")
     try:
         result = celery_client.send_task("es_interest.ingest_events", args=[events])
+        # A search's body (a 384-float query vector) trips it too: 503, not 400 or 500.
+        refused = client.get("/search?q=winter+tires&cache=false", headers=auth(key))
+        assert refused.status_code == 503, refused.json
+        assert "overloaded" in refused.json["error"] and refused.headers["Retry-After"] == "1"
         time.sleep(4)  # the batch meets the breaker: folds and stores are refused
         assert not result.ready()
     finally:
