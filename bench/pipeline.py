@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from bench.common import (
     ROOT,
@@ -34,6 +33,7 @@ from bench.common import (
 )
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
+from plugin.progress import progress
 from plugin.services import Services
 from workers.app import make_celery
 
@@ -63,7 +63,7 @@ def bench_documents(services: Services, celery: Any, docs: list[dict[str, Any]],
     results = [celery.send_task("es_interest.index_documents", args=[payload[i:i + batch]])
                for i in range(0, len(payload), batch)]
     done = 0
-    with tqdm(total=len(payload), desc="documents end to end", unit="doc") as bar:
+    with progress(total=len(payload), desc="documents end to end", unit="doc") as bar:
         for result in results:
             report = result.get(timeout=1800)
             done += len(report["done"])
@@ -95,7 +95,7 @@ def bench_event_throughput(celery: Any, doc_ids: list[str], users: int, count: i
     results = [celery.send_task("es_interest.ingest_events", args=[events[i:i + batch]])
                for i in range(0, count, batch)]
     applied = 0
-    with tqdm(total=count, desc="events, sustained", unit="event") as bar:
+    with progress(total=count, desc="events, sustained", unit="event") as bar:
         for result in results:
             report = result.get(timeout=1800)
             applied += len(report["done"])
@@ -139,7 +139,7 @@ def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: i
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     sent, next_at, started = 0, time.perf_counter(), time.perf_counter()
-    with tqdm(total=int(rate * (warmup_s + seconds)), desc=f"freshness at {rate} events/s",
+    with progress(total=int(rate * (warmup_s + seconds)), desc=f"freshness at {rate} events/s",
               unit="event") as bar:
         while time.perf_counter() - started < warmup_s + seconds:
             probe = f"probe-{uuid.uuid4().hex[:10]}"

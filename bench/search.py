@@ -18,7 +18,6 @@ from typing import Any
 import click
 import numpy as np
 import requests
-from tqdm import tqdm
 
 from bench.common import isolated_settings, machine, start_api, write_results
 from plugin import pipeline
@@ -26,6 +25,7 @@ from plugin.api.auth import create_key
 from plugin.config import LOCAL_ENGINE_URLS
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
+from plugin.progress import progress
 from plugin.search import TEXT_FIELDS, available_strategies
 from plugin.services import Services
 
@@ -37,7 +37,7 @@ QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "anima
 
 def prepare(services: Services, movies: int, users: int) -> list[str]:
     docs = movie_documents(limit=movies)
-    for i in tqdm(range(0, len(docs), 500), desc="indexing", unit="batch"):
+    for i in progress(range(0, len(docs), 500), desc="indexing", unit="batch"):
         pipeline.index_documents(services, docs[i:i + 500])
     services.engine.client.indices.refresh(index=services.settings.docs_alias)
     rng = random.Random(3)

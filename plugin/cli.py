@@ -15,11 +15,16 @@ EXIT_TRY_AGAIN = 75
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option("--quiet", "-q", is_flag=True,
+              help="no progress output (off a terminal it is a plain line every 30 s)")
+def main(quiet: bool) -> None:
     """Personalized Elasticsearch search from dynamic user-interest embeddings.
 
     Configuration comes from ES_INTEREST_* environment variables (see README).
     """
+    from plugin.progress import set_quiet
+
+    set_quiet(quiet)
 
 
 @main.command()
@@ -27,14 +32,13 @@ def main() -> None:
               help="migrate an index whose mapping changed incompatibly into a new one")
 def setup(reindex: bool) -> None:
     """Create or upgrade the documents, events and interests indices (idempotent)."""
-    from tqdm import tqdm
-
     from plugin.indices import IncompatibleMapping, setup_indices
+    from plugin.progress import progress
     from plugin.services import Services
 
     services = Services()
     try:
-        with tqdm(desc="copying", unit="doc", disable=not reindex) as bar:
+        with progress(desc="copying", unit="doc", disable=not reindex) as bar:
             lines = setup_indices(services.engine, services.settings, services.embedder.dims,
                                   reindex=reindex, progress=bar.update)
     except IncompatibleMapping as exc:
@@ -104,9 +108,8 @@ def ingest() -> None:
 
 
 def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path | None) -> None:
-    from tqdm import tqdm
-
     from plugin.ingest_files import InvalidLine, count_lines, read_records
+    from plugin.progress import progress
     from workers.app import app
 
     totals = {"done": 0, "duplicates": 0, "pending": 0, "errors": 0}
@@ -127,7 +130,7 @@ def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path 
             batch = []
     if batch:
         send(batch)
-    with tqdm(total=count_lines(path), desc=f"ingesting {path.name}", unit="item") as bar:
+    with progress(total=count_lines(path), desc=f"ingesting {path.name}", unit="item") as bar:
         bar.update(len(errors))
         for size, result in results:
             report = result.get(timeout=3600)
@@ -173,9 +176,8 @@ def ingest_events(path: Path, batch_size: int, report_path: Path | None) -> None
 @click.option("--user", "user_id", default=None, help="only this user (default: every user)")
 def rebuild(user_id: str | None) -> None:
     """Recompute interest vectors exactly by replaying the event log in time order."""
-    from tqdm import tqdm
-
     from plugin import pipeline
+    from plugin.progress import progress
     from plugin.services import Services
 
     services = Services()
@@ -189,7 +191,7 @@ def rebuild(user_id: str | None) -> None:
                        "Run it again then.", err=True)
             sys.exit(EXIT_TRY_AGAIN)
         return
-    with tqdm(desc="rebuilding users", unit="user") as bar:
+    with progress(desc="rebuilding users", unit="user") as bar:
         count, deferred = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
     click.echo(f"rebuilt {count} users")
     if deferred:

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from plugin.api.auth import create_key, revoke_key
 from plugin.config import load_settings
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
 from plugin.pipeline import erase_user
+from plugin.progress import progress
 from plugin.services import Services
 
 DEMO_USER = "demo-user"
@@ -74,7 +74,7 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     batches = [docs[i:i + BATCH] for i in range(0, len(docs), BATCH)]
     pending = [index_documents.delay(batch) for batch in batches]
     indexed, errors = 0, 0
-    with tqdm(total=len(docs), desc="indexing movies", unit="doc") as bar:
+    with progress(total=len(docs), desc="indexing movies", unit="doc") as bar:
         for result in pending:
             report = result.get(timeout=600)
             indexed += len(report["done"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -35,6 +36,11 @@ class Embedder:
 
             torch.set_num_threads(threads)
 
+        if not sys.stderr.isatty():
+            # Off a terminal (worker logs, CI) the model's own loading bars are noise.
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
         self.model_name = model or default_model_path()
         self.batch_size = batch_size
         self._model = SentenceTransformer(self.model_name, device=device)

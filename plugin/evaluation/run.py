@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from plugin import pipeline
 from plugin.config import LOCAL_ENGINE_URLS, REPO_ROOT, Settings, load_settings
@@ -32,6 +31,7 @@ from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import DocVector, UserInterest, interest_vector
 from plugin.pipeline.users import contributions
+from plugin.progress import progress as progress_bar
 from plugin.search import (
     BlendWeights,
     SearchParams,
@@ -82,7 +82,7 @@ class Evaluator:
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
         out = []
-        for q in tqdm(queries, desc=label or method.name, unit="query", leave=False):
+        for q in progress_bar(queries, desc=label or method.name, unit="query", leave=False):
             vectors = (self.profiles[method.profile].get(q.user_id, UserVectors())
                        if method.profile else None)
             result = search(self.services, SearchParams(
@@ -197,7 +197,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
             setup_indices(services.engine, services.settings, embedder.dims)
             _index(services, docs)
         # 3. the real pipeline, in time order
-        for i in tqdm(range(0, len(train), 1000), desc=f"replaying events ({engine})",
+        for i in progress_bar(range(0, len(train), 1000), desc=f"replaying events ({engine})",
                       unit="batch", leave=False):
             report = pipeline.ingest_events(services, train[i:i + 1000])
             if report.errors:
@@ -231,7 +231,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
 
 
 def _index(services: Services, docs: list[dict[str, Any]]) -> None:
-    for i in tqdm(range(0, len(docs), 1000), desc="indexing movies", unit="batch", leave=False):
+    for i in progress_bar(range(0, len(docs), 1000), desc="indexing movies", unit="batch",
+                          leave=False):
         report = pipeline.index_documents(services, docs[i:i + 1000])
         if report.errors:
             raise RuntimeError(f"movies rejected: {report.errors[:3]}")
