@@ -1,0 +1,91 @@
+"""docker-compose.yml and .env.example, checked without a Docker engine (none runs here):
+services, profiles, health checks, start order, volumes and every variable."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from plugin.config import PREFIX, REPO_ROOT
+
+COMPOSE = REPO_ROOT / "docker-compose.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+LONG_RUNNING = ("elasticsearch", "kibana", "redis", "worker", "api")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def _documented() -> set[str]:
+    names = set()
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.match(r"#?\s*([A-Z][A-Z0-9_]+)=", line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def test_bundled_and_external_profiles(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"elasticsearch", "kibana", "redis", "setup", "worker", "api"}
+    bundled = {name for name, s in services.items() if "bundled" in s.get("profiles", [])}
+    assert bundled == {"elasticsearch", "kibana"}  # without the profile: an external cluster
+    # Elasticsearch and Kibana of one version, the newest the client line (8.19) serves.
+    versions = {services[n]["image"].rsplit(":", 1)[1] for n in bundled}
+    assert versions == {"9.5.3"}
+
+
+def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in LONG_RUNNING:
+        check = services[name]["healthcheck"]
+        assert check["test"] and check["retries"] > 0, name
+    assert services["setup"]["command"] == ["es-interest", "setup"]
+    assert services["setup"]["restart"] == "no"
+    for name in ("worker", "api"):
+        needs = services[name]["depends_on"]
+        assert needs["setup"]["condition"] == "service_completed_successfully"
+        assert needs["redis"]["condition"] == "service_healthy"
+        assert "ports" not in services["worker"]  # `--scale worker=N` needs no fixed port
+    # The setup job waits for a bundled engine, and runs without one (external).
+    engine = services["setup"]["depends_on"]["elasticsearch"]
+    assert engine == {"condition": "service_healthy", "required": False}
+    assert "--appendonly" in services["redis"]["command"]
+
+
+def test_volumes_are_declared(compose: dict[str, Any]) -> None:
+    named = set(compose["volumes"])
+    used = set()
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith(("$", ".", "/")):
+                used.add(source)
+    assert used == named == {"esdata", "redisdata"}
+
+
+def test_every_variable_is_documented() -> None:
+    referenced = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    documented = _documented()
+    assert referenced <= documented, referenced - documented
+    # And every product setting (plugin/config.py) is in .env.example.
+    settings = {PREFIX + name for name in re.findall(
+        r'(?:text|_number|_choice)\((?:env, )?"([A-Z_]+)"',
+        (REPO_ROOT / "plugin" / "config.py").read_text())}
+    settings |= {PREFIX + n for n in ("EVENT_WEIGHTS", "CORS_ORIGINS", "PROXY_INDICES")}
+    missing = settings - documented - {PREFIX + "REDIS_URL"}
+    assert not missing, missing
+    assert settings >= {PREFIX + "ENGINE_URL", PREFIX + "SEARCH_TIMEOUT_S"}
+
+
+def test_the_image_installs_what_the_commands_run() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "gunicorn" in dockerfile and "COPY mappings mappings" in dockerfile
+    assert Path(REPO_ROOT / "plugin" / "wsgi.py").exists()
