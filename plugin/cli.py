@@ -201,6 +201,37 @@ def rebuild(user_id: str | None) -> None:
         sys.exit(EXIT_TRY_AGAIN)
 
 
+@main.command("inspect")
+@click.argument("what", type=click.Choice(["users", "events", "documents"]), default="users")
+@click.option("--top", default=10, show_default=True, help="rows of each ranked table")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, help="also write every table to this CSV file (a 'table' column "
+                                 "names each)")
+def inspect_indices(what: str, top: int, csv_path: Path | None) -> None:
+    """What the indices hold, through eland: users and how stale they are, events per type
+    and status, documents without embeddings, the most interacted documents."""
+    import pandas as pd
+
+    from plugin.inspection import REPORTS, InspectionUnavailable
+    from plugin.services import Services
+
+    services = Services()
+    try:
+        report = REPORTS[what](services.engine, services.settings, top)
+    except InspectionUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    for title, table in report.items():
+        click.echo(f"== {title}")
+        click.echo(table.to_string(index=False) if len(table) else "(none)")
+        click.echo()
+    if csv_path is not None:
+        frames = [table.assign(table=title) for title, table in report.items()]
+        combined = pd.concat(frames, ignore_index=True)
+        combined[["table", *[c for c in combined.columns if c != "table"]]].to_csv(
+            csv_path, index=False)
+        click.echo(f"written: {csv_path}")
+
+
 @main.group("api-key")
 def api_key() -> None:
     """API keys for the HTTP API (stored hashed in Redis)."""
