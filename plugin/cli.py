@@ -232,6 +232,33 @@ def inspect_indices(what: str, top: int, csv_path: Path | None) -> None:
         click.echo(f"written: {csv_path}")
 
 
+@main.group()
+def kibana() -> None:
+    """Kibana saved objects: data views, a saved search and a dashboard."""
+
+
+@kibana.command("import")
+@click.option("--url", "kibana_url", default="http://127.0.0.1:5601", show_default=True,
+              help="Kibana's address (credentials: the engine's, from ES_INTEREST_ENGINE_*)")
+def kibana_import(kibana_url: str) -> None:
+    """Load kibana/es-interest.ndjson into Kibana (overwriting) and say what it imported."""
+    import requests
+
+    from plugin.kibana import import_objects
+
+    try:
+        result = import_objects(load_settings(), kibana_url)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"Kibana at {kibana_url}: {exc}") from None
+    for item in result.get("successResults", []):
+        click.echo(f"imported {item.get('type')} {item.get('id')}")
+    for item in result.get("errors", []):
+        click.echo(f"failed {item.get('type')} {item.get('id')}: {item.get('error')}", err=True)
+    click.echo(f"{result.get('successCount', 0)} objects imported")
+    if not result.get("success", False):
+        sys.exit(1)
+
+
 @main.group("api-key")
 def api_key() -> None:
     """API keys for the HTTP API (stored hashed in Redis)."""
