@@ -27,6 +27,8 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     pipeline.ConcurrentUpdateError,
+    # A rebuild of a user whose events are still in flight waits for them, as before.
+    pipeline.EventsInFlight,
     EngineBusy,
 )
 F = TypeVar("F", bound=Callable[..., Any])
