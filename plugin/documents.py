@@ -11,6 +11,10 @@ from plugin.storable import MAX_ID_BYTES, storable_json, storable_text
 
 # What a document may carry; anything else is dropped before it is queued.
 FIELDS = ("id", "doc_id", "title", "body", "tags", "metadata", "embedding")
+# Written by the workers, never by clients: decayed interactions (plugin/pipeline/popularity.py).
+POPULARITY_FIELD = "popularity"
+# Written by `es-interest train`: the behaviour (collaborative) vector and its version.
+BEHAVIOUR_FIELD = "behaviour"
 
 
 class InvalidDocument(ValueError):

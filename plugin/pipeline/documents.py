@@ -8,11 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from plugin.documents import Document, InvalidDocument, parse_document
+from plugin.documents import POPULARITY_FIELD, Document, InvalidDocument, parse_document
 from plugin.engine import EngineBusy, bulk_item_busy
+from plugin.pipeline import popularity
 from plugin.pipeline.events import apply_pending_events
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
 from plugin.services import Services
+
+LEARNED = [POPULARITY_FIELD, "behaviour", "behaviour_version"]
 
 
 def index_documents(
@@ -34,6 +37,7 @@ def index_documents(
                else np.asarray(doc.embedding, dtype=np.float32) for _, doc in docs]
     limit = embedder.max_tokens
     now_ms = int(time.time() * 1000)
+    learned = _learned_fields(services, [doc.doc_id for _, doc in docs])
     actions = []
     positions: dict[str, int] = {}
     for (position, doc), vector in zip(docs, vectors, strict=True):
@@ -55,7 +59,8 @@ def index_documents(
             "_op_type": "index",
             "_index": services.settings.docs_alias,
             "_id": doc.doc_id,
-            "_source": {**doc.source(), "embedding": vector.tolist(), "indexed_at": now_ms},
+            "_source": {**doc.source(), **learned.get(doc.doc_id, {}),
+                        "embedding": vector.tolist(), "indexed_at": now_ms},
         })
     busy: list[str] = []
     for ok, item in services.engine.streaming_bulk(
@@ -71,8 +76,18 @@ def index_documents(
     if busy:  # indexing by id is idempotent: the retried task writes the whole batch again
         raise EngineBusy(f"{len(busy)} documents not indexed: {busy[0]}")
     if report.done:
+        popularity.mark_dirty(services, report.done)
         applied = apply_pending_events(services, report.done)
         if applied:
             report.notes.append({"note": f"applied {applied} events that waited for these "
                                          "documents"})
     return report
+
+
+def _learned_fields(services: Services, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the workers learned about documents already indexed (behaviour vector,
+    popularity): a new version of a document keeps them, as a client never sends them."""
+    response = services.engine.client.mget(index=services.settings.docs_alias,
+                                           body={"ids": doc_ids}, _source_includes=LEARNED)
+    return {doc["_id"]: doc["_source"] for doc in response["docs"]
+            if doc.get("found") and doc.get("_source")}

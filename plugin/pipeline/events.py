@@ -15,6 +15,7 @@ from typing import Any
 from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.events import Event, InvalidEvent, parse_event
 from plugin.interest import DocVector
+from plugin.pipeline import behaviour, popularity
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
 from plugin.pipeline.users import (
     APPLIED,
@@ -73,6 +74,10 @@ def ingest_events(
     positions = {e.event_id: p for p, e in events}
     created = _store(services, sources, positions, report, refresh)
     report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
+    # Popularity counts what this call stored (an event is created once, whoever retries).
+    stored_ready = [s for s in ready_sources if s["event_id"] in created]
+    popularity.fold_events(services, stored_ready)
+    behaviour.count_events(services, len(stored_ready))
 
     waiting = [s for s in sources.values() if s["status"] == PENDING and s["event_id"] in created]
     if waiting:
@@ -82,7 +87,9 @@ def ingest_events(
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
         fold_into_users(services, arrived, docs)
-        mark_applied(services, [s["event_id"] for s in arrived])
+        moved = mark_applied(services, [s["event_id"] for s in arrived])
+        popularity.fold_events(services, [s for s in arrived if s["event_id"] in moved])
+        behaviour.count_events(services, len(moved))
         report.done += [s["event_id"] for s in arrived]
         report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
     return report
@@ -131,5 +138,7 @@ def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
         docs: dict[str, DocVector] = fetch_doc_vectors(services, {w["doc_id"] for w in waiting})
         ready = [w for w in waiting if w["doc_id"] in docs]
         applied += len(fold_into_users(services, ready, docs))
-        mark_applied(services, [w["event_id"] for w in ready])
+        moved = mark_applied(services, [w["event_id"] for w in ready])
+        popularity.fold_events(services, [w for w in ready if w["event_id"] in moved])
+        behaviour.count_events(services, len(moved))
     return applied

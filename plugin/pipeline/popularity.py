@@ -1,0 +1,262 @@
+"""Document popularity: a decayed sum of the interaction weights each document received.
+
+For one document with half-life h, at reference time T (its latest event)::
+
+    P(T) = sum_i w_i * 2^(-(T - t_i)/h)      (signed: a dislike subtracts)
+
+the same exact, order-independent decayed sum as a user's interest (plugin/interest.py), with a
+scalar in place of a vector; h = 0 means no decay (a weighted count). Workers fold the events
+they newly applied into per-document states held in Redis (one atomic script per batch), and
+a coalesced flush writes each changed document's value, decayed to the newest event time seen,
+to its ``popularity`` field. Documents are re-indexed by a partial update, which re-writes their
+vectors, so flushes are batched: a worker schedules one a second at most. ``rebuild`` replays
+the whole event log exactly, should Redis lose its state.
+
+Values are decayed to the *newest event seen*, not the wall clock: replaying an old log then
+ranks as it would have at that time. Two documents flushed at different times differ by the
+decay in between, so every document is flushed again once the clock has moved by 1/64 of a
+half-life (a 1% error at most).
+
+Why a ``float`` field and ``function_score`` rather than ``rank_feature``: rank_feature needs the
+mapper-extras module, which neither the Maven-built engines nor every managed cluster has;
+``field_value_factor`` is in every engine's core, and equally script-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from plugin.documents import POPULARITY_FIELD as FIELD
+from plugin.engine import JSON, EngineBusy, bulk_item_busy
+from plugin.pipeline.report import bulk_error_reason
+from plugin.pipeline.users import APPLIED
+from plugin.services import Services
+
+# Below this the field is removed: nothing (or net dislike) says this document is wanted.
+MIN_VALUE = 1e-6
+FLUSH_BATCH = 1000
+# A worker schedules a flush this long after the first change it saw (coalescing window).
+FLUSH_DELAY_S = 1.0
+# Re-flush every document once the clock moved by this share of the half-life.
+FULL_PASS_SHARE = 1 / 64
+
+# KEYS: states hash, dirty set, clock. ARGV: half-life (s, 0 = none), then doc, t (s), w triples.
+# The fold of plugin.interest.fold on a scalar; %.17g keeps doubles exact through strings.
+_FOLD = """
+local h = tonumber(ARGV[1])
+local clock = tonumber(redis.call('GET', KEYS[3]) or '-1e308')
+local function decay(dt) if h <= 0 then return 1.0 end return 2 ^ (-dt / h) end
+for i = 2, #ARGV, 3 do
+  local doc, t, w = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local cur = redis.call('HGET', KEYS[1], doc)
+  local v, ref = w, t
+  if cur then
+    local sp = string.find(cur, ' ')
+    local old, oref = tonumber(string.sub(cur, 1, sp - 1)), tonumber(string.sub(cur, sp + 1))
+    if t >= oref then v = old * decay(t - oref) + w
+    else v, ref = old + w * decay(oref - t), oref end
+  end
+  redis.call('HSET', KEYS[1], doc, string.format('%.17g %.17g', v, ref))
+  redis.call('SADD', KEYS[2], doc)
+  if t > clock then clock = t end
+end
+redis.call('SET', KEYS[3], string.format('%.17g', clock))
+return #ARGV
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    states: str
+    dirty: str
+    clock: str
+    full_pass: str
+    flush_scheduled: str
+
+    @classmethod
+    def of(cls, services: Services) -> Keys:
+        base = f"es-interest:{services.settings.index_prefix}:popularity:"
+        return cls(base + "states", base + "dirty", base + "clock", base + "full-pass",
+                   base + "flush-scheduled")
+
+
+def decay(elapsed_s: float, half_life_s: float) -> float:
+    return 1.0 if half_life_s <= 0 else float(2.0 ** (-elapsed_s / half_life_s))
+
+
+def fold_one(state: tuple[float, float] | None, timestamp: float, weight: float,
+             half_life_s: float) -> tuple[float, float]:
+    """(value, reference time) after one event: what the Redis script does, in Python."""
+    if state is None:
+        return weight, timestamp
+    value, ref = state
+    if timestamp >= ref:
+        return value * decay(timestamp - ref, half_life_s) + weight, timestamp
+    return value + weight * decay(ref - timestamp, half_life_s), ref
+
+
+def replay(events: Iterable[tuple[str, float, float]], half_life_s: float
+           ) -> dict[str, tuple[float, float]]:
+    """(doc_id, timestamp s, weight) events folded in time order: the exact rebuild."""
+    states: dict[str, tuple[float, float]] = {}
+    for doc_id, timestamp, weight in sorted(events, key=lambda e: e[1]):
+        states[doc_id] = fold_one(states.get(doc_id), timestamp, weight, half_life_s)
+    return states
+
+
+def value_at(state: tuple[float, float], when: float, half_life_s: float) -> float:
+    value, ref = state
+    return value * decay(max(0.0, when - ref), half_life_s)
+
+
+def _triples(events: Iterable[Mapping[str, Any]]) -> list[str]:
+    args: list[str] = []
+    for event in events:
+        if event.get("doc_id") is not None:
+            args += [str(event["doc_id"]), repr(int(event["timestamp"]) / 1000.0),
+                     repr(float(event["weight"]))]
+    return args
+
+
+def fold_events(services: Services, events: Iterable[Mapping[str, Any]]) -> None:
+    """Fold stored events (timestamps in ms) that were *newly applied* into their documents'
+    states (the user fold says which: a redelivered event is not newly applied)."""
+    args = _triples(events)
+    if not args:
+        return
+    keys = Keys.of(services)
+    redis = services.redis
+    script = redis.register_script(_FOLD)
+    half_life = repr(services.settings.popularity_half_life_s)
+    for start in range(0, len(args), 3 * 1000):
+        script(keys=[keys.states, keys.dirty, keys.clock],
+               args=[half_life, *args[start:start + 3000]])
+
+
+def mark_dirty(services: Services, doc_ids: Iterable[str]) -> None:
+    """Documents re-indexed (a new source may lack the field): write their popularity again."""
+    keys = Keys.of(services)
+    ids = list(doc_ids)
+    if ids:
+        known = [d for d, state in zip(ids, services.redis.hmget(keys.states, ids), strict=True)
+                 if state is not None]
+        if known:
+            services.redis.sadd(keys.dirty, *known)
+
+
+def flush_due(services: Services) -> bool:
+    """True when documents wait for a flush and none is scheduled: the caller schedules one
+    FLUSH_DELAY_S from now. A flush scheduled earlier starts after this mark expires, so it
+    sees every change made while the mark was set."""
+    keys = Keys.of(services)
+    redis = services.redis
+    return bool(redis.scard(keys.dirty)) and bool(
+        redis.set(keys.flush_scheduled, 1, nx=True, px=int(FLUSH_DELAY_S * 1000)))
+
+
+def clock(services: Services) -> float | None:
+    raw = services.redis.get(Keys.of(services).clock)
+    return None if raw is None else float(raw)
+
+
+def values(services: Services, doc_ids: list[str]) -> dict[str, float]:
+    """Documents' popularity decayed to the clock (documents without events are absent)."""
+    keys = Keys.of(services)
+    now = clock(services)
+    out = {}
+    for doc_id, raw in zip(doc_ids, services.redis.hmget(keys.states, doc_ids), strict=True):
+        if raw is not None and now is not None:
+            value, ref = (float(x) for x in raw.split())
+            out[doc_id] = value_at((value, ref), now, services.settings.popularity_half_life_s)
+    return out
+
+
+def flush(services: Services, refresh: bool = False) -> int:
+    """Write the changed documents' popularity; returns how many were written."""
+    keys = Keys.of(services)
+    redis = services.redis
+    half_life = services.settings.popularity_half_life_s
+    now = clock(services)
+    if now is None:
+        return 0
+    last = redis.get(keys.full_pass)
+    if half_life > 0 and (last is None or now - float(last) > half_life * FULL_PASS_SHARE):
+        # Every document ages alike; re-write them all so their values share one time.
+        for batch in _hash_keys(services, keys.states):
+            redis.sadd(keys.dirty, *batch)
+        redis.set(keys.full_pass, repr(now))
+    written = 0
+    while True:
+        ids = [i.decode() if isinstance(i, bytes) else str(i)
+               for i in redis.spop(keys.dirty, FLUSH_BATCH) or []]
+        if not ids:
+            return written
+        current = values(services, ids)
+        try:
+            written += _write(services, {d: current.get(d, 0.0) for d in ids}, refresh)
+        except Exception:
+            redis.sadd(keys.dirty, *ids)  # not lost: the next flush writes them
+            raise
+
+
+def _hash_keys(services: Services, name: str) -> Iterable[list[str]]:
+    batch: list[str] = []
+    for key, _ in services.redis.hscan_iter(name, count=FLUSH_BATCH):
+        batch.append(key.decode() if isinstance(key, bytes) else str(key))
+        if len(batch) >= FLUSH_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write(services: Services, current: Mapping[str, float], refresh: bool) -> int:
+    actions: list[JSON] = [
+        {"_op_type": "update", "_index": services.settings.docs_alias, "_id": doc_id,
+         "retry_on_conflict": 3,
+         "doc": {FIELD: round(value, 6) if value >= MIN_VALUE else None}}
+        for doc_id, value in current.items()]
+    written, busy = 0, []
+    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
+                                                   raise_on_exception=False, refresh=refresh,
+                                                   chunk_size=FLUSH_BATCH):
+        if ok:
+            written += 1
+        elif next(iter(item.values())).get("status") == 404:
+            continue  # not indexed (yet): indexing it marks it again
+        elif bulk_item_busy(item):
+            busy.append(bulk_error_reason(item))
+        else:
+            raise RuntimeError(f"writing popularity failed: {bulk_error_reason(item)}")
+    if busy:
+        raise EngineBusy(f"{len(busy)} popularity writes refused: {busy[0]}")
+    return written
+
+
+def rebuild(services: Services) -> int:
+    """Recompute every document's state from the applied events in the log, exactly, and
+    write every document that has one. Returns the number of documents with events."""
+    settings = services.settings
+    services.engine.client.indices.refresh(index=settings.events_alias)
+    query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
+                                           {"exists": {"field": "doc_id"}}]}},
+             "_source": ["doc_id", "timestamp", "weight"]}
+    events = [(h["_source"]["doc_id"], int(h["_source"]["timestamp"]) / 1000.0,
+               float(h["_source"]["weight"]))
+              for h in services.engine.scan(settings.events_alias, query)]
+    states = replay(events, settings.popularity_half_life_s)
+    keys = Keys.of(services)
+    with services.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.states, keys.clock, keys.full_pass)
+        items = list(states.items())
+        for start in range(0, len(items), FLUSH_BATCH):
+            pipe.hset(keys.states, mapping={d: f"{v!r} {ref!r}" for d, (v, ref)
+                                            in items[start:start + FLUSH_BATCH]})
+            pipe.sadd(keys.dirty, *(d for d, _ in items[start:start + FLUSH_BATCH]))
+        if events:
+            pipe.set(keys.clock, repr(max(t for _, t, _ in events)))
+        pipe.execute()
+    flush(services, refresh=True)
+    return len(states)
