@@ -58,3 +58,8 @@ def forget_users(redis: Any, user_ids: Sequence[str]) -> None:
     """Drop cached vectors of users whose interests just changed."""
     if user_ids:
         redis.delete(*(USER_VECTORS_PREFIX + u for u in user_ids))
+
+
+# The behaviour vectors' current version (a training run), per index prefix: written by
+# `es-interest train`, read by search to use only users folded in the same space.
+BEHAVIOUR_VERSION_KEY = "es-interest:behaviour-version:"

@@ -42,11 +42,13 @@ class IndexSpec:
         return f"{self.alias}-v{self.version}"
 
 
-def _resolve_vectors(node: Any, vector_field: Callable[[bool], JSON]) -> Any:
-    """Replace each ``{"$vector": true[, "indexed": false]}`` with the engine's vector mapping."""
+def _resolve_vectors(node: Any, vector_field: Callable[[bool, str], JSON]) -> Any:
+    """Replace each ``{"$vector": true[, "indexed": false][, "space": "behaviour"]}`` with the
+    engine's vector mapping (the model's size, or the behaviour vectors' size)."""
     if isinstance(node, dict):
         if node.get("$vector") is True:
-            return copy.deepcopy(vector_field(bool(node.get("indexed", True))))
+            return copy.deepcopy(vector_field(bool(node.get("indexed", True)),
+                                              str(node.get("space", "content"))))
         return {key: _resolve_vectors(value, vector_field) for key, value in node.items()}
     return node
 
@@ -70,8 +72,9 @@ def alias_for(settings: Settings, kind: str) -> str:
 def load_spec(settings: Settings, engine: Engine, kind: str, dims: int) -> IndexSpec:
     path = _latest_mapping(settings.mappings_dir, kind)
     raw = json.loads(path.read_text())
-    def vector(indexed: bool) -> JSON:
-        return engine.vector_field(dims, m=settings.hnsw_m,
+    def vector(indexed: bool, space: str) -> JSON:
+        size = settings.behaviour_dims if space == "behaviour" else dims
+        return engine.vector_field(size, m=settings.hnsw_m,
                                    ef_construction=settings.hnsw_ef_construction,
                                    quantized=settings.vector_quantized, indexed=indexed)
 

@@ -34,6 +34,9 @@ class DocVector:
 
     embedding: list[float]
     tags: tuple[str, ...]
+    # Its behaviour (collaborative) vector and the training run that made it, if it has one.
+    behaviour: list[float] | None = None
+    behaviour_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class Contribution:
     embedding: npt.ArrayLike
     event_type: str
     tags: tuple[str, ...] = ()
+    behaviour: npt.ArrayLike | None = None
+    behaviour_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,11 @@ class UserInterest:
     tag_scores: Mapping[str, float]
     # event_id -> when it was applied (epoch s), for the last RECENT_WINDOW_S seconds.
     recent: Mapping[str, float]
+    # Decayed sum (long half-life) of the behaviour vectors of one training run (version):
+    # vectors of another run live in another space, so they are never mixed; a retrain
+    # re-folds users from the log (plugin/pipeline/behaviour.py).
+    behaviour: HorizonState | None = None
+    behaviour_version: str | None = None
 
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
@@ -216,7 +226,15 @@ class UserInterest:
                 tags[tag] = tags.get(tag, 0.0) + item.weight * scale
             if len(tags) > TAG_SCORES_KEPT:
                 tags = dict(sorted(tags.items(), key=lambda kv: -abs(kv[1]))[:TAG_SCORES_KEPT])
-        return UserInterest(self.user_id, long, short, counts, tags, self.recent)
+        behaviour, version = self.behaviour, self.behaviour_version
+        if item.behaviour is not None and version in (None, item.behaviour_version):
+            vector = np.asarray(item.behaviour, dtype=np.float64)
+            behaviour = fold(behaviour or HorizonState.empty(len(vector)),
+                             timestamp=item.timestamp, weight=item.weight, embedding=vector,
+                             half_life_s=half_life_long_s)
+            version = item.behaviour_version
+        return UserInterest(self.user_id, long, short, counts, tags, self.recent, behaviour,
+                            version)
 
     def to_source(self, updated_at: float) -> dict[str, Any]:
         """The interests-index document: unit vectors for search, exact state for updates."""
@@ -238,6 +256,13 @@ class UserInterest:
             vector = interest_vector(state)
             if vector is not None:
                 source[name] = vector.tolist()
+        if self.behaviour is not None:
+            source["state"]["behaviour"] = self.behaviour.to_json()
+            source["behaviour_version"] = self.behaviour_version
+            source["weight_behaviour"] = self.behaviour.weight
+            vector = interest_vector(self.behaviour)
+            if vector is not None:
+                source["behaviour"] = vector.tolist()
         return source
 
     @classmethod
@@ -250,4 +275,6 @@ class UserInterest:
             dict(source.get("event_counts", {})),
             dict(state.get("tag_scores", {})),
             dict(state.get("recent", {})),
+            HorizonState.from_json(state["behaviour"]) if state.get("behaviour") else None,
+            source.get("behaviour_version"),
         )

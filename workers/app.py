@@ -41,6 +41,13 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let
         # each get the pool that suits it (README, Workers). Other tasks use the default queue.
+        # `es-interest worker --beat` runs these: behaviour vectors retrained from the event
+        # log, and a popularity flush now and then (workers schedule one after each change).
+        beat_schedule={
+            "train-behaviour": {"task": "es_interest.train_behaviour",
+                                "schedule": settings.behaviour_train_interval_s},
+            "flush-popularity": {"task": "es_interest.flush_popularity", "schedule": 60.0},
+        },
         task_routes={
             "es_interest.index_documents": {"queue": "documents"},
             "es_interest.ingest_events": {"queue": "events"},

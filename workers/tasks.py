@@ -18,6 +18,7 @@ import redis
 
 from plugin import pipeline
 from plugin.engine import EngineBusy, transient_errors
+from plugin.pipeline import behaviour, popularity
 from plugin.services import Services
 from workers.app import app
 from workers.dead_letter import DeadLetterTask
@@ -74,6 +75,7 @@ def ping() -> dict[str, Any]:
 @busy_is_transient
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.index_documents(services(), docs, refresh=refresh)
+    _schedule_popularity_flush()
     return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
@@ -81,7 +83,40 @@ def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[s
 @busy_is_transient
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.ingest_events(services(), events, refresh=refresh)
+    _schedule_popularity_flush()
+    if behaviour.training_due(services()):
+        train_behaviour.apply_async(countdown=services().settings.behaviour_training_delay_s)
     return {**report.as_dict(), "worker_pid": os.getpid()}
+
+
+def _schedule_popularity_flush() -> None:
+    """Coalesce documents' popularity writes: one flush a second at most (popularity.py)."""
+    if popularity.flush_due(services()):
+        flush_popularity.apply_async(countdown=popularity.FLUSH_DELAY_S)
+
+
+@app.task(name="es_interest.flush_popularity", **RETRY)
+@busy_is_transient
+def flush_popularity() -> dict[str, Any]:
+    """Write changed documents' popularity (idempotent: values come from the states)."""
+    return {"documents": popularity.flush(services())}
+
+
+# Acknowledged on receipt, with its own time limit: a run may outlast the visibility timeout
+# (it scans the whole log), and one lost run is harmless (the next due point or beat).
+@app.task(name="es_interest.train_behaviour", acks_late=False, time_limit=3600,
+          soft_time_limit=3300)
+def train_behaviour() -> dict[str, Any]:
+    """A new version of the behaviour vectors, then every user re-folded. Scheduled when the
+    event log doubled since the last run (behaviour.training_due), and by Celery beat every
+    ES_INTEREST_BEHAVIOUR_TRAIN_HOURS."""
+    result = behaviour.train(services(), refold=False)
+    if result.get("trained"):
+        # Users are re-folded in the new space by many small idempotent tasks, in parallel.
+        queued = [rebuild_user.apply_async(args=[user_id]).id
+                  for user_id in pipeline.all_user_ids(services())]
+        result["users_queued_for_refold"] = len(queued)
+    return result
 
 
 @app.task(name="es_interest.rebuild_user", **RETRY)

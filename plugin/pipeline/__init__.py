@@ -11,6 +11,7 @@ from plugin.pipeline.report import BatchReport
 from plugin.pipeline.users import (
     ConcurrentUpdateError,
     EventsInFlight,
+    all_user_ids,
     erase_user,
     rebuild_all,
     rebuild_user,
@@ -20,6 +21,7 @@ __all__ = [
     "BatchReport",
     "ConcurrentUpdateError",
     "EventsInFlight",
+    "all_user_ids",
     "erase_user",
     "index_documents",
     "ingest_events",

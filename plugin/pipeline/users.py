@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from plugin.caches import forget_users
@@ -39,12 +40,14 @@ def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
         # mget is real-time: a document is visible as soon as its bulk request returned.
         response = client.mget(index=services.settings.docs_alias,
                                body={"ids": ids[start:start + 1000]},
-                               _source_includes=["embedding", "tags"])
+                               _source_includes=["embedding", "tags", "behaviour",
+                                                 "behaviour_version"])
         for doc in response["docs"]:
             if doc.get("found") and "embedding" in doc.get("_source", {}):
                 src = doc["_source"]
-                found[doc["_id"]] = vector = DocVector(src["embedding"],
-                                                       tuple(src.get("tags") or ()))
+                found[doc["_id"]] = vector = DocVector(
+                    src["embedding"], tuple(src.get("tags") or ()), src.get("behaviour"),
+                    src.get("behaviour_version"))
                 services.doc_vectors.put(doc["_id"], vector)
     return found
 
@@ -57,7 +60,8 @@ def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> li
     if doc_id is not None:
         doc = docs[doc_id]
         items.append(Contribution(timestamp, float(event["weight"]), doc.embedding,
-                                  event["type"], doc.tags))
+                                  event["type"], doc.tags, doc.behaviour,
+                                  doc.behaviour_version))
     if event.get("text_embedding") is not None:
         items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],
                                   event["type"]))
@@ -93,7 +97,7 @@ def update_users(
         # The unit vectors are derived from the state: no need to read them back.
         for user_id, (source, seq_no, term) in engine.mget_versioned(
                 settings.interests_alias, missing,
-                exclude=["interest_long", "interest_short"]).items():
+                exclude=["interest_long", "interest_short", "behaviour"]).items():
             current[user_id] = (UserInterest.from_source(source), seq_no, term)
         now = time.time()
         actions, applied_by_user, written = [], {}, {}
@@ -142,15 +146,22 @@ def update_users(
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
-def mark_applied(services: Services, event_ids: Iterable[str]) -> None:
+def mark_applied(services: Services, event_ids: Iterable[str]) -> set[str]:
+    """Mark pending events applied; returns the ids this call moved (the others were
+    applied already: the engine answers ``noop`` for an update that changes nothing)."""
     actions = ({"_op_type": "update", "_index": services.settings.events_alias, "_id": event_id,
                 "doc": {"status": APPLIED}} for event_id in event_ids)
+    moved: set[str] = set()
     for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
                                                    chunk_size=1000):
+        info = next(iter(item.values()))
+        if ok and info.get("result") == "updated":
+            moved.add(str(info.get("_id")))
         if not ok:
             # The task is retried; folds already made are remembered, so none counts twice.
             error = EngineBusy if bulk_item_busy(item) else RuntimeError
             raise error(f"marking events applied failed: {bulk_error_reason(item)}")
+    return moved
 
 
 def fold_into_users(
@@ -222,8 +233,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
         # Remember only ids that an in-flight task could still try to apply.
         cutoff_ms = (now - RECENT_WINDOW_S) * 1000
         recent = {e["event_id"]: now for e in usable if e.get("received_at", 0) >= cutoff_ms}
-        user = UserInterest(user.user_id, user.long, user.short, user.event_counts,
-                            user.tag_scores, recent)
+        user = replace(user, recent=recent)
         version = None if current is None else (current[1], current[2])
         if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
             forget_users(services.redis, [user_id])

@@ -1,0 +1,165 @@
+"""Behaviour (collaborative) document vectors learned from the event log, and users re-folded.
+
+Two documents are alike, in behaviour, when the same users liked both more often than chance
+says. Training counts, over users' positive interactions, how often two documents share a
+user; turns the counts into positive pointwise mutual information (PPMI, with the usual 0.75
+smoothing of the context counts); and factors that document x document matrix with a truncated
+SVD (scipy): each document gets ``U * sqrt(S)``, scaled to unit length, in
+``behaviour_dims`` dimensions. Why this model: in the held-out check of issue 10 a 64-d PPMI
+SVD user vector gave +22% MRR over popularity where the content vector gave nothing; Word2Vec
+and ALS were not measured here.
+
+Each run is a *version*: documents get ``behaviour`` and ``behaviour_version``; documents with
+fewer than ``behaviour_min_interactions`` users are left without (search serves them by their
+content vector). Vectors of two runs live in different spaces, so users are then re-folded
+from the event log (the exact rebuild), and until a user's version matches the documents',
+search leaves that user's behaviour term out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import svds
+
+from plugin.caches import BEHAVIOUR_VERSION_KEY
+from plugin.engine import EngineBusy, bulk_item_busy
+from plugin.pipeline.report import bulk_error_reason
+from plugin.pipeline.users import APPLIED, rebuild_all
+from plugin.services import Services
+
+FIELDS = ("behaviour", "behaviour_version")
+CONTEXT_SMOOTHING = 0.75
+
+
+def _key(services: Services, name: str) -> str:
+    return f"es-interest:{services.settings.index_prefix}:behaviour:{name}"
+
+
+def count_events(services: Services, applied: int) -> None:
+    """Count events newly applied (the log's size, for automatic retraining)."""
+    if applied:
+        services.redis.incrby(_key(services, "events"), applied)
+
+
+def training_due(services: Services) -> bool:
+    """True once when a run should be scheduled (no operator or beat needed): no version yet
+    and ``behaviour_first_training_events`` applied, or the log doubled since the last run.
+    The caller schedules it ``behaviour_training_delay_s`` later (a bulk import goes on)."""
+    events, at_last = services.redis.mget(_key(services, "events"),
+                                          _key(services, "events-at-training"))
+    total, last = int(events or 0), int(at_last or 0)
+    if total < max(services.settings.behaviour_first_training_events, 2 * last):
+        return False
+    # One schedule per due point: the mark lives until the run has started.
+    return bool(services.redis.set(_key(services, "scheduled"), 1, nx=True,
+                                   ex=int(services.settings.behaviour_training_delay_s * 10) + 60))
+
+
+def item_vectors(pairs: list[tuple[str, str]], dims: int, min_users: int
+                 ) -> dict[str, np.ndarray]:
+    """(user, document) positive pairs -> unit behaviour vectors of the documents that at
+    least ``min_users`` users liked. Pure: no engine."""
+    users: dict[str, int] = {}
+    counts: dict[str, set[str]] = {}
+    for user, doc in pairs:
+        counts.setdefault(doc, set()).add(user)
+    items = sorted(d for d, who in counts.items() if len(who) >= min_users)
+    if len(items) <= 2:
+        return {}
+    column = {d: i for i, d in enumerate(items)}
+    rows, cols = [], []
+    for doc in items:
+        for user in counts[doc]:
+            rows.append(users.setdefault(user, len(users)))
+            cols.append(column[doc])
+    x = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), len(items)))
+    co = (x.T @ x).tocoo()
+    keep = co.row != co.col
+    row, col, count = co.row[keep], co.col[keep], co.data[keep]
+    if count.size == 0:
+        return {}
+    marginal = np.bincount(row, weights=count, minlength=len(items))
+    context = marginal ** CONTEXT_SMOOTHING
+    pmi = np.log(count * context.sum() / (marginal[row] * context[col]))
+    positive = pmi > 0
+    matrix = sparse.csr_matrix((pmi[positive], (row[positive], col[positive])),
+                               shape=(len(items), len(items)))
+    k = min(dims, len(items) - 2)
+    # A fixed start vector: the same events give the same vectors.
+    u, s, _ = svds(matrix, k=k, v0=np.full(len(items), len(items) ** -0.5))
+    vectors = u * np.sqrt(s)
+    out = np.zeros((len(items), dims))
+    out[:, :k] = vectors
+    norms = np.linalg.norm(out, axis=1)
+    return {d: out[i] / norms[i] for i, d in enumerate(items) if norms[i] > 0}
+
+
+def positive_pairs(services: Services) -> list[tuple[str, str]]:
+    """(user, document) pairs whose applied events sum to a positive weight."""
+    settings = services.settings
+    services.engine.client.indices.refresh(index=settings.events_alias)
+    query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
+                                           {"exists": {"field": "doc_id"}}]}},
+             "_source": ["user_id", "doc_id", "weight"]}
+    total: dict[tuple[str, str], float] = {}
+    for hit in services.engine.scan(settings.events_alias, query):
+        src = hit["_source"]
+        key = (str(src["user_id"]), str(src["doc_id"]))
+        total[key] = total.get(key, 0.0) + float(src["weight"])
+    return sorted(k for k, w in total.items() if w > 0)
+
+
+def current_version(services: Services) -> str | None:
+    raw = services.redis.get(BEHAVIOUR_VERSION_KEY + services.settings.index_prefix)
+    if raw is not None:
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return None
+
+
+def train(services: Services, refold: bool = True,
+          progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Learn a new version of the documents' behaviour vectors, write them, re-fold users."""
+    settings = services.settings
+    started = time.time()
+    services.redis.set(_key(services, "events-at-training"),
+                       int(services.redis.get(_key(services, "events")) or 0))
+    services.redis.delete(_key(services, "scheduled"))
+    pairs = positive_pairs(services)
+    vectors = item_vectors(pairs, settings.behaviour_dims, settings.behaviour_min_interactions)
+    result: dict[str, Any] = {"pairs": len(pairs), "documents": len(vectors)}
+    if not vectors:
+        result["trained"] = False
+        result["reason"] = (f"too few documents with {settings.behaviour_min_interactions}+ "
+                            "users' positive interactions")
+        return result
+    version = f"{int(started * 1000):015d}"
+    stale = [h["_id"] for h in services.engine.scan(
+        settings.docs_alias, {"query": {"exists": {"field": "behaviour_version"}},
+                              "_source": False}) if h["_id"] not in vectors]
+    actions = [{"_op_type": "update", "_index": settings.docs_alias, "_id": doc_id,
+                "retry_on_conflict": 3,
+                "doc": {"behaviour": [round(float(x), 6) for x in vector],
+                        "behaviour_version": version}}
+               for doc_id, vector in vectors.items()]
+    actions += [{"_op_type": "update", "_index": settings.docs_alias, "_id": doc_id,
+                 "retry_on_conflict": 3, "doc": {"behaviour": None, "behaviour_version": None}}
+                for doc_id in stale]
+    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
+                                                   raise_on_exception=False, chunk_size=500):
+        if not ok and next(iter(item.values())).get("status") != 404:
+            error = EngineBusy if bulk_item_busy(item) else RuntimeError
+            raise error(f"writing behaviour vectors failed: {bulk_error_reason(item)}")
+    services.engine.client.indices.refresh(index=settings.docs_alias)
+    services.redis.set(BEHAVIOUR_VERSION_KEY + settings.index_prefix, version)
+    services.doc_vectors.clear()
+    result.update(trained=True, version=version, cleared=len(stale),
+                  train_s=round(time.time() - started, 2))
+    if refold:
+        rebuilt, deferred = rebuild_all(services, progress)
+        result.update(users_refolded=rebuilt, users_deferred=len(deferred))
+    return result
