@@ -55,8 +55,11 @@ def setup(reindex: bool) -> None:
               help="threads suits the documents queue (one model, I/O overlaps encoding)")
 @click.option("--concurrency", "-c", default=2, show_default=True, help="processes or threads")
 @click.option("--loglevel", "-l", default="info", show_default=True)
+@click.option("--beat", is_flag=True,
+              help="also run the schedule (behaviour retraining, popularity flushes); "
+                   "in one worker of a deployment only")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, pool: str, concurrency: int, loglevel: str,
+def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
            celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to Celery's own `worker` command)."""
     import os
@@ -69,7 +72,8 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str,
     from workers.app import app
 
     app.worker_main(["worker", f"--queues={queues}", f"--pool={pool}",
-                     f"--concurrency={concurrency}", f"--loglevel={loglevel}", *celery_args])
+                     f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+                     *(["--beat"] if beat else []), *celery_args])
 
 
 @main.command()
@@ -199,6 +203,47 @@ def rebuild(user_id: str | None) -> None:
                    f"run `es-interest rebuild` again then: {', '.join(deferred[:20])}"
                    + (" …" if len(deferred) > 20 else ""), err=True)
         sys.exit(EXIT_TRY_AGAIN)
+
+
+@main.command()
+@click.option("--no-refold", is_flag=True,
+              help="only write the documents' vectors (users keep the old version until "
+                   "`es-interest rebuild`; search leaves their behaviour term out meanwhile)")
+def train(no_refold: bool) -> None:
+    """Learn behaviour (collaborative) vectors from the event log; re-fold every user."""
+    from plugin.pipeline import behaviour
+    from plugin.progress import progress
+    from plugin.services import Services
+
+    with progress(desc="re-folding users", unit="user") as bar:
+        result = behaviour.train(Services(), refold=not no_refold,
+                                 progress=lambda _: bar.update(1))
+    click.echo(json.dumps(result))
+    if not result.get("trained"):
+        sys.exit(1)
+
+
+@main.group()
+def popularity() -> None:
+    """Documents' popularity from the event log (written by the workers as events arrive)."""
+
+
+@popularity.command("flush")
+def popularity_flush() -> None:
+    """Write the documents whose popularity changed now (workers do it within a second)."""
+    from plugin.pipeline import popularity as pop
+    from plugin.services import Services
+
+    click.echo(f"wrote {pop.flush(Services())} documents")
+
+
+@popularity.command("rebuild")
+def popularity_rebuild() -> None:
+    """Recompute every document's popularity exactly from the applied events in the log."""
+    from plugin.pipeline import popularity as pop
+    from plugin.services import Services
+
+    click.echo(f"rebuilt the popularity of {pop.rebuild(Services())} documents")
 
 
 @main.command("inspect")
@@ -342,18 +387,46 @@ def dead_letter_purge() -> None:
 @main.command("eval")
 @click.option("--quick", is_flag=True, help="a few dozen users and a smaller catalog")
 @click.option("--users", type=int, default=None, help="how many users (default: all; quick 40)")
-@click.option("--engines", default=",".join(LOCAL_ENGINE_URLS), show_default=True,
-              help="engines of `make up` to evaluate on")
+@click.option("--engines", default="elasticsearch,opensearch", show_default=True,
+              help=f"engines of `make up` to evaluate on ({', '.join(LOCAL_ENGINE_URLS)}); "
+                   "the first one tunes the weights")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="default: docs/ (full run), bench/results/eval-quick/ (quick)")
 def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None) -> None:
-    """Offline evaluation on MovieLens; writes evaluation.md, JSON and plots."""
-    from plugin.config import REPO_ROOT
+    """Offline evaluation on MovieLens; writes evaluation.md, JSON, plots and ranking.json.
+
+    The full run (no --quick, no --out) also writes the chosen configuration to the shipped
+    plugin/ranking.json: the defaults of /search, the proxy and the workers."""
+    from plugin.config import REPO_ROOT, SHIPPED_RANKING
     from plugin.evaluation.run import run
 
     out = out_dir or (REPO_ROOT / ("bench/results/eval-quick" if quick else "docs"))
-    run(quick, users, engines.split(","), out, progress=click.echo)
-    click.echo(f"written: {out / 'evaluation.md'}")
+    shipped = SHIPPED_RANKING if not quick and out_dir is None else None
+    run(quick, users, engines.split(","), out, progress=click.echo, ranking_out=shipped)
+    click.echo(f"written: {out / 'evaluation.md'}"
+               + (f" and {shipped}" if shipped else f"; chosen: {out / 'ranking.json'}"))
+
+
+@main.command()
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=Path("ranking.tuned.json"), show_default=True,
+              help="the ranking file to write; point ES_INTEREST_RANKING_FILE at it to adopt it")
+@click.option("--holdout", default=0.1, show_default=True,
+              help="share of the log's time held out for queries")
+@click.option("--queries", "max_queries", default=600, show_default=True,
+              help="held-out queries at most (half fit, half check)")
+def tune(out_path: Path, holdout: float, max_queries: int) -> None:
+    """Fit blend weights and half-lives to this deployment's own event log; report the gain."""
+    from plugin.evaluation import tune as tuning
+    from plugin.services import Services
+
+    try:
+        result = tuning.tune(Services(), holdout, max_queries, progress=click.echo)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    tuning.write(result, out_path)
+    click.echo(json.dumps(result["report"], indent=2))
+    click.echo(f"written: {out_path} (adopt it with ES_INTEREST_RANKING_FILE={out_path})")
 
 
 @main.command()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PREFIX = "ES_INTEREST_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,12 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 # with knn_linear, 0.1136 with script_score, the same order on every engine): `auto` takes the
 # first one the engine offers. knn_linear runs on every engine.
 BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_score")
+
+# The ranking the product ships: blend weights per strategy and half-lives, as `make eval`
+# chose them on MovieLens validation queries (docs/evaluation.md). ES_INTEREST_RANKING_FILE
+# points at another file of the same shape (one fitted to a deployment's own users).
+SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
+BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour")
 
 # The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
 LOCAL_ENGINE_URLS: dict[str, str] = {
@@ -68,6 +76,25 @@ class Settings:
     vector_quantized: bool = False
     half_life_long_s: float = 30 * 86400.0
     half_life_short_s: float = 86400.0
+    # Documents' decayed interaction sums (plugin/pipeline/popularity.py); 0 = no decay.
+    popularity_half_life_s: float = 0.0
+    # Behaviour (collaborative) item vectors learned from the event log (`es-interest train`):
+    # their size, and how many positive interactions a document needs to get one (fewer: it
+    # is served by its content vector alone).
+    behaviour_dims: int = 64
+    behaviour_min_interactions: int = 3
+    behaviour_train_interval_s: float = 24 * 3600.0
+    # Automatic training: the first run once this many events are applied, then whenever
+    # the log doubled; a run starts this long after it became due (a bulk import goes on).
+    behaviour_first_training_events: int = 1000
+    behaviour_training_delay_s: float = 60.0
+    # strategy -> term -> weight (BLEND_TERMS); see SHIPPED_RANKING. The second table serves
+    # users without a behaviour vector (no training yet, or a re-fold under way): their
+    # content vectors then carry the personalization.
+    blend_weights: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    blend_weights_without_behaviour: Mapping[str, Mapping[str, float]] = field(
+        default_factory=dict)
+    ranking_source: str = ""
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     # Per worker process: users' interest states last written here (checked by the engine on
     # every write, so never wrong, only saving a read), and document vectors, which may be
@@ -83,6 +110,9 @@ class Settings:
     # candidates per vector, caches, and the time a user's vectors may take to load.
     blend_strategy: str = "auto"
     knn_candidates: int = 100
+    # User-vector terms cover this many of the query's matches exactly (nearest first); a
+    # match beyond it gets the term's smallest value, so there is no cliff below the cap.
+    personal_candidates: int = 1000
     query_cache_ttl_s: float = 300.0
     user_cache_ttl_s: float = 600.0
     user_vector_budget_ms: float = 100.0
@@ -154,8 +184,31 @@ def _event_weights(raw: str | None) -> dict[str, float]:
     return weights
 
 
+def load_ranking(path: Path) -> dict[str, Any]:
+    """The ranking file: ``weights`` per strategy (every BLEND_TERMS term) and half-lives."""
+    try:
+        data = json.loads(path.read_text())
+        for table in ("weights", "weights_without_behaviour"):
+            for strategy in BLEND_STRATEGIES:
+                terms = data[table][strategy]
+                missing = set(BLEND_TERMS) - set(terms)
+                if missing:
+                    raise ValueError(f"{table}.{strategy} lacks {sorted(missing)}")
+                if any(not isinstance(terms[t], int | float) or terms[t] < 0
+                       for t in BLEND_TERMS):
+                    raise ValueError(f"{table}.{strategy}: weights must be numbers >= 0")
+        for key in ("half_life_long_days", "half_life_short_days",
+                    "popularity_half_life_days"):
+            float(data[key])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"ranking file {path}: {exc}") from None
+    return dict(data)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
+    ranking_path = Path(env.get(PREFIX + "RANKING_FILE") or SHIPPED_RANKING)
+    ranking = load_ranking(ranking_path)
 
     def text(name: str, default: str) -> str:
         return env.get(PREFIX + name) or default
@@ -180,8 +233,24 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hnsw_ef_construction=int(_number(env, "HNSW_EF_CONSTRUCTION",
                                          Settings.hnsw_ef_construction)),
         vector_quantized=text("VECTOR_QUANTIZED", "false").lower() in ("1", "true", "yes"),
-        half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS", 30.0) * 86400.0,
-        half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS", 1.0) * 86400.0,
+        half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS",
+                                 float(ranking["half_life_long_days"])) * 86400.0,
+        half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS",
+                                  float(ranking["half_life_short_days"])) * 86400.0,
+        popularity_half_life_s=_number(env, "POPULARITY_HALF_LIFE_DAYS",
+                                       float(ranking["popularity_half_life_days"])) * 86400.0,
+        behaviour_dims=int(_number(env, "BEHAVIOUR_DIMS", Settings.behaviour_dims)),
+        behaviour_min_interactions=int(_number(env, "BEHAVIOUR_MIN_INTERACTIONS",
+                                               Settings.behaviour_min_interactions)),
+        behaviour_train_interval_s=_number(env, "BEHAVIOUR_TRAIN_HOURS", 24.0) * 3600.0,
+        behaviour_first_training_events=int(_number(
+            env, "BEHAVIOUR_FIRST_TRAINING_EVENTS", Settings.behaviour_first_training_events)),
+        behaviour_training_delay_s=_number(env, "BEHAVIOUR_TRAINING_DELAY_S",
+                                           Settings.behaviour_training_delay_s),
+        blend_weights={k: dict(v) for k, v in ranking["weights"].items()},
+        blend_weights_without_behaviour={
+            k: dict(v) for k, v in ranking["weights_without_behaviour"].items()},
+        ranking_source=str(ranking_path),
         event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
         task_visibility_s=_number(env, "TASK_VISIBILITY_S", Settings.task_visibility_s),
         user_cache_size=int(_number(env, "USER_CACHE_SIZE", Settings.user_cache_size)),
@@ -191,6 +260,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                        Settings.doc_vector_cache_ttl_s),
         blend_strategy=_choice(env, "BLEND_STRATEGY", ("auto", *BLEND_STRATEGIES)),
         knn_candidates=int(_number(env, "KNN_CANDIDATES", Settings.knn_candidates)),
+        personal_candidates=int(_number(env, "PERSONAL_CANDIDATES",
+                                        Settings.personal_candidates)),
         query_cache_ttl_s=_number(env, "QUERY_CACHE_TTL_S", Settings.query_cache_ttl_s),
         user_cache_ttl_s=_number(env, "USER_CACHE_TTL_S", Settings.user_cache_ttl_s),
         user_vector_budget_ms=_number(env, "USER_VECTOR_BUDGET_MS",

@@ -131,21 +131,22 @@ class Engine:
             query["bool"]["should"].append({"knn": {field_name: clause}})
             return
         knn: JSON = {"field": field_name, "query_vector": values, "k": k,
-                     "num_candidates": max(num_candidates, k), "boost": boost}
+                     "num_candidates": min(10_000, max(num_candidates, k)), "boost": boost}
         if filter_query is not None:
             knn["filter"] = filter_query
         body.setdefault("knn", []).append(knn)
 
     def knn_query(self, field_name: str, vector: Iterable[float], k: int,
-                  filter_query: JSON | None = None) -> JSON:
+                  filter_query: JSON | None = None, boost: float = 1.0) -> JSON:
         """A kNN *query* clause (usable inside bool): OpenSearch, or Elasticsearch 8.12+."""
         values = [float(x) for x in vector]
         if self.kind is EngineKind.OPENSEARCH:
-            clause: JSON = {"vector": values, "k": k}
+            clause: JSON = {"vector": values, "k": k, "boost": boost}
             if filter_query is not None:
                 clause["filter"] = filter_query
             return {"knn": {field_name: clause}}
-        knn: JSON = {"field": field_name, "query_vector": values, "num_candidates": 2 * k}
+        knn: JSON = {"field": field_name, "query_vector": values,
+                     "num_candidates": min(10_000, 2 * k), "boost": boost}
         if filter_query is not None:
             knn["filter"] = filter_query
         return {"knn": knn}
@@ -154,7 +155,7 @@ class Engine:
                       filter_query: JSON | None = None) -> JSON:
         """A ``knn`` retriever (Elasticsearch 8.14+), for use inside a ``linear`` retriever."""
         knn: JSON = {"field": field_name, "query_vector": [float(x) for x in vector], "k": k,
-                     "num_candidates": 2 * k}
+                     "num_candidates": min(10_000, 2 * k)}
         if filter_query is not None:
             knn["filter"] = filter_query
         return {"knn": knn}

@@ -1,31 +1,37 @@
-"""The query rewrite: one engine request that blends text relevance with vector similarities.
+"""The query rewrite: one engine request that blends text relevance, popularity and vector
+similarities.
 
-    final = a·norm(bm25) + b·sim(q, d) + c·sim(u_long, d) + d·sim(u_short, d)
+    final = a·norm(bm25) + b·sim(q, d) + p·log10(1 + popularity(d))
+            + c·sim(u_long, d) + d·sim(u_short, d) + e·sim(u_behaviour, d_behaviour)
 
 sim(x, d) = (1 + cos(x, d)) / 2, in [0, 1], the score the engines give a cosine kNN hit.
 norm(bm25) = bm25 / (the query's best BM25 score over the index, with the same filters), also in
 [0, 1], so a weight means the same for every query; the best score comes from one cheap request
-(one hit, no source), cached in Redis with the query's embedding.
+(one hit, no source), cached in Redis with the query's embedding. popularity(d) is the decayed
+sum of the document's interactions (plugin/pipeline/popularity.py), a script-free
+``field_value_factor``. The behaviour term compares the user's and the document's behaviour
+(collaborative) vectors (plugin/pipeline/behaviour.py) where both exist in the same version.
+The weights come from plugin/ranking.json, as `make eval` chose them; a user with no
+behaviour vector gets the table tuned without one.
+
+User terms apply to documents that match the query's words, so personalization re-orders what
+the query found. Every vector term covers up to ``personal_candidates`` (1,000) documents
+exactly, nearest first: below that cap no document loses a term because it fell outside a
+top-k (no cliff); past it a document gets the term's smallest value.
 
 Strategies:
 
 - ``script_score`` (where Painless runs): candidates are the BM25 matches + the kNN top-k of
-  the query vector + the kNN top-k of the long-term interest vector among documents matching
-  the query's words (kNN clauses wrapped in a
-  zero-boost ``constant_score``, so ``_score`` stays pure BM25, and the user terms apply to
-  documents with a BM25 match, as in ``knn_linear``); one Painless script whose
-  source is a constant of the engine module scores every candidate exactly. Vectors and weights
-  arrive as params.
-- ``linear_retriever`` (Elasticsearch 8.18+): one ``linear`` retriever over a BM25 retriever
-  and one ``knn`` retriever per vector, each min-max normalized over the top
-  ``rank_window_size`` hits and weighted (a, b, c, d); the user-vector retrievers search only
-  documents matching the query's words. No script, and each term is calibrated per query; a
-  document outside a vector's window gets that term's minimum (0).
-- ``knn_linear`` (no scripts, any engine): the BM25 clause (boost a / best BM25) plus one kNN
-  clause per vector (boost b, c, d); the engine adds the clause scores. The user-vector
-  clauses search only documents matching the query's words, so personalization re-orders
-  what the query found. Difference from the exact blend: a vector's term counts only for
-  documents in that vector's top-k candidates (0 elsewhere).
+  the query vector + the user's nearest matches (kNN clauses wrapped in a zero-boost
+  ``constant_score``, so ``_score`` stays pure BM25); one Painless script whose source is a
+  constant of the engine module scores every candidate exactly on the content terms. Vectors
+  and weights arrive as params. Popularity and behaviour clauses add to the script's score.
+- ``linear_retriever`` (Elasticsearch 8.18+): one ``linear`` retriever over a BM25 retriever,
+  a popularity retriever and one ``knn`` retriever per vector, each min-max normalized over
+  its top ``rank_window_size`` hits (calibrated per query) and weighted. No script.
+- ``knn_linear`` (no scripts, any engine): the BM25 clause (boost a / best BM25) with the
+  popularity clause, plus one kNN clause per vector; the engine adds the clause scores, the
+  same sum as ``script_score`` (the tests check that the two rank alike).
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+import cachetools
 import numpy as np
 
-from plugin.caches import USER_VECTORS_PREFIX
+from plugin.caches import BEHAVIOUR_VERSION_KEY, USER_VECTORS_PREFIX
 from plugin.config import BLEND_STRATEGIES
+from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON
-from plugin.interest import UserInterest, interest_vector
+from plugin.interest import HorizonState, UserInterest, interest_vector
 from plugin.services import Services
 
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
@@ -53,20 +61,26 @@ QUERY_CACHE_PREFIX = "es-interest:query:"
 
 @dataclass(frozen=True)
 class BlendWeights:
+    """One weight per term (BLEND_TERMS); the shipped ones come from the ranking file."""
+
     bm25: float = 1.0
-    query: float = 1.0
-    interest_long: float = 1.5
-    interest_short: float = 0.5
+    query: float = 0.0
+    popularity: float = 0.0
+    interest_long: float = 0.0
+    interest_short: float = 0.0
+    behaviour: float = 0.0
 
 
 @dataclass
 class UserVectors:
     long: list[float] | None = None
     short: list[float] | None = None
+    behaviour: list[float] | None = None
+    behaviour_version: str | None = None
 
     @property
     def empty(self) -> bool:
-        return self.long is None and self.short is None
+        return self.long is None and self.short is None and self.behaviour is None
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,8 @@ class SearchParams:
     size: int = 10
     offset: int = 0
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    weights: BlendWeights = BlendWeights()
+    weights: BlendWeights | None = None  # None: the configured ones for the strategy
+    overrides: Mapping[str, float] = field(default_factory=dict)
     strategy: str | None = None  # None: the configured default
     explain: bool = False
     use_cache: bool = True
@@ -142,46 +157,99 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
     return vector, max_bm25
 
 
+def vectors_of(user: UserInterest) -> UserVectors:
+    """A user's unit vectors, from the exact state of their interest document."""
+    def unit(state: HorizonState | None) -> list[float] | None:
+        vector = None if state is None else interest_vector(state)
+        return None if vector is None else vector.tolist()
+
+    return UserVectors(unit(user.long), unit(user.short), unit(user.behaviour),
+                       user.behaviour_version)
+
+
 def user_vectors(services: Services, user_id: str) -> UserVectors:
     """The user's unit vectors (Redis, else the engine within the time budget); may raise."""
     key = USER_VECTORS_PREFIX + user_id
     cached = services.redis.get(key)
     if cached:
         data = json.loads(cached)
-        return UserVectors(*(None if data[k] is None else _unpack(data[k])
-                             for k in ("long", "short")))
+        cached_long, cached_short, cached_behaviour = (
+            None if data.get(k) is None else _unpack(data[k])
+            for k in ("long", "short", "behaviour"))
+        return UserVectors(cached_long, cached_short, cached_behaviour,
+                           data.get("behaviour_version"))
     found = services.engine.get_source(services.settings.interests_alias, user_id,
                                        timeout_s=services.settings.user_vector_budget_ms / 1000,
-                                       exclude=["interest_long", "interest_short"])
-    vectors = UserVectors()
-    if found is not None:
-        user = UserInterest.from_source(found)
-        long, short = interest_vector(user.long), interest_vector(user.short)
-        vectors = UserVectors(None if long is None else long.tolist(),
-                              None if short is None else short.tolist())
+                                       exclude=["interest_long", "interest_short", "behaviour"])
+    vectors = UserVectors() if found is None else vectors_of(UserInterest.from_source(found))
     services.redis.set(key, json.dumps({
         "long": None if vectors.long is None else _pack(vectors.long),
         "short": None if vectors.short is None else _pack(vectors.short),
+        "behaviour": None if vectors.behaviour is None else _pack(vectors.behaviour),
+        "behaviour_version": vectors.behaviour_version,
     }), ex=int(services.settings.user_cache_ttl_s))
     return vectors
 
 
-# -- the two request shapes -------------------------------------------------------------------
+_VERSIONS: cachetools.TTLCache[str, str | None] = cachetools.TTLCache(64, 10.0)
+
+
+def behaviour_version(services: Services) -> str | None:
+    """The documents' behaviour-vector version (cached for seconds per process)."""
+    prefix = services.settings.index_prefix
+    if prefix not in _VERSIONS:
+        raw = services.redis.get(BEHAVIOUR_VERSION_KEY + prefix)
+        _VERSIONS[prefix] = None if raw is None else (
+            raw.decode() if isinstance(raw, bytes) else str(raw))
+    return _VERSIONS[prefix]
+
+
+def popularity_clause(weight: float) -> JSON:
+    """``weight * log10(1 + popularity)``, 0 for documents without: script-free on every
+    engine (field_value_factor is core; rank_feature needs a module not every build has)."""
+    return {"function_score": {
+        "query": {"exists": {"field": POPULARITY_FIELD}},
+        "functions": [{"field_value_factor": {"field": POPULARITY_FIELD, "modifier": "log1p",
+                                              "missing": 0}}],
+        "boost_mode": "replace", "boost": weight}}
+
+
+# -- the request shapes ----------------------------------------------------------------------
 
 
 def _candidates(params: SearchParams, services: Services) -> int:
     return max(params.offset + params.size, services.settings.knn_candidates)
 
 
-def script_score_request(services: Services, params: SearchParams, query_vector: list[float],
-                         max_bm25: float, user: UserVectors) -> JSON:
+def _personal_k(params: SearchParams, services: Services) -> int:
+    """How many documents a vector term covers exactly (nearest first): past this cap a
+    document gets the term's smallest value; below it, no document loses a term."""
+    return max(params.offset + params.size, services.settings.personal_candidates)
+
+
+def _user_terms(user: UserVectors, w: BlendWeights) -> list[tuple[str, list[float], float]]:
+    """(field, vector, weight) of each user term that applies."""
+    terms = [("embedding", user.long, w.interest_long), ("embedding", user.short, w.interest_short),
+             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour)]
+    return [(f, v, weight) for f, v, weight in terms if v is not None and weight > 0]
+
+
+def _text_with_popularity(params: SearchParams, boost: float, w: BlendWeights) -> JSON:
+    """The query's words (BM25 scaled by ``boost``) plus the popularity term on matches."""
+    clause: JSON = {"bool": {"must": [text_query(params.query, boost)]}}
+    if w.popularity > 0:
+        clause["bool"]["should"] = [popularity_clause(w.popularity)]
+    return clause
+
+
+def script_score_request(services: Services, params: SearchParams, w: BlendWeights,
+                         query_vector: list[float], max_bm25: float, user: UserVectors) -> JSON:
     engine = services.engine
     k = _candidates(params, services)
     recall = [engine.knn_query("embedding", query_vector, k)]
     if user.long is not None:
-        recall.append(engine.knn_query("embedding", user.long, k,
+        recall.append(engine.knn_query("embedding", user.long, _personal_k(params, services),
                                        filter_query=_matching(params)))
-    w = params.weights
     script_params = {
         "a": w.bm25, "b": w.query, "max_bm25": max_bm25 if max_bm25 > 0 else 1.0,
         "q": query_vector,
@@ -190,60 +258,68 @@ def script_score_request(services: Services, params: SearchParams, query_vector:
         "d": w.interest_short if user.short is not None else 0.0,
         "us": user.short if user.short is not None else query_vector,
     }
-    return {
-        "size": params.size, "from": params.offset,
-        "query": {"script_score": {
-            "query": {"bool": {
-                "should": [text_query(params.query)]
-                + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
-                "filter": filter_clauses(params.filters),
-                "minimum_should_match": 1,
-            }},
-            "script": {"source": engine.blend_script("embedding"), "params": script_params},
+    scored: JSON = {"script_score": {
+        "query": {"bool": {
+            "should": [text_query(params.query)]
+            + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
+            "filter": filter_clauses(params.filters),
+            "minimum_should_match": 1,
         }},
-    }
+        "script": {"source": engine.blend_script("embedding"), "params": script_params},
+    }}
+    # Popularity and behaviour live outside the script (the script reads one vector field
+    # that every document has); their clauses add to the script's score on query matches.
+    extra: list[JSON] = []
+    if w.popularity > 0:
+        extra.append({"bool": {"filter": [_matching(params)],
+                               "should": [popularity_clause(w.popularity)]}})
+    if user.behaviour is not None and w.behaviour > 0:
+        extra.append(engine.knn_query(BEHAVIOUR_FIELD, user.behaviour,
+                                      _personal_k(params, services),
+                                      filter_query=_matching(params), boost=w.behaviour))
+    query = {"bool": {"must": [scored], "should": extra}} if extra else scored
+    return {"size": params.size, "from": params.offset, "query": query}
 
 
-def knn_linear_request(services: Services, params: SearchParams, query_vector: list[float],
-                       max_bm25: float, user: UserVectors) -> JSON:
+def knn_linear_request(services: Services, params: SearchParams, w: BlendWeights,
+                       query_vector: list[float], max_bm25: float, user: UserVectors) -> JSON:
     engine = services.engine
-    w = params.weights
     filters = filter_clauses(params.filters)
+    text = _text_with_popularity(params, w.bm25 / max_bm25 if max_bm25 > 0 else w.bm25, w)
     body: JSON = {
         "size": params.size, "from": params.offset,
-        "query": {"bool": {"should": [text_query(
-            params.query, w.bm25 / max_bm25 if max_bm25 > 0 else w.bm25)],
-            "filter": filters, "minimum_should_match": 1}},
+        "query": {"bool": {"should": [text], "filter": filters, "minimum_should_match": 1}},
     }
-    k = _candidates(params, services)
+    personal = _personal_k(params, services)
     if w.query > 0:
-        engine.add_knn(body, field_name="embedding", vector=query_vector, k=k,
-                       num_candidates=2 * k, boost=w.query,
+        engine.add_knn(body, field_name="embedding", vector=query_vector, k=personal,
+                       num_candidates=personal, boost=w.query,
                        filter_query={"bool": {"filter": filters}} if filters else None)
-    for vector, weight in ((user.long, w.interest_long), (user.short, w.interest_short)):
-        if vector is not None and weight > 0:
-            engine.add_knn(body, field_name="embedding", vector=vector, k=k,
-                           num_candidates=2 * k, boost=weight, filter_query=_matching(params))
+    for field_name, vector, weight in _user_terms(user, w):
+        engine.add_knn(body, field_name=field_name, vector=vector, k=personal,
+                       num_candidates=personal, boost=weight, filter_query=_matching(params))
     return body
 
 
-def linear_retriever_request(services: Services, params: SearchParams,
+def linear_retriever_request(services: Services, params: SearchParams, w: BlendWeights,
                              query_vector: list[float], max_bm25: float,
                              user: UserVectors) -> JSON:
     engine = services.engine
-    w = params.weights
     filters = filter_clauses(params.filters)
-    window = _candidates(params, services)
+    window = _personal_k(params, services)
     text = {"bool": {"must": [text_query(params.query)], "filter": filters}}
     terms: list[tuple[JSON, float]] = [({"standard": {"query": text}}, w.bm25)]
     if w.query > 0:
         terms.append((engine.knn_retriever(
             "embedding", query_vector, window,
             filter_query={"bool": {"filter": filters}} if filters else None), w.query))
-    for vector, weight in ((user.long, w.interest_long), (user.short, w.interest_short)):
-        if vector is not None and weight > 0:
-            terms.append((engine.knn_retriever("embedding", vector, window,
-                                               filter_query=_matching(params)), weight))
+    if w.popularity > 0:
+        terms.append(({"standard": {"query": {"bool": {
+            "filter": [_matching(params)], "should": [popularity_clause(1.0)]}}}},
+            w.popularity))
+    for field_name, vector, weight in _user_terms(user, w):
+        terms.append((engine.knn_retriever(field_name, vector, window,
+                                           filter_query=_matching(params)), weight))
     return {
         "size": params.size, "from": params.offset,
         "retriever": {"linear": {
@@ -289,6 +365,15 @@ def default_strategy(services: Services) -> str:
     return available_strategies(services)[0]
 
 
+def configured_weights(services: Services, strategy: str, user: UserVectors) -> BlendWeights:
+    """The shipped weights (plugin/ranking.json): with the behaviour term where the user has
+    a behaviour vector, else the table whose content terms carry the personalization."""
+    settings = services.settings
+    table = (settings.blend_weights if user.behaviour is not None
+             else settings.blend_weights_without_behaviour)
+    return BlendWeights(**table[strategy])
+
+
 def search(services: Services, params: SearchParams) -> SearchResult:
     started = time.perf_counter()
     strategy = params.strategy or default_strategy(services)
@@ -315,7 +400,12 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             user = UserVectors()
             reason = (f"user vectors took {spent_ms:.1f} ms, over the {budget_ms:g} ms budget; "
                       "not personalized")
-    body = REQUEST_BUILDERS[strategy](services, params, query_vector, max_bm25, user)
+    if user.behaviour is not None and user.behaviour_version != behaviour_version(services):
+        # Folded in another training run's space (a re-fold is under way): leave it out.
+        user = replace(user, behaviour=None)
+    weights = replace(params.weights or configured_weights(services, strategy, user),
+                      **params.overrides)
+    body = REQUEST_BUILDERS[strategy](services, params, weights, query_vector, max_bm25, user)
     response = services.engine.search(services.settings.docs_alias, body)
     hits = _hits(services, params, response, query_vector, max_bm25, user)
     total = response["hits"]["total"]
@@ -346,11 +436,15 @@ def _hits(services: Services, params: SearchParams, response: JSON, query_vector
     for hit in raw:
         source = hit.get("_source", {})
         embedding = np.asarray(source.pop("embedding", []), dtype=np.float64)
-        components: JSON = {"final": hit.get("_score")}
+        behaviour = source.pop(BEHAVIOUR_FIELD, None)
+        components: JSON = {"final": hit.get("_score"),
+                            "popularity": source.get(POPULARITY_FIELD, 0.0)}
         if embedding.size:
             components.update(query=_sim(query_vector, embedding),
                               interest_long=_sim(user.long, embedding),
                               interest_short=_sim(user.short, embedding))
+        if behaviour is not None:
+            components["behaviour"] = _sim(user.behaviour, np.asarray(behaviour))
         if params.explain:
             raw_bm25 = bm25.get(hit["_id"], 0.0)
             components["bm25"] = round(raw_bm25 / max_bm25, 6) if max_bm25 > 0 else 0.0
@@ -360,4 +454,5 @@ def _hits(services: Services, params: SearchParams, response: JSON, query_vector
 
 
 def with_weights(params: SearchParams, **overrides: float) -> SearchParams:
-    return replace(params, weights=replace(params.weights, **overrides))
+    """The same search with some weights set (the others: the strategy's configured ones)."""
+    return replace(params, overrides={**params.overrides, **overrides})

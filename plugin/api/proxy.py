@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -23,6 +24,7 @@ from plugin.api.auth import require, user_allowed
 from plugin.api.context import services
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
+from plugin.documents import BEHAVIOUR_FIELD
 from plugin.engine import JSON, EngineKind
 
 bp = Blueprint("proxy", __name__)
@@ -141,27 +143,35 @@ def proxy_search(index: str) -> ResponseReturnValue:
 
 
 def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
+    """The client's query as the knn_linear blend (its score scaled to [0, 1], plus the
+    popularity term and the user's vector clauses, with the knn_linear weights shipped)."""
     svc = services()
     engine = svc.engine
-    weights = search_service.BlendWeights()
+    if user.behaviour_version != search_service.behaviour_version(svc):
+        user = replace(user, behaviour=None)
+    weights = search_service.configured_weights(svc, "knn_linear", user)
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
                                                    "track_total_hits": False, "query": original})
     max_score = float(best["hits"].get("max_score") or 0.0)
     rewritten = copy.deepcopy(body)
-    rewritten["query"] = {"bool": {"should": [{"bool": {
-        "must": [original], "boost": weights.bm25 / max_score if max_score > 0 else 1.0}}],
-        "minimum_should_match": 1}}
-    k = max(window, svc.settings.knn_candidates)
+    matched: JSON = {"bool": {"must": [original],
+                              "boost": weights.bm25 / max_score if max_score > 0 else 1.0}}
+    if weights.popularity > 0:
+        matched["bool"]["should"] = [search_service.popularity_clause(weights.popularity)]
+    rewritten["query"] = {"bool": {"should": [matched], "minimum_should_match": 1}}
+    k = max(window, svc.settings.personal_candidates)
     text = _query_text(original)
-    vectors = [(user.long, weights.interest_long), (user.short, weights.interest_short)]
+    vectors = [("embedding", user.long, weights.interest_long),
+               ("embedding", user.short, weights.interest_short),
+               (BEHAVIOUR_FIELD, user.behaviour, weights.behaviour)]
     if text:
         query_vector, _ = search_service.query_inputs(svc, text, {})
-        vectors.append((query_vector, weights.query))
-    for vector, weight in vectors:
+        vectors.append(("embedding", query_vector, weights.query))
+    for field_name, vector, weight in vectors:
         if vector is not None and weight > 0:
-            engine.add_knn(rewritten, field_name="embedding", vector=vector, k=k,
-                           num_candidates=2 * k, boost=weight, filter_query=original)
+            engine.add_knn(rewritten, field_name=field_name, vector=vector, k=k,
+                           num_candidates=k, boost=weight, filter_query=original)
     return rewritten
 
 

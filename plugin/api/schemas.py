@@ -8,16 +8,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plugin.search import FILTER_FIELDS
 
-MAX_WEIGHT = 10.0
+MAX_WEIGHT = 100.0
 MAX_BATCH = 10_000
 
 
 class Weights(BaseModel):
+    """Overrides of the strategy's shipped weights (plugin/ranking.json), term by term."""
+
     model_config = ConfigDict(extra="forbid")
     bm25: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     query: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    popularity: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     interest_long: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     interest_short: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    behaviour: float | None = Field(None, ge=0, le=MAX_WEIGHT)
 
 
 class SearchRequest(BaseModel):
