@@ -62,6 +62,9 @@ def settings(engine_name: str) -> Settings:
         engine_url=ENGINE_URLS[engine_name],
         redis_url=f"redis://127.0.0.1:6379/{REDIS_DBS[engine_name]}",
         index_prefix=f"test-{RUN_ID}-{engine_name}",
+        # Workers would retrain behaviour vectors on their own mid-session; the tests that
+        # want it say so (tests/integration/test_learning.py).
+        behaviour_first_training_events=10**9,
     )
 
 
@@ -85,6 +88,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ES_INTEREST_REDIS_URL": settings.redis_url,
         "ES_INTEREST_INDEX_PREFIX": settings.index_prefix,
         "ES_INTEREST_TASK_VISIBILITY_S": str(settings.task_visibility_s),
+        "ES_INTEREST_BEHAVIOUR_FIRST_TRAINING_EVENTS": str(
+            settings.behaviour_first_training_events),
+        "ES_INTEREST_BEHAVIOUR_TRAINING_DELAY_S": str(settings.behaviour_training_delay_s),
+        "ES_INTEREST_BEHAVIOUR_DIMS": str(settings.behaviour_dims),
+        "ES_INTEREST_BEHAVIOUR_MIN_INTERACTIONS": str(settings.behaviour_min_interactions),
+        "ES_INTEREST_POPULARITY_HALF_LIFE_DAYS": str(settings.popularity_half_life_s / 86400),
         "HF_HUB_OFFLINE": "1",
     }
 

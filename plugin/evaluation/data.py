@@ -39,12 +39,18 @@ def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return by_user
 
 
+# Query protocols, reported separately: one genre or tag of the movie ("term"), or two of
+# them together ("words": a longer, more specific query).
+PROTOCOLS = ("term", "words")
+
+
 @dataclass
 class Query:
     user_id: str
     movie_id: str
     text: str
     timestamp: int
+    protocol: str = "term"
 
 
 @dataclass
@@ -55,12 +61,15 @@ class Split:
     static_events: dict[str, list[dict[str, Any]]]  # per user: training events (for profiles)
 
 
-def _query_for(movie: dict[str, Any], rng: random.Random) -> str | None:
-    """A genre or tag of the movie that does not name it."""
+def _query_for(movie: dict[str, Any], rng: random.Random, protocol: str) -> str | None:
+    """One (``term``) or two (``words``) genres or tags of the movie that do not name it."""
     title_words = set(re.findall(r"\w+", movie["title"].lower()))
-    options = [t for t in movie["tags"]
-               if not set(re.findall(r"\w+", t.lower())) & title_words]
-    return rng.choice(options).lower() if options else None
+    options = sorted({t.lower() for t in movie["tags"]
+                      if not set(re.findall(r"\w+", t.lower())) & title_words})
+    wanted = 1 if protocol == "term" else 2
+    if len(options) < wanted:
+        return None
+    return " ".join(rng.sample(options, wanted))
 
 
 def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
@@ -96,12 +105,14 @@ def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
         static[user] = events
         for part, target in ((history[cut_train:cut_val], validation),
                              (history[cut_val:], test)):
-            picked = 0
-            for r in part:
-                if r.rating >= POSITIVE and r.movie_id in movies and picked < max_queries_per_user:
-                    text = _query_for(movies[r.movie_id], rng)
-                    if text:
-                        target.append(Query(user, r.movie_id, text, r.timestamp))
-                        picked += 1
+            for protocol in PROTOCOLS:
+                picked = 0
+                for r in part:
+                    if (r.rating >= POSITIVE and r.movie_id in movies
+                            and picked < max_queries_per_user):
+                        text = _query_for(movies[r.movie_id], rng, protocol)
+                        if text:
+                            target.append(Query(user, r.movie_id, text, r.timestamp, protocol))
+                            picked += 1
     train.sort(key=lambda e: e["timestamp"])
     return Split(train, validation, test, static), list(movies.values())

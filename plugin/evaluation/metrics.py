@@ -54,3 +54,22 @@ def paired_test(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],
     p_wilcoxon = (float(wilcoxon(nonzero, alternative="greater").pvalue)
                   if len(nonzero) > 0 else 1.0)
     return {"mean_diff": float(diff.mean()), "p_bootstrap": p_boot, "p_wilcoxon": p_wilcoxon}
+
+
+def mean_kendall_tau(first: Sequence[Sequence[str]], second: Sequence[Sequence[str]]) -> float:
+    """Mean Kendall's tau-b of two rankings per query over the union of their top lists (a
+    document missing from one list ranks just below its end there)."""
+    from scipy.stats import kendalltau
+
+    taus = []
+    for a, b in zip(first, second, strict=True):
+        union = list(dict.fromkeys([*a, *b]))
+        if len(union) < 2:
+            continue
+        rank_a = {d: i for i, d in enumerate(a)}
+        rank_b = {d: i for i, d in enumerate(b)}
+        tau = kendalltau([rank_a.get(d, len(a)) for d in union],
+                         [rank_b.get(d, len(b)) for d in union]).statistic
+        if not math.isnan(tau):
+            taus.append(float(tau))
+    return float(np.mean(taus)) if taus else float("nan")

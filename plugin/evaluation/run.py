@@ -3,11 +3,17 @@
 1. Index the movies (embedded once) into each engine.
 2. Half-lives: fold each user's training events offline (the same pure functions the workers
    use) for several (long, short) half-lives; keep the best on the validation queries.
-3. Replay the training events, in time order, through the real event pipeline with those
-   half-lives; check that its vectors equal the offline fold.
-4. Tune the blend weights of each method on the validation queries only.
-5. Score every method on the test queries: NDCG@10, MRR, Recall@100, 95% bootstrap intervals,
-   paired tests against the dynamic profile.
+3. Replay the training events, in time order, through the real event pipeline (users'
+   interests and documents' popularity); check that its vectors equal the offline fold; pick
+   popularity's half-life on validation; train the behaviour vectors and re-fold the users,
+   as `es-interest train` does.
+4. Tune each strategy's blend weights on validation queries only, term by term (coordinate
+   ascent): popularity and the query vector first (the non-personalized default), then the
+   user terms on top of them, so the personalized default can only add to it. The first
+   engine tunes; the others run the same weights, as the product ships one file.
+5. Score every method on the test queries of each protocol: NDCG@10, MRR, Recall@100, 95%
+   bootstrap intervals, paired tests. The full run writes the chosen configuration to
+   plugin/ranking.json: what /search, the proxy and the workers then use.
 """
 
 from __future__ import annotations
@@ -18,18 +24,27 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from plugin import pipeline
-from plugin.config import LOCAL_ENGINE_URLS, REPO_ROOT, Settings, load_settings
+from plugin.config import (
+    BLEND_STRATEGIES,
+    BLEND_TERMS,
+    LOCAL_ENGINE_URLS,
+    REPO_ROOT,
+    SHIPPED_RANKING,
+    Settings,
+    load_settings,
+)
 from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import DocVector, UserInterest, interest_vector
+from plugin.pipeline import behaviour, popularity
 from plugin.pipeline.users import contributions
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -38,21 +53,34 @@ from plugin.search import (
     UserVectors,
     available_strategies,
     search,
+    vectors_of,
 )
 from plugin.services import Services
 
 DAY = 86400.0
-HALF_LIVES = [(7.0, 1.0), (30.0, 1.0), (90.0, 3.0), (365.0, 7.0), (3650.0, 30.0)]
-TUNING_QUERIES = 400
+HALF_LIVES = [(30.0, 1.0), (365.0, 7.0), (3650.0, 30.0)]
+POPULARITY_HALF_LIVES = [0.0, 90.0, 365.0]  # days; 0 = a weighted count
+GRID: dict[str, tuple[float, ...]] = {
+    "popularity": (0.0, 0.5, 1.0, 2.0),
+    "query": (0.0, 0.5, 1.0),
+    "behaviour": (0.0, 0.5, 1.0, 2.0, 4.0),
+    "interest_long": (0.0, 0.5, 1.0, 2.0),
+    "interest_short": (0.0, 0.5),
+}
+TUNING_QUERIES = {"full": 240, "quick": 100}
 SIZE = 100
+DEFAULT = "personalized default"
+NON_PERSONALIZED = "non-personalized default"
 
 
 @dataclass
 class Method:
     name: str
-    weights: BlendWeights
+    weights: BlendWeights | None  # None: the configured (shipped) weights
     profile: str | None  # None, "static" or "dynamic"
     strategy: str = "knn_linear"
+    keep_hits: bool = False
+    hits: list[list[str]] = field(default_factory=list, repr=False)
 
 
 def _catalog(split: data.Split, movies: list[dict[str, Any]], quick: bool,
@@ -87,8 +115,10 @@ class Evaluator:
                        if method.profile else None)
             result = search(self.services, SearchParams(
                 q.text, size=SIZE, weights=method.weights, strategy=method.strategy,
-                vectors=vectors if vectors is not None else None))
+                vectors=vectors))
             out.append(_rank(result.hits, q.movie_id))
+            if method.keep_hits:
+                method.hits.append([h["id"] for h in result.hits])
         return out
 
     def ndcg(self, method: Method, queries: Sequence[data.Query]) -> float:
@@ -139,21 +169,26 @@ def _stored(event: dict[str, Any], text_vectors: dict[str, list[float]]) -> dict
     return stored
 
 
-def _services(engine: str, half_lives: tuple[float, float], prefix: str) -> Services:
+def _services(engine: str, half_lives: tuple[float, float], prefix: str,
+              popularity_days: float = 0.0) -> Services:
     base = load_settings()
     settings: Settings = replace(base, engine_url=LOCAL_ENGINE_URLS[engine],
                                  index_prefix=f"{prefix}-{engine}",
                                  redis_url="redis://127.0.0.1:6379/8",
                                  half_life_long_s=half_lives[0] * DAY,
-                                 half_life_short_s=half_lives[1] * DAY)
+                                 half_life_short_s=half_lives[1] * DAY,
+                                 popularity_half_life_s=popularity_days * DAY)
     return Services(settings)
 
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
-        progress: Callable[[str], None] = print) -> dict[str, Any]:
+        progress: Callable[[str], None] = print,
+        ranking_out: Path | None = None) -> dict[str, Any]:
+    """The whole protocol; ``ranking_out``: where the chosen configuration is written
+    (the full run: the shipped plugin/ranking.json)."""
     started = time.time()
     users = users if users is not None else (40 if quick else None)
-    split, movies = data.split(users=users)
+    split, movies = data.split(users=users, max_queries_per_user=3 if quick else 1)
     catalog = _catalog(split, movies, quick)
     progress(f"{len(split.static_events)} users, {len(split.train)} training events, "
              f"{len(split.validation)} validation and {len(split.test)} test queries, "
@@ -173,17 +208,18 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                             strict=True))
     train = [e for e in split.train if e["doc_id"] in doc_vectors]
 
-    # 2. half-lives, on validation only (first engine, knn_linear, default weights)
+    # 2. half-lives, on validation only (first engine, knn_linear, content profile)
     setup_indices(first.engine, first.settings, embedder.dims)
     _index(first, docs)
     rng = np.random.default_rng(11)
+    size = TUNING_QUERIES["quick" if quick else "full"]
     tuning = [split.validation[i] for i in sorted(rng.choice(
-        len(split.validation), size=min(TUNING_QUERIES, len(split.validation)), replace=False))]
+        len(split.validation), size=min(size, len(split.validation)), replace=False))]
     ablation = []
     for hl in HALF_LIVES:
         profiles = {"dynamic": offline_profiles(split, doc_vectors, text_vectors, hl)}
         score = Evaluator(first, profiles).ndcg(
-            Method("dynamic", BlendWeights(), "dynamic"), tuning)
+            Method("dynamic", BlendWeights(1.0, 1.0, 0.0, 1.0, 0.5), "dynamic"), tuning)
         ablation.append({"long_days": hl[0], "short_days": hl[1], "val_ndcg@10": score})
         progress(f"half-lives {hl}: validation NDCG@10 {score:.4f}")
     best = max(ablation, key=lambda a: a["val_ndcg@10"])
@@ -191,43 +227,89 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
 
     static = static_profiles(split, doc_vectors)
     results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives}
+    chosen: dict[str, tuple[BlendWeights, BlendWeights]] = {}
+    popularity_days = 0.0
     for engine in engines:
-        services = _services(engine, half_lives, prefix)
+        services = _services(engine, half_lives, prefix, popularity_days)
         if engine != engines[0]:
             setup_indices(services.engine, services.settings, embedder.dims)
             _index(services, docs)
         # 3. the real pipeline, in time order
         for i in progress_bar(range(0, len(train), 1000), desc=f"replaying events ({engine})",
-                      unit="batch", leave=False):
+                              unit="batch", leave=False):
             report = pipeline.ingest_events(services, train[i:i + 1000])
             if report.errors:
                 raise RuntimeError(f"training events rejected: {report.errors[:3]}")
-        dynamic = _pipeline_profiles(services, list(split.static_events))
+        content = _pipeline_profiles(services, list(split.static_events))
         offline = offline_profiles(split, doc_vectors, text_vectors, half_lives)
-        drift = max((float(np.max(np.abs(np.asarray(dynamic[u].long) - np.asarray(v.long))))
-                     for u, v in offline.items() if v.long and u in dynamic
-                     and dynamic[u].long), default=0.0)
+        drift = max((float(np.max(np.abs(np.asarray(content[u].long) - np.asarray(v.long))))
+                     for u, v in offline.items() if v.long and u in content
+                     and content[u].long), default=0.0)
         progress(f"{engine}: pipeline vs offline fold, max |difference| {drift:.2e}")
-        evaluator = Evaluator(services, {"static": static, "dynamic": dynamic})
-        methods = _tune(evaluator, tuning, available_strategies(services), progress)
-        results["engines"][engine] = _score(evaluator, methods, split.test, progress)
-        results["engines"][engine]["pipeline_vs_offline_max_abs"] = drift
-        results["engines"][engine]["strategies"] = available_strategies(services)
-        results["engines"][engine]["engine"] = (f"{services.engine.kind.value} "
-                                                f"{services.engine.version}")
+        # The quick run measures each engine's default strategy only.
+        strategies = available_strategies(services)[:1 if quick else None]
+        if engine == engines[0]:
+            popularity_days, results["popularity_ablation"] = _popularity_half_life(
+                services, tuning, strategies[0], progress)
+            services = _services(engine, half_lives, prefix, popularity_days)
+        popularity.rebuild(services)
+        trained = behaviour.train(services)
+        progress(f"{engine}: behaviour vectors {trained}")
+        evaluator = Evaluator(services, {
+            "static": static, "dynamic": _pipeline_profiles(services, list(split.static_events))})
+        chosen.update({s: _tune(evaluator, tuning, s, progress)
+                       for s in strategies if s not in chosen})
+        # From here the chosen weights are the configured ones: the defaults are measured
+        # through the same path as /search (weights=None).
+        evaluator.services = Services(replace(
+            services.settings,
+            blend_weights={s: w[1].__dict__ for s, w in chosen.items()},
+            blend_weights_without_behaviour={s: w[0].__dict__ for s, w in chosen.items()}))
+        scored = _score(evaluator, chosen, strategies, split.test, progress)
+        scored.update(pipeline_vs_offline_max_abs=drift, strategies=strategies,
+                      engine=f"{services.engine.kind.value} {services.engine.version}",
+                      behaviour=trained)
+        results["engines"][engine] = scored
         services.engine.client.indices.delete(index=f"{services.settings.index_prefix}-*")
     results.update({
         "quick": quick, "users": len(split.static_events), "train_events": len(train),
         "validation_queries": len(split.validation), "tuning_queries": len(tuning),
         "test_queries": len(split.test), "movies": len(catalog),
+        "popularity_half_life_days": popularity_days,
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, doc_vectors, text_vectors, half_lives),
     })
+    ranking = _ranking(results, chosen)
+    results["ranking"] = ranking
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "ranking.json").write_text(json.dumps(ranking, indent=2) + "\n")
+    if ranking_out is not None:
+        ranking_out.write_text(json.dumps(ranking, indent=2) + "\n")
     write_report(results, out_dir)
     first.redis.flushdb()
     return results
+
+
+def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, BlendWeights]]
+             ) -> dict[str, Any]:
+    """The configuration the evaluation chose, in the ranking file's shape. A strategy the
+    evaluated engines did not offer keeps the shipped file's weights."""
+    shipped = json.loads(SHIPPED_RANKING.read_text())
+
+    def table(name: str, index: int) -> dict[str, dict[str, float]]:
+        return {s: ({t: float(chosen[s][index].__dict__[t]) for t in BLEND_TERMS}
+                    if s in chosen else shipped[name][s]) for s in BLEND_STRATEGIES}
+
+    return {
+        "chosen_by": f"`es-interest eval` on commit {results['commit']} "
+                     f"({results['users']} MovieLens users, validation queries only)",
+        "half_life_long_days": results["half_lives"][0],
+        "half_life_short_days": results["half_lives"][1],
+        "popularity_half_life_days": results["popularity_half_life_days"],
+        "weights": table("weights", 1),
+        "weights_without_behaviour": table("weights_without_behaviour", 0),
+    }
 
 
 def _index(services: Services, docs: list[dict[str, Any]]) -> None:
@@ -241,70 +323,126 @@ def _index(services: Services, docs: list[dict[str, Any]]) -> None:
 
 def _pipeline_profiles(services: Services, users: list[str]) -> dict[str, UserVectors]:
     found = services.engine.mget_versioned(services.settings.interests_alias, users)
-    out = {}
-    for user, (source, _, _) in found.items():
-        state = UserInterest.from_source(source)
-        long, short = interest_vector(state.long), interest_vector(state.short)
-        out[user] = UserVectors(None if long is None else long.tolist(),
-                                None if short is None else short.tolist())
+    return {user: vectors_of(UserInterest.from_source(source))
+            for user, (source, _, _) in found.items()}
+
+
+def _popularity_half_life(services: Services, tuning: list[data.Query], strategy: str,
+                          progress: Callable[[str], None]) -> tuple[float, list[dict[str, Any]]]:
+    """Popularity's half-life: BM25 + popularity on validation, for each candidate."""
+    evaluator = Evaluator(services, {})
+    ablation = []
+    for days in POPULARITY_HALF_LIVES:
+        candidate = Services(replace(services.settings, popularity_half_life_s=days * DAY))
+        popularity.rebuild(candidate)
+        evaluator.services = candidate
+        score = max(evaluator.ndcg(Method("pop", BlendWeights(1.0, popularity=p), None,
+                                          strategy), tuning) for p in (0.5, 1.0, 2.0))
+        ablation.append({"days": days, "val_ndcg@10": score})
+        progress(f"popularity half-life {days:g} d: validation NDCG@10 {score:.4f}")
+    return max(ablation, key=lambda a: a["val_ndcg@10"])["days"], ablation
+
+
+def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+          progress: Callable[[str], None]) -> tuple[BlendWeights, BlendWeights]:
+    """Coordinate ascent on validation, each term over its grid with the others fixed:
+    popularity and the query vector (the non-personalized default), then the content
+    interest terms (the table for users without a behaviour vector), then behaviour and the
+    content terms again (the table for users with one). Returns (without, with) behaviour."""
+    def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
+        for term in terms:
+            profile = None if term in ("popularity", "query") else "dynamic"
+            scored = [(evaluator.ndcg(Method(term, replace(weights, **{term: value}), profile,
+                                             strategy), tuning), -value, value)
+                      for value in GRID[term]]
+            # Ties go to the smaller weight: a term must earn its place.
+            weights = replace(weights, **{term: max(scored)[2]})
+        return weights
+
+    plain = ascend(BlendWeights(1.0), ("popularity", "query"))
+    content = ascend(plain, ("interest_long", "interest_short"))
+    full = ascend(content, ("behaviour", "interest_long"))
+    progress(f"tuned on validation ({strategy}): without behaviour {content}; with {full}")
+    return content, full
+
+
+def _methods(chosen: tuple[BlendWeights, BlendWeights], strategy: str,
+             ablations: bool) -> list[Method]:
+    """The baselines and the defaults; the ablations on the engine's default strategy."""
+    content, full = chosen
+    plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0)
+    methods = [
+        Method("BM25 + popularity", BlendWeights(1.0, popularity=full.popularity), None,
+               strategy),
+        # weights=None: the configured path, exactly what /search does.
+        Method(NON_PERSONALIZED, None, None, strategy),
+        Method("static content profile", replace(plain, interest_long=content.interest_long
+                                                 or 1.0), "static", strategy),
+        Method("dynamic content profile", content, "dynamic", strategy),
+        Method("behaviour only", replace(plain, behaviour=full.behaviour or 1.0),
+               "dynamic", strategy),
+        Method(DEFAULT, None, "dynamic", strategy, keep_hits=True),
+    ]
+    return methods if ablations else [methods[0], methods[1], methods[-1]]
+
+
+def _score(evaluator: Evaluator, chosen: dict[str, tuple[BlendWeights, BlendWeights]],
+           strategies: list[str],
+           test: list[data.Query], progress: Callable[[str], None]) -> dict[str, Any]:
+    by_protocol = {p: [q for q in test if q.protocol == p] for p in data.PROTOCOLS}
+    out: dict[str, Any] = {"protocols": {}, "weights": {}}
+    defaults: dict[str, dict[str, list[list[str]]]] = defaultdict(dict)
+    for protocol, queries in by_protocol.items():
+        bm25 = Method("BM25", BlendWeights(1.0), None, strategies[0])
+        per: dict[str, dict[str, Any]] = {"BM25": {
+            "all": metrics.per_query(evaluator.ranks(bm25, queries)), "strategy": "-"}}
+        table: dict[str, Any] = {}
+        tests: dict[str, Any] = {}
+        for strategy in strategies:
+            for m in _methods(chosen[strategy], strategy, ablations=strategy == strategies[0]):
+                per[f"{m.name} ({strategy})"] = {
+                    "all": metrics.per_query(evaluator.ranks(m, queries)), "strategy": strategy}
+                if m.keep_hits:
+                    defaults[protocol][strategy] = m.hits
+            ours = per[f"{DEFAULT} ({strategy})"]["all"]["ndcg@10"]
+            plain = per[f"{NON_PERSONALIZED} ({strategy})"]["all"]["ndcg@10"]
+            best_np = max(["BM25", f"BM25 + popularity ({strategy})",
+                           f"{NON_PERSONALIZED} ({strategy})"],
+                          key=lambda n: per[n]["all"]["ndcg@10"].mean())
+            tests[strategy] = {
+                "best_non_personalized": best_np,
+                "vs_best_non_personalized": metrics.paired_test(
+                    ours, per[best_np]["all"]["ndcg@10"]),
+                "vs_bm25_popularity": metrics.paired_test(
+                    ours, per[f"BM25 + popularity ({strategy})"]["all"]["ndcg@10"]),
+                "vs_static": metrics.paired_test(
+                    ours, per[f"static content profile ({strategies[0]})"]["all"]["ndcg@10"]),
+                "harm": metrics.paired_test(plain, ours),
+                "relative_gain": _gain(ours, per[best_np]["all"]["ndcg@10"]),
+                "relative_gain_vs_bm25_popularity": _gain(
+                    ours, per[f"BM25 + popularity ({strategy})"]["all"]["ndcg@10"]),
+            }
+            out["weights"][strategy] = {"without_behaviour": chosen[strategy][0].__dict__,
+                                        "with_behaviour": chosen[strategy][1].__dict__}
+        for name, entry in per.items():
+            table[name] = {"strategy": entry["strategy"],
+                           **{k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_ci(v)}
+                              for k, v in entry["all"].items()}}
+            progress(f"  {protocol} {name}: NDCG@10 {entry['all']['ndcg@10'].mean():.4f}")
+        out["protocols"][protocol] = {"queries": len(queries), "methods": table, "tests": tests}
+    by_strategy = {s: float(np.mean([out["protocols"][p]["methods"][f"{DEFAULT} ({s})"]
+                                     ["ndcg@10"]["mean"] for p in data.PROTOCOLS]))
+                   for s in strategies}
+    out["strategy_ranking"] = sorted(by_strategy, key=lambda k: -by_strategy[k])
+    if {"script_score", "knn_linear"} <= set(strategies):
+        out["kendall_tau_script_vs_knn"] = {
+            p: metrics.mean_kendall_tau(defaults[p]["script_score"], defaults[p]["knn_linear"])
+            for p in data.PROTOCOLS}
     return out
 
 
-def _tune(evaluator: Evaluator, tuning: list[data.Query], strategies: list[str],
-          progress: Callable[[str], None]) -> list[Method]:
-    """Weights chosen on validation: the baselines and profiles with knn_linear (every
-    engine has it), then the dynamic profile's weights again for each other strategy, whose
-    terms are calibrated differently."""
-    def best(candidates: list[Method]) -> Method:
-        scored = [(evaluator.ndcg(m, tuning), i, m) for i, m in enumerate(candidates)]
-        return max(scored)[2]
-
-    hybrid = best([Method("hybrid", BlendWeights(1.0, b, 0.0, 0.0), None)
-                   for b in (0.5, 1.0, 2.0, 4.0)])
-    a, b = hybrid.weights.bm25, hybrid.weights.query
-    static = best([Method("static profile", BlendWeights(a, b, c, 0.0), "static")
-                   for c in (0.5, 1.0, 2.0, 4.0, 8.0)])
-    dynamic = best([Method("dynamic profile", BlendWeights(a, b, c, d), "dynamic")
-                    for c in (0.5, 1.0, 2.0, 4.0, 8.0) for d in (0.0, 0.5, 2.0)])
-    progress(f"tuned on validation: hybrid {hybrid.weights}, static {static.weights}, "
-             f"dynamic {dynamic.weights}")
-    methods = [Method("BM25", BlendWeights(1.0, 0.0, 0.0, 0.0), None),
-               Method("kNN on the query", BlendWeights(0.0, 1.0, 0.0, 0.0), None),
-               hybrid, static, dynamic]
-    for strategy in strategies:
-        if strategy == "knn_linear":
-            continue
-        tuned = best([Method(f"dynamic profile ({strategy})", BlendWeights(a, b, c, d),
-                             "dynamic", strategy)
-                      for c in (0.5, 1.0, 2.0, 4.0, 8.0) for d in (0.0, 0.5, 2.0)])
-        progress(f"tuned on validation: dynamic with {strategy} {tuned.weights}")
-        methods.append(tuned)
-    return methods
-
-
-def _score(evaluator: Evaluator, methods: list[Method], test: list[data.Query],
-           progress: Callable[[str], None]) -> dict[str, Any]:
-    per_method = {m.name: metrics.per_query(evaluator.ranks(m, test)) for m in methods}
-    table = {}
-    for m in methods:
-        values = per_method[m.name]
-        table[m.name] = {"strategy": m.strategy, "weights": m.weights.__dict__,
-                         **{k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_ci(v)}
-                            for k, v in values.items()}}
-        progress(f"  {m.name}: NDCG@10 {values['ndcg@10'].mean():.4f}")
-    dyn = per_method["dynamic profile"]["ndcg@10"]
-    non_personal = ["BM25", "kNN on the query", "hybrid"]
-    best_np = max(non_personal, key=lambda n: per_method[n]["ndcg@10"].mean())
-    tests = {name: metrics.paired_test(dyn, per_method[name]["ndcg@10"])
-             for name in [*non_personal, "static profile"]}
-    # The strategies, best first by the dynamic profile's test NDCG@10: what `auto` should pick.
-    by_strategy = {m.strategy: float(per_method[m.name]["ndcg@10"].mean())
-                   for m in methods if m.profile == "dynamic"}
-    return {"methods": table, "tests_vs_dynamic": tests, "best_non_personalized": best_np,
-            "strategy_ranking": sorted(by_strategy, key=lambda k: -by_strategy[k]),
-            "relative_gain_vs_best_non_personalized":
-                float(dyn.mean() / per_method[best_np]["ndcg@10"].mean() - 1.0)
-                if per_method[best_np]["ndcg@10"].mean() > 0 else None}
+def _gain(ours: np.ndarray, theirs: np.ndarray) -> float | None:
+    return float(ours.mean() / theirs.mean() - 1.0) if theirs.mean() > 0 else None
 
 
 def _drift(split: data.Split, doc_vectors: dict[str, Any], text_vectors: dict[str, list[float]],

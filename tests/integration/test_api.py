@@ -108,7 +108,8 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
     assert [h["id"] for h in b["hits"]] == [h["id"] for h in plain["hits"]]
     assert car_rank(a) < car_rank(b)
     top = a["hits"][0]["components"]
-    assert set(top) == {"final", "bm25", "query", "interest_long", "interest_short"}
+    assert set(top) == {"final", "bm25", "query", "popularity", "interest_long",
+                        "interest_short"}
     assert 0 <= top["bm25"] <= 1 and 0 <= top["interest_long"] <= 1
     assert a["strategy"] == strategy and a["took_ms"] > 0
 

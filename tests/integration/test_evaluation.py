@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import BLEND_STRATEGIES, LOCAL_ENGINE_URLS
+from plugin.config import BLEND_STRATEGIES, LOCAL_ENGINE_URLS, load_ranking
+from plugin.evaluation.data import PROTOCOLS
 from plugin.evaluation.run import run
 
 pytestmark = pytest.mark.integration
@@ -19,19 +20,30 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
                   progress=lambda _: None)
     report = (tmp_path / "evaluation.md").read_text()
     assert report.count("## Results on ") == len(engines)
+    for protocol in PROTOCOLS:
+        assert report.count(f"### {protocol} queries") == len(engines)
     for name in ("ndcg_by_method.png", "ndcg_vs_half_life.png", "interest_drift.png"):
         assert (tmp_path / name).stat().st_size > 1000
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["test_queries"] == results["test_queries"] > 0
+    # The configuration chosen is a ranking file the product can read.
+    chosen = load_ranking(tmp_path / "ranking.json")
+    assert chosen["weights"]["linear_retriever"]["bm25"] == 1.0
     for engine in engines:
         res = saved["engines"][engine]
         # The real pipeline folds exactly what the offline replay folds.
         assert res["pipeline_vs_offline_max_abs"] < 1e-5
-        for method in res["methods"].values():
-            low, high = method["ndcg@10"]["ci95"]
-            assert 0 <= low <= method["ndcg@10"]["mean"] <= high <= 1
-        # Every strategy the engine offers is evaluated there, and ranked for `auto`.
-        assert set(res["strategy_ranking"]) == set(res["strategies"]) <= set(BLEND_STRATEGIES)
-        assert {m["strategy"] for m in res["methods"].values()} == set(res["strategies"])
-    assert "script_score" in saved["engines"]["opensearch"]["strategies"]
-    assert "linear_retriever" in saved["engines"]["elasticsearch8"]["strategies"]
+        assert res["behaviour"]["trained"]
+        for block in res["protocols"].values():
+            assert block["queries"] > 0
+            for method in block["methods"].values():
+                low, high = method["ndcg@10"]["ci95"]
+                assert 0 <= low <= method["ndcg@10"]["mean"] <= high <= 1
+            # Each engine's default strategy, with the baselines, ablations and its tests.
+            assert set(block["tests"]) == set(res["strategies"])
+            assert {m["strategy"] for m in block["methods"].values()} == \
+                {"-", *res["strategies"]}
+        assert res["strategies"] == res["strategy_ranking"]
+        assert set(res["strategies"]) <= set(BLEND_STRATEGIES)
+    assert saved["engines"]["opensearch"]["strategies"] == ["knn_linear"]
+    assert saved["engines"]["elasticsearch8"]["strategies"] == ["linear_retriever"]

@@ -1,0 +1,260 @@
+"""Popularity, behaviour vectors and the calibrated blend on the real engines, Redis and model.
+
+The module runs on its own index prefix with a 7-day popularity half-life and small behaviour
+vectors, so that its decay and retraining touch no other test's documents.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from plugin import pipeline
+from plugin.evaluation.metrics import mean_kendall_tau
+from plugin.indices import setup_indices
+from plugin.interest import UserInterest
+from plugin.pipeline import behaviour, popularity
+from plugin.search import BlendWeights, SearchParams, available_strategies, search
+from plugin.services import Services
+from tests.conftest import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+DAY = 86400.0
+T0 = 1.7e9
+
+
+@pytest.fixture(scope="module")
+def learning(services: Services) -> Iterator[Services]:
+    # Its own Redis database too: its worker (the last test) must not share queues with the
+    # session's worker, which serves other indices.
+    settings = replace(services.settings, index_prefix=services.settings.index_prefix + "-learn",
+                       redis_url="redis://127.0.0.1:6379/10",
+                       popularity_half_life_s=7 * DAY, behaviour_dims=8,
+                       behaviour_min_interactions=2, knn_candidates=5, personal_candidates=1000)
+    svc = Services(settings)
+    svc.redis.flushdb()
+    setup_indices(svc.engine, settings, svc.embedder.dims)
+    yield svc
+    svc.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+    svc.redis.flushdb()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def event(user: str, doc: str, kind: str, t: float) -> dict[str, Any]:
+    # Whole seconds: the log keeps milliseconds, and the replay below must see the same times.
+    return {"event_id": uid("e"), "user_id": user, "doc_id": doc, "type": kind,
+            "timestamp": round(t)}
+
+
+def stored_popularity(svc: Services, ids: list[str]) -> dict[str, float | None]:
+    svc.engine.client.indices.refresh(index=svc.settings.docs_alias)
+    found = svc.engine.mget_versioned(svc.settings.docs_alias, ids)
+    return {d: found[d][0].get("popularity") for d in ids}
+
+
+def test_popularity_equals_an_exact_replay_of_the_log(learning: Services) -> None:
+    run = uid("pop")
+    ids = [f"{run}-{i}" for i in range(6)]
+    docs = [{"id": d, "title": f"popular thing {i}", "tags": ["popular"]}
+            for i, d in enumerate(ids)]
+    # The last document arrives after its events: they wait, then count.
+    assert not pipeline.index_documents(learning, docs[:5], refresh=True).errors
+    rng = random.Random(4)
+    kinds = ["like", "click", "purchase", "dislike", "view"]
+    events = [event(f"u{rng.randrange(8)}", rng.choice(ids[:5] + [ids[5]] * 2),
+                    rng.choice(kinds), T0 + rng.uniform(0, 40) * DAY) for _ in range(80)]
+    events += [event("hater", ids[4], "dislike", T0 + d * DAY) for d in range(3)]
+    rng.shuffle(events)  # late events everywhere
+    for start in range(0, len(events), 20):
+        batch = events[start:start + 20]
+        assert not pipeline.ingest_events(learning, batch).errors
+        if start == 20:  # a redelivered batch counts once
+            report = pipeline.ingest_events(learning, batch)
+            assert sorted(report.duplicates) == sorted(e["event_id"] for e in batch)
+    assert not pipeline.index_documents(learning, docs[5:], refresh=True).errors
+    popularity.flush(learning, refresh=True)
+
+    weights = learning.settings.event_weights
+    expected = popularity.replay([(e["doc_id"], e["timestamp"], weights[e["type"]])
+                                  for e in events], 7 * DAY)
+    now = max(e["timestamp"] for e in events)
+    values = {d: popularity.value_at(expected[d], now, 7 * DAY) for d in ids}
+    assert values[ids[4]] < 0 or values[ids[4]] > 0  # every document has events
+    stored = stored_popularity(learning, ids)
+    for doc_id in ids:
+        if values[doc_id] >= popularity.MIN_VALUE:
+            assert stored[doc_id] == pytest.approx(values[doc_id], rel=1e-5, abs=1e-6)
+        else:
+            assert stored[doc_id] is None  # net dislike: no popularity at all
+    assert popularity.values(learning, ids) == pytest.approx(values, rel=1e-9)
+
+    # Re-indexing a document keeps it; a rebuild from the log gives the same values.
+    assert not pipeline.index_documents(learning, docs[:1], refresh=True).errors
+    assert stored_popularity(learning, ids[:1]) == {ids[0]: stored[ids[0]]}
+    popularity.rebuild(learning)
+    assert popularity.values(learning, ids) == pytest.approx(values, rel=1e-9)
+    assert stored_popularity(learning, ids) == pytest.approx(stored, rel=1e-6)
+
+
+def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -> None:
+    run = uid("beh")
+    ids = [f"{run}-{i}" for i in range(8)]
+    docs = [{"id": d, "title": f"behaviour item {i}", "tags": ["behaviour"]}
+            for i, d in enumerate(ids)]
+    assert not pipeline.index_documents(learning, docs, refresh=True).errors
+    users = [f"{run}-u{u}" for u in range(6)]
+    rng = random.Random(9)
+    events = [event(u, d, "like", T0 + rng.uniform(0, 10) * DAY)
+              for u in users for d in rng.sample(ids[:4] if u[-1] in "012" else ids[4:], 3)]
+    assert not pipeline.ingest_events(learning, events).errors
+
+    first = behaviour.train(learning)
+    assert first["trained"] and first["users_deferred"] == 0
+    second = behaviour.train(learning)  # a new space: every user is folded again in it
+    assert second["version"] > first["version"]
+    late = event(users[0], ids[1], "purchase", T0 + 5 * DAY)  # folded incrementally
+    assert not pipeline.ingest_events(learning, [late]).errors
+    for user_id in users:
+        found = learning.engine.get_versioned(learning.settings.interests_alias, user_id)
+        assert found is not None
+        folded = UserInterest.from_source(found[0])
+        pipeline.rebuild_user(learning, user_id)
+        rebuilt = UserInterest.from_source(
+            learning.engine.get_versioned(learning.settings.interests_alias, user_id)[0])
+        assert folded.behaviour_version == rebuilt.behaviour_version == second["version"]
+        assert folded.behaviour is not None and rebuilt.behaviour is not None
+        assert folded.behaviour.vector_sum == pytest.approx(rebuilt.behaviour.vector_sum,
+                                                            abs=1e-9)
+
+    # Search uses a user's behaviour vector only in the documents' version.
+    params = SearchParams("behaviour item", user_id=users[0], size=8, explain=True,
+                          weights=BlendWeights(1.0, behaviour=1.0))
+    hits = search(learning, params).hits
+    assert any(h["components"].get("behaviour") is not None for h in hits)
+    learning.redis.set("es-interest:behaviour-version:" + learning.settings.index_prefix,
+                       "000000000000001")
+    time.sleep(10.5)  # the version is cached for 10 s per process
+    hits = search(learning, replace(params, use_cache=False)).hits
+    assert all(h["components"].get("behaviour") is None for h in hits)
+    learning.redis.set("es-interest:behaviour-version:" + learning.settings.index_prefix,
+                       second["version"])
+
+
+@pytest.fixture(scope="module")
+def many_matches(learning: Services) -> dict[str, Any]:
+    """120 documents that all match 'gadget', far more than knn_candidates (5); one user who
+    liked a few of them; popularity on some."""
+    run = uid("cliff")
+    topics = ["kitchen", "garden", "music", "travel", "office", "sport"]
+    docs = [{"id": f"{run}-{i}", "title": f"{topics[i % 6]} gadget model {i}",
+             "tags": [topics[i % 6]], "body": "a gadget " * (1 + i % 4)} for i in range(120)]
+    assert not pipeline.index_documents(learning, docs, refresh=True).errors
+    user = f"{run}-user"
+    events = [event(user, f"{run}-{i}", "like", T0 + i) for i in (0, 6, 12)]
+    events += [event(f"{run}-crowd{i}", f"{run}-{i % 30}", "click", T0 + i) for i in range(60)]
+    assert not pipeline.ingest_events(learning, events).errors
+    popularity.flush(learning, refresh=True)
+    return {"user": user, "count": len(docs)}
+
+
+def test_no_document_loses_a_term_outside_a_top_k(learning: Services,
+                                                  many_matches: dict[str, Any]) -> None:
+    weights = BlendWeights(bm25=1.0, query=0.5, interest_long=1.0)
+    result = search(learning, SearchParams("gadget", user_id=many_matches["user"], size=120,
+                                           strategy="knn_linear", weights=weights,
+                                           explain=True, use_cache=False))
+    assert result.personalized and len(result.hits) == many_matches["count"]
+    for hit in result.hits:  # all 120, not only the 5 nearest of each vector
+        c = hit["components"]
+        assert c["final"] == pytest.approx(c["bm25"] + 0.5 * c["query"] + c["interest_long"],
+                                           abs=2e-3), hit["id"]
+
+
+def test_script_score_and_knn_linear_rank_alike(learning: Services,
+                                                many_matches: dict[str, Any]) -> None:
+    strategies = available_strategies(learning)
+    if not {"script_score", "knn_linear"} <= set(strategies):
+        pytest.skip(f"{learning.engine.kind.value} {learning.engine.version} has no Painless")
+    weights = BlendWeights(1.0, 0.5, 0.5, 1.0, 0.5, 0.0)
+    orders = {}
+    for strategy in ("script_score", "knn_linear"):
+        hits = search(learning, SearchParams("gadget", user_id=many_matches["user"], size=100,
+                                             strategy=strategy, weights=weights)).hits
+        orders[strategy] = [h["id"] for h in hits]
+    assert mean_kendall_tau([orders["script_score"]], [orders["knn_linear"]]) >= 0.9
+
+
+def test_tune_fits_the_deployments_own_log(learning: Services, tmp_path: Any) -> None:
+    if learning.engine.kind.value != "elasticsearch" or learning.engine.version_tuple < (9, 0):
+        pytest.skip("one engine is enough for the tuning loop (it only issues searches)")
+    from plugin.config import load_ranking
+    from plugin.evaluation import data, tune
+
+    split, movies = data.split(users=60)
+    wanted = {e["doc_id"] for e in split.train} | {q.movie_id for q in split.test}
+    catalog = [m for m in movies if m["id"] in wanted][:1500]
+    assert not pipeline.index_documents(learning, catalog, refresh=True).errors
+    known = {m["id"] for m in catalog}
+    log = [e for e in split.train if e["doc_id"] in known]
+    log += [{"event_id": f"later-{q.user_id}-{q.movie_id}", "user_id": q.user_id,
+             "doc_id": q.movie_id, "type": "like", "timestamp": q.timestamp}
+            for q in split.validation + split.test if q.movie_id in known]
+    for start in range(0, len(log), 1000):
+        assert not pipeline.ingest_events(learning, log[start:start + 1000]).errors
+    result = tune.tune(learning, holdout_share=0.15, max_queries=120, progress=lambda _: None)
+    report = result["report"]
+    assert report["queries"]["fit"] >= 20 and report["queries"]["check"] >= 20
+    for entry in report["ndcg@10"].values():
+        low, high = entry["ci95"]
+        assert 0 <= low <= entry["mean"] <= high <= 1
+    path = tmp_path / "ranking.json"
+    tune.write(result, path)
+    assert load_ranking(path)["weights"][report["strategy"]] == \
+        result["ranking"]["weights"][report["strategy"]]
+
+
+def test_workers_train_behaviour_on_their_own(learning: Services) -> None:
+    """A real worker process: once enough events are applied it trains a new version and
+    re-folds the users, with no operator and no beat."""
+    from workers.app import make_celery
+
+    settings = replace(learning.settings, behaviour_first_training_events=20,
+                       behaviour_training_delay_s=1.0)
+    before = behaviour.current_version(learning)
+    # The log has "doubled" since the module's last explicit run.
+    learning.redis.delete(f"es-interest:{settings.index_prefix}:behaviour:events-at-training")
+    run = uid("auto")
+    ids = [f"{run}-{i}" for i in range(6)]
+    assert not pipeline.index_documents(learning, [
+        {"id": d, "title": f"auto item {i}", "tags": ["auto"]} for i, d in enumerate(ids)],
+        refresh=True).errors
+    users = [f"{run}-u{u}" for u in range(8)]
+    events = [event(u, d, "like", T0 + n) for n, (u, d) in enumerate(
+        (u, d) for u in users for d in (ids[:3] if u[-1] in "0123" else ids[3:]))]
+    worker = WorkerProcess(settings, f"auto-{uuid.uuid4().hex[:4]}")
+    try:
+        worker.wait_ready()
+        celery = make_celery(settings)
+        report = celery.send_task("es_interest.ingest_events", args=[events]).get(timeout=120)
+        assert len(report["done"]) == len(events)
+        deadline = time.monotonic() + 180
+        while True:
+            version = behaviour.current_version(learning)
+            found = learning.engine.mget_versioned(settings.interests_alias, users)
+            folded = {u: s.get("behaviour_version") for u, (s, _, _) in found.items()}
+            if version != before and version is not None and set(folded.values()) == {version}:
+                break
+            assert time.monotonic() < deadline, (before, version, folded, worker.log_path)
+            time.sleep(1)
+    finally:
+        worker.stop()
