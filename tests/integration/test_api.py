@@ -100,9 +100,12 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
     if strategy not in strategies(services):
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
                     f"{STRATEGY_NEEDS[strategy]}")
-    a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True)
-    b = search(client, keys["read"], user_id=topics["b"], strategy=strategy)
-    plain = search(client, keys["read"], strategy=strategy)
+    # The mechanism, whatever weight the shipped file gives content terms on this strategy.
+    on = {"interest_long": 1.0}
+    a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True,
+               weights=on)
+    b = search(client, keys["read"], user_id=topics["b"], strategy=strategy, weights=on)
+    plain = search(client, keys["read"], strategy=strategy, weights=on)
     assert a["personalized"] and not b["personalized"]
     assert b["reason"] == "user has no interest vector yet" and plain["reason"] == "no user_id"
     assert [h["id"] for h in b["hits"]] == [h["id"] for h in plain["hits"]]
