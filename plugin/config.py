@@ -194,8 +194,11 @@ def load_ranking(path: Path) -> dict[str, Any]:
                 missing = set(BLEND_TERMS) - set(terms)
                 if missing:
                     raise ValueError(f"{table}.{strategy} lacks {sorted(missing)}")
+                unknown = set(terms) - set(BLEND_TERMS) - {"ambiguity"}
+                if unknown:
+                    raise ValueError(f"{table}.{strategy}: unknown {sorted(unknown)}")
                 if any(not isinstance(terms[t], int | float) or terms[t] < 0
-                       for t in BLEND_TERMS):
+                       for t in terms):
                     raise ValueError(f"{table}.{strategy}: weights must be numbers >= 0")
         for key in ("half_life_long_days", "half_life_short_days",
                     "popularity_half_life_days"):

@@ -57,6 +57,9 @@ from plugin.services import Services
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
 FILTER_FIELDS = ("tags", "doc_id")
 QUERY_CACHE_PREFIX = "es-interest:query:"
+# An ambiguous query has many comparable matches ("comedy"); a specific one few.
+CLOSE_SHARE = 0.8
+AMBIGUITY_CAP = 1000
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class BlendWeights:
     interest_long: float = 0.0
     interest_short: float = 0.0
     behaviour: float = 0.0
+    # How much a specific query turns personalization down: the user terms are scaled by
+    # (close matches / AMBIGUITY_CAP)^ambiguity, close matches being those whose BM25 is
+    # within CLOSE_SHARE of the best. 0: every query alike.
+    ambiguity: float = 0.0
 
 
 @dataclass
@@ -129,9 +136,23 @@ def _unpack(text: str) -> list[float]:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(float).tolist()
 
 
+@dataclass(frozen=True)
+class QueryInputs:
+    vector: list[float]
+    max_bm25: float
+    close_matches: int  # documents with BM25 >= CLOSE_SHARE * max_bm25, at most AMBIGUITY_CAP
+
+    def personal_scale(self, exponent: float) -> float:
+        """The user terms' factor: 1 for an ambiguous query, less for a specific one."""
+        if exponent <= 0:
+            return 1.0
+        return float((max(1, min(self.close_matches, AMBIGUITY_CAP)) / AMBIGUITY_CAP)
+                     ** exponent)
+
+
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
-                 use_cache: bool = True) -> tuple[list[float], float]:
-    """The query's embedding and its best BM25 score, from Redis when cached."""
+                 use_cache: bool = True) -> QueryInputs:
+    """The query's embedding, best BM25 score and close matches, from Redis when cached."""
     settings = services.settings
     key = QUERY_CACHE_PREFIX + hashlib.sha256(json.dumps(
         [settings.docs_alias, services.embedder.model_name, query, sorted(filters.items())],
@@ -143,18 +164,27 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
             cached = None
         if cached:
             data = json.loads(cached)
-            return _unpack(data["vector"]), float(data["max_bm25"])
+            if "close" in data:
+                return QueryInputs(_unpack(data["vector"]), float(data["max_bm25"]),
+                                   int(data["close"]))
     vector = services.embedder.encode_one(query).tolist()
-    body: JSON = {"size": 1, "_source": False, "track_total_hits": False,
-                  "query": {"bool": {"must": [text_query(query)],
-                                     "filter": filter_clauses(filters)}}}
+    text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
+    body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
     response = services.engine.search(settings.docs_alias, body)
     max_bm25 = float(response["hits"].get("max_score") or 0.0)
+    close = 0
+    if max_bm25 > 0:
+        counted = services.engine.search(settings.docs_alias, {
+            "size": 0, "track_total_hits": AMBIGUITY_CAP, "min_score": CLOSE_SHARE * max_bm25,
+            "query": text})
+        total = counted["hits"]["total"]
+        close = int(total["value"] if isinstance(total, dict) else total)
     if use_cache:
         with contextlib.suppress(Exception):
-            services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25}),
+            services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25,
+                                                "close": close}),
                                ex=int(settings.query_cache_ttl_s))
-    return vector, max_bm25
+    return QueryInputs(vector, max_bm25, close)
 
 
 def vectors_of(user: UserInterest) -> UserVectors:
@@ -371,7 +401,7 @@ def configured_weights(services: Services, strategy: str, user: UserVectors) -> 
     settings = services.settings
     table = (settings.blend_weights if user.behaviour is not None
              else settings.blend_weights_without_behaviour)
-    return BlendWeights(**table[strategy])
+    return BlendWeights(**table[strategy])  # terms, and "ambiguity" where the file has it
 
 
 def search(services: Services, params: SearchParams) -> SearchResult:
@@ -381,8 +411,8 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     if strategy not in available:
         raise ValueError(f"strategy {strategy!r} needs {STRATEGY_NEEDS[strategy]}, which this "
                          f"engine lacks; available here: {', '.join(available)}")
-    query_vector, max_bm25 = query_inputs(services, params.query, params.filters,
-                                          params.use_cache)
+    inputs = query_inputs(services, params.query, params.filters, params.use_cache)
+    query_vector, max_bm25 = inputs.vector, inputs.max_bm25
     user = UserVectors()
     reason: str | None = "no user_id"
     if params.vectors is not None:
@@ -405,6 +435,10 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         user = replace(user, behaviour=None)
     weights = replace(params.weights or configured_weights(services, strategy, user),
                       **params.overrides)
+    scale = inputs.personal_scale(weights.ambiguity)
+    weights = replace(weights, interest_long=weights.interest_long * scale,
+                      interest_short=weights.interest_short * scale,
+                      behaviour=weights.behaviour * scale)
     body = REQUEST_BUILDERS[strategy](services, params, weights, query_vector, max_bm25, user)
     response = services.engine.search(services.settings.docs_alias, body)
     hits = _hits(services, params, response, query_vector, max_bm25, user)

@@ -166,8 +166,10 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
                ("embedding", user.short, weights.interest_short),
                (BEHAVIOUR_FIELD, user.behaviour, weights.behaviour)]
     if text:
-        query_vector, _ = search_service.query_inputs(svc, text, {})
-        vectors.append(("embedding", query_vector, weights.query))
+        inputs = search_service.query_inputs(svc, text, {})
+        vectors.append(("embedding", inputs.vector, weights.query))
+        scale = inputs.personal_scale(weights.ambiguity)
+        vectors = [(f, v, w * scale) for f, v, w in vectors[:3]] + vectors[3:]
     for field_name, vector, weight in vectors:
         if vector is not None and weight > 0:
             engine.add_knn(rewritten, field_name=field_name, vector=vector, k=k,

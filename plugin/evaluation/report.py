@@ -12,6 +12,7 @@ from plugin.config import BLEND_TERMS
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+KEYS = (*BLEND_TERMS, "ambiguity")  # a ranking file's weights per strategy
 GOAL = 0.20  # relative NDCG@10 gain over the best non-personalized method
 
 
@@ -123,18 +124,22 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         "## The configuration chosen (shipped in `plugin/ranking.json`)",
         "",
+        "`ambiguity`: the user terms are scaled by (close matches / 1000)^ambiguity, close "
+        "matches being the documents whose BM25 is within 80% of the best: a specific query "
+        "(few comparable matches) turns personalization down.",
+        "",
         f"Half-lives: interests long {ranking['half_life_long_days']:g} d, short "
         f"{ranking['half_life_short_days']:g} d; popularity "
         f"{ranking['popularity_half_life_days']:g} d (0 = no decay).",
         "",
-        "| strategy | " + " | ".join(BLEND_TERMS) + " |",
-        "| --- |" + " --- |" * len(BLEND_TERMS),
+        "| strategy | " + " | ".join(KEYS) + " |",
+        "| --- |" + " --- |" * len(KEYS),
     ]
     for table, label in (("weights", ""), ("weights_without_behaviour",
                                            " (users without a behaviour vector)")):
         for strategy, weights in ranking[table].items():
             lines.append(f"| {strategy}{label} | "
-                         + " | ".join(f"{weights[t]:g}" for t in BLEND_TERMS) + " |")
+                         + " | ".join(f"{weights.get(t, 0.0):g}" for t in KEYS) + " |")
     lines.append("")
     for res in results["engines"].values():
         lines += [f"## Results on {res['engine']} (test)", ""]

@@ -66,7 +66,10 @@ GRID: dict[str, tuple[float, ...]] = {
     "behaviour": (0.0, 0.5, 1.0, 2.0, 4.0),
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
+    "ambiguity": (0.0, 0.5, 1.0, 2.0),
 }
+# What a ranking file holds per strategy: the terms' weights and the ambiguity exponent.
+RANKING_KEYS = (*BLEND_TERMS, "ambiguity")
 TUNING_QUERIES = {"full": 240, "quick": 100}
 SIZE = 100
 DEFAULT = "personalized default"
@@ -298,7 +301,7 @@ def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, Blen
     shipped = json.loads(SHIPPED_RANKING.read_text())
 
     def table(name: str, index: int) -> dict[str, dict[str, float]]:
-        return {s: ({t: float(chosen[s][index].__dict__[t]) for t in BLEND_TERMS}
+        return {s: ({t: float(chosen[s][index].__dict__[t]) for t in RANKING_KEYS}
                     if s in chosen else shipped[name][s]) for s in BLEND_STRATEGIES}
 
     return {
@@ -347,8 +350,9 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           progress: Callable[[str], None]) -> tuple[BlendWeights, BlendWeights]:
     """Coordinate ascent on validation, each term over its grid with the others fixed:
     popularity and the query vector (the non-personalized default), then the content
-    interest terms (the table for users without a behaviour vector), then behaviour and the
-    content terms again (the table for users with one). Returns (without, with) behaviour."""
+    interest terms and how specific queries turn them down (the table for users without a
+    behaviour vector), then behaviour, the long-term term and the ambiguity exponent again
+    (the table for users with one). Returns (without, with) behaviour."""
     def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
         for term in terms:
             profile = None if term in ("popularity", "query") else "dynamic"
@@ -360,8 +364,8 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
         return weights
 
     plain = ascend(BlendWeights(1.0), ("popularity", "query"))
-    content = ascend(plain, ("interest_long", "interest_short"))
-    full = ascend(content, ("behaviour", "interest_long"))
+    content = ascend(plain, ("interest_long", "interest_short", "ambiguity"))
+    full = ascend(content, ("behaviour", "interest_long", "ambiguity"))
     progress(f"tuned on validation ({strategy}): without behaviour {content}; with {full}")
     return content, full
 
@@ -370,7 +374,7 @@ def _methods(chosen: tuple[BlendWeights, BlendWeights], strategy: str,
              ablations: bool) -> list[Method]:
     """The baselines and the defaults; the ablations on the engine's default strategy."""
     content, full = chosen
-    plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0)
+    plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, ambiguity=0.0)
     methods = [
         Method("BM25 + popularity", BlendWeights(1.0, popularity=full.popularity), None,
                strategy),

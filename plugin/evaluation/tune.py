@@ -27,9 +27,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from plugin.config import BLEND_TERMS
 from plugin.evaluation import data, metrics
-from plugin.evaluation.run import DAY, DEFAULT, HALF_LIVES, Evaluator, Method, _tune
+from plugin.evaluation.run import (
+    DAY,
+    DEFAULT,
+    HALF_LIVES,
+    RANKING_KEYS,
+    Evaluator,
+    Method,
+    _tune,
+)
 from plugin.interest import UserInterest
 from plugin.pipeline.users import APPLIED, contributions, fetch_doc_vectors
 from plugin.search import UserVectors, default_strategy, vectors_of
@@ -157,10 +164,10 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
         "chosen_by": f"`es-interest tune` on this deployment's log ({len(fit)} queries)",
         "half_life_long_days": half_lives[0], "half_life_short_days": half_lives[1],
         "popularity_half_life_days": settings.popularity_half_life_s / DAY,
-        "weights": {s: {t: float(w[t]) for t in BLEND_TERMS}
+        "weights": {s: {t: float(w.get(t, 0.0)) for t in RANKING_KEYS}
                     for s, w in evaluator.services.settings.blend_weights.items()},
         "weights_without_behaviour": {
-            s: {t: float(w[t]) for t in BLEND_TERMS}
+            s: {t: float(w.get(t, 0.0)) for t in RANKING_KEYS}
             for s, w in evaluator.services.settings.blend_weights_without_behaviour.items()},
     }
     return {"report": report, "ranking": ranking}
