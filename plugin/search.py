@@ -40,6 +40,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,9 +58,6 @@ from plugin.services import Services
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
 FILTER_FIELDS = ("tags", "doc_id")
 QUERY_CACHE_PREFIX = "es-interest:query:"
-# An ambiguous query has many comparable matches ("comedy"); a specific one few.
-CLOSE_SHARE = 0.8
-AMBIGUITY_CAP = 1000
 
 
 @dataclass(frozen=True)
@@ -73,8 +71,8 @@ class BlendWeights:
     interest_short: float = 0.0
     behaviour: float = 0.0
     # How much a specific query turns personalization down: the user terms are scaled by
-    # (close matches / AMBIGUITY_CAP)^ambiguity, close matches being those whose BM25 is
-    # within CLOSE_SHARE of the best. 0: every query alike.
+    # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
+    # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
     ambiguity: float = 0.0
 
 
@@ -140,19 +138,16 @@ def _unpack(text: str) -> list[float]:
 class QueryInputs:
     vector: list[float]
     max_bm25: float
-    close_matches: int  # documents with BM25 >= CLOSE_SHARE * max_bm25, at most AMBIGUITY_CAP
+    words: int  # distinct words of the query
 
     def personal_scale(self, exponent: float) -> float:
-        """The user terms' factor: 1 for an ambiguous query, less for a specific one."""
-        if exponent <= 0:
-            return 1.0
-        return float((max(1, min(self.close_matches, AMBIGUITY_CAP)) / AMBIGUITY_CAP)
-                     ** exponent)
+        """The user terms' factor: 1 for a one-word query, less for a longer one."""
+        return float(max(1, self.words) ** -exponent) if exponent > 0 else 1.0
 
 
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
                  use_cache: bool = True) -> QueryInputs:
-    """The query's embedding, best BM25 score and close matches, from Redis when cached."""
+    """The query's embedding and best BM25 score (from Redis when cached), and its length."""
     settings = services.settings
     key = QUERY_CACHE_PREFIX + hashlib.sha256(json.dumps(
         [settings.docs_alias, services.embedder.model_name, query, sorted(filters.items())],
@@ -164,27 +159,22 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
             cached = None
         if cached:
             data = json.loads(cached)
-            if "close" in data:
-                return QueryInputs(_unpack(data["vector"]), float(data["max_bm25"]),
-                                   int(data["close"]))
+            return QueryInputs(_unpack(data["vector"]), float(data["max_bm25"]),
+                               _words(query))
     vector = services.embedder.encode_one(query).tolist()
     text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
     body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
     response = services.engine.search(settings.docs_alias, body)
     max_bm25 = float(response["hits"].get("max_score") or 0.0)
-    close = 0
-    if max_bm25 > 0:
-        counted = services.engine.search(settings.docs_alias, {
-            "size": 0, "track_total_hits": AMBIGUITY_CAP, "min_score": CLOSE_SHARE * max_bm25,
-            "query": text})
-        total = counted["hits"]["total"]
-        close = int(total["value"] if isinstance(total, dict) else total)
     if use_cache:
         with contextlib.suppress(Exception):
-            services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25,
-                                                "close": close}),
+            services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25}),
                                ex=int(settings.query_cache_ttl_s))
-    return QueryInputs(vector, max_bm25, close)
+    return QueryInputs(vector, max_bm25, _words(query))
+
+
+def _words(query: str) -> int:
+    return len(set(re.findall(r"\w+", query.lower())))
 
 
 def vectors_of(user: UserInterest) -> UserVectors:

@@ -124,9 +124,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         "## The configuration chosen (shipped in `plugin/ranking.json`)",
         "",
-        "`ambiguity`: the user terms are scaled by (close matches / 1000)^ambiguity, close "
-        "matches being the documents whose BM25 is within 80% of the best: a specific query "
-        "(few comparable matches) turns personalization down.",
+        "`ambiguity`: the user terms are scaled by words^-ambiguity (the query's distinct "
+        "words): a longer, more specific query turns personalization down.",
         "",
         f"Half-lives: interests long {ranking['half_life_long_days']:g} d, short "
         f"{ranking['half_life_short_days']:g} d; popularity "

@@ -286,9 +286,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     results["ranking"] = ranking
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "ranking.json").write_text(json.dumps(ranking, indent=2) + "\n")
-    if ranking_out is not None:
-        ranking_out.write_text(json.dumps(ranking, indent=2) + "\n")
+    (ranking_out or out_dir / "ranking.json").write_text(json.dumps(ranking, indent=2) + "\n")
     write_report(results, out_dir)
     first.redis.flushdb()
     return results
@@ -351,8 +349,8 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     """Coordinate ascent on validation, each term over its grid with the others fixed:
     popularity and the query vector (the non-personalized default), then the content
     interest terms and how specific queries turn them down (the table for users without a
-    behaviour vector), then behaviour, the long-term term and the ambiguity exponent again
-    (the table for users with one). Returns (without, with) behaviour."""
+    behaviour vector), then behaviour, the long-term term, the ambiguity exponent and
+    behaviour again (the table for users with one). Returns (without, with) behaviour."""
     def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
         for term in terms:
             profile = None if term in ("popularity", "query") else "dynamic"
@@ -364,8 +362,8 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
         return weights
 
     plain = ascend(BlendWeights(1.0), ("popularity", "query"))
-    content = ascend(plain, ("interest_long", "interest_short", "ambiguity"))
-    full = ascend(content, ("behaviour", "interest_long", "ambiguity"))
+    content = ascend(plain, ("interest_long", "interest_short", "ambiguity", "interest_long"))
+    full = ascend(content, ("behaviour", "interest_long", "ambiguity", "behaviour"))
     progress(f"tuned on validation ({strategy}): without behaviour {content}; with {full}")
     return content, full
 
