@@ -75,3 +75,13 @@ def test_behaviour_vectors_put_documents_liked_by_the_same_users_together() -> N
 
 def test_behaviour_needs_enough_documents() -> None:
     assert item_vectors([("u1", "a"), ("u2", "a")], dims=8, min_users=1) == {}
+
+
+def test_longer_queries_turn_personalization_down() -> None:
+    from plugin.search import QueryInputs, _words
+
+    assert _words("Comedy") == 1 and _words("dark comedy, dark humour") == 3
+    one, three = QueryInputs([], 1.0, 1), QueryInputs([], 1.0, 3)
+    assert one.personal_scale(1.0) == 1.0 and three.personal_scale(0.0) == 1.0
+    assert three.personal_scale(1.0) == pytest.approx(1 / 3)
+    assert three.personal_scale(2.0) < three.personal_scale(0.5) < 1.0
