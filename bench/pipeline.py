@@ -190,7 +190,7 @@ def table(results: dict[str, Any]) -> str:
         ("popularity flush (partial updates, vectors re-indexed)",
          f"{results['popularity']['docs_per_s']} docs/s",
          f"{results['popularity']['documents']} documents; workers flush each changed "
-         "document at most once a second, whatever its event rate"),
+         "document once per ES_INTEREST_POPULARITY_FLUSH_S, whatever its event rate"),
         (f"freshness at {f['rate_events_per_s']} events/s, p50", f"{f['p50_ms']} ms", ""),
         (f"freshness at {f['rate_events_per_s']} events/s, p99", f"{f['p99_ms']} ms",
          f"goal <= {f['goal_p99_ms']} ms"),

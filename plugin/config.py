@@ -89,6 +89,12 @@ class Settings:
     # the log doubled; a run starts this long after it became due (a bulk import goes on).
     behaviour_first_training_events: int = 1000
     behaviour_training_delay_s: float = 60.0
+    # ...and no sooner than this after the previous run: a run re-folds every user, which
+    # costs the event path a burst of work (make bench: 404 events/s while re-folding).
+    behaviour_training_min_interval_s: float = 3600.0
+    # Documents' popularity is written at most this often (each write re-indexes a document
+    # with its vectors: make bench measured the event rate halve with one-second flushes).
+    popularity_flush_s: float = 10.0
     # strategy -> term -> weight (BLEND_TERMS); see SHIPPED_RANKING. The second table serves
     # users without a behaviour vector (no training yet, or a re-fold under way): their
     # content vectors then carry the personalization.
@@ -251,6 +257,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "BEHAVIOUR_FIRST_TRAINING_EVENTS", Settings.behaviour_first_training_events)),
         behaviour_training_delay_s=_number(env, "BEHAVIOUR_TRAINING_DELAY_S",
                                            Settings.behaviour_training_delay_s),
+        behaviour_training_min_interval_s=_number(
+            env, "BEHAVIOUR_TRAINING_MIN_INTERVAL_S", Settings.behaviour_training_min_interval_s),
+        popularity_flush_s=_number(env, "POPULARITY_FLUSH_S", Settings.popularity_flush_s),
         blend_weights={k: dict(v) for k, v in ranking["weights"].items()},
         blend_weights_without_behaviour={
             k: dict(v) for k, v in ranking["weights_without_behaviour"].items()},

@@ -91,6 +91,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "ES_INTEREST_BEHAVIOUR_FIRST_TRAINING_EVENTS": str(
             settings.behaviour_first_training_events),
         "ES_INTEREST_BEHAVIOUR_TRAINING_DELAY_S": str(settings.behaviour_training_delay_s),
+        "ES_INTEREST_BEHAVIOUR_TRAINING_MIN_INTERVAL_S": str(
+            settings.behaviour_training_min_interval_s),
+        "ES_INTEREST_POPULARITY_FLUSH_S": str(settings.popularity_flush_s),
         "ES_INTEREST_BEHAVIOUR_DIMS": str(settings.behaviour_dims),
         "ES_INTEREST_BEHAVIOUR_MIN_INTERACTIONS": str(settings.behaviour_min_interactions),
         "ES_INTEREST_POPULARITY_HALF_LIFE_DAYS": str(settings.popularity_half_life_s / 86400),

@@ -90,9 +90,9 @@ def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[s
 
 
 def _schedule_popularity_flush() -> None:
-    """Coalesce documents' popularity writes: one flush a second at most (popularity.py)."""
+    """Coalesce documents' popularity writes: one flush per ES_INTEREST_POPULARITY_FLUSH_S."""
     if popularity.flush_due(services()):
-        flush_popularity.apply_async(countdown=popularity.FLUSH_DELAY_S)
+        flush_popularity.apply_async(countdown=services().settings.popularity_flush_s)
 
 
 @app.task(name="es_interest.flush_popularity", **RETRY)

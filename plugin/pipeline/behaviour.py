@@ -48,12 +48,17 @@ def count_events(services: Services, applied: int) -> None:
 
 def training_due(services: Services) -> bool:
     """True once when a run should be scheduled (no operator or beat needed): no version yet
-    and ``behaviour_first_training_events`` applied, or the log doubled since the last run.
+    and ``behaviour_first_training_events`` applied, or the log doubled since the last run
+    and ``behaviour_training_min_interval_s`` passed.
     The caller schedules it ``behaviour_training_delay_s`` later (a bulk import goes on)."""
-    events, at_last = services.redis.mget(_key(services, "events"),
-                                          _key(services, "events-at-training"))
+    settings = services.settings
+    events, at_last, when = services.redis.mget(_key(services, "events"),
+                                                _key(services, "events-at-training"),
+                                                _key(services, "trained-at"))
     total, last = int(events or 0), int(at_last or 0)
-    if total < max(services.settings.behaviour_first_training_events, 2 * last):
+    if total < max(settings.behaviour_first_training_events, 2 * last):
+        return False
+    if when is not None and time.time() - float(when) < settings.behaviour_training_min_interval_s:
         return False
     # One schedule per due point: the mark lives until the run has started.
     return bool(services.redis.set(_key(services, "scheduled"), 1, nx=True,
@@ -129,6 +134,7 @@ def train(services: Services, refold: bool = True,
     services.redis.set(_key(services, "events-at-training"),
                        int(services.redis.get(_key(services, "events")) or 0))
     services.redis.delete(_key(services, "scheduled"))
+    services.redis.set(_key(services, "trained-at"), repr(started))
     pairs = positive_pairs(services)
     vectors = item_vectors(pairs, settings.behaviour_dims, settings.behaviour_min_interactions)
     result: dict[str, Any] = {"pairs": len(pairs), "documents": len(vectors)}

@@ -9,8 +9,8 @@ scalar in place of a vector; h = 0 means no decay (a weighted count). Workers fo
 they newly applied into per-document states held in Redis (one atomic script per batch), and
 a coalesced flush writes each changed document's value, decayed to the newest event time seen,
 to its ``popularity`` field. Documents are re-indexed by a partial update, which re-writes their
-vectors, so flushes are batched: a worker schedules one a second at most. ``rebuild`` replays
-the whole event log exactly, should Redis lose its state.
+vectors, so flushes are batched: a worker schedules one every ``popularity_flush_s`` (10 s).
+``rebuild`` replays the whole event log exactly, should Redis lose its state.
 
 Values are decayed to the *newest event seen*, not the wall clock: replaying an old log then
 ranks as it would have at that time. Two documents flushed at different times differ by the
@@ -37,8 +37,6 @@ from plugin.services import Services
 # Below this the field is removed: nothing (or net dislike) says this document is wanted.
 MIN_VALUE = 1e-6
 FLUSH_BATCH = 1000
-# A worker schedules a flush this long after the first change it saw (coalescing window).
-FLUSH_DELAY_S = 1.0
 # Re-flush every document once the clock moved by this share of the half-life.
 FULL_PASS_SHARE = 1 / 64
 
@@ -148,12 +146,13 @@ def mark_dirty(services: Services, doc_ids: Iterable[str]) -> None:
 
 def flush_due(services: Services) -> bool:
     """True when documents wait for a flush and none is scheduled: the caller schedules one
-    FLUSH_DELAY_S from now. A flush scheduled earlier starts after this mark expires, so it
+    ``popularity_flush_s`` from now. A flush scheduled earlier starts after this mark expires, so it
     sees every change made while the mark was set."""
     keys = Keys.of(services)
     redis = services.redis
     return bool(redis.scard(keys.dirty)) and bool(
-        redis.set(keys.flush_scheduled, 1, nx=True, px=int(FLUSH_DELAY_S * 1000)))
+        redis.set(keys.flush_scheduled, 1, nx=True,
+                  px=int(services.settings.popularity_flush_s * 1000)))
 
 
 def clock(services: Services) -> float | None:

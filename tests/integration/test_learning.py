@@ -229,7 +229,7 @@ def test_workers_train_behaviour_on_their_own(learning: Services) -> None:
     from workers.app import make_celery
 
     settings = replace(learning.settings, behaviour_first_training_events=20,
-                       behaviour_training_delay_s=1.0)
+                       behaviour_training_delay_s=1.0, behaviour_training_min_interval_s=0.0)
     before = behaviour.current_version(learning)
     # The log has "doubled" since the module's last explicit run.
     learning.redis.delete(f"es-interest:{settings.index_prefix}:behaviour:events-at-training")
