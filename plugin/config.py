@@ -117,8 +117,8 @@ class Settings:
     # candidates per vector, caches, and the time a user's vectors may take to load.
     blend_strategy: str = "auto"
     knn_candidates: int = 100
-    # User-vector terms cover this many of the query's matches exactly (nearest first); a
-    # match beyond it gets the term's smallest value, so there is no cliff below the cap.
+    # Vector terms cover this many documents exactly (nearest first); a document beyond it
+    # gets the term's smallest value, so there is no cliff below the cap.
     personal_candidates: int = 1000
     query_cache_ttl_s: float = 300.0
     user_cache_ttl_s: float = 600.0

@@ -68,8 +68,8 @@ def settings(engine_name: str) -> Settings:
     )
 
 
-@pytest.fixture(scope="session")
-def services(settings: Settings) -> Iterator[Services]:
+def isolated_services(settings: Settings) -> Iterator[Services]:
+    """Services on an empty Redis database and fresh indices, removed afterwards."""
     from plugin.indices import setup_indices
 
     svc = Services(settings)
@@ -78,6 +78,11 @@ def services(settings: Settings) -> Iterator[Services]:
     yield svc
     svc.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
     svc.redis.flushdb()
+
+
+@pytest.fixture(scope="session")
+def services(settings: Settings) -> Iterator[Services]:
+    yield from isolated_services(settings)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

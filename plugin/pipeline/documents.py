@@ -10,12 +10,12 @@ import numpy as np
 
 from plugin.documents import POPULARITY_FIELD, Document, InvalidDocument, parse_document
 from plugin.engine import EngineBusy, bulk_item_busy
-from plugin.pipeline import popularity
+from plugin.pipeline import behaviour, popularity
 from plugin.pipeline.events import apply_pending_events
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
 from plugin.services import Services
 
-LEARNED = [POPULARITY_FIELD, "behaviour", "behaviour_version"]
+LEARNED = [POPULARITY_FIELD, *behaviour.FIELDS]
 
 
 def index_documents(

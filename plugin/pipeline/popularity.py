@@ -160,10 +160,12 @@ def clock(services: Services) -> float | None:
     return None if raw is None else float(raw)
 
 
-def values(services: Services, doc_ids: list[str]) -> dict[str, float]:
-    """Documents' popularity decayed to the clock (documents without events are absent)."""
+def values(services: Services, doc_ids: list[str], now: float | None = None
+           ) -> dict[str, float]:
+    """Documents' popularity decayed to ``now`` (default: the clock); documents without
+    events are absent."""
     keys = Keys.of(services)
-    now = clock(services)
+    now = clock(services) if now is None else now
     out = {}
     for doc_id, raw in zip(doc_ids, services.redis.hmget(keys.states, doc_ids), strict=True):
         if raw is not None and now is not None:
@@ -192,7 +194,7 @@ def flush(services: Services, refresh: bool = False) -> int:
                for i in redis.spop(keys.dirty, FLUSH_BATCH) or []]
         if not ids:
             return written
-        current = values(services, ids)
+        current = values(services, ids, now)
         try:
             written += _write(services, {d: current.get(d, 0.0) for d in ids}, refresh)
         except Exception:

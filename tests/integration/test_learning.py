@@ -17,12 +17,11 @@ import pytest
 
 from plugin import pipeline
 from plugin.evaluation.metrics import mean_kendall_tau
-from plugin.indices import setup_indices
 from plugin.interest import UserInterest
 from plugin.pipeline import behaviour, popularity
 from plugin.search import BlendWeights, SearchParams, available_strategies, search
 from plugin.services import Services
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, isolated_services
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +37,7 @@ def learning(services: Services) -> Iterator[Services]:
                        redis_url="redis://127.0.0.1:6379/10",
                        popularity_half_life_s=7 * DAY, behaviour_dims=8,
                        behaviour_min_interactions=2, knn_candidates=5, personal_candidates=1000)
-    svc = Services(settings)
-    svc.redis.flushdb()
-    setup_indices(svc.engine, settings, svc.embedder.dims)
-    yield svc
-    svc.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
-    svc.redis.flushdb()
+    yield from isolated_services(settings)
 
 
 def uid(prefix: str) -> str:
