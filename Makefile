@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status demo demo-services test lint bench soak eval eval-quick clean
+.PHONY: help venv up down status browser demo demo-services test lint bench soak eval eval-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,7 +42,14 @@ demo-services:
 	  setsid nohup $(BIN)/es-interest serve >$(STATE)/api.log 2>&1 </dev/null & \
 	  echo $$! >$(STATE)/api.pid; echo "API started on 127.0.0.1:8000 (log: $(STATE)/api.log)"; fi
 
-test: venv up  ## unit and integration tests against the real services
+browser:  ## Debian's chromium and chromedriver, for the inspector page's browser test
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing chromium and chromium-driver (Debian packages)..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null) \
+	  || echo "could not install them: tests/integration/test_inspector.py will skip"; fi
+
+test: venv up browser  ## unit and integration tests against the real services
 	$(BIN)/pytest -ra
 
 lint:  ## ruff and mypy

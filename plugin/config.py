@@ -134,6 +134,10 @@ class Settings:
     # Largest request body the API reads (413 beyond it): 10,000 events of ~3 KB each.
     api_max_body_mb: float = 32.0
     cors_origins: tuple[str, ...] = ()
+    # Signs the inspector page's session cookie; unset: one random secret shared through Redis.
+    ui_secret: str | None = None
+    # Send that cookie over HTTPS only (set it when the API is served behind TLS).
+    ui_secure_cookie: bool = False
     # Indices the `_search` proxy serves, besides the documents alias.
     proxy_indices: tuple[str, ...] = ()
     max_size: int = 100
@@ -286,6 +290,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         api_default_rate=text("API_DEFAULT_RATE", Settings.api_default_rate),
         api_max_body_mb=_number(env, "API_MAX_BODY_MB", Settings.api_max_body_mb),
         cors_origins=_list(env.get(PREFIX + "CORS_ORIGINS")),
+        ui_secret=optional("UI_SECRET"),
+        ui_secure_cookie=_choice(env, "UI_SECURE_COOKIE", ("false", "true")) == "true",
         proxy_indices=_list(env.get(PREFIX + "PROXY_INDICES")),
         max_size=int(_number(env, "MAX_SIZE", Settings.max_size)),
         max_window=int(_number(env, "MAX_WINDOW", Settings.max_window)),

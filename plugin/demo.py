@@ -108,3 +108,6 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
         sys.exit(1)
     moved = sum(1 for a, b in zip(before, after, strict=False) if a != b)
     click.echo(f"\npersonalization changed {moved} of the top {len(after)} positions")
+    page = f"{api_url}/ui/users/{DEMO_USER}?q={urllib.parse.quote(QUERY)}"
+    click.echo(f"see why in the inspector: {page}\n(it asks for a key with the read scope: "
+               "es-interest api-key create NAME --scope read)")

@@ -113,6 +113,8 @@ class SearchResult:
     strategy: str
     took_ms: float
     request: JSON = field(repr=False, default_factory=dict)
+    # The weights the request used (user terms already scaled for the query's ambiguity).
+    weights: BlendWeights | None = None
 
 
 # -- query and user inputs, cached ------------------------------------------------------------
@@ -435,7 +437,7 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     total = response["hits"]["total"]
     return SearchResult(hits, int(total["value"] if isinstance(total, dict) else total),
                         not user.empty, reason, strategy,
-                        (time.perf_counter() - started) * 1000.0, body)
+                        (time.perf_counter() - started) * 1000.0, body, weights)
 
 
 def _sim(vector: list[float] | None, embedding: np.ndarray) -> float | None:

@@ -26,6 +26,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     from plugin.api.openapi import bp as openapi_bp
     from plugin.api.proxy import bp as proxy_bp
     from plugin.api.search import bp as search_bp
+    from plugin.api.ui import bp as ui_bp
+    from plugin.api.ui import install as install_ui
     from plugin.api.users import bp as users_bp
 
     errors.register(app)  # its after_request runs after the limiter's (registered later)
@@ -40,9 +42,11 @@ def create_app(settings: Settings | None = None) -> Flask:
                       # A Redis outage is answered by the key check (503), not by the limiter.
                       swallow_errors=True)
     limited = limiter.shared_limit(auth.rate_limit, scope="api")
-    for bp in (search_bp, proxy_bp, ingest_bp, users_bp):
+    for bp in (search_bp, proxy_bp, ingest_bp, users_bp, ui_bp):
         limited(bp)  # per API key, or per address for requests without a valid key
+    for bp in (search_bp, proxy_bp, ingest_bp, users_bp):
         app.register_blueprint(bp)
+    install_ui(app, services)  # the inspector page, with its own session handling
     for bp in (health_bp, metrics.bp, openapi_bp):
         app.register_blueprint(bp)
     return app

@@ -12,13 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import g, request, session
 
 from plugin.api.context import services
 from plugin.api.errors import ApiError
 
 KEYS = "es-interest:api-keys"
 SCOPES = ("read", "write")
+# The inspector page (/ui/, its blueprint "ui") carries a key's digest in its session cookie.
+UI_BLUEPRINT, SESSION_DIGEST = "ui", "api_key_sha256"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -33,7 +35,7 @@ class ApiKey:
         return self.user_prefix is None or user_id.startswith(self.user_prefix)
 
 
-def _digest(key: str) -> str:
+def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -41,13 +43,23 @@ def create_key(redis: Any, name: str, scopes: tuple[str, ...], rate: str,
                user_prefix: str | None = None) -> str:
     """Store a new key's hash and return the key itself (shown once, never stored)."""
     key = "esi_" + secrets.token_urlsafe(32)
-    redis.hset(KEYS, _digest(key), json.dumps({"name": name, "scopes": list(scopes),
+    redis.hset(KEYS, digest(key), json.dumps({"name": name, "scopes": list(scopes),
                                                "rate": rate, "user_prefix": user_prefix}))
     return key
 
 
 def _from_record(data: dict[str, Any]) -> ApiKey:
     return ApiKey(data["name"], tuple(data["scopes"]), data["rate"], data.get("user_prefix"))
+
+
+def lookup(redis: Any, key: str) -> ApiKey | None:
+    """The stored key, or None when ``key`` is not one."""
+    return _by_digest(redis, digest(key))
+
+
+def _by_digest(redis: Any, key_digest: str) -> ApiKey | None:
+    raw = redis.hget(KEYS, key_digest)
+    return None if raw is None else _from_record(json.loads(raw))
 
 
 def list_keys(redis: Any) -> list[ApiKey]:
@@ -75,11 +87,11 @@ def identify() -> None:
         return
     presented = _presented_key()
     if presented:
-        raw = svc.redis.hget(KEYS, _digest(presented))
-        if raw is not None:
-            g.api_key = _from_record(json.loads(raw))
-        else:
+        g.api_key = _by_digest(svc.redis, digest(presented))
+        if g.api_key is None:
             g.key_problem = "unknown API key"
+    elif request.blueprint == UI_BLUEPRINT and isinstance(session.get(SESSION_DIGEST), str):
+        g.api_key = _by_digest(svc.redis, session[SESSION_DIGEST])  # None once revoked
 
 
 def require(scope: str) -> Callable[[F], F]:
