@@ -1,9 +1,9 @@
 """Kibana saved objects of es-interest (kibana/es-interest.ndjson) and their import.
 
 Data views for the three aliases, a saved search of recent events and an overview dashboard
-(events per type over time, most active users, most interacted documents, users' top tags,
-events per status). The file names the default prefix; ``objects`` renames the data views'
-titles to this deployment's aliases.
+(events per type over time, the interest-update lag, most active users, most interacted
+documents, users' top tags, events per status). The file names the default prefix;
+``objects`` renames the data views' titles to this deployment's aliases.
 """
 
 from __future__ import annotations

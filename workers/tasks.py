@@ -81,8 +81,10 @@ def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[s
 
 @app.task(name="es_interest.ingest_events", **RETRY)
 @busy_is_transient
-def ingest_events(events: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
-    report = pipeline.ingest_events(services(), events, refresh=refresh)
+def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
+                  accepted_at_ms: int | None = None) -> dict[str, Any]:
+    report = pipeline.ingest_events(services(), events, refresh=refresh,
+                                    accepted_at_ms=accepted_at_ms)
     _schedule_popularity_flush()
     if behaviour.training_due(services()):
         train_behaviour.apply_async(countdown=services().settings.behaviour_training_delay_s)

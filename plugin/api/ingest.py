@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,8 +32,8 @@ def _body(key: str) -> dict[str, Any]:
 
 
 def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
-           invalid: type[Exception], id_key: str,
-           keep: Callable[[Any], dict[str, Any]]) -> ResponseReturnValue:
+           invalid: type[Exception], id_key: str, keep: Callable[[Any], dict[str, Any]],
+           options: dict[str, Any] | None = None) -> ResponseReturnValue:
     celery = services().celery
     errors, valid = [], []
     for position, item in enumerate(items):
@@ -43,7 +44,7 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
             errors.append({"position": position, "id": item_id, "error": str(exc)})
         else:
             valid.append(keep(item))
-    task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]]).id
+    task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]], kwargs=options or {}).id
                 for i in range(0, len(valid), TASK_BATCH)]
     return jsonify({"accepted": len(valid), "task_ids": task_ids, "errors": errors}), 202
 
@@ -68,5 +69,6 @@ def events() -> ResponseReturnValue:
             raise InvalidEvent("'user_id' is outside the users this API key serves")
         return event
 
+    # When the layer accepted them: the events keep it, to measure the interest-update lag.
     return _queue("es_interest.ingest_events", req.events, check, InvalidEvent, "event_id",
-                  event_fields.known_fields)
+                  event_fields.known_fields, {"accepted_at_ms": int(time.time() * 1000)})

@@ -23,13 +23,17 @@ from plugin.pipeline.users import (
     fetch_doc_vectors,
     fold_into_users,
     mark_applied,
+    stamp_applied,
 )
 from plugin.services import Services
 
 
 def ingest_events(
-    services: Services, raw_events: Sequence[Mapping[str, Any]], refresh: bool = False
+    services: Services, raw_events: Sequence[Mapping[str, Any]], refresh: bool = False,
+    accepted_at_ms: int | None = None,
 ) -> BatchReport:
+    """``accepted_at_ms``: when the API accepted the batch (now, when called directly); each
+    stored event keeps it, and when it was applied, so the update lag can be watched."""
     settings = services.settings
     report = BatchReport()
     events: list[tuple[int, Event]] = []
@@ -62,15 +66,18 @@ def ingest_events(
     docs = fetch_doc_vectors(services, {e.doc_id for _, e in events if e.doc_id})
 
     now_ms = int(time.time() * 1000)
+    accepted = min(accepted_at_ms or now_ms, now_ms)  # another machine's clock may run ahead
     sources: dict[str, dict[str, Any]] = {}
     for _, event in events:
         ready = event.doc_id is None or event.doc_id in docs
-        source = {**event.source(), "received_at": now_ms, "status": APPLIED if ready else PENDING}
+        source = {**event.source(), "received_at": now_ms, "accepted_at": accepted,
+                  "status": APPLIED if ready else PENDING}
         if event.event_id in text_embedding:
             source["text_embedding"] = text_embedding[event.event_id]
         sources[event.event_id] = source
     ready_sources = [s for s in sources.values() if s["status"] == APPLIED]
     fold_into_users(services, ready_sources, docs)
+    stamp_applied(ready_sources)
     positions = {e.event_id: p for p, e in events}
     created = _store(services, sources, positions, report, refresh)
     report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
@@ -87,7 +94,7 @@ def ingest_events(
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
         fold_into_users(services, arrived, docs)
-        moved = mark_applied(services, [s["event_id"] for s in arrived])
+        moved = mark_applied(services, arrived)
         popularity.fold_events(services, [s for s in arrived if s["event_id"] in moved])
         behaviour.count_events(services, len(moved))
         report.done += [s["event_id"] for s in arrived]
@@ -138,7 +145,7 @@ def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
         docs: dict[str, DocVector] = fetch_doc_vectors(services, {w["doc_id"] for w in waiting})
         ready = [w for w in waiting if w["doc_id"] in docs]
         applied += len(fold_into_users(services, ready, docs))
-        moved = mark_applied(services, [w["event_id"] for w in ready])
+        moved = mark_applied(services, ready)
         popularity.fold_events(services, [w for w in ready if w["event_id"] in moved])
         behaviour.count_events(services, len(moved))
     return applied

@@ -146,11 +146,34 @@ def update_users(
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
-def mark_applied(services: Services, event_ids: Iterable[str]) -> set[str]:
-    """Mark pending events applied; returns the ids this call moved (the others were
-    applied already: the engine answers ``noop`` for an update that changes nothing)."""
-    actions = ({"_op_type": "update", "_index": services.settings.events_alias, "_id": event_id,
-                "doc": {"status": APPLIED}} for event_id in event_ids)
+def stamp_applied(sources: Iterable[dict[str, Any]]) -> None:
+    """Note on stored events when their fold reached the user, and how long after the API
+    accepted them (the interest-update lag; Kibana's overview plots it)."""
+    now_ms = int(time.time() * 1000)
+    for source in sources:
+        accepted = source.get("accepted_at") or source.get("received_at") or now_ms
+        source["applied_at"] = now_ms
+        source["update_lag_ms"] = max(0, now_ms - int(accepted))
+
+
+def mark_applied(services: Services, sources: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Mark pending events (their stored sources) applied; returns the ids this call moved
+    (the others were applied already: the engine answers ``noop`` for an update that changes
+    nothing, which is why the status goes alone and the applied time after it)."""
+    index = services.settings.events_alias
+    moved = _update_events(services, ({"_op_type": "update", "_index": index,
+                                       "_id": s["event_id"], "doc": {"status": APPLIED}}
+                                      for s in sources))
+    stamped = [dict(s) for s in sources if s["event_id"] in moved]
+    stamp_applied(stamped)
+    _update_events(services, ({"_op_type": "update", "_index": index, "_id": s["event_id"],
+                               "doc": {"applied_at": s["applied_at"],
+                                       "update_lag_ms": s["update_lag_ms"]}}
+                              for s in stamped))
+    return moved
+
+
+def _update_events(services: Services, actions: Iterable[dict[str, Any]]) -> set[str]:
     moved: set[str] = set()
     for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
                                                    chunk_size=1000):

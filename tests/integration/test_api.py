@@ -75,6 +75,11 @@ def topics(client: FlaskClient, keys: dict[str, str], celery_client: Any, worker
     assert answer.status_code == 202 and answer.json["accepted"] == 3
     for task_id in answer.json["task_ids"]:
         celery_client.AsyncResult(task_id).get(timeout=120)
+    stored = services.engine.client.get(index=services.settings.events_alias,
+                                        id=f"like-0-{run}")["_source"]
+    # The API stamped when it accepted them; the worker, when they reached the user.
+    assert stored["accepted_at"] <= stored["received_at"] <= stored["applied_at"]
+    assert stored["update_lag_ms"] == stored["applied_at"] - stored["accepted_at"]
     return {"a": user_a, "b": user_b, "run": run}
 
 

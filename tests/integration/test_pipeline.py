@@ -134,6 +134,25 @@ def test_an_event_waits_for_its_document(services: Services) -> None:
     assert pipeline.ingest_events(services, [event]).duplicates == [event["event_id"]]
 
 
+def test_events_keep_when_they_were_accepted_and_applied(services: Services,
+                                                         corpus: list[str]) -> None:
+    """The interest-update lag Kibana plots: API acceptance to the fold, pending or not."""
+    user, later = uid("lag"), uid("later")
+    accepted = int(time.time() * 1000) - 1500  # the API took them 1.5 s ago
+    now_event = {"event_id": uid("e"), "user_id": user, "doc_id": corpus[0], "type": "like"}
+    waiting = {"event_id": uid("e"), "user_id": user, "doc_id": later, "type": "like"}
+    report = pipeline.ingest_events(services, [now_event, waiting], accepted_at_ms=accepted)
+    assert report.done == [now_event["event_id"]] and report.pending == [waiting["event_id"]]
+    pipeline.index_documents(services, [{"id": later, "title": "arrives later"}])
+    pipeline.ingest_events(services, [waiting])  # a resend: the stamps stay the first ones
+    index = services.settings.events_alias
+    for event in (now_event, waiting):
+        stored = services.engine.client.get(index=index, id=event["event_id"])["_source"]
+        assert stored["status"] == "applied" and stored["accepted_at"] == accepted
+        assert stored["update_lag_ms"] == stored["applied_at"] - accepted >= 1500
+        assert stored["applied_at"] >= stored["received_at"]
+
+
 def test_event_text_is_embedded_into_the_same_sums(services: Services) -> None:
     user = uid("u")
     event = {"event_id": uid("e"), "user_id": user, "type": "query",
@@ -285,8 +304,8 @@ def test_setup_is_idempotent_refuses_incompatible_changes_and_migrates(
     v2["mappings"]["properties"]["doc_id"] = {"type": "text"}  # a type change: not in place
     v2["mappings"]["properties"]["language"] = {"type": "keyword"}
     for kind in ("events", "interests"):
-        (tmp_path / f"{kind}.v1.json").write_text(
-            (settings.mappings_dir / f"{kind}.v1.json").read_text())
+        for path in settings.mappings_dir.glob(f"{kind}.v*.json"):
+            (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "documents.v2.json").write_text(json.dumps(v2))
     upgraded = replace(mine, mappings_dir=tmp_path)
     with pytest.raises(IncompatibleMapping, match=r"doc_id: keyword -> text.*--reindex"):

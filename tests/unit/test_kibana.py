@@ -14,12 +14,16 @@ from plugin.config import REPO_ROOT, load_settings
 from plugin.kibana import SAVED_OBJECTS, objects
 
 AGGREGATABLE = {"keyword", "date", "long", "integer", "float", "double", "boolean"}
+NUMERIC = {"long", "integer", "float", "double"}
+METRICS = {"average", "sum", "min", "max", "median", "percentile"}
 KINDS = {"es-interest-docs": "documents", "es-interest-events": "events",
          "es-interest-interests": "interests"}
 
 
 def _field_types(kind: str) -> dict[str, str]:
-    mapping = json.loads((REPO_ROOT / "mappings" / f"{kind}.v1.json").read_text())
+    versions = sorted((REPO_ROOT / "mappings").glob(f"{kind}.v*.json"),
+                      key=lambda p: int(p.stem.rsplit(".v", 1)[1]))
+    mapping = json.loads(versions[-1].read_text())  # the newest: what setup creates
     found: dict[str, str] = {}
 
     def walk(props: dict[str, Any], prefix: str) -> None:
@@ -79,6 +83,8 @@ def test_every_field_exists_with_a_usable_type(saved: list[dict[str, Any]]) -> N
                     if source == "___records___":
                         continue
                     assert fields.get(source) in AGGREGATABLE, (obj["id"], source)
+                    if column["operationType"] in METRICS:
+                        assert fields[source] in NUMERIC, (obj["id"], source)
 
 
 def test_titles_follow_the_deployments_prefix() -> None:
