@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status browser demo demo-services test lint bench soak eval eval-quick clean
+.PHONY: help venv up down status browser compose-check demo demo-services test lint bench soak eval eval-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ browser:  ## Debian's chromium and chromedriver, for the inspector page's browse
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium chromium-driver >/dev/null) \
 	  || echo "could not install them: tests/integration/test_inspector.py will skip"; fi
+
+compose-check:  ## docker-compose.yml through Docker Compose v2's own parser (built once from the Go module proxy)
+	devstack/compose.sh
 
 test: venv up browser  ## unit and integration tests against the real services
 	$(BIN)/pytest -ra

@@ -3,7 +3,10 @@ services, profiles, health checks, start order, volumes and every variable."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,34 @@ def test_the_image_installs_what_the_commands_run() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "gunicorn" in dockerfile and "COPY mappings mappings" in dockerfile
     assert Path(REPO_ROOT / "plugin" / "wsgi.py").exists()
+
+
+def _compose() -> list[str] | None:
+    """Docker Compose v2: the docker plugin, or the one `make compose-check` built."""
+    if shutil.which("docker") and subprocess.run(
+            ["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    built = REPO_ROOT / ".devstack" / "bin" / "docker-compose"
+    return [str(built)] if built.exists() else None
+
+
+@pytest.mark.parametrize("profile", [None, "bundled"])
+def test_docker_compose_itself_accepts_the_file(profile: str | None) -> None:
+    """Compose's own parser, on .env.example's values (what `make compose-check` runs)."""
+    command = _compose()
+    if command is None:
+        pytest.skip("no Docker Compose v2 here: `make compose-check` builds one")
+    args = [*command, "--env-file", ".env.example", "-f", "docker-compose.yml"]
+    if profile:
+        args += ["--profile", profile]
+    answer = subprocess.run([*args, "config", "--format", "json"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    resolved = json.loads(answer.stdout)
+    services = resolved["services"]
+    expected = {"redis", "setup", "worker", "api"} | (
+        {"elasticsearch", "kibana"} if profile else set())
+    assert set(services) == expected
+    assert all("healthcheck" in services[s] for s in expected - {"setup"})
+    assert services["worker"]["depends_on"]["setup"]["condition"] == (
+        "service_completed_successfully")
