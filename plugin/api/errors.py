@@ -32,7 +32,7 @@ def unavailable_service(exc: BaseException) -> str | None:
     return None
 
 
-def _validation_message(exc: ValidationError) -> str:
+def validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -47,7 +47,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def invalid(exc: ValidationError) -> ResponseReturnValue:
-        return jsonify({"error": _validation_message(exc)}), 400
+        return jsonify({"error": validation_message(exc)}), 400
 
     @app.errorhandler(Exception)
     def engine_trouble(exc: Exception) -> ResponseReturnValue:

@@ -8,7 +8,7 @@ so a revoked key stops working at once. Pages only read; tenant keys see only th
 
 from __future__ import annotations
 
-import math
+import functools
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
@@ -28,11 +28,13 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
 
 from plugin import search as search_service
 from plugin.api import auth
 from plugin.api.context import services
-from plugin.api.errors import ApiError
+from plugin.api.errors import ApiError, validation_message
+from plugin.api.schemas import Weights
 from plugin.config import BLEND_TERMS
 from plugin.profile import Drift, describe_user, interest_history
 from plugin.services import Services
@@ -81,6 +83,7 @@ def install(app: Flask, svc: Services) -> None:
 
 
 def _needs_key(view: F) -> F:
+    @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         key: auth.ApiKey | None = g.get("api_key")
         if key is None or "read" not in key.scopes:
@@ -88,7 +91,6 @@ def _needs_key(view: F) -> F:
             return render_template("ui/key.html", problem=problem), 401
         return view(*args, **kwargs)
 
-    wrapped.__name__ = view.__name__
     return wrapped  # type: ignore[return-value]
 
 
@@ -142,6 +144,7 @@ def index() -> ResponseReturnValue:
 @_needs_key
 def user(user_id: str) -> ResponseReturnValue:
     auth.check_user(user_id)
+    overrides = _weight_overrides()  # bad input is refused before any lookup
     svc = services()
     described = describe_user(svc, user_id)
     if described is None:
@@ -152,7 +155,6 @@ def user(user_id: str) -> ResponseReturnValue:
     if strategy not in strategies:
         raise ApiError(400, f"strategy {strategy!r} is not available here; "
                             f"available: {', '.join(strategies)}")
-    overrides = _weight_overrides()
     comparison = _compare(svc, query, user_id, strategy, overrides) if query else None
     history = interest_history(svc, user_id)
     return render_template(
@@ -177,20 +179,15 @@ def _recent_users(svc: Services, size: int = 20) -> list[dict[str, Any]]:
 
 
 def _weight_overrides() -> dict[str, float]:
-    """``w_<term>`` fields of the form: weights to try instead of the configured ones."""
-    found = {}
-    for term in BLEND_TERMS:
-        raw = (request.args.get(f"w_{term}") or "").strip()
-        if not raw:
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not math.isfinite(value) or value < 0:
-            raise ApiError(400, f"weight {term!r} must be a number >= 0")
-        found[term] = value
-    return found
+    """``w_<term>`` fields of the form: weights to try instead of the configured ones, within
+    the same bounds as /search's (``schemas.Weights``)."""
+    given = {t: raw.strip() for t in BLEND_TERMS
+             if (raw := request.args.get(f"w_{t}") or "").strip()}
+    try:
+        weights = Weights.model_validate(given)
+    except ValidationError as exc:
+        raise ApiError(400, validation_message(exc)) from None
+    return {t: v for t, v in weights.model_dump().items() if v is not None}
 
 
 def _compare(svc: Services, query: str, user_id: str, strategy: str,
