@@ -8,5 +8,9 @@ COPY workers workers
 COPY mappings mappings
 COPY data data
 RUN pip install -e . gunicorn
+# The ONNX model backend's files, exported once at build time (no torch at run time).
+ENV ES_INTEREST_MODEL_CACHE_DIR=/app/.onnx
+RUN es-interest --quiet model export --no-check
 EXPOSE 8000
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "plugin.wsgi:app"]
+COPY gunicorn.conf.py ./
+CMD ["gunicorn", "--config", "gunicorn.conf.py", "--bind", "0.0.0.0:8000", "plugin.wsgi:app"]

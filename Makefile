@@ -16,6 +16,7 @@ $(BIN)/es-interest: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/es-interest --quiet model export --no-check
 	touch $@
 
 venv: $(BIN)/es-interest  ## create .venv and install the package with its dev tools

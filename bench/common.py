@@ -48,17 +48,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_api(settings: Settings, threads: int = 32) -> tuple[subprocess.Popen[bytes], str]:
-    """The API under gunicorn (one gthread worker) on a free port; returns it and its URL
-    once it answers."""
+def start_api(settings: Settings, workers: int | None = None, threads: int | None = None
+              ) -> tuple[subprocess.Popen[bytes], str]:
+    """The API under gunicorn with the shipped gunicorn.conf.py (or ``workers`` x ``threads``
+    gthread) on a free port; returns it and its URL once it answers."""
     import requests
 
     port = free_port()
     env = {**child_env(settings), "ES_INTEREST_API_PORT": str(port)}
+    shape = [*(["--workers", str(workers)] if workers else []),
+             *(["--threads", str(threads)] if threads else [])]
     api = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", str(threads), "--worker-class", "gthread", "--log-level", "warning",
-         "plugin.wsgi:app"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{port}", *shape, "--log-level", "warning", "plugin.wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -73,11 +76,14 @@ def start_api(settings: Settings, threads: int = 32) -> tuple[subprocess.Popen[b
         time.sleep(0.5)
 
 
-def wait_for_worker(celery: Any, timeout_s: float = 180.0) -> None:
+def wait_for_worker(celery: Any, timeout_s: float = 180.0, queue: str | None = None,
+                    load_model: bool = True) -> None:
+    """Until a worker (of ``queue``) answers a ping; with ``load_model`` it loads the model."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            celery.send_task("es_interest.ping").get(timeout=10)
+            celery.send_task("es_interest.ping", kwargs={"load_model": load_model},
+                             queue=queue).get(timeout=10)
             return
         except Exception:
             if time.monotonic() > deadline:
@@ -96,6 +102,26 @@ def child_pids(pid: int) -> set[int]:
             except OSError:
                 continue
     return found
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live children."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in {pid} | child_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            continue
+    return total / ticks
+
+
+def engine_cpu_s(client: Any) -> float:
+    """CPU seconds the engine's nodes used so far (their own process statistics)."""
+    stats = client.nodes.stats(metric="process")
+    return sum(n["process"]["cpu"]["total_in_millis"] for n in stats["nodes"].values()) / 1000
 
 
 def process_tree_rss_mb(pid: int) -> float:

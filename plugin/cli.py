@@ -196,7 +196,7 @@ def rebuild(user_id: str | None) -> None:
             sys.exit(EXIT_TRY_AGAIN)
         return
     with progress(desc="rebuilding users", unit="user") as bar:
-        count, deferred = pipeline.rebuild_all(services, progress=lambda _: bar.update(1))
+        count, deferred = pipeline.rebuild_all(services, progress=bar.update)
     click.echo(f"rebuilt {count} users")
     if deferred:
         click.echo(f"deferred {len(deferred)} users whose events are not stored yet ({later}); "
@@ -217,10 +217,45 @@ def train(no_refold: bool) -> None:
 
     with progress(desc="re-folding users", unit="user") as bar:
         result = behaviour.train(Services(), refold=not no_refold,
-                                 progress=lambda _: bar.update(1))
+                                 progress=bar.update)
     click.echo(json.dumps(result))
     if not result.get("trained"):
         sys.exit(1)
+
+
+@main.group()
+def model() -> None:
+    """The sentence-transformers model and its ONNX exports."""
+
+
+@model.command("export")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="compare each export's vectors with torch's on sample texts")
+def model_export(check: bool) -> None:
+    """Export the model to ONNX (float and int8) once, offline, for ES_INTEREST_MODEL_BACKEND
+    onnx and onnx-int8 (`make venv` runs it; a process that finds no export makes it)."""
+    from plugin.embedding import default_model_path
+    from plugin.onnx_export import export
+
+    settings = load_settings()
+    folder = Path(settings.model or default_model_path())
+    cache = Path(settings.model_cache_dir) if settings.model_cache_dir else None
+    for int8 in (False, True):
+        path = export(folder, int8, cache)
+        click.echo(f"{'onnx-int8' if int8 else 'onnx'}: {path}")
+    if check:
+        import numpy as np
+
+        from plugin.embedding import get_embedder
+        from plugin.movielens import movie_documents
+
+        texts = [f"{d['title']} | {', '.join(d['tags'])}" for d in movie_documents(limit=500)]
+        reference = get_embedder(str(folder), backend="torch").encode(texts)
+        for backend in ("onnx", "onnx-int8"):
+            vectors = get_embedder(str(folder), backend=backend, cache_dir=cache).encode(texts)
+            cosine = (vectors * reference).sum(axis=1)
+            click.echo(f"{backend}: cosine to torch over {len(texts)} texts: mean "
+                       f"{float(np.mean(cosine)):.4f}, min {float(np.min(cosine)):.4f}")
 
 
 @main.group()
@@ -230,11 +265,13 @@ def popularity() -> None:
 
 @popularity.command("flush")
 def popularity_flush() -> None:
-    """Write the documents whose popularity changed now (workers do it within a second)."""
+    """Write every document whose popularity moved past the tolerance, now (workers do it
+    every ES_INTEREST_POPULARITY_FLUSH_S, at most ES_INTEREST_POPULARITY_FLUSH_MAX_DOCS at a
+    time)."""
     from plugin.pipeline import popularity as pop
     from plugin.services import Services
 
-    click.echo(f"wrote {pop.flush(Services())} documents")
+    click.echo(f"wrote {pop.flush(Services(), max_docs=0)} documents")
 
 
 @popularity.command("rebuild")

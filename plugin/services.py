@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugin import caches
@@ -33,7 +34,8 @@ class Services:
         from plugin.embedding import get_embedder
 
         s = self.settings
-        return get_embedder(s.model, s.model_device, s.embed_batch_size, s.torch_threads)
+        return get_embedder(s.model, s.model_device, s.embed_batch_size, s.torch_threads,
+                            s.model_backend, Path(s.model_cache_dir) if s.model_cache_dir else None)
 
     @cached_property
     def user_states(self) -> LockedCache[str, tuple[UserInterest, int, int]]:

@@ -65,10 +65,14 @@ def busy_is_transient(task: F) -> F:
 
 
 @app.task(name="es_interest.ping")
-def ping() -> dict[str, Any]:
-    """Proves a worker is alive and can use the model: embeds a word."""
-    vector = services().embedder.encode_one("ping")
-    return {"pid": os.getpid(), "host": socket.gethostname(), "dims": len(vector)}
+def ping(load_model: bool = True) -> dict[str, Any]:
+    """Proves a worker is alive and (unless ``load_model`` is false) can use the model:
+    embeds a word. A worker that only folds events never needs the model, so a check of its
+    liveness should not load it."""
+    reply: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    if load_model:
+        reply["dims"] = len(services().embedder.encode_one("ping"))
+    return reply
 
 
 @app.task(name="es_interest.index_documents", **RETRY)
@@ -114,10 +118,13 @@ def train_behaviour() -> dict[str, Any]:
     ES_INTEREST_BEHAVIOUR_TRAIN_HOURS."""
     result = behaviour.train(services(), refold=False)
     if result.get("trained"):
-        # Users are re-folded in the new space by many small idempotent tasks, in parallel.
-        queued = [rebuild_user.apply_async(args=[user_id]).id
-                  for user_id in pipeline.all_user_ids(services())]
-        result["users_queued_for_refold"] = len(queued)
+        # Users are re-folded in the new space by batch tasks (one scan and one bulk write
+        # each), which the event tasks interleave with.
+        batches = 0
+        for batch in pipeline.user_batches(services()):
+            rebuild_users.apply_async(args=[batch])
+            batches += 1
+        result["user_batches_queued_for_refold"] = batches
     return result
 
 
@@ -125,3 +132,15 @@ def train_behaviour() -> dict[str, Any]:
 @busy_is_transient
 def rebuild_user(user_id: str) -> dict[str, Any]:
     return pipeline.rebuild_user(services(), user_id)
+
+
+@app.task(name="es_interest.rebuild_users", bind=True, **RETRY)
+@busy_is_transient
+def rebuild_users(self: Any, user_ids: list[str]) -> dict[str, Any]:
+    """Rebuild a batch of users; those whose events are still in flight are retried alone."""
+    result = pipeline.rebuild_users(services(), user_ids)
+    if result["deferred"]:
+        raise self.retry(args=[result["deferred"]],
+                         exc=pipeline.EventsInFlight(f"{len(result['deferred'])} users wait "
+                                                     "for events still being stored"))
+    return result

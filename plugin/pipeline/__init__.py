@@ -15,6 +15,8 @@ from plugin.pipeline.users import (
     erase_user,
     rebuild_all,
     rebuild_user,
+    rebuild_users,
+    user_batches,
 )
 
 __all__ = [
@@ -27,4 +29,6 @@ __all__ = [
     "ingest_events",
     "rebuild_all",
     "rebuild_user",
+    "rebuild_users",
+    "user_batches",
 ]

@@ -127,7 +127,7 @@ def current_version(services: Services) -> str | None:
 
 
 def train(services: Services, refold: bool = True,
-          progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Learn a new version of the documents' behaviour vectors, write them, re-fold users."""
     settings = services.settings
     started = time.time()

@@ -7,10 +7,18 @@ For one document with half-life h, at reference time T (its latest event)::
 the same exact, order-independent decayed sum as a user's interest (plugin/interest.py), with a
 scalar in place of a vector; h = 0 means no decay (a weighted count). Workers fold the events
 they newly applied into per-document states held in Redis (one atomic script per batch), and
-a coalesced flush writes each changed document's value, decayed to the newest event time seen,
-to its ``popularity`` field. Documents are re-indexed by a partial update, which re-writes their
-vectors, so flushes are batched: a worker schedules one every ``popularity_flush_s`` (10 s).
-``rebuild`` replays the whole event log exactly, should Redis lose its state.
+a coalesced flush writes changed documents' values, decayed to the newest event time seen,
+to their ``popularity`` field. ``rebuild`` replays the whole event log exactly, should Redis
+lose its state.
+
+A write is a partial update, which re-indexes the whole document with its vectors (about a
+millisecond of engine CPU each, against a fraction of that for a whole event), so writes are
+rationed three ways: a worker schedules one flush every ``popularity_flush_s`` (10 s); a
+document is written only when its ranking term ``log10(1 + popularity)`` moved by more than
+``popularity_tolerance`` (0.01) since its last write, so what the engine holds is never further
+than that from the exact value; and one flush writes at most ``popularity_flush_max_docs``
+(1,000) documents, the largest changes first, leaving the rest for the next. Under a load the
+engine cannot follow, popularity lags, largest changes first, and events keep their speed.
 
 Values are decayed to the *newest event seen*, not the wall clock: replaying an old log then
 ranks as it would have at that time. Two documents flushed at different times differ by the
@@ -24,6 +32,7 @@ mapper-extras module, which neither the Maven-built engines nor every managed cl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,12 +81,14 @@ class Keys:
     clock: str
     full_pass: str
     flush_scheduled: str
+    # doc -> the value last written to the engine (what the tolerance is measured from).
+    written: str
 
     @classmethod
     def of(cls, services: Services) -> Keys:
         base = f"es-interest:{services.settings.index_prefix}:popularity:"
         return cls(base + "states", base + "dirty", base + "clock", base + "full-pass",
-                   base + "flush-scheduled")
+                   base + "flush-scheduled", base + "written")
 
 
 def decay(elapsed_s: float, half_life_s: float) -> float:
@@ -141,7 +152,10 @@ def mark_dirty(services: Services, doc_ids: Iterable[str]) -> None:
         known = [d for d, state in zip(ids, services.redis.hmget(keys.states, ids), strict=True)
                  if state is not None]
         if known:
-            services.redis.sadd(keys.dirty, *known)
+            with services.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.written, *known)  # the engine holds nothing for them now
+                pipe.sadd(keys.dirty, *known)
+                pipe.execute()
 
 
 def flush_due(services: Services) -> bool:
@@ -174,32 +188,65 @@ def values(services: Services, doc_ids: list[str], now: float | None = None
     return out
 
 
-def flush(services: Services, refresh: bool = False) -> int:
-    """Write the changed documents' popularity; returns how many were written."""
+def term(value: float) -> float:
+    """What ranking adds for a popularity value, before its weight (plugin/search.py)."""
+    return math.log10(1.0 + value) if value >= MIN_VALUE else 0.0
+
+
+def flush(services: Services, refresh: bool = False, max_docs: int | None = None,
+          tolerance: float | None = None) -> int:
+    """Write changed documents' popularity; returns how many were written.
+
+    ``max_docs`` (0: all) and ``tolerance`` default to the settings; the rest of the changes
+    stay marked for the next flush, largest first.
+    """
+    settings = services.settings
     keys = Keys.of(services)
     redis = services.redis
-    half_life = services.settings.popularity_half_life_s
+    half_life = settings.popularity_half_life_s
+    limit = settings.popularity_flush_max_docs if max_docs is None else max_docs
+    tolerance = settings.popularity_tolerance if tolerance is None else tolerance
     now = clock(services)
     if now is None:
         return 0
     last = redis.get(keys.full_pass)
     if half_life > 0 and (last is None or now - float(last) > half_life * FULL_PASS_SHARE):
-        # Every document ages alike; re-write them all so their values share one time.
+        # Every document ages alike; look at them all (those moved past the tolerance are written).
         for batch in _hash_keys(services, keys.states):
             redis.sadd(keys.dirty, *batch)
         redis.set(keys.full_pass, repr(now))
-    written = 0
+    # (change of the ranking term, doc, value) for documents past the tolerance.
+    changed: list[tuple[float, str, float]] = []
     while True:
         ids = [i.decode() if isinstance(i, bytes) else str(i)
                for i in redis.spop(keys.dirty, FLUSH_BATCH) or []]
         if not ids:
-            return written
+            break
         current = values(services, ids, now)
+        before = redis.hmget(keys.written, ids)
+        for doc_id, raw in zip(ids, before, strict=True):
+            value = current.get(doc_id, 0.0)
+            change = abs(term(value) - (term(float(raw)) if raw is not None else 0.0))
+            # An exact flush (tolerance 0) also writes documents whose engine value is unknown.
+            if change > tolerance or (raw is None and tolerance == 0):
+                changed.append((change, doc_id, value))
+    changed.sort(key=lambda c: -c[0])
+    now_due = changed if limit <= 0 else changed[:limit]
+    later = [] if limit <= 0 else changed[limit:]
+    if later:
+        redis.sadd(keys.dirty, *(doc_id for _, doc_id, _ in later))
+    written = 0
+    for start in range(0, len(now_due), FLUSH_BATCH):
+        chunk = {doc_id: value for _, doc_id, value in now_due[start:start + FLUSH_BATCH]}
         try:
-            written += _write(services, {d: current.get(d, 0.0) for d in ids}, refresh)
+            done = _write(services, chunk, refresh)
         except Exception:
-            redis.sadd(keys.dirty, *ids)  # not lost: the next flush writes them
+            redis.sadd(keys.dirty, *(d for _, d, _ in now_due[start:]))  # the next flush
             raise
+        if done:
+            redis.hset(keys.written, mapping={d: repr(chunk[d]) for d in done})
+        written += len(done)
+    return written
 
 
 def _hash_keys(services: Services, name: str) -> Iterable[list[str]]:
@@ -213,19 +260,21 @@ def _hash_keys(services: Services, name: str) -> Iterable[list[str]]:
         yield batch
 
 
-def _write(services: Services, current: Mapping[str, float], refresh: bool) -> int:
+def _write(services: Services, current: Mapping[str, float], refresh: bool) -> list[str]:
+    """Partial updates of the documents' field; returns the ids written."""
     actions: list[JSON] = [
         {"_op_type": "update", "_index": services.settings.docs_alias, "_id": doc_id,
          "retry_on_conflict": 3,
          "doc": {FIELD: round(value, 6) if value >= MIN_VALUE else None}}
         for doc_id, value in current.items()]
-    written, busy = 0, []
+    written, busy = [], []
     for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
                                                    raise_on_exception=False, refresh=refresh,
                                                    chunk_size=FLUSH_BATCH):
+        info = next(iter(item.values()))
         if ok:
-            written += 1
-        elif next(iter(item.values())).get("status") == 404:
+            written.append(str(info.get("_id")))
+        elif info.get("status") == 404:
             continue  # not indexed (yet): indexing it marks it again
         elif bulk_item_busy(item):
             busy.append(bulk_error_reason(item))
@@ -250,7 +299,7 @@ def rebuild(services: Services) -> int:
     states = replay(events, settings.popularity_half_life_s)
     keys = Keys.of(services)
     with services.redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.states, keys.clock, keys.full_pass)
+        pipe.delete(keys.states, keys.clock, keys.full_pass, keys.written)
         items = list(states.items())
         for start in range(0, len(items), FLUSH_BATCH):
             pipe.hset(keys.states, mapping={d: f"{v!r} {ref!r}" for d, (v, ref)
@@ -259,5 +308,5 @@ def rebuild(services: Services) -> int:
         if events:
             pipe.set(keys.clock, repr(max(t for _, t, _ in events)))
         pipe.execute()
-    flush(services, refresh=True)
+    flush(services, refresh=True, max_docs=0, tolerance=0.0)  # every document, exactly
     return len(states)

@@ -9,7 +9,13 @@ from typing import Any
 
 from plugin.caches import forget_users
 from plugin.engine import EngineBusy, bulk_item_busy
-from plugin.interest import RECENT_WINDOW_S, Contribution, DocVector, UserInterest
+from plugin.interest import (
+    RECENT_WINDOW_S,
+    V1_VECTOR_FIELDS,
+    Contribution,
+    DocVector,
+    UserInterest,
+)
 from plugin.pipeline.report import bulk_error_reason
 from plugin.services import Services
 
@@ -97,7 +103,7 @@ def update_users(
         # The unit vectors are derived from the state: no need to read them back.
         for user_id, (source, seq_no, term) in engine.mget_versioned(
                 settings.interests_alias, missing,
-                exclude=["interest_long", "interest_short", "behaviour"]).items():
+                exclude=list(V1_VECTOR_FIELDS)).items():
             current[user_id] = (UserInterest.from_source(source), seq_no, term)
         now = time.time()
         actions, applied_by_user, written = [], {}, {}
@@ -200,69 +206,123 @@ def fold_into_users(
 # -- rebuild -----------------------------------------------------------------------------------
 
 
-def user_events(services: Services, user_id: str, current: UserInterest | None
-                ) -> list[dict[str, Any]] | None:
-    """Every applied event of a user, or None while one it applied is not readable yet.
+REBUILD_BATCH = 500
 
-    An event is folded before it is written, so the user document can remember an id whose
+
+def _applied_events(services: Services, user_ids: Sequence[str],
+                    current: Mapping[str, UserInterest]) -> dict[str, list[dict[str, Any]] | None]:
+    """Each user's applied events, or None for a user whose log is not complete yet.
+
+    An event is folded before it is written, so a user document can remember an id whose
     write is still in flight; the log is complete once each remembered id can be read.
     """
     index = services.settings.events_alias
-    services.engine.client.indices.refresh(index=index)
-    query = {"query": {"bool": {"filter": [{"term": {"user_id": user_id}},
+    engine = services.engine
+    engine.client.indices.refresh(index=index)
+    query = {"query": {"bool": {"filter": [{"terms": {"user_id": list(user_ids)}},
                                            {"term": {"status": APPLIED}}]}}}
-    events = {hit["_id"]: hit["_source"] for hit in services.engine.scan(index, query)}
-    unseen = [i for i in (current.recent if current else {}) if i not in events]
-    if unseen:
-        found = services.engine.mget_versioned(index, unseen)
-        if len(found) < len(unseen):
-            return None
-        events.update({i: src for i, (src, _, _) in found.items()
-                       if src.get("status") == APPLIED})
-    return list(events.values())
+    events: dict[str, dict[str, dict[str, Any]]] = {u: {} for u in user_ids}
+    for hit in engine.scan(index, query):
+        events.setdefault(str(hit["_source"]["user_id"]), {})[hit["_id"]] = hit["_source"]
+    unseen = {u: [i for i in user.recent if i not in events.get(u, {})]
+              for u, user in current.items()}
+    found = engine.mget_versioned(index, [i for ids in unseen.values() for i in ids])
+    out: dict[str, list[dict[str, Any]] | None] = {}
+    for user_id in user_ids:
+        missing = unseen.get(user_id, [])
+        if any(i not in found for i in missing):
+            out[user_id] = None
+            continue
+        for event_id in missing:
+            if found[event_id][0].get("status") == APPLIED:
+                events[user_id][event_id] = found[event_id][0]
+        out[user_id] = list(events[user_id].values())
+    return out
+
+
+def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]:
+    """Replay each user's event log in time order into a fresh state, and store it: a batch
+    at a time (one refresh, one scan, one read of the documents' vectors, one bulk write).
+
+    Returns ``rebuilt`` and ``removed`` (users without usable events) counts, ``events``,
+    ``skipped`` (events whose document is gone) and ``deferred``: users whose log is not
+    complete yet (an event they count is still being stored); rebuild those again later.
+    """
+    settings = services.settings
+    engine = services.engine
+    result: dict[str, Any] = {"rebuilt": 0, "removed": 0, "events": 0, "skipped": 0,
+                              "deferred": []}
+    todo = list(dict.fromkeys(user_ids))
+    for user_id in todo:
+        services.user_states.discard(user_id)
+    for attempt in range(MAX_UPDATE_ATTEMPTS):
+        if not todo:
+            return result
+        versions = engine.mget_versioned(settings.interests_alias, todo,
+                                         exclude=list(V1_VECTOR_FIELDS))
+        current = {u: UserInterest.from_source(src) for u, (src, _, _) in versions.items()}
+        logs = _applied_events(services, todo, current)
+        waiting = [u for u, log in logs.items() if log is None]
+        if waiting and attempt < REBUILD_WAIT_TRIES:
+            time.sleep(REBUILD_WAIT_S)  # their events are being stored: read all again
+            continue
+        result["deferred"] += waiting
+        complete = {u: log for u, log in logs.items() if log is not None}
+        docs = fetch_doc_vectors(services, {e["doc_id"] for log in complete.values()
+                                            for e in log if e.get("doc_id")}, fresh=True)
+        now = time.time()
+        cutoff_ms = (now - RECENT_WINDOW_S) * 1000
+        actions: list[dict[str, Any]] = []
+        for user_id, log in complete.items():
+            events = sorted(log, key=lambda e: (int(e["timestamp"]), e["event_id"]))
+            usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
+            result["skipped"] += len(events) - len(usable)
+            action: dict[str, Any] = {"_index": settings.interests_alias, "_id": user_id}
+            if user_id in versions:
+                action.update(if_seq_no=versions[user_id][1],
+                              if_primary_term=versions[user_id][2])
+            if not usable:
+                if user_id in versions:
+                    actions.append({**action, "_op_type": "delete"})
+                continue
+            user = UserInterest.empty(user_id, _dims(contributions(usable[0], docs)))
+            for event in usable:
+                folded = user.apply_event(event["event_id"], contributions(event, docs),
+                                          settings.half_life_long_s, settings.half_life_short_s,
+                                          now)
+                user = folded if folded is not None else user
+            # Remember only ids that an in-flight task could still try to apply.
+            user = replace(user, recent={e["event_id"]: now for e in usable
+                                         if e.get("received_at", 0) >= cutoff_ms})
+            actions.append({**action, "_source": user.to_source(now),
+                            "_op_type": "index" if user_id in versions else "create"})
+            result["events"] += len(usable)
+        retry: list[str] = []
+        for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
+                                              raise_on_exception=False, chunk_size=500):
+            op, info = next(iter(item.items()))
+            user_id = str(info.get("_id"))
+            if ok:
+                result["removed" if op == "delete" else "rebuilt"] += 1
+            elif info.get("status") == 409:
+                retry.append(user_id)  # a worker folded an event meanwhile: replay again
+            elif bulk_item_busy(item):
+                raise EngineBusy(f"writing rebuilt interests: {bulk_error_reason(item)}")
+            else:
+                raise RuntimeError(f"writing rebuilt interests failed: "
+                                   f"{bulk_error_reason(item)}")
+        forget_users(services.redis, [u for u in complete if u not in retry])
+        todo = retry
+    raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
 def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
-    """Replay the user's event log in time order into a fresh state, and store it."""
-    settings = services.settings
-    engine = services.engine
-    services.user_states.discard(user_id)
-    for _ in range(MAX_UPDATE_ATTEMPTS):
-        current = engine.get_versioned(settings.interests_alias, user_id)
-        for _ in range(REBUILD_WAIT_TRIES):
-            log = user_events(services, user_id,
-                              UserInterest.from_source(current[0]) if current else None)
-            if log is not None:
-                break
-            time.sleep(REBUILD_WAIT_S)
-            current = engine.get_versioned(settings.interests_alias, user_id)
-        else:
-            raise EventsInFlight(f"user {user_id!r} counts events not stored yet (a batch awaits "
-                                 "its retry or redelivery); rebuild it again later")
-        events = sorted(log, key=lambda e: (int(e["timestamp"]), e["event_id"]))
-        docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")},
-                                 fresh=True)
-        usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
-        now = time.time()
-        if not usable:
-            if current is not None:
-                engine.client.delete(index=settings.interests_alias, id=user_id)
-            return {"user_id": user_id, "events": 0, "skipped": len(events)}
-        user = UserInterest.empty(user_id, _dims(contributions(usable[0], docs)))
-        for event in usable:
-            folded = user.apply_event(event["event_id"], contributions(event, docs),
-                                      settings.half_life_long_s, settings.half_life_short_s, now)
-            user = folded if folded is not None else user
-        # Remember only ids that an in-flight task could still try to apply.
-        cutoff_ms = (now - RECENT_WINDOW_S) * 1000
-        recent = {e["event_id"]: now for e in usable if e.get("received_at", 0) >= cutoff_ms}
-        user = replace(user, recent=recent)
-        version = None if current is None else (current[1], current[2])
-        if engine.put_versioned(settings.interests_alias, user_id, user.to_source(now), version):
-            forget_users(services.redis, [user_id])
-            return {"user_id": user_id, "events": len(usable),
-                    "skipped": len(events) - len(usable)}
-    raise ConcurrentUpdateError(f"a user's interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
+    """Replay one user's event log into a fresh state (``rebuild_users`` for one)."""
+    result = rebuild_users(services, [user_id])
+    if result["deferred"]:
+        raise EventsInFlight(f"user {user_id!r} counts events not stored yet (a batch awaits "
+                             "its retry or redelivery); rebuild it again later")
+    return {"user_id": user_id, "events": result["events"], "skipped": result["skipped"]}
 
 
 def all_user_ids(services: Services) -> Iterable[str]:
@@ -283,22 +343,31 @@ def all_user_ids(services: Services) -> Iterable[str]:
             return
 
 
-def rebuild_all(
-    services: Services, progress: Callable[[dict[str, Any]], None] | None = None
-) -> tuple[int, list[str]]:
-    """Rebuild every user; returns how many were rebuilt and the ids deferred because
-    events of theirs are still in flight (rebuild those again later)."""
-    count, deferred = 0, []
+def user_batches(services: Services, size: int = REBUILD_BATCH) -> Iterable[list[str]]:
+    """Every user with events, ``size`` at a time."""
+    batch: list[str] = []
     for user_id in all_user_ids(services):
-        try:
-            result: dict[str, Any] = rebuild_user(services, user_id)
-        except EventsInFlight:
-            deferred.append(user_id)
-            result = {"user_id": user_id, "deferred": True}
-        else:
-            count += 1
+        batch.append(user_id)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def rebuild_all(
+    services: Services, progress: Callable[[int], None] | None = None
+) -> tuple[int, list[str]]:
+    """Rebuild every user, a batch at a time; returns how many were rebuilt and the ids
+    deferred because events of theirs are still in flight (rebuild those again later).
+    ``progress`` gets the number of users each batch handled."""
+    count, deferred = 0, []
+    for batch in user_batches(services):
+        result = rebuild_users(services, batch)
+        count += result["rebuilt"] + result["removed"]
+        deferred += result["deferred"]
         if progress:
-            progress(result)
+            progress(len(batch))
     return count, deferred
 
 

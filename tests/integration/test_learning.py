@@ -144,6 +144,47 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
                        second["version"])
 
 
+def test_popularity_writes_are_rationed_by_change_and_budget(learning: Services) -> None:
+    """One flush writes at most its budget, largest changes first; a change of the ranking
+    term within the tolerance is not written (the exact value stays in Redis)."""
+    from plugin.indices import setup_indices
+
+    mine = Services(replace(learning.settings, popularity_half_life_s=0.0,
+                            index_prefix=learning.settings.index_prefix + "-ration",
+                            popularity_flush_max_docs=2, popularity_tolerance=0.01))
+    setup_indices(mine.engine, mine.settings, mine.embedder.dims)
+    try:
+        ids = [uid("ration") for _ in range(4)]
+        assert not pipeline.index_documents(mine, [{"id": d, "title": f"rationed {d}"}
+                                                   for d in ids], refresh=True).errors
+        likes = dict(zip(ids, (60, 10, 2, 1), strict=True))
+        events = [event(f"u{n}", d, "like", T0 + n) for d, k in likes.items() for n in range(k)]
+        assert not pipeline.ingest_events(mine, events).errors
+        like = mine.settings.event_weights["like"]
+
+        assert popularity.flush(mine, refresh=True) == 2
+        assert stored_popularity(mine, ids) == {ids[0]: pytest.approx(60 * like),
+                                                ids[1]: pytest.approx(10 * like),
+                                                ids[2]: None, ids[3]: None}
+        assert popularity.flush(mine, refresh=True) == 2
+        assert stored_popularity(mine, ids[2:]) == {ids[2]: pytest.approx(2 * like),
+                                                    ids[3]: pytest.approx(like)}
+        assert popularity.flush(mine, refresh=True) == 0  # nothing left
+
+        # One more like on the popular one moves log10(1 + p) by less than 0.01: not written.
+        assert not pipeline.ingest_events(mine, [event("u-late", ids[0], "like", T0 + 99)]).errors
+        assert popularity.flush(mine, refresh=True) == 0
+        assert stored_popularity(mine, ids[:1]) == {ids[0]: pytest.approx(60 * like)}
+        assert popularity.values(mine, ids[:1]) == {ids[0]: pytest.approx(61 * like)}
+        # Ten more do: the value written is the exact one.
+        assert not pipeline.ingest_events(mine, [event(f"u-more{n}", ids[0], "like", T0 + 100)
+                                                 for n in range(10)]).errors
+        assert popularity.flush(mine, refresh=True) == 1
+        assert stored_popularity(mine, ids[:1]) == {ids[0]: pytest.approx(71 * like)}
+    finally:
+        mine.engine.client.indices.delete(index=f"{mine.settings.index_prefix}-*")
+
+
 @pytest.fixture(scope="module")
 def many_matches(learning: Services) -> dict[str, Any]:
     """120 documents that all match 'gadget', far more than knn_candidates (5); one user who

@@ -214,6 +214,34 @@ def test_rebuild_equals_the_incremental_path(services: Services, corpus: list[st
     assert incremental.event_counts == rebuilt.event_counts
 
 
+def test_a_batch_rebuild_by_a_worker_equals_each_users_incremental_path(
+    services: Services, corpus: list[str], worker, celery_client  # type: ignore[no-untyped-def]
+) -> None:
+    rng = random.Random(12)
+    users = [uid("batch") for _ in range(25)]
+    base = time.time() - 20 * 86400
+    events = [{"event_id": uid("e"), "user_id": rng.choice(users), "doc_id": rng.choice(corpus),
+               "type": rng.choice(["click", "like", "dislike", "purchase"]),
+               "timestamp": base + rng.uniform(0, 20 * 86400)} for _ in range(300)]
+    for start in range(0, len(events), 50):
+        assert not pipeline.ingest_events(services, events[start:start + 50]).errors
+    incremental = {u: interest(services, u) for u in users}
+
+    unknown = uid("nobody")  # no events, no document: nothing to rebuild, nothing written
+    result = celery_client.send_task("es_interest.rebuild_users",
+                                     args=[[*users, unknown]]).get(timeout=300)
+    assert result["rebuilt"] == len(users) and result["deferred"] == []
+    assert result["events"] == len(events)
+    assert interest(services, unknown) is None
+    for user in users:
+        before, after = incremental[user], interest(services, user)
+        assert before is not None and after is not None
+        for a, b in ((before.long, after.long), (before.short, after.short)):
+            assert np.max(np.abs(a.vector_sum - b.vector_sum)) <= 1e-5
+            assert a.ref_time == b.ref_time
+        assert before.event_counts == after.event_counts
+
+
 # -- workers ---------------------------------------------------------------------------------
 
 
@@ -315,4 +343,43 @@ def test_setup_is_idempotent_refuses_incompatible_changes_and_migrates(
     targets = list(engine.client.indices.get_alias(name=mine.docs_alias))
     assert len(targets) == 1 and targets[0].startswith(f"{mine.docs_alias}-v2-")
     assert engine.client.count(index=mine.docs_alias)["count"] == 30
+    engine.client.indices.delete(index=f"{mine.index_prefix}-*")
+
+
+def test_interest_documents_from_mapping_v1_upgrade_in_place_and_migrate(
+    services: Services, settings: Settings, tmp_path: Path
+) -> None:
+    """Users written under interests v1 (unit vectors stored) stay readable after the in-place
+    upgrade, and ``--reindex`` copies them without the fields v2 dropped."""
+    from plugin.caches import forget_users
+    from plugin.indices import setup_indices
+    from plugin.interest import Contribution
+    from plugin.search import user_vectors
+
+    engine, dims = services.engine, services.embedder.dims
+    mine = replace(settings, index_prefix=f"{settings.index_prefix}-v1users")
+    for path in settings.mappings_dir.glob("*.v1.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    setup_indices(engine, replace(mine, mappings_dir=tmp_path), dims)
+    embedding = services.embedder.encode_one("space opera").tolist()
+    user = UserInterest.empty("old-user", dims).fold(
+        Contribution(1.0e9, 1.0, embedding, "like"), 3.0e7, 6.0e5)
+    old_source = {k: v for k, v in user.to_source(1.0e9).items() if k != "vectors"}
+    old_source["interest_long"] = old_source["interest_short"] = embedding  # as v1 wrote them
+    engine.client.index(index=mine.interests_alias, id="old-user", body=old_source,
+                        refresh=True)
+
+    lines = setup_indices(engine, mine, dims)
+    assert "added fields: vectors" in lines[2]
+    mine_services = Services(mine)
+    vectors = user_vectors(mine_services, "old-user")
+    assert vectors.long == pytest.approx(embedding, abs=1e-6)
+
+    lines = setup_indices(engine, mine, dims, reindex=True)
+    assert "migrated 1 documents" in lines[2]
+    copied = engine.client.get(index=mine.interests_alias, id="old-user")["_source"]
+    assert "interest_long" not in copied and "interest_short" not in copied
+    assert UserInterest.from_source(copied).long.weight == pytest.approx(1.0)
+    forget_users(mine_services.redis, ["old-user"])  # read it from the copy
+    assert user_vectors(mine_services, "old-user").long == pytest.approx(embedding, abs=1e-6)
     engine.client.indices.delete(index=f"{mine.index_prefix}-*")

@@ -102,4 +102,5 @@ def test_user_interest_round_trips_through_its_source() -> None:
     np.testing.assert_allclose(again.long.vector_sum, user.long.vector_sum)
     assert again.event_counts == {"like": 4}
     assert source["top_tags"] == ["tag-a"]
-    assert len(source["interest_long"]) == 3 and len(source["interest_short"]) == 3
+    assert source["vectors"] == ["long", "short"]
+    assert "interest_long" not in source  # derived from the state, never stored
