@@ -73,5 +73,6 @@ soak: venv up  ## searches and events together for 2 minutes: 0 lost events, 0 5
 	$(BIN)/python -m bench.soak
 
 bench: venv up  ## benchmarks: JSON and markdown tables in bench/results/
+	$(BIN)/python -m bench.model
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.search

@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import replace
@@ -124,18 +125,39 @@ def engine_cpu_s(client: Any) -> float:
     return sum(n["process"]["cpu"]["total_in_millis"] for n in stats["nodes"].values()) / 1000
 
 
-def process_tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (prefork pool), in MiB."""
-    total_kb = 0
-    for p in {pid} | child_pids(pid):
+def process_rss_mb(pids: set[int]) -> dict[int, float]:
+    """Resident memory of each process, in MiB (those gone are left out)."""
+    found = {}
+    for p in pids:
         try:
             with open(f"/proc/{p}/status") as fh:
                 for line in fh:
                     if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
+                        found[p] = int(line.split()[1]) / 1024
         except OSError:
             continue
-    return total_kb / 1024
+    return found
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (prefork pool), in MiB."""
+    return sum(process_rss_mb({pid} | child_pids(pid)).values())
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory of a process tree, in total and of its largest process."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.peak_process = pid, 0.0, 0.0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            each = process_rss_mb({self.pid} | child_pids(self.pid))
+            self.peak = max(self.peak, sum(each.values()))
+            self.peak_process = max(self.peak_process, *each.values(), 0.0)
+            time.sleep(0.5)
 
 
 def machine() -> dict[str, Any]:

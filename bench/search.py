@@ -4,7 +4,10 @@ For each engine of `make up`, one session: index MovieLens movies, give 50 users
 serve the API with gunicorn, then measure p50/p99 at concurrency 1, 8 and 32 for
 plain BM25 sent straight to the engine (the baseline), the non-personalized hybrid through the
 layer, and the personalized blend with each strategy the engine runs, with and without the
-query-embedding cache. Caches are warmed first where they are on.
+query-embedding cache. Caches are warmed first where they are on. The layer's blended request
+for the default strategy is also replayed straight to the engine (what the layer adds is the
+difference), and on the first engine the gunicorn worker models (processes x threads) are
+compared at concurrency 8 by requests/s against that replay, with the API's memory.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import click
 import numpy as np
 import requests
 
-from bench.common import isolated_settings, machine, start_api, write_results
+from bench.common import RssSampler, isolated_settings, machine, start_api, write_results
 from plugin import pipeline
 from plugin.api.auth import create_key
 from plugin.config import LOCAL_ENGINE_URLS
@@ -144,6 +147,8 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
             blended_label = f"personalized {default}: its engine request, straight to the engine"
             for workers, threads in worker_models:
                 api, layer = start_api(settings, workers, threads)
+                memory = RssSampler(api.pid)
+                memory.start()
                 call = through_layer({"strategy": default})
                 for q in QUERIES:  # each process warms its model
                     call({"q": q, "user_id": user_ids[0]})
@@ -151,8 +156,10 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
                         for _ in range(requests_per_cell)]
                 layer_cell = measure(call, jobs, 8)
                 engine_cell = measure(blended, jobs, 8)  # the same requests, right after
+                memory.stop_flag.set()
                 models[f"{workers} x {threads}"] = {
                     "layer": layer_cell, "engine": engine_cell,
+                    "rss_largest_process_mb": round(memory.peak_process, 1),
                     "ratio": round(layer_cell["requests_per_s"] / engine_cell["requests_per_s"],
                                    3)}
                 api.terminate()
@@ -188,11 +195,13 @@ def table(results: dict[str, Any], concurrencies: list[int]) -> str:
                       "(warm caches), by gunicorn worker model, against the same engine "
                       "requests sent straight to the engine right after (goal: ratio >= 0.5):\n",
                       "| gunicorn workers x threads | layer requests/s (p50 ms) | engine "
-                      "requests/s (p50 ms) | ratio |", "| --- | --- | --- | --- |"]
+                      "requests/s (p50 ms) | ratio | RSS, largest API process |",
+                      "| --- | --- | --- | --- | --- |"]
             for model, m in res["worker_models"].items():
                 lines.append(f"| {model} | {m['layer']['requests_per_s']} "
                              f"({m['layer']['p50_ms']}) | {m['engine']['requests_per_s']} "
-                             f"({m['engine']['p50_ms']}) | {m['ratio']} |")
+                             f"({m['engine']['p50_ms']}) | {m['ratio']} | "
+                             f"{m['rss_largest_process_mb']:.0f} MiB |")
         del name
     return "\n".join(lines) + "\n"
 

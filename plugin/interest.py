@@ -32,10 +32,10 @@ MIN_RELATIVE_NORM = 1e-3
 class DocVector:
     """What a fold needs of an indexed document: its embedding and its tags."""
 
-    embedding: list[float]
+    embedding: npt.ArrayLike
     tags: tuple[str, ...]
     # Its behaviour (collaborative) vector and the training run that made it, if it has one.
-    behaviour: list[float] | None = None
+    behaviour: npt.ArrayLike | None = None
     behaviour_version: str | None = None
 
 

@@ -14,10 +14,17 @@ def test_defaults_and_overrides() -> None:
     assert s.half_life_short_s == 43200.0
     assert s.event_weights["like"] == 5.0 and s.event_weights["rate"] == 1.0
     assert s.docs_alias == "es-interest-docs"
+    assert load_settings({}).model_backend == "onnx"
+    assert load_settings({"ES_INTEREST_MODEL_BACKEND": "torch"}).model_backend == "torch"
+    assert load_settings({"ES_INTEREST_POPULARITY_FLUSH_MAX_DOCS": "0"}
+                         ).popularity_flush_max_docs == 0
 
 
 @pytest.mark.parametrize("env", [{"ES_INTEREST_HALF_LIFE_LONG_DAYS": "long"},
-                                 {"ES_INTEREST_EVENT_WEIGHTS": "like"}])
+                                 {"ES_INTEREST_EVENT_WEIGHTS": "like"},
+                                 {"ES_INTEREST_POPULARITY_TOLERANCE": "-0.1"},
+                                 {"ES_INTEREST_POPULARITY_FLUSH_MAX_DOCS": "-1"},
+                                 {"ES_INTEREST_MODEL_BACKEND": "tensorflow"}])
 def test_bad_values_are_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="ES_INTEREST_"):
         load_settings(env)
