@@ -43,6 +43,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import cachetools
@@ -147,6 +148,10 @@ class QueryInputs:
         return float(max(1, self.words) ** -exponent) if exponent > 0 else 1.0
 
 
+# Requests sent while this thread does other work (a few at a time per process).
+_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="es-interest-search")
+
+
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
                  use_cache: bool = True) -> QueryInputs:
     """The query's embedding and best BM25 score (from Redis when cached), and its length."""
@@ -163,11 +168,12 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
             data = json.loads(cached)
             return QueryInputs(_unpack(data["vector"]), float(data["max_bm25"]),
                                _words(query))
-    vector = services.embedder.encode_one(query).tolist()
     text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
     body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
-    response = services.engine.search(settings.docs_alias, body)
-    max_bm25 = float(response["hits"].get("max_score") or 0.0)
+    # The engine answers while the model encodes: an uncached query waits for the slower one.
+    best = _BACKGROUND.submit(services.engine.search, settings.docs_alias, body)
+    vector = services.embedder.encode_one(query).tolist()
+    max_bm25 = float(best.result()["hits"].get("max_score") or 0.0)
     if use_cache:
         with contextlib.suppress(Exception):
             services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25}),
