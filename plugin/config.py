@@ -69,8 +69,9 @@ class Settings:
     model_backend: str = "onnx"
     # Where ONNX exports live (`es-interest model export`); empty = ~/.cache/es-interest/onnx.
     model_cache_dir: str = ""
-    # torch intra-op threads per process; 0 = torch's default (all cores). `es-interest worker`
-    # sets it to cores / pool size, so pool processes don't fight over the same cores.
+    # The model's intra-op threads per process (torch or ONNX Runtime); 0 = the library's
+    # default (all cores). `es-interest worker` sets it to cores / pool size, so pool processes
+    # don't fight over the same cores.
     torch_threads: int = 0
     # 32 measured fastest for short texts on 2 cores (DESIGN.md quotes batch 64).
     embed_batch_size: int = 32
