@@ -19,6 +19,11 @@ from plugin.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# Short search queries, shared by the search and model benchmarks.
+QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "animated family",
+           "horror", "documentary", "musical", "western", "time travel", "dark comedy",
+           "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
+           "war drama", "detective"]
 
 
 def isolated_settings(name: str, redis_db: int = 9) -> Settings:

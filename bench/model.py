@@ -14,6 +14,7 @@ NDCG with each backend comes from `es-interest eval` (docs/evaluation.md).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,13 +25,8 @@ from typing import Any
 import click
 import numpy as np
 
-from bench.common import ROOT, machine, write_results
+from bench.common import QUERIES, ROOT, machine, process_rss_mb, write_results
 from plugin.embedding import BACKENDS
-
-QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "animated family",
-           "horror", "documentary", "musical", "western", "time travel", "dark comedy",
-           "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
-           "war drama", "detective"]
 
 
 def run_backend(backend: str, texts_limit: int, vectors_out: str, threads: int) -> dict[str, Any]:
@@ -54,8 +50,7 @@ def run_backend(backend: str, texts_limit: int, vectors_out: str, threads: int) 
             one.append((time.perf_counter() - started) * 1000)
     query_vectors = embedder.encode(QUERIES)
     np.save(vectors_out, np.vstack([vectors, query_vectors]))
-    with open("/proc/self/status") as fh:
-        rss = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    rss = process_rss_mb({os.getpid()})[os.getpid()]
     return {"backend": backend, "load_s": round(load_s, 2), "texts": len(texts),
             "sentences_per_s": round(len(texts) / encode_s, 1),
             "query_p50_ms": round(float(np.percentile(one, 50)), 2),

@@ -22,7 +22,14 @@ import click
 import numpy as np
 import requests
 
-from bench.common import RssSampler, isolated_settings, machine, start_api, write_results
+from bench.common import (
+    QUERIES,
+    RssSampler,
+    isolated_settings,
+    machine,
+    start_api,
+    write_results,
+)
 from plugin import pipeline
 from plugin.api.auth import create_key
 from plugin.config import LOCAL_ENGINE_URLS
@@ -37,11 +44,6 @@ from plugin.search import (
     search,
 )
 from plugin.services import Services
-
-QUERIES = ["adventure", "space war", "romantic comedy", "crime thriller", "animated family",
-           "horror", "documentary", "musical", "western", "time travel", "dark comedy",
-           "superhero", "heist", "coming of age", "zombies", "mafia", "pixar", "dystopia",
-           "war drama", "detective"]
 
 
 def prepare(services: Services, movies: int, users: int) -> list[str]:
@@ -144,7 +146,6 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
         api.wait(timeout=30)
         models = {}
         if worker_models:
-            blended_label = f"personalized {default}: its engine request, straight to the engine"
             for workers, threads in worker_models:
                 api, layer = start_api(settings, workers, threads)
                 memory = RssSampler(api.pid)
@@ -164,7 +165,6 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
                                    3)}
                 api.terminate()
                 api.wait(timeout=30)
-            del blended_label
         return {"engine": f"{services.engine.kind.value} {services.engine.version}",
                 "documents": movies, "users": users, "cells": cells, "strategy": default,
                 "worker_models": models}

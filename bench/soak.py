@@ -21,6 +21,7 @@ import click
 import requests
 
 from bench.common import (
+    QUERIES,
     ROOT,
     isolated_settings,
     machine,
@@ -30,7 +31,6 @@ from bench.common import (
     wait_for_worker,
     write_results,
 )
-from bench.search import QUERIES
 from plugin import pipeline
 from plugin.api.auth import create_key
 from plugin.indices import setup_indices

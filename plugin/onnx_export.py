@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "es-interest" / "onnx"
 
 
+@lru_cache(maxsize=8)
 def model_key(folder: Path) -> str:
-    """The model's name and a hash of every file that shapes its output."""
+    """The model's name and a hash of every file that shapes its output (read once per
+    process: the weights are tens of megabytes)."""
     digest = hashlib.sha256(f"format {EXPORT_FORMAT}".encode())
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".txt"):

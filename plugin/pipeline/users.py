@@ -268,11 +268,12 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
                                          exclude=list(V1_VECTOR_FIELDS))
         current = {u: UserInterest.from_source(src) for u, (src, _, _) in versions.items()}
         logs = _applied_events(services, todo, current)
+        # Users whose events are still being stored are read again shortly, alone; after
+        # REBUILD_WAIT_TRIES they are deferred. The others are rebuilt now.
         waiting = [u for u, log in logs.items() if log is None]
-        if waiting and attempt < REBUILD_WAIT_TRIES:
-            time.sleep(REBUILD_WAIT_S)  # their events are being stored: read all again
-            continue
-        result["deferred"] += waiting
+        if attempt >= REBUILD_WAIT_TRIES:
+            result["deferred"] += waiting
+            waiting = []
         complete = {u: log for u, log in logs.items() if log is not None}
         docs = fetch_doc_vectors(services, {e["doc_id"] for log in complete.values()
                                             for e in log if e.get("doc_id")}, fresh=True)
@@ -318,7 +319,11 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
                 raise RuntimeError(f"writing rebuilt interests failed: "
                                    f"{bulk_error_reason(item)}")
         forget_users(services.redis, [u for u in complete if u not in retry])
-        todo = retry
+        todo = retry + waiting
+        if waiting:
+            time.sleep(REBUILD_WAIT_S)
+    if not todo:
+        return result
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
