@@ -104,3 +104,24 @@ def test_user_interest_round_trips_through_its_source() -> None:
     assert source["top_tags"] == ["tag-a"]
     assert source["vectors"] == ["long", "short"]
     assert "interest_long" not in source  # derived from the state, never stored
+
+
+def test_event_ids_and_tags_are_stored_as_values_not_keys() -> None:
+    user = UserInterest.empty("u1", 3)
+    for n, (t, w, e) in enumerate(EVENTS):
+        folded = user.apply_event(f"event-{n}", [Contribution(t, w, e, "like", (f"tag-{n}",))],
+                                  30 * DAY, DAY, now=5000.0)
+        assert folded is not None
+        user = folded
+    state = user.to_source(updated_at=5000.0)["state"]
+    # The engine's JSON parser interns object keys: an unbounded set of them (an id per
+    # event) cost a quarter of its CPU, so ids and tags are values in [key, value] pairs.
+    assert state["recent"] == [[f"event-{n}", 5000.0] for n in range(4)]
+    assert all(isinstance(pair, list) for pair in state["tag_scores"])
+    again = UserInterest.from_source(user.to_source(updated_at=5000.0))
+    assert again.recent == user.recent and again.tag_scores == user.tag_scores
+    # Documents written before kept objects; they still read the same.
+    old = user.to_source(updated_at=5000.0)
+    old["state"].update(recent=dict(user.recent), tag_scores=dict(user.tag_scores))
+    assert UserInterest.from_source(old).recent == user.recent
+    assert UserInterest.from_source(old).tag_scores == user.tag_scores
