@@ -94,7 +94,7 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
         plain_session = requests.Session()
 
         def plain(job: dict[str, Any]) -> None:
-            body = {"size": 10, "_source": {"excludes": ["embedding"]},
+            body: dict[str, Any] = {"size": 10, "_source": {"excludes": ["embedding"]},
                     "query": {"multi_match": {"query": job["q"], "fields": TEXT_FIELDS}}}
             plain_session.post(f"{url}/{settings.docs_alias}/_search", json=body,
                                timeout=30).raise_for_status()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import cachetools
@@ -52,12 +53,59 @@ def ttl(maxsize: int, seconds: float) -> LockedCache[K, V]:
 
 # Redis cache of users' unit vectors for the search layer; workers drop entries on change.
 USER_VECTORS_PREFIX = "es-interest:user:"
+# The version (``_seq_no:_primary_term``) a worker process last wrote of a user, so that
+# another process sees its own cached copy is stale before it tries a write the engine would
+# refuse. A hint only: the engine's version check still decides, so a missing or late hint
+# costs a refused write, never a lost update. One hash per time window (one command writes a
+# batch's hints, where a key per user took a command each), kept for two windows.
+USER_VERSION_PREFIX = "es-interest:user-versions:"
+USER_VERSION_WINDOW_S = 300
+
+
+def _version_keys(now: float | None = None) -> tuple[str, str]:
+    """This window's hash and the one before it."""
+    window = int((time.time() if now is None else now) // USER_VERSION_WINDOW_S)
+    return USER_VERSION_PREFIX + str(window), USER_VERSION_PREFIX + str(window - 1)
 
 
 def forget_users(redis: Any, user_ids: Sequence[str]) -> None:
-    """Drop cached vectors of users whose interests just changed."""
+    """Drop cached vectors and version hints of users whose interests just changed."""
     if user_ids:
-        redis.delete(*(USER_VECTORS_PREFIX + u for u in user_ids))
+        pipe = redis.pipeline(transaction=False)
+        pipe.delete(*(USER_VECTORS_PREFIX + u for u in user_ids))
+        for key in _version_keys():
+            pipe.hdel(key, *user_ids)
+        pipe.execute()
+
+
+def note_user_writes(redis: Any, changed: Sequence[str],
+                     written: Mapping[str, tuple[int, int]]) -> None:
+    """After a worker's bulk write of users: drop the cached vectors of those ``changed``,
+    and publish the version ``written`` of each user it wrote (one round trip)."""
+    if not changed and not written:
+        return
+    pipe = redis.pipeline(transaction=False)
+    if changed:
+        pipe.delete(*(USER_VECTORS_PREFIX + u for u in changed))
+    if written:
+        current, _ = _version_keys()
+        pipe.hset(current, mapping={u: "{}:{}".format(*v) for u, v in written.items()})
+        pipe.expire(current, 2 * USER_VERSION_WINDOW_S)
+    pipe.execute()
+
+
+def stale_users(redis: Any, cached: Mapping[str, tuple[int, int]]) -> set[str]:
+    """Users whose cached version differs from the last one any worker wrote."""
+    if not cached:
+        return set()
+    ids = list(cached)
+    pipe = redis.pipeline(transaction=False)
+    for key in _version_keys():
+        pipe.hmget(key, ids)
+    current, previous = pipe.execute()
+    return {u for u, now, before in zip(ids, current, previous, strict=True)
+            if (hint := now if now is not None else before) is not None
+            and hint.decode() != "{}:{}".format(*cached[u])}
 
 
 # The behaviour vectors' current version (a training run), per index prefix: written by

@@ -241,29 +241,24 @@ class Engine:
             return None
         return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
 
-    def get_source(self, index: str, doc_id: str, timeout_s: float,
-                   exclude: list[str] | None = None) -> JSON | None:
-        """One document's source within ``timeout_s`` (raises on timeout), or None."""
-        params: JSON = {"_source_excludes": exclude} if exclude else {}
+    def get_source(self, index: str, doc_id: str, timeout_s: float) -> JSON | None:
+        """One document's whole source within ``timeout_s`` (raises on timeout), or None.
+        Unfiltered: a filter makes the engine parse and write the source again."""
         try:
             if self.kind is EngineKind.OPENSEARCH:
-                doc = self.client.get(index=index, id=doc_id, request_timeout=timeout_s,
-                                      **params)
+                doc = self.client.get(index=index, id=doc_id, request_timeout=timeout_s)
             else:
-                doc = self.client.options(request_timeout=timeout_s).get(
-                    index=index, id=doc_id, **params)
+                doc = self.client.options(request_timeout=timeout_s).get(index=index, id=doc_id)
         except self._not_found_error:
             return None
         return dict(doc["_source"])
 
-    def mget_versioned(self, index: str, ids: list[str], exclude: list[str] | None = None
-                       ) -> dict[str, tuple[JSON, int, int]]:
-        """Real-time multi-get: found documents with their ``_seq_no`` and ``_primary_term``."""
+    def mget_versioned(self, index: str, ids: list[str]) -> dict[str, tuple[JSON, int, int]]:
+        """Real-time multi-get: found documents (whole sources) with their ``_seq_no`` and
+        ``_primary_term``."""
         found: dict[str, tuple[JSON, int, int]] = {}
-        params = {"_source_excludes": exclude} if exclude else {}
         for start in range(0, len(ids), 1000):
-            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]},
-                                        **params)
+            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]})
             for doc in response["docs"]:
                 if doc.get("found"):
                     found[doc["_id"]] = (doc["_source"], int(doc["_seq_no"]),

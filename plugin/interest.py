@@ -156,9 +156,6 @@ TAG_SCORES_KEPT = 100
 # How long an applied event's id is remembered, so that a redelivered task or a rebuild racing
 # an in-flight update cannot fold it twice. Far longer than a task's lifetime with retries.
 RECENT_WINDOW_S = 3600.0
-# Unit vectors that interests mapping v1 stored in each user document; later documents leave
-# them out, and readers exclude them from older ones (they follow from the state).
-V1_VECTOR_FIELDS = ("interest_long", "interest_short", "behaviour")
 
 
 @dataclass(frozen=True)

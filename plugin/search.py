@@ -53,7 +53,7 @@ from plugin.caches import BEHAVIOUR_VERSION_KEY, USER_VECTORS_PREFIX
 from plugin.config import BLEND_STRATEGIES
 from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON
-from plugin.interest import V1_VECTOR_FIELDS, HorizonState, UserInterest, interest_vector
+from plugin.interest import HorizonState, UserInterest, interest_vector
 from plugin.services import Services
 
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
@@ -207,8 +207,7 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
         return UserVectors(cached_long, cached_short, cached_behaviour,
                            data.get("behaviour_version"))
     found = services.engine.get_source(services.settings.interests_alias, user_id,
-                                       timeout_s=services.settings.user_vector_budget_ms / 1000,
-                                       exclude=list(V1_VECTOR_FIELDS))
+                                       timeout_s=services.settings.user_vector_budget_ms / 1000)
     vectors = UserVectors() if found is None else vectors_of(UserInterest.from_source(found))
     services.redis.set(key, json.dumps({
         "long": None if vectors.long is None else _pack(vectors.long),

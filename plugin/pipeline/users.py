@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from plugin.caches import forget_users
+from plugin.caches import forget_users, note_user_writes, stale_users
 from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.interest import (
     RECENT_WINDOW_S,
-    V1_VECTOR_FIELDS,
     Contribution,
     DocVector,
     UserInterest,
@@ -91,7 +90,8 @@ def update_users(
 ) -> list[str]:
     """Fold stored events into their users' documents; returns the event ids applied.
 
-    One real-time mget reads every user's document with its ``_seq_no``/``_primary_term``;
+    Users come from this process's cache unless another process wrote them since (its version
+    hint in Redis says so); one real-time mget reads the others with ``_seq_no``/``_primary_term``;
     one bulk writes them back only where nobody wrote in between (``create`` for a new user).
     Users whose write lost the race are read and folded again, so no update is lost. A user's
     document remembers the ids it applied recently, so an event folded twice (a redelivered
@@ -105,11 +105,16 @@ def update_users(
         if not todo:
             return applied
         current = services.user_states.get_many(todo)
+        # Another worker process wrote these since this one cached them: read them afresh
+        # rather than send a write the engine would refuse.
+        for user_id in stale_users(services.redis, {u: (c[1], c[2]) for u, c in current.items()}):
+            del current[user_id]
+            services.user_states.discard(user_id)
         missing = [u for u in todo if u not in current]
-        # The unit vectors are derived from the state: no need to read them back.
+        # The whole source: filtering it out in the engine (a v1 document's unit vectors)
+        # costs the engine two to three times the read itself; the reader ignores them.
         for user_id, (source, seq_no, term) in engine.mget_versioned(
-                settings.interests_alias, missing,
-                exclude=list(V1_VECTOR_FIELDS)).items():
+                settings.interests_alias, missing).items():
             current[user_id] = (UserInterest.from_source(source), seq_no, term)
         now = time.time()
         actions, applied_by_user, written = [], {}, {}
@@ -137,23 +142,27 @@ def update_users(
             applied_by_user[user_id] = ids
             written[user_id] = user
         retry: dict[str, Sequence[Mapping[str, Any]]] = {}
-        for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
-                                              raise_on_exception=False, chunk_size=500):
-            info = next(iter(item.values()))
-            user_id = info.get("_id")
-            if ok:
-                applied += applied_by_user[user_id]
-                services.user_states.put(user_id, (written[user_id], int(info["_seq_no"]),
-                                                   int(info["_primary_term"])))
-            elif info.get("status") == 409:
-                # Another writer (worker, rebuild, erase) got there first: read afresh.
-                services.user_states.discard(user_id)
-                retry[user_id] = todo[user_id]
-            elif bulk_item_busy(item):
-                raise EngineBusy(f"writing interests: {bulk_error_reason(item)}")
-            else:
-                raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
-        forget_users(services.redis, list(applied_by_user))
+        versions: dict[str, tuple[int, int]] = {}
+        try:
+            for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
+                                                  raise_on_exception=False, chunk_size=500):
+                info = next(iter(item.values()))
+                user_id = info.get("_id")
+                if ok:
+                    applied += applied_by_user[user_id]
+                    versions[user_id] = int(info["_seq_no"]), int(info["_primary_term"])
+                    services.user_states.put(user_id, (written[user_id], *versions[user_id]))
+                elif info.get("status") == 409:
+                    # Another writer (worker, rebuild, erase) got there first: read afresh.
+                    services.user_states.discard(user_id)
+                    retry[user_id] = todo[user_id]
+                elif bulk_item_busy(item):
+                    raise EngineBusy(f"writing interests: {bulk_error_reason(item)}")
+                else:
+                    raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
+        finally:
+            # Also when the engine refused part of the bulk: what it took is written.
+            note_user_writes(services.redis, list(applied_by_user), versions)
         todo = retry
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
@@ -264,8 +273,7 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
     for attempt in range(MAX_UPDATE_ATTEMPTS):
         if not todo:
             return result
-        versions = engine.mget_versioned(settings.interests_alias, todo,
-                                         exclude=list(V1_VECTOR_FIELDS))
+        versions = engine.mget_versioned(settings.interests_alias, todo)
         current = {u: UserInterest.from_source(src) for u, (src, _, _) in versions.items()}
         logs = _applied_events(services, todo, current)
         # Users whose events are still being stored are read again shortly, alone; after

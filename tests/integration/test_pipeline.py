@@ -270,6 +270,40 @@ def test_two_worker_processes_lose_no_update(services: Services, settings: Setti
         second.stop()
 
 
+def _refused_user_writes(services: Services) -> int:
+    stats = services.engine.client.indices.stats(index=services.settings.interests_alias,
+                                                 metric="indexing")
+    return int(stats["_all"]["total"]["indexing"]["index_failed"])
+
+
+def test_a_process_whose_cached_user_is_stale_reads_it_afresh_before_writing(
+        settings: Settings, services: Services, corpus: list[str]) -> None:
+    """Two processes (two caches) fold one user in turn. Each learns from the other's version
+    hint in Redis that its own copy is stale and reads the user again, so the engine refuses
+    no write; without the hint the write is refused and retried. Either way nothing is lost."""
+    from plugin.caches import forget_users, stale_users
+
+    processes = [Services(settings), Services(settings)]
+    user = uid("turns")
+    now = time.time()
+    turns = [[{"event_id": uid("e"), "user_id": user, "doc_id": corpus[t], "type": "click",
+               "timestamp": now - t}] for t in range(6)]
+    refused = _refused_user_writes(services)
+    for turn, events in enumerate(turns[:4]):
+        assert pipeline.ingest_events(processes[turn % 2], events).done
+    assert _refused_user_writes(services) == refused
+    cached = processes[0].user_states.get_many([user])[user]  # the other one wrote last
+    assert stale_users(services.redis, {user: (cached[1], cached[2])}) == {user}
+
+    forget_users(services.redis, [user])  # no hint: the stale copy is tried, and refused
+    assert stale_users(services.redis, {user: (cached[1], cached[2])}) == set()
+    for turn, events in enumerate(turns[4:], start=4):
+        assert pipeline.ingest_events(processes[turn % 2], events).done
+    assert _refused_user_writes(services) > refused
+    state = interest(services, user)
+    assert state is not None and state.event_counts == {"click": 6}
+
+
 def test_a_task_that_keeps_failing_goes_to_the_dead_letter_list(worker, celery_client) -> None:  # type: ignore[no-untyped-def]
     dead_letter.purge(celery_client)
     result = celery_client.send_task("es_interest.ingest_events", args=[12345])
