@@ -93,7 +93,7 @@ def fold(
 ) -> HorizonState:
     """Add one event (signed ``weight`` at ``timestamp``) to a horizon's state."""
     emb = np.asarray(embedding, dtype=np.float64)
-    if not np.all(np.isfinite(emb)) or not math.isfinite(weight) or not math.isfinite(timestamp):
+    if not np.isfinite(emb).all() or not math.isfinite(weight) or not math.isfinite(timestamp):
         raise ValueError("event embedding, weight and timestamp must be finite")
     if state.is_empty:
         return HorizonState(weight * emb, abs(weight), weight, timestamp)
@@ -122,12 +122,18 @@ def interest_vector(state: HorizonState) -> npt.NDArray[np.float32] | None:
     Negative feedback subtracts from the sum; a horizon whose net evidence is not positive
     would point *away* from everything the user touched, which means nothing, so it is absent.
     """
+    norm = _direction_norm(state)
+    return None if norm is None else (state.vector_sum / norm).astype(np.float32)
+
+
+def _direction_norm(state: HorizonState) -> float | None:
+    """The sum's norm where it is a direction worth showing (see ``interest_vector``)."""
     if state.is_empty or state.net <= 0.0:
         return None
     norm = float(np.linalg.norm(state.vector_sum))
     if not math.isfinite(norm) or norm <= MIN_RELATIVE_NORM * state.weight:
         return None
-    return (state.vector_sum / norm).astype(np.float32)
+    return norm
 
 
 def weight_at(state: HorizonState, when: float, half_life_s: float) -> float:
@@ -240,7 +246,7 @@ class UserInterest:
         """The unit vectors this state yields (a horizon with no net positive interest has none)."""
         states = (("long", self.long), ("short", self.short), ("behaviour", self.behaviour))
         return [name for name, state in states
-                if state is not None and interest_vector(state) is not None]
+                if state is not None and _direction_norm(state) is not None]
 
     def to_source(self, updated_at: float) -> dict[str, Any]:
         """The interests-index document: the exact state, counts and tags.
