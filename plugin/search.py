@@ -57,6 +57,9 @@ from plugin.interest import HorizonState, UserInterest, interest_vector
 from plugin.services import Services
 
 TEXT_FIELDS = ["title^2", "tags.text", "body"]
+# What a hit shows. The documents' vectors come back only with ``explain`` (each term's
+# similarity is computed from them): sending them cost the engine about 3.5 ms a request.
+HIT_FIELDS = ["title", "tags", POPULARITY_FIELD]
 FILTER_FIELDS = ("tags", "doc_id")
 QUERY_CACHE_PREFIX = "es-interest:query:"
 
@@ -437,6 +440,8 @@ def search(services: Services, params: SearchParams) -> SearchResult:
                       interest_short=weights.interest_short * scale,
                       behaviour=weights.behaviour * scale)
     body = REQUEST_BUILDERS[strategy](services, params, weights, query_vector, max_bm25, user)
+    if not params.explain:
+        body["_source"] = {"includes": HIT_FIELDS}
     response = services.engine.search(services.settings.docs_alias, body)
     hits = _hits(services, params, response, query_vector, max_bm25, user)
     total = response["hits"]["total"]

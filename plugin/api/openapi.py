@@ -46,10 +46,10 @@ def spec() -> dict[str, Any]:
         "paths": {
             "/search": {
                 "post": _op("Search, personalized for user_id", "read", SearchRequest,
-                            {"200": "hits with score components", **bad}),
+                            {"200": "hits (each score component with explain)", **bad}),
                 "get": _op("Search (query-string form: q, user_id, size, from, strategy, "
                            "explain, cache, w_<weight>, filter=field:value)", "read",
-                           responses={"200": "hits with score components", **bad}),
+                           responses={"200": "hits (each score component with explain)", **bad}),
             },
             "/{index}/_search": {"post": _op(
                 "Elasticsearch-compatible search; personalized with the X-User-Id header",

@@ -119,6 +119,8 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
     assert set(top) == {"final", "bm25", "query", "popularity", "interest_long",
                         "interest_short"}
     assert 0 <= top["bm25"] <= 1 and 0 <= top["interest_long"] <= 1
+    # Without explain the engine sends no vectors back, so only what needs none is shown.
+    assert all(set(h["components"]) == {"final", "popularity"} for h in b["hits"])
     assert a["strategy"] == strategy and a["took_ms"] > 0
 
 
