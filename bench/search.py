@@ -4,10 +4,12 @@ For each engine of `make up`, one session: index MovieLens movies, give 50 users
 serve the API with gunicorn, then measure p50/p99 at concurrency 1, 8 and 32 for
 plain BM25 sent straight to the engine (the baseline), the non-personalized hybrid through the
 layer, and the personalized blend with each strategy the engine runs, with and without the
-query-embedding cache. Caches are warmed first where they are on. The layer's blended request
-for the default strategy is also replayed straight to the engine (what the layer adds is the
-difference), and on the first engine the gunicorn worker models (processes x threads) are
-compared at concurrency 8 by requests/s against that replay, with the API's memory.
+query-embedding cache. Caches are warmed first where they are on. At concurrency 1 the
+paths take turns request by request, so a drift over the run shifts them all alike. The
+layer's blended request for the default strategy is also replayed straight to the engine
+(what the layer adds is the difference), and on the first engine the gunicorn worker models
+(processes x threads) are compared at concurrency 8 by requests/s against that replay, with
+the API's memory.
 """
 
 from __future__ import annotations
@@ -76,6 +78,28 @@ def measure(call: Any, jobs: list[dict[str, Any]], concurrency: int) -> dict[str
             "requests_per_s": round(len(jobs) / elapsed, 1)}
 
 
+def measure_interleaved(calls: dict[str, Any], jobs: dict[str, list[dict[str, Any]]],
+                        rng: random.Random) -> dict[str, dict[str, float]]:
+    """Concurrency 1, every path's n-th request in one round, rounds in a shuffled order."""
+    latencies: dict[str, list[float]] = {label: [] for label in calls}
+    labels = list(calls)
+    for n in range(min(len(j) for j in jobs.values())):
+        rng.shuffle(labels)
+        for label in labels:
+            began = time.perf_counter()
+            calls[label](jobs[label][n])
+            latencies[label].append((time.perf_counter() - began) * 1000)
+    out = {}
+    for label, values in latencies.items():
+        array = np.array(values)
+        out[label] = {"p50_ms": round(float(np.percentile(array, 50)), 2),
+                      "p99_ms": round(float(np.percentile(array, 99)), 2),
+                      "requests": len(values),
+                      # Its own rate at concurrency 1: requests over the time they took.
+                      "requests_per_s": round(len(values) / float(array.sum() / 1000), 1)}
+    return out
+
+
 def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell: int,
                  concurrencies: list[int],
                  worker_models: list[tuple[int, int]] | None = None) -> dict[str, Any]:
@@ -134,14 +158,23 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
                 break
         for u in user_ids:
             through_layer({"strategy": "knn_linear"})({"q": QUERIES[0], "user_id": u})
-        cells: dict[str, dict[str, Any]] = {}
-        for label, (call, personal) in paths.items():
-            cells[label] = {}
-            for c in concurrencies:
-                jobs = [{"q": rng.choice(QUERIES), **({"user_id": rng.choice(user_ids)}
-                                                       if personal else {})}
-                        for _ in range(requests_per_cell)]
-                cells[label][str(c)] = measure(call, jobs, c)
+        cells: dict[str, dict[str, Any]] = {label: {} for label in paths}
+        for c in concurrencies:
+            jobs = {label: [{"q": rng.choice(QUERIES), **({"user_id": rng.choice(user_ids)}
+                                                           if personal else {})}
+                            for _ in range(requests_per_cell)]
+                    for label, (_, personal) in paths.items()}
+            if c == 1:
+                # One request of each path in turn (in a shuffled order): a drift of the
+                # machine or the engine over the run shifts every path alike, so the
+                # differences to the baseline hold.
+                cells_at_1 = measure_interleaved(
+                    {label: call for label, (call, _) in paths.items()}, jobs, rng)
+                for label in paths:
+                    cells[label]["1"] = cells_at_1[label]
+                continue
+            for label, (call, _) in paths.items():
+                cells[label][str(c)] = measure(call, jobs[label], c)
         api.terminate()
         api.wait(timeout=30)
         models = {}
@@ -153,10 +186,10 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
                 call = through_layer({"strategy": default})
                 for q in QUERIES:  # each process warms its model
                     call({"q": q, "user_id": user_ids[0]})
-                jobs = [{"q": rng.choice(QUERIES), "user_id": rng.choice(user_ids)}
-                        for _ in range(requests_per_cell)]
-                layer_cell = measure(call, jobs, 8)
-                engine_cell = measure(blended, jobs, 8)  # the same requests, right after
+                model_jobs = [{"q": rng.choice(QUERIES), "user_id": rng.choice(user_ids)}
+                              for _ in range(requests_per_cell)]
+                layer_cell = measure(call, model_jobs, 8)
+                engine_cell = measure(blended, model_jobs, 8)  # the same requests, right after
                 memory.stop_flag.set()
                 models[f"{workers} x {threads}"] = {
                     "layer": layer_cell, "engine": engine_cell,

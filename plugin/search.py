@@ -156,12 +156,18 @@ _BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="es-interest-
 
 
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
-                 use_cache: bool = True) -> QueryInputs:
-    """The query's embedding and best BM25 score (from Redis when cached), and its length."""
+                 use_cache: bool = True, need_max_bm25: bool = True) -> QueryInputs:
+    """The query's embedding and best BM25 score (from Redis when cached), and its length.
+
+    ``need_max_bm25`` False skips the best-BM25 request where nothing divides by it (the
+    ``linear`` retriever normalizes BM25 itself); ``max_bm25`` is then 0 unless cached.
+    """
     settings = services.settings
     key = QUERY_CACHE_PREFIX + hashlib.sha256(json.dumps(
         [settings.docs_alias, services.embedder.model_name, query, sorted(filters.items())],
     ).encode()).hexdigest()
+    vector: list[float] | None = None
+    max_bm25: float | None = None
     if use_cache:
         try:
             cached = services.redis.get(key)
@@ -169,19 +175,24 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
             cached = None
         if cached:
             data = json.loads(cached)
-            return QueryInputs(_unpack(data["vector"]), float(data["max_bm25"]),
-                               _words(query))
-    text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
-    body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
-    # The engine answers while the model encodes: an uncached query waits for the slower one.
-    best = _BACKGROUND.submit(services.engine.search, settings.docs_alias, body)
-    vector = services.embedder.encode_one(query).tolist()
-    max_bm25 = float(best.result()["hits"].get("max_score") or 0.0)
+            vector, max_bm25 = _unpack(data["vector"]), data.get("max_bm25")
+            if max_bm25 is not None or not need_max_bm25:
+                return QueryInputs(vector, float(max_bm25 or 0.0), _words(query))
+    best = None
+    if need_max_bm25:
+        text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
+        body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
+        # The engine answers while the model encodes: an uncached query waits for the slower.
+        best = _BACKGROUND.submit(services.engine.search, settings.docs_alias, body)
+    if vector is None:
+        vector = services.embedder.encode_one(query).tolist()
+    if best is not None:
+        max_bm25 = float(best.result()["hits"].get("max_score") or 0.0)
     if use_cache:
         with contextlib.suppress(Exception):
             services.redis.set(key, json.dumps({"vector": _pack(vector), "max_bm25": max_bm25}),
                                ex=int(settings.query_cache_ttl_s))
-    return QueryInputs(vector, max_bm25, _words(query))
+    return QueryInputs(vector, float(max_bm25 or 0.0), _words(query))
 
 
 def _words(query: str) -> int:
@@ -411,7 +422,9 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     if strategy not in available:
         raise ValueError(f"strategy {strategy!r} needs {STRATEGY_NEEDS[strategy]}, which this "
                          f"engine lacks; available here: {', '.join(available)}")
-    inputs = query_inputs(services, params.query, params.filters, params.use_cache)
+    # The linear retriever scales BM25 by its own min-max; explain reports BM25 over the best.
+    inputs = query_inputs(services, params.query, params.filters, params.use_cache,
+                          need_max_bm25=strategy != "linear_retriever" or params.explain)
     query_vector, max_bm25 = inputs.vector, inputs.max_bm25
     user = UserVectors()
     reason: str | None = "no user_id"

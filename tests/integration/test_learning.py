@@ -229,6 +229,25 @@ def test_script_score_and_knn_linear_rank_alike(learning: Services,
     assert mean_kendall_tau([orders["script_score"]], [orders["knn_linear"]]) >= 0.9
 
 
+def test_a_query_cached_by_the_linear_retriever_still_gets_its_best_bm25(
+        learning: Services, many_matches: dict[str, Any]) -> None:
+    """The linear retriever needs no best BM25 (its min-max scales BM25), so it caches the
+    query's vector without one; a strategy that divides by it fetches it then."""
+    if "linear_retriever" not in available_strategies(learning):
+        pytest.skip(f"{learning.engine.kind.value} {learning.engine.version} has no linear "
+                    "retriever")
+    query = f"gadget {uid('unmatched')}"
+    params = SearchParams(query, user_id=many_matches["user"], size=20, strategy="knn_linear",
+                          explain=True, use_cache=False)
+    fresh = search(learning, params).hits
+    search(learning, replace(params, strategy="linear_retriever", explain=False,
+                             use_cache=True))
+    cached = search(learning, replace(params, use_cache=True)).hits
+    assert [h["id"] for h in cached] == [h["id"] for h in fresh]
+    assert [h["components"]["bm25"] for h in cached] == [h["components"]["bm25"] for h in fresh]
+    assert 0 < max(h["components"]["bm25"] for h in cached) <= 1.0  # divided by the best
+
+
 def test_tune_fits_the_deployments_own_log(learning: Services, tmp_path: Any) -> None:
     if learning.engine.kind.value != "elasticsearch" or learning.engine.version_tuple < (9, 0):
         pytest.skip("one engine is enough for the tuning loop (it only issues searches)")
