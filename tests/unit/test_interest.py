@@ -115,13 +115,16 @@ def test_event_ids_and_tags_are_stored_as_values_not_keys() -> None:
         user = folded
     state = user.to_source(updated_at=5000.0)["state"]
     # The engine's JSON parser interns object keys: an unbounded set of them (an id per
-    # event) cost a quarter of its CPU, so ids and tags are values in [key, value] pairs.
-    assert state["recent"] == [[f"event-{n}", 5000.0] for n in range(4)]
-    assert all(isinstance(pair, list) for pair in state["tag_scores"])
+    # event) cost a quarter of its CPU, so ids and tags are values, in two lists.
+    assert state["recent"] == {"keys": [f"event-{n}" for n in range(4)], "values": [5000.0] * 4}
+    assert state["tag_scores"]["keys"] == [f"tag-{n}" for n in range(4)]
     again = UserInterest.from_source(user.to_source(updated_at=5000.0))
     assert again.recent == user.recent and again.tag_scores == user.tag_scores
-    # Documents written before kept objects; they still read the same.
-    old = user.to_source(updated_at=5000.0)
-    old["state"].update(recent=dict(user.recent), tag_scores=dict(user.tag_scores))
-    assert UserInterest.from_source(old).recent == user.recent
-    assert UserInterest.from_source(old).tag_scores == user.tag_scores
+    # Documents written before kept objects, or [key, value] pairs; they still read the same.
+    for recent, tags in ((dict(user.recent), dict(user.tag_scores)),
+                         ([list(p) for p in user.recent.items()],
+                          [list(p) for p in user.tag_scores.items()])):
+        old = user.to_source(updated_at=5000.0)
+        old["state"].update(recent=recent, tag_scores=tags)
+        assert UserInterest.from_source(old).recent == user.recent
+        assert UserInterest.from_source(old).tag_scores == user.tag_scores
