@@ -63,19 +63,25 @@ def prepare(services: Services, movies: int, users: int) -> list[str]:
     return user_ids
 
 
-def measure(call: Any, jobs: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
-    def timed(job: dict[str, Any]) -> float:
-        started = time.perf_counter()
-        call(job)
-        return (time.perf_counter() - started) * 1000
+def _cell(latencies_ms: list[float], seconds: float) -> dict[str, float]:
+    """p50/p99 of the requests' latencies, and their rate over ``seconds``."""
+    array = np.array(latencies_ms)
+    return {"p50_ms": round(float(np.percentile(array, 50)), 2),
+            "p99_ms": round(float(np.percentile(array, 99)), 2), "requests": len(array),
+            "requests_per_s": round(len(array) / seconds, 1)}
 
+
+def _timed(call: Any, job: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    call(job)
+    return (time.perf_counter() - started) * 1000
+
+
+def measure(call: Any, jobs: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        latencies = np.array(list(pool.map(timed, jobs)))
-    elapsed = time.perf_counter() - started
-    return {"p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "requests": len(jobs),
-            "requests_per_s": round(len(jobs) / elapsed, 1)}
+        latencies = list(pool.map(lambda job: _timed(call, job), jobs))
+    return _cell(latencies, time.perf_counter() - started)
 
 
 def measure_interleaved(calls: dict[str, Any], jobs: dict[str, list[dict[str, Any]]],
@@ -86,18 +92,9 @@ def measure_interleaved(calls: dict[str, Any], jobs: dict[str, list[dict[str, An
     for n in range(min(len(j) for j in jobs.values())):
         rng.shuffle(labels)
         for label in labels:
-            began = time.perf_counter()
-            calls[label](jobs[label][n])
-            latencies[label].append((time.perf_counter() - began) * 1000)
-    out = {}
-    for label, values in latencies.items():
-        array = np.array(values)
-        out[label] = {"p50_ms": round(float(np.percentile(array, 50)), 2),
-                      "p99_ms": round(float(np.percentile(array, 99)), 2),
-                      "requests": len(values),
-                      # Its own rate at concurrency 1: requests over the time they took.
-                      "requests_per_s": round(len(values) / float(array.sum() / 1000), 1)}
-    return out
+            latencies[label].append(_timed(calls[label], jobs[label][n]))
+    # Each path's own rate at concurrency 1: its requests over the time they took.
+    return {label: _cell(values, sum(values) / 1000) for label, values in latencies.items()}
 
 
 def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell: int,

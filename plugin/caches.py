@@ -62,9 +62,9 @@ USER_VERSION_PREFIX = "es-interest:user-versions:"
 USER_VERSION_WINDOW_S = 300
 
 
-def _version_keys(now: float | None = None) -> tuple[str, str]:
+def _version_keys() -> tuple[str, str]:
     """This window's hash and the one before it."""
-    window = int((time.time() if now is None else now) // USER_VERSION_WINDOW_S)
+    window = int(time.time() // USER_VERSION_WINDOW_S)
     return USER_VERSION_PREFIX + str(window), USER_VERSION_PREFIX + str(window - 1)
 
 
