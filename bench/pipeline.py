@@ -34,12 +34,12 @@ from bench.common import (
     wait_for_worker,
     write_results,
 )
+from plugin.celery_app import make_celery
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
 from plugin.pipeline import popularity
 from plugin.progress import progress
 from plugin.services import Services
-from workers.app import make_celery
 
 
 def bench_documents(services: Services, celery: Any, docs: list[dict[str, Any]],

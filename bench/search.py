@@ -105,7 +105,7 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
     services.redis.flushdb()
     setup_indices(services.engine, settings, services.embedder.dims)
     user_ids = prepare(services, movies, users)
-    key = create_key(services.redis, "bench", ("read",), "1000000/minute")
+    key = create_key(services, "bench", ("read",), "1000000/minute")
     api, layer = start_api(settings)
     session = requests.Session()
     session.headers["Authorization"] = f"ApiKey {key}"

@@ -60,7 +60,7 @@ def run(seconds: float, search_rate: float, event_rate: float, users: int,
         pipeline.index_documents(services, docs[i:i + 500])
     services.engine.client.indices.refresh(index=settings.docs_alias)
     doc_ids = [d["id"] for d in docs]
-    key = create_key(services.redis, "soak", ("read", "write"), "10000000/minute")
+    key = create_key(services, "soak", ("read", "write"), "10000000/minute")
     worker = start_worker(settings, ["-Q", "documents,events,celery", "-c", "2"],
                           ROOT / ".devstack" / "soak-worker.log")
     api, url = start_api(settings)

@@ -9,6 +9,8 @@ from typing import Any, Generic, TypeVar
 
 import cachetools
 
+from plugin.config import Settings
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -51,34 +53,37 @@ def ttl(maxsize: int, seconds: float) -> LockedCache[K, V]:
                        if maxsize > 0 and seconds > 0 else None)
 
 
-# Redis cache of users' unit vectors for the search layer; workers drop entries on change.
-USER_VECTORS_PREFIX = "es-interest:user:"
+def user_vectors_key(settings: Settings, user_id: str) -> str:
+    """Redis cache of a user's unit vectors for the search layer; workers drop it on change."""
+    return settings.redis_key("user", user_id)
+
+
 # The version (``_seq_no:_primary_term``) a worker process last wrote of a user, so that
 # another process sees its own cached copy is stale before it tries a write the engine would
 # refuse. A hint only: the engine's version check still decides, so a missing or late hint
 # costs a refused write, never a lost update. One hash per time window (one command writes a
 # batch's hints, where a key per user took a command each), kept for two windows.
-USER_VERSION_PREFIX = "es-interest:user-versions:"
 USER_VERSION_WINDOW_S = 300
 
 
-def _version_keys() -> tuple[str, str]:
+def _version_keys(settings: Settings) -> tuple[str, str]:
     """This window's hash and the one before it."""
     window = int(time.time() // USER_VERSION_WINDOW_S)
-    return USER_VERSION_PREFIX + str(window), USER_VERSION_PREFIX + str(window - 1)
+    return (settings.redis_key("user-versions", str(window)),
+            settings.redis_key("user-versions", str(window - 1)))
 
 
-def forget_users(redis: Any, user_ids: Sequence[str]) -> None:
+def forget_users(redis: Any, settings: Settings, user_ids: Sequence[str]) -> None:
     """Drop cached vectors and version hints of users whose interests just changed."""
     if user_ids:
         pipe = redis.pipeline(transaction=False)
-        pipe.delete(*(USER_VECTORS_PREFIX + u for u in user_ids))
-        for key in _version_keys():
+        pipe.delete(*(user_vectors_key(settings, u) for u in user_ids))
+        for key in _version_keys(settings):
             pipe.hdel(key, *user_ids)
         pipe.execute()
 
 
-def note_user_writes(redis: Any, changed: Sequence[str],
+def note_user_writes(redis: Any, settings: Settings, changed: Sequence[str],
                      written: Mapping[str, tuple[int, int]]) -> None:
     """After a worker's bulk write of users: drop the cached vectors of those ``changed``,
     and publish the version ``written`` of each user it wrote (one round trip)."""
@@ -86,21 +91,22 @@ def note_user_writes(redis: Any, changed: Sequence[str],
         return
     pipe = redis.pipeline(transaction=False)
     if changed:
-        pipe.delete(*(USER_VECTORS_PREFIX + u for u in changed))
+        pipe.delete(*(user_vectors_key(settings, u) for u in changed))
     if written:
-        current, _ = _version_keys()
+        current, _ = _version_keys(settings)
         pipe.hset(current, mapping={u: "{}:{}".format(*v) for u, v in written.items()})
         pipe.expire(current, 2 * USER_VERSION_WINDOW_S)
     pipe.execute()
 
 
-def stale_users(redis: Any, cached: Mapping[str, tuple[int, int]]) -> set[str]:
+def stale_users(redis: Any, settings: Settings,
+                cached: Mapping[str, tuple[int, int]]) -> set[str]:
     """Users whose cached version differs from the last one any worker wrote."""
     if not cached:
         return set()
     ids = list(cached)
     pipe = redis.pipeline(transaction=False)
-    for key in _version_keys():
+    for key in _version_keys(settings):
         pipe.hmget(key, ids)
     current, previous = pipe.execute()
     return {u for u, now, before in zip(ids, current, previous, strict=True)
@@ -108,6 +114,7 @@ def stale_users(redis: Any, cached: Mapping[str, tuple[int, int]]) -> set[str]:
             and hint.decode() != "{}:{}".format(*cached[u])}
 
 
-# The behaviour vectors' current version (a training run), per index prefix: written by
-# `es-interest train`, read by search to use only users folded in the same space.
-BEHAVIOUR_VERSION_KEY = "es-interest:behaviour-version:"
+def behaviour_version_key(settings: Settings) -> str:
+    """The behaviour vectors' current version (a training run): written by `es-interest
+    train`, read by search to use only users folded in the same space."""
+    return settings.redis_key("behaviour", "version")

@@ -32,17 +32,20 @@ def main(quiet: bool) -> None:
               help="migrate an index whose mapping changed incompatibly into a new one")
 def setup(reindex: bool) -> None:
     """Create or upgrade the documents, events and interests indices (idempotent)."""
+    from plugin.deployment import DeploymentConflict, adopt_legacy_keys, claim
     from plugin.indices import IncompatibleMapping, setup_indices
     from plugin.progress import progress
     from plugin.services import Services
 
     services = Services()
     try:
+        claim(services)
         with progress(desc="copying", unit="doc", disable=not reindex) as bar:
             lines = setup_indices(services.engine, services.settings, services.embedder.dims,
                                   reindex=reindex, progress=bar.update)
-    except IncompatibleMapping as exc:
+    except (IncompatibleMapping, DeploymentConflict) as exc:
         raise click.ClickException(str(exc)) from None
+    lines += adopt_legacy_keys(services)
     for line in lines:
         click.echo(line)
 
@@ -71,11 +74,32 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
         # docs/s on 2 cores, `make bench`). (Read when the model loads.)
         share = 1 if pool == "solo" else concurrency  # solo runs one task at a time
         os.environ["ES_INTEREST_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // share))
+    from celery.signals import worker_shutting_down
+
+    from plugin.deployment import DeploymentConflict, claim
+    from plugin.services import Services
+    from plugin.supervision import supervise
     from workers.app import app
 
-    app.worker_main(["worker", f"--queues={queues}", f"--pool={pool}",
-                     f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-                     *(["--beat"] if beat else []), *celery_args])
+    try:
+        claim(Services())
+    except DeploymentConflict as exc:
+        raise click.ClickException(str(exc)) from None
+    asked_to_stop: list[object] = []
+    worker_shutting_down.connect(lambda **_: asked_to_stop.append(True), weak=False)
+    argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}", *(["--beat"] if beat else []), *celery_args]
+
+    def run() -> int:
+        try:
+            app.worker_main(argv)
+        except SystemExit as stopped:
+            return stopped.code if isinstance(stopped.code, int) else 1
+        return 0
+
+    # A worker that stopped on its own (an unrecoverable broker error, say) starts again;
+    # one asked to stop (SIGTERM, Ctrl-C) stops.
+    sys.exit(supervise(run, stopping=lambda: bool(asked_to_stop)))
 
 
 @main.command()
@@ -116,8 +140,9 @@ def ingest() -> None:
 def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path | None) -> None:
     from plugin.ingest_files import InvalidLine, count_lines, read_records
     from plugin.progress import progress
-    from workers.app import app
+    from plugin.services import Services
 
+    app = Services().celery
     totals = {"done": 0, "duplicates": 0, "pending": 0, "errors": 0}
     errors: list[dict[str, object]] = []
     results = []
@@ -363,7 +388,7 @@ def api_key_create(name: str, scopes: tuple[str, ...], rate: str | None,
     from plugin.services import Services
 
     services = Services()
-    click.echo(create_key(services.redis, name, scopes, rate or services.settings.api_default_rate,
+    click.echo(create_key(services, name, scopes, rate or services.settings.api_default_rate,
                           user_prefix or None))
 
 
@@ -373,7 +398,7 @@ def api_key_list() -> None:
     from plugin.api.auth import list_keys
     from plugin.services import Services
 
-    for key in list_keys(Services().redis):
+    for key in list_keys(Services()):
         users = "all users" if key.user_prefix is None else f"users {key.user_prefix}*"
         click.echo(f"{key.name}\t{','.join(key.scopes)}\t{key.rate}\t{users}")
 
@@ -385,7 +410,7 @@ def api_key_revoke(name: str) -> None:
     from plugin.api.auth import revoke_key
     from plugin.services import Services
 
-    click.echo(f"revoked {revoke_key(Services().redis, name)} keys")
+    click.echo(f"revoked {revoke_key(Services(), name)} keys")
 
 
 @main.group("dead-letter")
@@ -396,8 +421,10 @@ def dead_letter() -> None:
 @dead_letter.command("list")
 def dead_letter_list() -> None:
     """Print each dead letter (task, error, when) as a JSON line, arguments left out."""
-    from workers import dead_letter as dl
-    from workers.app import app
+    from plugin import dead_letter as dl
+    from plugin.services import Services
+
+    app = Services().celery
 
     for entry in dl.entries(app):
         click.echo(json.dumps({k: v for k, v in entry.items() if k not in ("args", "kwargs")}))
@@ -407,8 +434,10 @@ def dead_letter_list() -> None:
 @click.option("--limit", type=int, default=None, help="at most this many (oldest first)")
 def dead_letter_replay(limit: int | None) -> None:
     """Send dead letters to the workers again."""
-    from workers import dead_letter as dl
-    from workers.app import app
+    from plugin import dead_letter as dl
+    from plugin.services import Services
+
+    app = Services().celery
 
     click.echo(f"replayed {len(dl.replay(app, limit))} tasks")
 
@@ -417,8 +446,10 @@ def dead_letter_replay(limit: int | None) -> None:
 @click.confirmation_option(prompt="Delete every dead letter?")
 def dead_letter_purge() -> None:
     """Delete every dead letter."""
-    from workers import dead_letter as dl
-    from workers.app import app
+    from plugin import dead_letter as dl
+    from plugin.services import Services
+
+    app = Services().celery
 
     click.echo(f"purged {dl.purge(app)} dead letters")
 

@@ -155,6 +155,12 @@ class Settings:
     max_size: int = 100
     max_window: int = 1000
 
+    def redis_key(self, *parts: str) -> str:
+        """A key in this deployment's Redis namespace. Every key and Celery queue of a
+        deployment sits under ``es-interest:<index prefix>:``, so deployments that share one
+        Redis (staging and production, two tenants) never see each other's data or work."""
+        return ":".join(("es-interest", self.index_prefix, *parts))
+
     @property
     def docs_alias(self) -> str:
         return f"{self.index_prefix}-docs"

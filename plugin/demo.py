@@ -57,22 +57,22 @@ def _print_hits(label: str, result: dict[str, Any]) -> list[str]:
 
 
 def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
-    from workers.tasks import index_documents, ingest_events, ping
-
     settings = load_settings()
     api_url = api_url or f"http://{settings.api_host}:{settings.api_port}"
     services = Services(settings)
+    celery = services.celery
 
     click.echo(f"engine: {services.engine.kind.value} {services.engine.version} at "
                f"{settings.engine_url}")
     for line in setup_indices(services.engine, settings, services.embedder.dims):
         click.echo(f"index  {line}")
-    worker = ping.delay().get(timeout=120)
+    worker = celery.send_task("es_interest.ping").get(timeout=120)
     click.echo(f"worker: pid {worker['pid']} answers, model dims {worker['dims']}")
 
     docs = movie_documents(data_dir, limit=movies)
     batches = [docs[i:i + BATCH] for i in range(0, len(docs), BATCH)]
-    pending = [index_documents.delay(batch) for batch in batches]
+    pending = [celery.send_task("es_interest.index_documents", args=[batch])
+               for batch in batches]
     indexed, errors = 0, 0
     with progress(total=len(docs), desc="indexing movies", unit="doc") as bar:
         for result in pending:
@@ -86,7 +86,7 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     # Start the demo user from nothing, so that every run shows the same before and after.
     erase_user(services, DEMO_USER)
     _wait_for_api(api_url)
-    key = create_key(services.redis, "demo", ("read",), settings.api_default_rate)
+    key = create_key(services, "demo", ("read",), settings.api_default_rate)
     before = _print_hits(f"'{QUERY}' for {DEMO_USER}, before any feedback",
                          _api_search(api_url, key, QUERY, DEMO_USER))
 
@@ -97,12 +97,12 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
                "type": "like", "timestamp": now - 60 * (len(liked) - i)}
               for i, d in enumerate(liked)]
     click.echo(f"\n{DEMO_USER} likes: " + "; ".join(d["title"] for d in liked))
-    report = ingest_events.delay(events).get(timeout=120)
+    report = celery.send_task("es_interest.ingest_events", args=[events]).get(timeout=120)
     click.echo(f"events applied: {len(report['done'])}, errors: {len(report['errors'])}")
 
     after = _print_hits(f"'{QUERY}' for {DEMO_USER}, after the feedback",
                         _api_search(api_url, key, QUERY, DEMO_USER))
-    revoke_key(services.redis, "demo")
+    revoke_key(services, "demo")
     if after == before:
         click.echo("\nthe personalized ranking did not change: something is wrong", err=True)
         sys.exit(1)

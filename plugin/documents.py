@@ -71,6 +71,9 @@ def parse_document(raw: Mapping[str, Any]) -> Document:
         raise InvalidDocument("'metadata' must be an object")
     embedding = _embedding(raw.get("embedding"))
     storable_text(str(doc_id), "id", InvalidDocument, MAX_ID_BYTES)
+    for tag in tags_raw:
+        # Tags are keywords: a term over the engine's limit would fail the whole bulk item.
+        storable_text(tag, "tags", InvalidDocument, MAX_ID_BYTES)
     for name, value in (("title", title), ("body", body), ("tags", tags_raw),
                         ("metadata", metadata)):
         storable_json(value, name, InvalidDocument)

@@ -46,6 +46,8 @@ class Engine:
     version: str
     # Searches answer people: past this they fail (and the API says 503) rather than hang.
     search_timeout_s: float = 30.0
+    # The cluster's identity (`GET /`): which deployment a Redis namespace belongs to.
+    cluster_uuid: str = ""
     _capabilities: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -405,9 +407,10 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
     except Exception as exc:  # any transport error means the same thing here
         raise EngineError(f"cannot reach the engine at {url}: {exc}") from exc
     version = info.get("version", {})
+    cluster_uuid = str(info.get("cluster_uuid") or "")
     if version.get("distribution") == "opensearch":
         return Engine(EngineKind.OPENSEARCH, probe, str(version.get("number")),
-                      settings.search_timeout_s)
+                      settings.search_timeout_s, cluster_uuid)
     probe.close()
 
     from elasticsearch import Elasticsearch
@@ -421,4 +424,4 @@ def connect(settings: Settings, url: str | None = None) -> Engine:
         **options,
     )
     return Engine(EngineKind.ELASTICSEARCH, client, str(version.get("number")),
-                  settings.search_timeout_s)
+                  settings.search_timeout_s, cluster_uuid)

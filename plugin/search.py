@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 import cachetools
 import numpy as np
 
-from plugin.caches import BEHAVIOUR_VERSION_KEY, USER_VECTORS_PREFIX
+from plugin.caches import behaviour_version_key, user_vectors_key
 from plugin.config import BLEND_STRATEGIES
 from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON
@@ -61,7 +61,6 @@ TEXT_FIELDS = ["title^2", "tags.text", "body"]
 # similarity is computed from them): sending them cost the engine about 3.5 ms a request.
 HIT_FIELDS = ["title", "tags", POPULARITY_FIELD]
 FILTER_FIELDS = ("tags", "doc_id")
-QUERY_CACHE_PREFIX = "es-interest:query:"
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,9 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
     ``linear`` retriever normalizes BM25 itself); ``max_bm25`` is then 0 unless cached.
     """
     settings = services.settings
-    key = QUERY_CACHE_PREFIX + hashlib.sha256(json.dumps(
+    key = settings.redis_key("query", hashlib.sha256(json.dumps(
         [settings.docs_alias, services.embedder.model_name, query, sorted(filters.items())],
-    ).encode()).hexdigest()
+    ).encode()).hexdigest())
     vector: list[float] | None = None
     max_bm25: float | None = None
     if use_cache:
@@ -211,7 +210,7 @@ def vectors_of(user: UserInterest) -> UserVectors:
 
 def user_vectors(services: Services, user_id: str) -> UserVectors:
     """The user's unit vectors (Redis, else the engine within the time budget); may raise."""
-    key = USER_VECTORS_PREFIX + user_id
+    key = user_vectors_key(services.settings, user_id)
     cached = services.redis.get(key)
     if cached:
         data = json.loads(cached)
@@ -237,12 +236,12 @@ _VERSIONS: cachetools.TTLCache[str, str | None] = cachetools.TTLCache(64, 10.0)
 
 def behaviour_version(services: Services) -> str | None:
     """The documents' behaviour-vector version (cached for seconds per process)."""
-    prefix = services.settings.index_prefix
-    if prefix not in _VERSIONS:
-        raw = services.redis.get(BEHAVIOUR_VERSION_KEY + prefix)
-        _VERSIONS[prefix] = None if raw is None else (
+    key = behaviour_version_key(services.settings)
+    if key not in _VERSIONS:
+        raw = services.redis.get(key)
+        _VERSIONS[key] = None if raw is None else (
             raw.decode() if isinstance(raw, bytes) else str(raw))
-    return _VERSIONS[prefix]
+    return _VERSIONS[key]
 
 
 def popularity_clause(weight: float) -> JSON:

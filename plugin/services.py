@@ -50,7 +50,7 @@ class Services:
     @cached_property
     def celery(self) -> Celery:
         """A client of the workers' queues on this configuration's broker."""
-        from workers.app import make_celery
+        from plugin.celery_app import make_celery
 
         return make_celery(self.settings)
 

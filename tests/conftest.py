@@ -137,7 +137,7 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def celery_client(settings: Settings, services: Services):  # type: ignore[no-untyped-def]
-    from workers.app import make_celery
+    from plugin.celery_app import make_celery
 
     return make_celery(settings)
 

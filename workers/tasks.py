@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import redis
 
 from plugin import pipeline
+from plugin.dead_letter import DeadLetterTask
 from plugin.engine import EngineBusy, transient_errors
 from plugin.pipeline import behaviour, popularity
 from plugin.services import Services
 from workers.app import app
-from workers.dead_letter import DeadLetterTask
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     *transient_errors(),

@@ -8,6 +8,7 @@ from flask import Flask
 from flask_cors import CORS
 from flask_limiter import Limiter
 
+from plugin.api.json_body import RequestJsonProvider
 from plugin.config import Settings
 from plugin.services import Services
 
@@ -15,6 +16,7 @@ from plugin.services import Services
 def create_app(settings: Settings | None = None) -> Flask:
     services = Services(settings)
     app = Flask("es_interest")
+    app.json = RequestJsonProvider(app)
     app.extensions["es_interest"] = services
     app.config["MAX_CONTENT_LENGTH"] = int(services.settings.api_max_body_mb * 1024 * 1024)
     # Request lines carry queries and user ids: keep them out of the logs.
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         CORS(app, origins=list(services.settings.cors_origins))
     # headers_enabled: a 429 says when to come back (Retry-After) and what is left.
     limiter = Limiter(auth.rate_key, app=app, storage_uri=services.settings.redis_url,
-                      key_prefix="es-interest:rate", strategy="fixed-window",
+                      key_prefix=services.settings.redis_key("rate"), strategy="fixed-window",
                       headers_enabled=True,
                       # A Redis outage is answered by the key check (503), not by the limiter.
                       swallow_errors=True)

@@ -16,8 +16,8 @@ from flask import g, request, session
 
 from plugin.api.context import services
 from plugin.api.errors import ApiError
+from plugin.services import Services
 
-KEYS = "es-interest:api-keys"
 SCOPES = ("read", "write")
 # The inspector page (/ui/, its blueprint "ui") carries a key's digest in its session cookie.
 UI_BLUEPRINT, SESSION_DIGEST = "ui", "api_key_sha256"
@@ -39,11 +39,16 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(redis: Any, name: str, scopes: tuple[str, ...], rate: str,
+def _keys(svc: Services) -> str:
+    """The deployment's hash of key digests (plugin/config.py, redis_key)."""
+    return svc.settings.redis_key("api-keys")
+
+
+def create_key(svc: Services, name: str, scopes: tuple[str, ...], rate: str,
                user_prefix: str | None = None) -> str:
     """Store a new key's hash and return the key itself (shown once, never stored)."""
     key = "esi_" + secrets.token_urlsafe(32)
-    redis.hset(KEYS, digest(key), json.dumps({"name": name, "scopes": list(scopes),
+    svc.redis.hset(_keys(svc), digest(key), json.dumps({"name": name, "scopes": list(scopes),
                                                "rate": rate, "user_prefix": user_prefix}))
     return key
 
@@ -52,23 +57,24 @@ def _from_record(data: dict[str, Any]) -> ApiKey:
     return ApiKey(data["name"], tuple(data["scopes"]), data["rate"], data.get("user_prefix"))
 
 
-def lookup(redis: Any, key: str) -> ApiKey | None:
+def lookup(svc: Services, key: str) -> ApiKey | None:
     """The stored key, or None when ``key`` is not one."""
-    return _by_digest(redis, digest(key))
+    return _by_digest(svc, digest(key))
 
 
-def _by_digest(redis: Any, key_digest: str) -> ApiKey | None:
-    raw = redis.hget(KEYS, key_digest)
+def _by_digest(svc: Services, key_digest: str) -> ApiKey | None:
+    raw = svc.redis.hget(_keys(svc), key_digest)
     return None if raw is None else _from_record(json.loads(raw))
 
 
-def list_keys(redis: Any) -> list[ApiKey]:
-    return [_from_record(json.loads(v)) for v in redis.hvals(KEYS)]
+def list_keys(svc: Services) -> list[ApiKey]:
+    return [_from_record(json.loads(v)) for v in svc.redis.hvals(_keys(svc))]
 
 
-def revoke_key(redis: Any, name: str) -> int:
-    doomed = [h for h, v in redis.hgetall(KEYS).items() if json.loads(v)["name"] == name]
-    return int(redis.hdel(KEYS, *doomed)) if doomed else 0
+def revoke_key(svc: Services, name: str) -> int:
+    doomed = [h for h, v in svc.redis.hgetall(_keys(svc)).items()
+              if json.loads(v)["name"] == name]
+    return int(svc.redis.hdel(_keys(svc), *doomed)) if doomed else 0
 
 
 def _presented_key() -> str | None:
@@ -87,11 +93,11 @@ def identify() -> None:
         return
     presented = _presented_key()
     if presented:
-        g.api_key = _by_digest(svc.redis, digest(presented))
+        g.api_key = _by_digest(svc, digest(presented))
         if g.api_key is None:
             g.key_problem = "unknown API key"
     elif request.blueprint == UI_BLUEPRINT and isinstance(session.get(SESSION_DIGEST), str):
-        g.api_key = _by_digest(svc.redis, session[SESSION_DIGEST])  # None once revoked
+        g.api_key = _by_digest(svc, session[SESSION_DIGEST])  # None once revoked
 
 
 def require(scope: str) -> Callable[[F], F]:

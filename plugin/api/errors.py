@@ -9,6 +9,8 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from plugin.api.json_body import UnreadableJson
+
 # Seconds a client should wait after a 503 (an outage or an overloaded engine).
 OUTAGE_RETRY_AFTER_S = 1
 
@@ -45,6 +47,10 @@ def register(app: Flask) -> None:
     def api_error(exc: ApiError) -> ResponseReturnValue:
         return jsonify({"error": exc.message, **exc.extra}), exc.status
 
+    @app.errorhandler(UnreadableJson)
+    def unreadable(exc: UnreadableJson) -> ResponseReturnValue:
+        return jsonify({"error": str(exc)}), 400
+
     @app.errorhandler(ValidationError)
     def invalid(exc: ValidationError) -> ResponseReturnValue:
         return jsonify({"error": validation_message(exc)}), 400
@@ -73,6 +79,8 @@ def register(app: Flask) -> None:
         # "again in a second", which is what a client should do.
         if response.status_code == 503:
             response.headers["Retry-After"] = str(OUTAGE_RETRY_AFTER_S)
+        elif response.status_code != 429:
+            response.headers.pop("Retry-After", None)  # only a refusal says when to return
         return response
 
     @app.errorhandler(HTTPException)

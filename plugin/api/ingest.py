@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from plugin import documents as document_fields
@@ -14,6 +14,7 @@ from plugin import events as event_fields
 from plugin.api.auth import require, user_allowed
 from plugin.api.context import services
 from plugin.api.errors import ApiError
+from plugin.api.json_body import request_json
 from plugin.api.schemas import DocumentsRequest, EventsRequest
 from plugin.documents import InvalidDocument, parse_document
 from plugin.events import InvalidEvent, parse_event
@@ -23,7 +24,7 @@ TASK_BATCH = 500
 
 
 def _body(key: str) -> dict[str, Any]:
-    raw = request.get_json(silent=True)
+    raw = request_json()
     if isinstance(raw, list):
         raw = {key: raw}
     if not isinstance(raw, dict):

@@ -12,7 +12,6 @@ back as it is.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +21,7 @@ from flask.typing import ResponseReturnValue
 from plugin import search as search_service
 from plugin.api.auth import require, user_allowed
 from plugin.api.context import services
+from plugin.api.json_body import UnreadableJson, request_json
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
 from plugin.documents import BEHAVIOUR_FIELD
@@ -29,9 +29,6 @@ from plugin.engine import JSON, EngineKind
 
 bp = Blueprint("proxy", __name__)
 
-# Keys that make the engine run code or reach beyond a plain search.
-FORBIDDEN_KEYS = {"script", "script_score", "script_fields", "runtime_mappings",
-                  "scripted_metric", "stored_scripts", "pit", "suggest"}
 TEXT_QUERIES = ("match", "match_phrase", "multi_match", "query_string", "simple_query_string")
 PASSED_PARAMS = ("size", "from", "track_total_hits", "typed_keys")
 
@@ -40,16 +37,6 @@ def _es_error(status: int, kind: str, reason: str) -> ResponseReturnValue:
     return jsonify({"error": {"type": kind, "reason": reason,
                               "root_cause": [{"type": kind, "reason": reason}]},
                     "status": status}), status
-
-
-def _keys(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield key
-            yield from _keys(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _keys(value)
 
 
 def _query_text(node: Any) -> str | None:
@@ -83,13 +70,12 @@ def proxy_search(index: str) -> ResponseReturnValue:
     if index not in {settings.docs_alias, *settings.proxy_indices}:
         return _es_error(404, "index_not_found_exception",
                          "this layer serves searches on its configured indices only")
-    body = request.get_json(force=True, silent=True) if request.data else {}
+    try:
+        body = request_json(force=True) if request.data else {}
+    except UnreadableJson as exc:
+        return _es_error(400, "parse_exception", str(exc))
     if not isinstance(body, dict):
         return _es_error(400, "parse_exception", "the request body must be a JSON object")
-    forbidden = sorted(FORBIDDEN_KEYS & set(_keys(body)))
-    if forbidden:
-        return _es_error(400, "illegal_argument_exception",
-                         f"scripts and code are refused here: {forbidden}")
     try:
         check_body(body, settings.max_window)
     except RefusedBody as exc:
@@ -129,8 +115,8 @@ def proxy_search(index: str) -> ResponseReturnValue:
         response = svc.engine.search(index, body, **params)
     except Exception as exc:
         refused = svc.engine.api_error(exc)
-        if refused is None:
-            raise
+        if refused is None or svc.engine.is_busy(exc) or refused[0] >= 500:
+            raise  # down, stalled or overloaded: errors.py answers 503 with Retry-After
         status, error_body = refused  # the engine's own 4xx, relayed as it is
         return jsonify(error_body), status
     out = jsonify(response)

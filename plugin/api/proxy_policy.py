@@ -4,6 +4,10 @@ Every top-level key, query clause and aggregation must be one this module knows 
 the served index: no clause that names another index (terms lookup, ``more_like_this`` docs,
 ``percolate``, ``pinned``, …), no scripts, and sizes within the layer's limits. Anything else is
 refused with a reason that names the first offending path.
+
+Two passes: a generic walk of the whole body first (bounded depth, and no object anywhere that
+names an index or a document of one, whatever clause holds it: a clause this module has never
+heard of cannot reach another index either), then the allow-list of clauses.
 """
 
 from __future__ import annotations
@@ -40,6 +44,19 @@ TOP_LEVEL = frozenset({
 MAX_BUCKETS = 1000
 MAX_KNN_CANDIDATES = 10_000
 MAX_DEPTH = 20
+# Keys by which a clause reads another index or a stored document (terms lookup, a
+# ``background_filter``'s lookup, ``more_like_this`` docs, ``geo_shape``'s indexed shape,
+# ``percolate``, ``pinned``): refused wherever they stand.
+INDEX_KEYS = frozenset({"index", "_index", "indices"})
+# Keys that make the engine run code or reach beyond a plain search, wherever they stand.
+CODE_KEYS = frozenset({"script", "script_score", "script_fields", "runtime_mappings",
+                       "scripted_metric", "stored_scripts", "pit", "suggest"})
+# Nesting of the whole body (objects and lists) a legitimate search stays well within.
+MAX_BODY_DEPTH = 64
+# Aggregation parameters that hold a query, besides ``filter`` and ``filters`` themselves.
+AGGREGATION_QUERIES: dict[str, tuple[str, ...]] = {
+    "significant_terms": ("background_filter",),
+}
 
 
 class RefusedBody(ValueError):
@@ -48,6 +65,7 @@ class RefusedBody(ValueError):
 
 def check_body(body: Mapping[str, Any], max_window: int) -> None:
     """Raise :class:`RefusedBody` unless every part of ``body`` is allowed."""
+    _check_nothing_names_an_index(body)
     for key, value in body.items():
         if key not in TOP_LEVEL:
             raise RefusedBody(f"'{key}' is not served by this proxy "
@@ -61,6 +79,38 @@ def check_body(body: Mapping[str, Any], max_window: int) -> None:
                 _check_knn(clause, f"knn[{i}]", max_window)
         elif key in ("size", "from", "terminate_after"):
             _whole_number(value, key)
+
+
+def _check_nothing_names_an_index(body: Any) -> None:
+    """Walk every object and list of ``body`` (without recursion, so any depth is safe)."""
+    code: set[str] = set()
+    stack: list[tuple[Any, str, int]] = [(body, "body", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_BODY_DEPTH:
+            raise RefusedBody(f"'{path}' nests deeper than {MAX_BODY_DEPTH} levels")
+        if isinstance(node, str):
+            _unicode(node, path)
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                _unicode(str(key), path)
+                if key in INDEX_KEYS:
+                    raise RefusedBody(f"'{path}.{key}': a clause that reads another index or "
+                                      "a stored document is refused here")
+                if key in CODE_KEYS:
+                    code.add(key)
+                stack.append((value, f"{path}.{key}", depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{i}]", depth + 1) for i, value in enumerate(node))
+    if code:
+        raise RefusedBody(f"scripts and code are refused here: {sorted(code)}")
+
+
+def _unicode(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RefusedBody(f"'{path}' holds a lone surrogate, which is not Unicode text") from None
 
 
 def _whole_number(value: Any, path: str) -> int:
@@ -132,6 +182,9 @@ def _check_aggregations(node: Any, path: str, depth: int) -> None:
                 if key in params and _whole_number(params[key], f"{where}.{kind}.{key}") \
                         > MAX_BUCKETS:
                     raise RefusedBody(f"'{where}.{kind}.{key}' is over {MAX_BUCKETS}")
+            for key in AGGREGATION_QUERIES.get(kind, ()):
+                if key in params:
+                    _check_query(params[key], f"{where}.{kind}.{key}", depth + 1)
             if kind == "filter":
                 _check_query(params, f"{where}.filter", depth + 1)
             elif kind == "filters":

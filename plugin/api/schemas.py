@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from plugin.search import FILTER_FIELDS
+from plugin.storable import MAX_ID_BYTES, storable_text
 
 MAX_WEIGHT = 100.0
 MAX_BATCH = 10_000
@@ -28,7 +29,7 @@ class Weights(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     q: str = Field(min_length=1, max_length=1000)
-    user_id: str | None = Field(None, max_length=256)
+    user_id: str | None = None
     size: int = Field(10, ge=1, le=100)
     from_: int = Field(0, ge=0, le=1000, alias="from")
     filters: dict[str, list[str]] = Field(default_factory=dict)
@@ -37,6 +38,18 @@ class SearchRequest(BaseModel):
     explain: bool = False
     cache: bool = True
 
+    @field_validator("q")
+    @classmethod
+    def storable_query(cls, value: str) -> str:
+        return storable_text(value, "q", ValueError)
+
+    @field_validator("user_id")
+    @classmethod
+    def storable_user_id(cls, value: str | None) -> str | None:
+        # The same bound as the events that make a user (plugin/events.py).
+        return None if value is None else storable_text(value, "user_id", ValueError,
+                                                         MAX_ID_BYTES)
+
     @field_validator("filters")
     @classmethod
     def known_filters(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -44,6 +57,9 @@ class SearchRequest(BaseModel):
         if unknown:
             raise ValueError(f"unknown filter field(s) {sorted(unknown)}; "
                              f"known: {list(FILTER_FIELDS)}")
+        for name, values in value.items():
+            for item in values:
+                storable_text(item, f"filters.{name}", ValueError)
         return value
 
 

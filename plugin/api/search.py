@@ -11,6 +11,7 @@ from plugin import search as search_service
 from plugin.api.auth import check_user, require
 from plugin.api.context import services
 from plugin.api.errors import ApiError
+from plugin.api.json_body import request_json
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.schemas import SearchRequest
 
@@ -39,7 +40,7 @@ def _from_query_string() -> dict[str, Any]:
 @bp.route("/search", methods=["GET", "POST"])
 @require("read")
 def search() -> ResponseReturnValue:
-    raw = request.get_json(silent=True) if request.method == "POST" else _from_query_string()
+    raw = request_json() if request.method == "POST" else _from_query_string()
     if not isinstance(raw, dict):
         raise ApiError(400, "the body must be a JSON object")
     req = SearchRequest.model_validate(raw)

@@ -42,7 +42,6 @@ from plugin.services import Services
 PREFIX = "/ui"
 bp = Blueprint(auth.UI_BLUEPRINT, __name__, url_prefix=PREFIX, template_folder="templates",
                static_folder="static")
-SECRET_KEY = "es-interest:ui-secret"
 RESULTS = 10
 F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
 
@@ -68,8 +67,9 @@ class InspectorSessions(SecureCookieSessionInterface):
 
 
 def _shared_secret(svc: Services) -> str:
-    svc.redis.set(SECRET_KEY, secrets.token_urlsafe(48), nx=True)
-    raw = svc.redis.get(SECRET_KEY)
+    key = svc.settings.redis_key("ui-secret")
+    svc.redis.set(key, secrets.token_urlsafe(48), nx=True)
+    raw = svc.redis.get(key)
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
@@ -103,7 +103,7 @@ def _error_page(error: ApiError) -> ResponseReturnValue:
 @bp.post("/key")
 def enter_key() -> ResponseReturnValue:
     presented = (request.form.get("key") or "").strip()
-    found = auth.lookup(services().redis, presented) if presented else None
+    found = auth.lookup(services(), presented) if presented else None
     if found is None:
         return render_template("ui/key.html", problem="unknown API key"), 401
     if "read" not in found.scopes:

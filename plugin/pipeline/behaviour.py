@@ -26,7 +26,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import svds
 
-from plugin.caches import BEHAVIOUR_VERSION_KEY
+from plugin.caches import behaviour_version_key
 from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.pipeline.report import bulk_error_reason
 from plugin.pipeline.users import APPLIED, rebuild_all
@@ -37,7 +37,7 @@ CONTEXT_SMOOTHING = 0.75
 
 
 def _key(services: Services, name: str) -> str:
-    return f"es-interest:{services.settings.index_prefix}:behaviour:{name}"
+    return services.settings.redis_key("behaviour", name)
 
 
 def count_events(services: Services, applied: int) -> None:
@@ -120,7 +120,7 @@ def positive_pairs(services: Services) -> list[tuple[str, str]]:
 
 
 def current_version(services: Services) -> str | None:
-    raw = services.redis.get(BEHAVIOUR_VERSION_KEY + services.settings.index_prefix)
+    raw = services.redis.get(behaviour_version_key(services.settings))
     if raw is not None:
         return raw.decode() if isinstance(raw, bytes) else str(raw)
     return None
@@ -161,7 +161,7 @@ def train(services: Services, refold: bool = True,
             error = EngineBusy if bulk_item_busy(item) else RuntimeError
             raise error(f"writing behaviour vectors failed: {bulk_error_reason(item)}")
     services.engine.client.indices.refresh(index=settings.docs_alias)
-    services.redis.set(BEHAVIOUR_VERSION_KEY + settings.index_prefix, version)
+    services.redis.set(behaviour_version_key(settings), version)
     services.doc_vectors.clear()
     result.update(trained=True, version=version, cleared=len(stale),
                   train_s=round(time.time() - started, 2))

@@ -86,9 +86,8 @@ class Keys:
 
     @classmethod
     def of(cls, services: Services) -> Keys:
-        base = f"es-interest:{services.settings.index_prefix}:popularity:"
-        return cls(base + "states", base + "dirty", base + "clock", base + "full-pass",
-                   base + "flush-scheduled", base + "written")
+        names = ("states", "dirty", "clock", "full-pass", "flush-scheduled", "written")
+        return cls(*(services.settings.redis_key("popularity", n) for n in names))
 
 
 def decay(elapsed_s: float, half_life_s: float) -> float:

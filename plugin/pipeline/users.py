@@ -107,7 +107,8 @@ def update_users(
         current = services.user_states.get_many(todo)
         # Another worker process wrote these since this one cached them: read them afresh
         # rather than send a write the engine would refuse.
-        for user_id in stale_users(services.redis, {u: (c[1], c[2]) for u, c in current.items()}):
+        cached = {u: (c[1], c[2]) for u, c in current.items()}
+        for user_id in stale_users(services.redis, services.settings, cached):
             del current[user_id]
             services.user_states.discard(user_id)
         missing = [u for u in todo if u not in current]
@@ -162,7 +163,7 @@ def update_users(
                     raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
         finally:
             # Also when the engine refused part of the bulk: what it took is written.
-            note_user_writes(services.redis, list(applied_by_user), versions)
+            note_user_writes(services.redis, services.settings, list(applied_by_user), versions)
         todo = retry
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
@@ -326,7 +327,7 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
             else:
                 raise RuntimeError(f"writing rebuilt interests failed: "
                                    f"{bulk_error_reason(item)}")
-        forget_users(services.redis, [u for u in complete if u not in retry])
+        forget_users(services.redis, services.settings, [u for u in complete if u not in retry])
         todo = retry + waiting
         if waiting:
             time.sleep(REBUILD_WAIT_S)
@@ -408,5 +409,5 @@ def erase_user(services: Services, user_id: str) -> dict[str, int]:
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
         engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
-    forget_users(services.redis, [user_id])
+    forget_users(services.redis, services.settings, [user_id])
     return {"events": deleted, "interests": int(found is not None)}

@@ -39,8 +39,8 @@ def app(settings: Settings, services: Services) -> Flask:
 @pytest.fixture(scope="module")
 def keys(services: Services) -> dict[str, str]:
     rate = "10000/minute"
-    return {"read": create_key(services.redis, "reader", ("read",), rate),
-            "write": create_key(services.redis, "writer", ("read", "write"), rate)}
+    return {"read": create_key(services, "reader", ("read",), rate),
+            "write": create_key(services, "writer", ("read", "write"), rate)}
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +202,20 @@ def test_proxy_answers_the_engines_own_client(server: str, keys: dict[str, str],
     ("post", "/{docs}/_search", {"size": "many"}, 400, "must be a whole number"),
     # Reading other indices through clauses that name one (issue 9, finding 10).
     ("post", "/{docs}/_search", {"query": {"terms": {"tags": {
-        "index": "{interests}", "id": "u1", "path": "top_tags"}}}}, 400, "terms lookup"),
+        "index": "{interests}", "id": "u1", "path": "top_tags"}}}}, 400, "reads another index"),
     ("post", "/{docs}/_search", {"query": {"more_like_this": {
         "fields": ["title"], "like": [{"_index": "{events}", "_id": "e1"}]}}}, 400,
-     "query type 'more_like_this'"),
+     "reads another index"),
+    # Issue 19: a terms lookup inside significant_terms' background_filter.
+    ("post", "/{docs}/_search", {"size": 0, "aggs": {"s": {"significant_terms": {
+        "field": "tags", "background_filter": {"terms": {"doc_id": {
+            "index": "{events}", "id": "e1", "path": "doc_id"}}}}}}}, 400,
+     "reads another index"),
+    ("post", "/{docs}/_search", {"aggs": {"s": {"significant_text": {"field": "title"}}}}, 400,
+     "aggregation 'significant_text'"),
+    # Issue 19: what used to answer 500.
+    ("post", "/search", {"q": "x", "filters": {"tags": ["\ud800"]}}, 400, "lone surrogate"),
+    ("post", "/search", {"q": "x", "user_id": "u" * 513}, 400, "user_id"),
     ("post", "/{docs}/_search", {"aggs": {"t": {"terms": {"field": "tags", "size": 100000}}}},
      400, "is over 1000"),
     ("post", "/{events}/_search", {}, 404, "configured indices only"),
@@ -232,6 +242,23 @@ def test_injection_attempts_get_a_clear_4xx(client: FlaskClient, keys: dict[str,
     answer = getattr(client, method)(path, json=body, headers=auth(keys["read"]))
     assert answer.status_code == status
     assert message in answer.get_data(as_text=True)
+
+
+def test_json_nested_too_deep_is_a_400_everywhere(client: FlaskClient, keys: dict[str, str],
+                                                  services: Services) -> None:
+    """Issue 19: 100,000 levels of nesting were a RecursionError (500) on every JSON path."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for path in ("/events", "/documents", "/search", f"/{services.settings.docs_alias}/_search"):
+        answer = client.post(path, data=deep, content_type="application/json",
+                             headers=auth(keys["write"]))
+        assert answer.status_code == 400, (path, answer.status_code)
+        assert "nests too deeply" in answer.get_data(as_text=True), path
+
+
+def test_a_200_carries_no_retry_after(client: FlaskClient, keys: dict[str, str]) -> None:
+    answer = client.get("/search?q=tips", headers=auth(keys["read"]))
+    assert answer.status_code == 200
+    assert "Retry-After" not in answer.headers
 
 
 def test_malformed_vectors_and_events_are_rejected_per_item(client: FlaskClient,
@@ -305,7 +332,7 @@ def test_keys_scopes_and_rate_limits(app: Flask, services: Services) -> None:
     client = app.test_client()
     assert client.get("/search?q=x").status_code == 401
     assert client.get("/search?q=x", headers=auth("esi_wrong")).status_code == 401
-    reader = create_key(services.redis, f"r-{uuid.uuid4().hex[:6]}", ("read",), "3/minute")
+    reader = create_key(services, f"r-{uuid.uuid4().hex[:6]}", ("read",), "3/minute")
     assert client.post("/events", json=[{}], headers=auth(reader)).status_code == 403
     answers = [client.get("/search?q=tips", headers=auth(reader)) for _ in range(4)]
     assert [a.status_code for a in answers[:2]] == [200, 200]
@@ -319,7 +346,7 @@ def test_tenant_keys_reach_only_their_users(client: FlaskClient, services: Servi
     """Finding 12: a key scoped to a user-id prefix reads, personalizes and writes only for
     those users."""
     mine, other = topics["a"], topics["b"]  # "A-<run>" and "B-<run>"
-    key = create_key(services.redis, f"tenant-{topics['run']}", ("read", "write"),
+    key = create_key(services, f"tenant-{topics['run']}", ("read", "write"),
                      "1000/minute", user_prefix="A-")
     assert client.get(f"/users/{mine}/interest", headers=auth(key)).status_code == 200
     denied = client.get(f"/users/{other}/interest", headers=auth(key))

@@ -48,7 +48,7 @@ def test_a_stalled_engine_gets_503_and_health_says_so(settings: Settings,
     and /health reports the engine within its budget, instead of a 500 after 30 s."""
     app = create_app(replace(settings, engine_url=stalling_engine.url, search_timeout_s=1.0))
     client = app.test_client()
-    key = create_key(services.redis, f"stall-{uuid.uuid4().hex[:6]}", ("read",), "1000/minute")
+    key = create_key(services, f"stall-{uuid.uuid4().hex[:6]}", ("read",), "1000/minute")
     assert client.get("/search?q=tips&cache=false", headers=auth(key)).status_code == 200
     stalling_engine.stall()
     try:
@@ -74,7 +74,7 @@ def test_redis_down_gets_503_not_500(settings: Settings, services: Services,
     try:
         app = create_app(replace(settings, redis_url=redis.url))
         client = app.test_client()
-        key = create_key(app.extensions["es_interest"].redis, "r", ("read", "write"),
+        key = create_key(app.extensions["es_interest"], "r", ("read", "write"),
                          "1000/minute")
         assert client.get("/search?q=tips", headers=auth(key)).status_code == 200
         redis.stop()
@@ -101,7 +101,7 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
     """Finding 2: a real circuit breaker (429) during a batch: the task is retried, not
     dead-lettered or half-applied; every event ends up stored and folded exactly once, and the
     vectors equal a rebuild from the log."""
-    from workers import dead_letter
+    from plugin import dead_letter
 
     run = uuid.uuid4().hex[:6]
     doc = {"id": f"brk-{run}", "title": "Winter tires and snow chains", "tags": ["cars"]}
@@ -113,7 +113,7 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
                "type": "like", "timestamp": now - 100 + i} for i in range(40)]
     dead_before = len(dead_letter.entries(celery_client))
     client = create_app(services.settings).test_client()
-    key = create_key(services.redis, f"brk-{run}", ("read",), "1000/minute")
+    key = create_key(services, f"brk-{run}", ("read",), "1000/minute")
     # Requests with a body over 1 kB trip the in-flight requests breaker: 429 for every bulk.
     _breaker(services, "1kb")
     try:
@@ -151,7 +151,7 @@ def test_a_killed_worker_loses_no_event(settings: Settings, services: Services,
     visibility timeout passes, and every event is stored and folded exactly once."""
     if engine_name != "elasticsearch":
         pytest.skip("a Celery fault, independent of the engine: checked on elasticsearch")
-    from workers.app import make_celery
+    from plugin.celery_app import make_celery
 
     fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
     celery = make_celery(fast)
@@ -200,7 +200,7 @@ def test_a_redis_restart_loses_no_event(settings: Settings, services: Services,
     event is stored and folded once, and the vectors equal a rebuild from the log."""
     if engine_name != "elasticsearch":
         pytest.skip("a Redis fault, independent of the engine: checked on elasticsearch")
-    from workers.app import make_celery
+    from plugin.celery_app import make_celery
 
     redis = PrivateRedis(tmp_path, persistent=True)
     fast = replace(settings, redis_url=redis.url, task_visibility_s=30.0)

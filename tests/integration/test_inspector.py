@@ -128,7 +128,7 @@ def test_a_user_page_in_a_real_browser(browser: Any, server: str, services: Serv
     from selenium.webdriver.common.by import By
 
     driver = browser
-    key = create_key(services.redis, f"ui-{user['run']}", ("read",), "10000/minute")
+    key = create_key(services, f"ui-{user['run']}", ("read",), "10000/minute")
     driver.get(f"{server}/ui/")
     assert driver.find_elements(By.ID, "key"), "a browser without a key is asked for one"
     driver.find_element(By.ID, "key").send_keys("esi_not-a-key")
@@ -195,7 +195,7 @@ def test_a_user_page_in_a_real_browser(browser: Any, server: str, services: Serv
     assert weights["interest_short"] > 0  # 1, scaled for a two-word query
     assert driver.find_element(By.ID, "w_interest_short").get_attribute("value") == "1.0"
 
-    revoke_key(services.redis, f"ui-{user['run']}")
+    revoke_key(services, f"ui-{user['run']}")
     driver.refresh()  # a revoked key stops working at once
     assert driver.find_elements(By.ID, "key")
 
@@ -203,7 +203,7 @@ def test_a_user_page_in_a_real_browser(browser: Any, server: str, services: Serv
 def test_the_session_cookie_opens_only_the_page(server: str, services: Services,
                                                 user: dict[str, Any]) -> None:
     run = user["run"]
-    key = create_key(services.redis, f"ui-http-{run}", ("read",), "10000/minute")
+    key = create_key(services, f"ui-http-{run}", ("read",), "10000/minute")
     web = requests.Session()
     assert web.get(f"{server}/ui/", timeout=30).status_code == 401
     entered = web.post(f"{server}/ui/key", data={"key": key}, allow_redirects=False, timeout=30)
@@ -221,14 +221,14 @@ def test_the_session_cookie_opens_only_the_page(server: str, services: Services,
     web.post(f"{server}/ui/logout", timeout=30)
     assert web.get(f"{server}/ui/users/{user['id']}", timeout=30).status_code == 401
 
-    tenant = create_key(services.redis, f"ui-tenant-{run}", ("read",), "10000/minute",
+    tenant = create_key(services, f"ui-tenant-{run}", ("read",), "10000/minute",
                         user_prefix=f"other-{run}")
     web.post(f"{server}/ui/key", data={"key": tenant}, timeout=30)
     refused = web.get(f"{server}/ui/users/{user['id']}", timeout=30)
     assert refused.status_code == 403 and "only users whose id starts with" in refused.text
     assert user["id"] not in web.get(f"{server}/ui/", timeout=30).text
-    writer = create_key(services.redis, f"ui-writer-{run}", ("write",), "10000/minute")
+    writer = create_key(services, f"ui-writer-{run}", ("write",), "10000/minute")
     assert requests.post(f"{server}/ui/key", data={"key": writer},
                          timeout=30).status_code == 403
     for name in (f"ui-http-{run}", f"ui-tenant-{run}", f"ui-writer-{run}"):
-        revoke_key(services.redis, name)
+        revoke_key(services, name)

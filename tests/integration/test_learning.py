@@ -280,7 +280,7 @@ def test_tune_fits_the_deployments_own_log(learning: Services, tmp_path: Any) ->
 def test_workers_train_behaviour_on_their_own(learning: Services) -> None:
     """A real worker process: once enough events are applied it trains a new version and
     re-folds the users, with no operator and no beat."""
-    from workers.app import make_celery
+    from plugin.celery_app import make_celery
 
     settings = replace(learning.settings, behaviour_first_training_events=20,
                        behaviour_training_delay_s=1.0, behaviour_training_min_interval_s=0.0)

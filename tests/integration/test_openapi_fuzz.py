@@ -22,7 +22,7 @@ EXAMPLES = 25
 
 def test_no_input_gets_a_server_error(settings: Settings, services: Services) -> None:
     app = create_app(settings)
-    key = create_key(services.redis, "fuzz", ("read", "write"), "100000/minute")
+    key = create_key(services, "fuzz", ("read", "write"), "100000/minute")
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     # /health may rightly answer 503 (no worker of this engine is up): not fuzzed for 5xx.

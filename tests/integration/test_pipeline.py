@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin import pipeline
+from plugin import dead_letter, pipeline
 from plugin.config import Settings
 from plugin.interest import UserInterest
 from plugin.services import Services
 from tests.conftest import ROOT, WorkerProcess, settings_env
-from workers import dead_letter
 
 pytestmark = pytest.mark.integration
 
@@ -293,10 +292,11 @@ def test_a_process_whose_cached_user_is_stale_reads_it_afresh_before_writing(
         assert pipeline.ingest_events(processes[turn % 2], events).done
     assert _refused_user_writes(services) == refused
     cached = processes[0].user_states.get_many([user])[user]  # the other one wrote last
-    assert stale_users(services.redis, {user: (cached[1], cached[2])}) == {user}
+    assert stale_users(services.redis, services.settings, {user: (cached[1], cached[2])}) == {user}
 
-    forget_users(services.redis, [user])  # no hint: the stale copy is tried, and refused
-    assert stale_users(services.redis, {user: (cached[1], cached[2])}) == set()
+    # No hint: the stale copy is tried, and refused.
+    forget_users(services.redis, services.settings, [user])
+    assert stale_users(services.redis, services.settings, {user: (cached[1], cached[2])}) == set()
     for turn, events in enumerate(turns[4:], start=4):
         assert pipeline.ingest_events(processes[turn % 2], events).done
     assert _refused_user_writes(services) > refused
@@ -414,6 +414,6 @@ def test_interest_documents_from_mapping_v1_upgrade_in_place_and_migrate(
     copied = engine.client.get(index=mine.interests_alias, id="old-user")["_source"]
     assert "interest_long" not in copied and "interest_short" not in copied
     assert UserInterest.from_source(copied).long.weight == pytest.approx(1.0)
-    forget_users(mine_services.redis, ["old-user"])  # read it from the copy
+    forget_users(mine_services.redis, mine_services.settings, ["old-user"])  # read it from the copy
     assert user_vectors(mine_services, "old-user").long == pytest.approx(embedding, abs=1e-6)
     engine.client.indices.delete(index=f"{mine.index_prefix}-*")

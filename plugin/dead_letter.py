@@ -14,7 +14,10 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-KEY = "es-interest:dead-letter"
+
+def key(app: Celery) -> str:
+    """The deployment's dead-letter list (plugin/celery_app.py names it)."""
+    return str(app.conf.dead_letter_key)
 
 
 class DeadLetterTask(Task):
@@ -38,7 +41,7 @@ class DeadLetterTask(Task):
         record = {"task": self.name, "id": task_id, "args": list(args), "kwargs": dict(kwargs),
                   "error": f"{type(exc).__name__}: {exc}", "failed_at": time.time(),
                   "retries": self.request.retries}
-        client(self.app).rpush(KEY, json.dumps(record))
+        client(self.app).rpush(key(self.app), json.dumps(record))
 
 
 def client(app: Celery) -> redis.Redis:
@@ -46,7 +49,7 @@ def client(app: Celery) -> redis.Redis:
 
 
 def entries(app: Celery) -> list[dict[str, Any]]:
-    return [json.loads(raw) for raw in client(app).lrange(KEY, 0, -1)]
+    return [json.loads(raw) for raw in client(app).lrange(key(app), 0, -1)]
 
 
 def replay(app: Celery, limit: int | None = None) -> list[str]:
@@ -54,7 +57,7 @@ def replay(app: Celery, limit: int | None = None) -> list[str]:
     r = client(app)
     sent: list[str] = []
     while limit is None or len(sent) < limit:
-        raw = r.lpop(KEY)
+        raw = r.lpop(key(app))
         if raw is None:
             break
         record = json.loads(str(raw, "utf-8") if isinstance(raw, bytes) else str(raw))
@@ -65,6 +68,6 @@ def replay(app: Celery, limit: int | None = None) -> list[str]:
 
 def purge(app: Celery) -> int:
     r = client(app)
-    count = int(r.llen(KEY))
-    r.delete(KEY)
+    count = int(r.llen(key(app)))
+    r.delete(key(app))
     return count

@@ -1,0 +1,103 @@
+"""The Celery app factory, configured explicitly: Redis broker and backend, JSON only, late
+acks, every key in the deployment's namespace. Clients (the API, the command line) and the
+worker entry point (``workers/``) build their app here; nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery
+from kombu.transport import redis as kombu_redis
+
+from plugin.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _QoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> Any:
+        """Messages this channel holds go back to their queue when it closes. On a broker
+        loss the channel closes after its connection is gone (kombu 5.7 then fails on
+        ``None.hostname`` and the worker exits): leave them in the broker's unacked set
+        instead, where the visibility sweep gives them back, scheduled ones included."""
+        if client is None and self.channel.connection.client is None:
+            return self._leave_in_broker("broker connection lost")
+        try:
+            return super().restore_unacked(client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return self._leave_in_broker("broker unreachable")
+
+    def _leave_in_broker(self, why: str) -> None:
+        held: Any = self._delivered
+        log.warning("%s: %d held messages return after the visibility timeout", why, len(held))
+        held.clear()
+
+
+class _Channel(kombu_redis.Channel):
+    QoS = _QoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport, whose channels survive closing after a broker loss."""
+
+    Channel = _Channel
+
+
+def make_celery(settings: Settings) -> Celery:
+    # Every key of the broker and the results sits under this deployment's namespace: two
+    # deployments on one Redis never take each other's messages (README, With Docker).
+    keyprefix = {"global_keyprefix": settings.redis_key("celery") + ":"}
+    celery = Celery("es_interest", broker=settings.redis_url, backend=settings.redis_url,
+                    include=["workers.tasks"])
+    if urlsplit(settings.redis_url).scheme in ("redis", "rediss"):
+        celery.conf.broker_transport = f"{__name__}:RedisTransport"
+    celery.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only once it finished, and requeued if its worker died
+        # mid-way: every task is idempotent (documents by id, events by event_id).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One reserved message per pool slot: a busy process never sits on a batch that an idle
+        # one could fold (freshness), and batches are large enough to keep slots busy.
+        worker_prefetch_multiplier=1,
+        # A task must end (or be killed) before its message would be handed to another
+        # worker: the limits sit below the visibility timeout, which bounds how long a batch
+        # of a dead worker waits (folded events then wait for their store just as long).
+        task_time_limit=int(settings.task_visibility_s * 0.85),
+        task_soft_time_limit=int(settings.task_visibility_s * 0.75),
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.task_visibility_s,
+            # Sweep for expired messages every ~1/12 of the timeout (kombu's default sweep
+            # is ~100 s, which would add up to that to the gap).
+            "unacked_restore_interval": max(1, int(settings.task_visibility_s / 12)),
+            "unacked_restore_throttle": 1,
+            # The sweep's lock outlives a Redis restart (append-only file); kombu's 300 s
+            # default would hold every sweep off that long after one.
+            "unacked_mutex_expire": max(5, int(settings.task_visibility_s / 4)),
+            **keyprefix,
+        },
+        result_backend_transport_options=keyprefix,
+        dead_letter_key=settings.redis_key("dead-letter"),
+        worker_hijack_root_logger=False,
+        # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let
+        # each get the pool that suits it (README, Workers). Other tasks use the default queue.
+        # `es-interest worker --beat` runs these: behaviour vectors retrained from the event
+        # log, and a popularity flush now and then (workers schedule one after each change).
+        beat_schedule={
+            "train-behaviour": {"task": "es_interest.train_behaviour",
+                                "schedule": settings.behaviour_train_interval_s},
+            "flush-popularity": {"task": "es_interest.flush_popularity", "schedule": 60.0},
+        },
+        task_routes={
+            "es_interest.index_documents": {"queue": "documents"},
+            "es_interest.ingest_events": {"queue": "events"},
+        },
+    )
+    return celery

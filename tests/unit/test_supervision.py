@@ -1,0 +1,49 @@
+"""The worker's supervision loop: start again after a failure, stop when asked to."""
+
+from __future__ import annotations
+
+from plugin.config import load_settings
+from plugin.supervision import supervise
+
+
+class Script:
+    """Exit codes to return in turn, and a clock that advances as the loop runs."""
+
+    def __init__(self, codes: list[int], run_s: float = 100.0) -> None:
+        self.codes, self.run_s, self.now, self.sleeps = list(codes), run_s, 0.0, []
+
+    def run(self) -> int:
+        self.now += self.run_s
+        return self.codes.pop(0)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_worker_that_failed_on_its_own_starts_again_until_it_ends_cleanly() -> None:
+    script = Script([1, 1, 0])
+    code = supervise(script.run, stopping=lambda: False, sleep=script.sleep,
+                     clock=lambda: script.now)
+    assert code == 0 and script.codes == [] and len(script.sleeps) == 2
+
+
+def test_a_worker_asked_to_stop_is_not_started_again() -> None:
+    script = Script([1, 0])
+    assert supervise(script.run, stopping=lambda: True, sleep=script.sleep,
+                     clock=lambda: script.now) == 1
+    assert script.codes == [0] and script.sleeps == []
+
+
+def test_failing_right_after_every_start_gives_up_with_a_capped_backoff() -> None:
+    script = Script([1] * 10, run_s=1.0)
+    assert supervise(script.run, stopping=lambda: False, sleep=script.sleep,
+                     clock=lambda: script.now, max_quick_failures=3, max_backoff_s=3) == 1
+    assert script.sleeps == [1.0, 2.0, 3.0] and len(script.codes) == 6
+
+
+def test_every_redis_key_of_a_deployment_sits_in_its_namespace() -> None:
+    staging = load_settings({"ES_INTEREST_INDEX_PREFIX": "staging"})
+    production = load_settings({"ES_INTEREST_INDEX_PREFIX": "prod"})
+    assert staging.redis_key("user", "u1") == "es-interest:staging:user:u1"
+    assert staging.redis_key("user", "u1") != production.redis_key("user", "u1")
