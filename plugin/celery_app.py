@@ -4,6 +4,7 @@ worker entry point (``workers/``) build their app here; nothing is built at impo
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,3 +102,36 @@ def make_celery(settings: Settings) -> Celery:
         },
     )
     return celery
+
+
+def scrub_results(app: Celery, redis_client: redis.Redis, item_ids: set[str]) -> int:
+    """Take these ids (an erased user's events) out of every stored task result (a batch's
+    report lists its event ids); returns how many results changed."""
+    if not item_ids:
+        return 0
+    prefix = app.conf.result_backend_transport_options["global_keyprefix"]
+    changed = 0
+    for name in redis_client.scan_iter(match=f"{prefix}celery-task-meta-*", count=1000):
+        raw = redis_client.get(name)
+        if raw is None:
+            continue
+        meta = json.loads(raw)
+        scrubbed = _without_ids(meta.get("result"), item_ids)
+        if scrubbed != meta.get("result"):
+            redis_client.set(name, json.dumps({**meta, "result": scrubbed}), keepttl=True)
+            changed += 1
+    return changed
+
+
+def _without_ids(value: Any, item_ids: set[str]) -> Any:
+    """A batch report with the given ids left out of its lists (``errors`` by their id)."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for name, items in value.items():
+        if isinstance(items, list):
+            items = [item for item in items
+                     if not (isinstance(item, str) and item in item_ids)
+                     and not (isinstance(item, dict) and item.get("id") in item_ids)]
+        out[name] = items
+    return out

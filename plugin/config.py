@@ -122,6 +122,8 @@ class Settings:
     # this many seconds; task time limits sit below it (workers/app.py), and it must exceed
     # the longest retry countdown (60 s), or a waiting retry would be delivered twice.
     task_visibility_s: float = 120.0
+    # An erased user's tombstone: events it covers that arrive later are dropped this long.
+    erase_tombstone_s: float = 30 * 86400.0
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
@@ -298,6 +300,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ranking_source=str(ranking_path),
         event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
         task_visibility_s=_number(env, "TASK_VISIBILITY_S", Settings.task_visibility_s),
+        erase_tombstone_s=_number(env, "ERASE_TOMBSTONE_DAYS", 30.0, minimum=0) * 86400.0,
         user_cache_size=int(_number(env, "USER_CACHE_SIZE", Settings.user_cache_size)),
         doc_vector_cache_size=int(_number(env, "DOC_VECTOR_CACHE_SIZE",
                                           Settings.doc_vector_cache_size)),

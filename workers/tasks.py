@@ -1,8 +1,9 @@
 """Celery tasks: thin, idempotent wrappers over plugin.pipeline, one Services per process.
 
 Transient engine or Redis errors, the engine refusing for load (429, 502-504: a circuit
-breaker, full queues) and a user document that kept changing are retried with exponential
-backoff; a task that still fails goes to the dead-letter list.
+breaker, full queues) and a user document that kept changing are retried with capped
+exponential backoff for minutes; a task that still fails goes to the dead-letter list, and
+those that failed for an outage are sent again once a task succeeds (the engine is back).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from plugin import pipeline
+from plugin import dead_letter, pipeline
 from plugin.dead_letter import DeadLetterTask
 from plugin.engine import EngineBusy, transient_errors
 from plugin.pipeline import behaviour, popularity
@@ -33,14 +34,22 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     EngineBusy,
 )
 F = TypeVar("F", bound=Callable[..., Any])
+# Capped exponential backoff (1, 2, 4 ... 60 s, each drawn from half to all of it by
+# DeadLetterTask) over 20 retries: an engine that refuses for load, or an outage, has 7 to 15
+# minutes to recover before a batch becomes a dead letter. Every wait stays below the
+# visibility timeout, or a waiting retry would be delivered twice.
 RETRY = {
     "base": DeadLetterTask,
     "autoretry_for": TRANSIENT,
     "retry_backoff": 1,
     "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": 6,
+    "retry_jitter": False,
+    "max_retries": 20,
+    "default_retry_delay": 10,
 }
+# After a task succeeded (the engine answers), letters an outage left are sent again: this
+# many at a time, at most once a minute, and each at most this many times.
+AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX = 100, 3
 
 
 @lru_cache(maxsize=1)
@@ -80,6 +89,7 @@ def ping(load_model: bool = True) -> dict[str, Any]:
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.index_documents(services(), docs, refresh=refresh)
     _schedule_popularity_flush()
+    _replay_dead_letters()
     return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
@@ -90,9 +100,16 @@ def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
     report = pipeline.ingest_events(services(), events, refresh=refresh,
                                     accepted_at_ms=accepted_at_ms)
     _schedule_popularity_flush()
+    _replay_dead_letters()
     if behaviour.training_due(services()):
         train_behaviour.apply_async(countdown=services().settings.behaviour_training_delay_s)
     return {**report.as_dict(), "worker_pid": os.getpid()}
+
+
+def _replay_dead_letters() -> None:
+    svc = services()
+    if svc.redis.set(svc.settings.redis_key("dead-letter", "replayed"), 1, nx=True, ex=60):
+        dead_letter.replay_when_healthy(app, AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX)
 
 
 def _schedule_popularity_flush() -> None:
@@ -132,6 +149,13 @@ def train_behaviour() -> dict[str, Any]:
 @busy_is_transient
 def rebuild_user(user_id: str) -> dict[str, Any]:
     return pipeline.rebuild_user(services(), user_id)
+
+
+@app.task(name="es_interest.erase_user", **RETRY)
+@busy_is_transient
+def erase_user(user_id: str, erased_at_ms: int) -> dict[str, Any]:
+    """The erase once more, with the same time: what a batch in flight left is removed."""
+    return pipeline.erase_user(services(), user_id, erased_at_ms)
 
 
 @app.task(name="es_interest.rebuild_users", bind=True, **RETRY)

@@ -140,7 +140,7 @@ def index() -> ResponseReturnValue:
                            key=g.api_key)
 
 
-@bp.get("/users/<user_id>")
+@bp.get("/users/<path:user_id>")
 @_needs_key
 def user(user_id: str) -> ResponseReturnValue:
     auth.check_user(user_id)

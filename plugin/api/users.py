@@ -1,4 +1,5 @@
-"""GET /users/<id>/interest (what the layer knows of a user) and DELETE /users/<id>."""
+"""GET /users/<id>/interest (what the layer knows of a user) and DELETE /users/<id>; ids
+may hold ``/`` (as events accept them), sent as they are or as ``%2F``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from plugin.profile import describe_user
 bp = Blueprint("users", __name__)
 
 
-@bp.get("/users/<user_id>/interest")
+@bp.get("/users/<path:user_id>/interest")
 @require("read")
 def interest(user_id: str) -> ResponseReturnValue:
     check_user(user_id)
@@ -24,8 +25,14 @@ def interest(user_id: str) -> ResponseReturnValue:
     return jsonify(described)
 
 
-@bp.delete("/users/<user_id>")
+@bp.delete("/users/<path:user_id>")
 @require("write")
 def delete(user_id: str) -> ResponseReturnValue:
+    """Erase now, and once more after the visibility timeout: a batch that was in flight
+    during this erase is finished (or handed to another worker) by then (erase_user)."""
     check_user(user_id)
-    return jsonify({"deleted": erase_user(services(), user_id)})
+    svc = services()
+    deleted = erase_user(svc, user_id)
+    svc.celery.send_task("es_interest.erase_user", args=[user_id, deleted["erased_at_ms"]],
+                         countdown=svc.settings.task_visibility_s)
+    return jsonify({"deleted": deleted})

@@ -20,6 +20,7 @@ from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id,
 from plugin.pipeline.users import (
     APPLIED,
     PENDING,
+    erased_events,
     fetch_doc_vectors,
     fold_into_users,
     mark_applied,
@@ -75,10 +76,14 @@ def ingest_events(
         if event.event_id in text_embedding:
             source["text_embedding"] = text_embedding[event.event_id]
         sources[event.event_id] = source
+    positions = {e.event_id: p for p, e in events}
+    for event_id in erased_events(services, list(sources.values())):
+        report.error(positions[event_id], event_id, "its user was erased after this event "
+                     "happened or was accepted: it is not applied")
+        del sources[event_id]
     ready_sources = [s for s in sources.values() if s["status"] == APPLIED]
     fold_into_users(services, ready_sources, docs)
     stamp_applied(ready_sources)
-    positions = {e.event_id: p for p, e in events}
     created = _store(services, sources, positions, report, refresh)
     report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
     # Popularity counts what this call stored (an event is created once, whoever retries).

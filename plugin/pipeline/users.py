@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from plugin import dead_letter
 from plugin.caches import forget_users, note_user_writes, stale_users
+from plugin.celery_app import scrub_results
 from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.interest import (
     RECENT_WINDOW_S,
@@ -391,23 +393,62 @@ def rebuild_all(
     return count, deferred
 
 
-def erase_user(services: Services, user_id: str) -> dict[str, int]:
-    """Remove a user's interest document and every event of theirs.
+def erase_user(services: Services, user_id: str,
+               erased_at_ms: int | None = None) -> dict[str, Any]:
+    """Forget a user up to ``erased_at_ms`` (default: now): every event of theirs that
+    happened or was accepted by then, their interest state, their cached vectors, their
+    events in dead letters and in stored task results.
 
-    Scan and bulk delete rather than _delete_by_query, which lives in a module (reindex) that
-    not every engine build has.
+    A tombstone with the erase time stays in Redis for ES_INTEREST_ERASE_TOMBSTONE_DAYS, and
+    workers drop any later-arriving event it covers (one queued during the erase, a retried
+    batch), so the user does not come back. Events that happened and were accepted after the
+    erase are a new history and are kept. Running it again with the same time finishes what a
+    batch in flight during the first run left (the API queues that run for after the
+    visibility timeout). Scan and bulk delete rather than _delete_by_query, which lives in a
+    module (reindex) that not every engine build has.
     """
     settings = services.settings
     engine = services.engine
+    erased_at_ms = int(time.time() * 1000) if erased_at_ms is None else erased_at_ms
+    tombstone = settings.redis_key("erased", user_id)
+    services.redis.set(tombstone, max(erased_at_ms, _erased_at(services, [user_id]).get(
+        user_id, 0)), ex=max(1, int(settings.erase_tombstone_s)))
     services.user_states.discard(user_id)
     engine.client.indices.refresh(index=settings.events_alias)
-    hits = engine.scan(settings.events_alias, {"query": {"term": {"user_id": user_id}},
-                                               "_source": False})
+    covered = {"bool": {"filter": [{"term": {"user_id": user_id}}], "minimum_should_match": 1,
+                        "should": [{"range": {"timestamp": {"lte": erased_at_ms}}},
+                                   {"range": {"accepted_at": {"lte": erased_at_ms}}}]}}
+    hits = list(engine.scan(settings.events_alias, {"query": covered, "_source": False}))
     actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
     deleted = sum(1 for ok, _ in engine.streaming_bulk(actions, raise_on_error=False,
                                                        refresh=True) if ok)
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
         engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
+    kept = engine.client.count(index=settings.events_alias, body={
+        "query": {"term": {"user_id": user_id}}})["count"]
+    if kept:  # events after the erase: the user's new history, folded from the log alone
+        rebuild_users(services, [user_id])
     forget_users(services.redis, services.settings, [user_id])
-    return {"events": deleted, "interests": int(found is not None)}
+    letters = dead_letter.drop_user(services.celery, user_id)
+    results = scrub_results(services.celery, services.redis, {str(h["_id"]) for h in hits})
+    return {"events": deleted, "interests": int(found is not None), "events_kept": int(kept),
+            "dead_letters": letters, "task_results": results, "erased_at_ms": erased_at_ms}
+
+
+def _erased_at(services: Services, user_ids: Sequence[str]) -> dict[str, int]:
+    """The erase time (epoch ms) of each of these users that has a tombstone."""
+    ids = list(user_ids)
+    if not ids:
+        return {}
+    raw = services.redis.mget([services.settings.redis_key("erased", u) for u in ids])
+    return {u: int(v) for u, v in zip(ids, raw, strict=True) if v is not None}
+
+
+def erased_events(services: Services, sources: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Ids of the events (stored sources: ``timestamp`` and ``accepted_at`` in ms) that an
+    erase of their user covers."""
+    erased = _erased_at(services, sorted({str(s["user_id"]) for s in sources}))
+    return {str(s["event_id"]) for s in sources if str(s["user_id"]) in erased and min(
+        int(s["timestamp"]), int(s.get("accepted_at", s["timestamp"])))
+        <= erased[str(s["user_id"])]}

@@ -291,3 +291,84 @@ def test_rebuild_waits_for_events_in_flight_without_a_traceback(settings: Settin
     done = rebuild("--user", user)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["events"] == 2
+
+
+def test_a_20_second_breaker_trip_leaves_no_dead_letter(settings: Settings, services: Services,
+                                                        engine_name: str) -> None:
+    """Issue 19: a circuit breaker tripped for 20 s while 30 batches arrive: each batch retries
+    (capped exponential backoff, a budget of minutes) instead of becoming a dead letter, and
+    every event is stored exactly once after recovery, with no operator."""
+    if engine_name != "elasticsearch":
+        pytest.skip("the in-flight requests breaker is set through Elasticsearch's settings")
+    from plugin import dead_letter
+    from plugin.celery_app import make_celery
+
+    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15")
+    celery = make_celery(fast)
+    Services(fast).redis.flushdb()
+    run = uuid.uuid4().hex[:6]
+    doc = {"id": f"trip-{run}", "title": "Snow chains and winter tires", "tags": ["cars"]}
+    assert not pipeline_index(services, doc)
+    users = [f"trip-{run}-{u}" for u in range(30)]
+    events = [{"event_id": f"trip-{i}-{run}", "user_id": users[i % len(users)],
+               "doc_id": doc["id"], "type": "like", "timestamp": time.time() - 5000 + i}
+              for i in range(3000)]
+    worker = WorkerProcess(fast, f"trip-{run}", concurrency=2)
+    try:
+        worker.wait_ready()
+        _breaker(services, "1kb")
+        try:
+            results = [celery.send_task("es_interest.ingest_events",
+                                        args=[events[i:i + 100]])
+                       for i in range(0, len(events), 100)]
+            time.sleep(20)
+        finally:
+            _breaker(services, None)
+        for result in results:
+            result.get(timeout=600)
+        assert dead_letter.entries(celery) == []
+    finally:
+        worker.stop()
+        Services(fast).redis.flushdb()
+    alias = services.settings.events_alias
+    services.engine.client.indices.refresh(index=alias)
+    stored = services.engine.client.count(index=alias, body={
+        "query": {"terms": {"user_id": users}}})["count"]
+    assert stored == len(events)
+    found = services.engine.mget_versioned(services.settings.interests_alias, users)
+    assert sum(src["event_count"] for src, _, _ in found.values()) == len(events)
+
+
+def test_dead_letters_of_an_outage_are_replayed_once_the_engine_answers(
+        services: Services, celery_client: Any, worker: Any) -> None:
+    """Letters that failed for an outage go again on their own after a task succeeds; a
+    letter of another kind stays for the operator."""
+    from plugin import dead_letter
+
+    dead_letter.purge(celery_client)
+    run = uuid.uuid4().hex[:6]
+    doc = {"id": f"replay-{run}", "title": "Gearbox oil", "tags": ["cars"]}
+    assert not pipeline_index(services, doc)
+    lost = {"event_id": f"replay-1-{run}", "user_id": f"replay-{run}", "doc_id": doc["id"],
+            "type": "like", "timestamp": time.time() - 60}
+    letters = dead_letter.client(celery_client)
+    for transient, task_id in ((True, f"t-{run}"), (False, f"p-{run}")):
+        letters.rpush(dead_letter.key(celery_client), json.dumps({
+            "task": "es_interest.ingest_events", "id": task_id, "args": [[lost]],
+            "kwargs": {"refresh": True}, "error": "EngineBusy: refused for load",
+            "failed_at": time.time(), "retries": 20, "transient": transient}))
+    services.redis.delete(services.settings.redis_key("dead-letter", "replayed"))
+    celery_client.send_task("es_interest.ingest_events", args=[[]]).get(timeout=60)
+    deadline = time.monotonic() + 60
+    while services.engine.get_versioned(services.settings.events_alias, lost["event_id"]) \
+            is None:
+        assert time.monotonic() < deadline, "the outage's letter was not replayed"
+        time.sleep(0.5)
+    assert [e["id"] for e in dead_letter.entries(celery_client)] == [f"p-{run}"]
+    dead_letter.purge(celery_client)
+
+
+def pipeline_index(services: Services, doc: dict[str, Any]) -> list[Any]:
+    from plugin.pipeline import index_documents
+
+    return index_documents(services, [doc], refresh=True).errors

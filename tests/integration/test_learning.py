@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from plugin import pipeline
+from plugin.caches import behaviour_version_key
 from plugin.evaluation.metrics import mean_kendall_tau
 from plugin.interest import UserInterest
 from plugin.pipeline import behaviour, popularity
@@ -135,13 +136,11 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
                           weights=BlendWeights(1.0, behaviour=1.0))
     hits = search(learning, params).hits
     assert any(h["components"].get("behaviour") is not None for h in hits)
-    learning.redis.set("es-interest:behaviour-version:" + learning.settings.index_prefix,
-                       "000000000000001")
+    learning.redis.set(behaviour_version_key(learning.settings), "000000000000001")
     time.sleep(10.5)  # the version is cached for 10 s per process
     hits = search(learning, replace(params, use_cache=False)).hits
     assert all(h["components"].get("behaviour") is None for h in hits)
-    learning.redis.set("es-interest:behaviour-version:" + learning.settings.index_prefix,
-                       second["version"])
+    learning.redis.set(behaviour_version_key(learning.settings), second["version"])
 
 
 def test_popularity_writes_are_rationed_by_change_and_budget(learning: Services) -> None:
@@ -286,7 +285,7 @@ def test_workers_train_behaviour_on_their_own(learning: Services) -> None:
                        behaviour_training_delay_s=1.0, behaviour_training_min_interval_s=0.0)
     before = behaviour.current_version(learning)
     # The log has "doubled" since the module's last explicit run.
-    learning.redis.delete(f"es-interest:{settings.index_prefix}:behaviour:events-at-training")
+    learning.redis.delete(settings.redis_key("behaviour", "events-at-training"))
     run = uid("auto")
     ids = [f"{run}-{i}" for i in range(6)]
     assert not pipeline.index_documents(learning, [
