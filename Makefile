@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status browser compose-check demo demo-services test lint bench soak eval eval-quick clean
+.PHONY: help venv up up-cluster down status browser compose-check demo demo-services test lint bench soak eval eval-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,7 +24,10 @@ venv: $(BIN)/es-interest  ## create .venv and install the package with its dev t
 up:  ## start Elasticsearch 9.5.3 :9200, OpenSearch :9201, Elasticsearch 8.19 :9202, Redis :6379 (ENGINES=... to pick)
 	devstack/stack.sh up
 
-down:  ## stop the engines, Redis, and the demo's worker and API
+up-cluster:  ## a three-node Elasticsearch 9.5.3 cluster :9210-9212 (one replica per shard), and Redis
+	devstack/stack.sh up-cluster
+
+down:  ## stop the engines, the cluster, Redis, and the demo's worker and API
 	devstack/stack.sh down
 
 status:  ## what is running
@@ -53,7 +56,7 @@ browser:  ## Debian's chromium and chromedriver, for the inspector page's browse
 compose-check:  ## docker-compose.yml through Docker Compose v2's own parser (built once from the Go module proxy)
 	devstack/compose.sh
 
-test: venv up browser  ## unit and integration tests against the real services
+test: venv up up-cluster browser  ## unit and integration tests against the real services (engines, the cluster, Redis)
 	$(BIN)/pytest -ra
 
 lint:  ## ruff and mypy

@@ -4,6 +4,9 @@
 #   devstack/stack.sh up      build if needed, start what is not running, wait until ready
 #   devstack/stack.sh down    stop everything this script (or `make demo`) started
 #   devstack/stack.sh status  one line per service
+#   devstack/stack.sh up-cluster    a three-node Elasticsearch 9.5.3 cluster :9210-9212
+#   devstack/stack.sh kill-node N   SIGKILL node N of that cluster (fault tests)
+#   devstack/stack.sh start-node N  start node N again (it rejoins)
 #
 # Engines (ENGINES picks; default all three):
 #   elasticsearch   Elasticsearch 9.5.3 with Painless   :9200  (Painless from ../shared/engines/es9-painless)
@@ -97,6 +100,57 @@ engine_command() {
   esac
 }
 
+# The cluster: three Elasticsearch 9.5.3 nodes (every one master-eligible and a data node),
+# one replica of every shard (the product's indices say auto_expand_replicas 0-1).
+CLUSTER_NODES=(0 1 2)
+cluster_http_port() { echo $((9210 + $1)); }
+cluster_transport_port() { echo $((9310 + $1)); }
+
+start_cluster_node() {
+  local i=$1 name=es-cluster-$1 pidfile command java
+  pidfile=$STATE/$name.pid
+  if alive "$pidfile"; then echo "$name already running (pid $(cat "$pidfile"))"; return; fi
+  command=$(engine_command elasticsearch)
+  java=$(java_for elasticsearch)
+  local -a argv extra=()
+  read -r -a argv <<<"$command"
+  [[ $command == *painless-port* ]] && extra=(lang-painless=org.elasticsearch.painless.PainlessPlugin)
+  local seeds="" masters="" n
+  for n in "${CLUSTER_NODES[@]}"; do
+    seeds+="${seeds:+,}127.0.0.1:$(cluster_transport_port "$n")"
+    masters+="${masters:+,}es-cluster-$n"
+  done
+  mkdir -p "$STATE/$name"
+  DEVSTACK_CLUSTER_NAME=es-interest-cluster DEVSTACK_NODE_NAME=$name \
+  DEVSTACK_SEED_HOSTS=$seeds DEVSTACK_MASTER_NODES=$masters \
+    setsid nohup "$java" -Xms"$HEAP" -Xmx"$HEAP" -XX:+UseG1GC -Djava.io.tmpdir="$STATE/$name" \
+    -Dlog4j2.formatMsgNoLookups=true --enable-native-access=ALL-UNNAMED "${argv[@]}" \
+    "$STATE/$name" "$(cluster_http_port "$i")" "$(cluster_transport_port "$i")" "${extra[@]}" \
+    >"$STATE/$name.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  echo "$name starting on 127.0.0.1:$(cluster_http_port "$i") (log: $STATE/$name.log)"
+}
+
+wait_cluster() {  # until every node answers and the cluster holds all three
+  local start i
+  start=$(date +%s)
+  for i in "${CLUSTER_NODES[@]}"; do
+    until curl -fs "http://127.0.0.1:$(cluster_http_port "$i")/_cluster/health?wait_for_nodes=3&wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; do
+      if ! alive "$STATE/es-cluster-$i.pid"; then
+        echo "error: es-cluster-$i exited during start; last lines of its log:" >&2
+        tail -n 30 "$STATE/es-cluster-$i.log" >&2
+        exit 1
+      fi
+      if [ $(($(date +%s) - start)) -ge "$READY_TIMEOUT" ]; then
+        echo "error: the cluster is not ready after ${READY_TIMEOUT}s (logs: $STATE/es-cluster-*.log)" >&2
+        exit 1
+      fi
+      sleep 1
+    done
+  done
+  echo "cluster of 3 ready on 127.0.0.1:9210-9212 after $(($(date +%s) - start))s"
+}
+
 start_engine() {
   local name=$1 port pidfile command java
   port=$(http_port "$name")
@@ -184,10 +238,26 @@ case ${1:-} in
     for e in $ENGINES; do start_engine "$e"; done
     for e in $ENGINES; do wait_engine "$e"; done
     ;;
+  up-cluster)
+    start_redis
+    for i in "${CLUSTER_NODES[@]}"; do start_cluster_node "$i"; done
+    wait_cluster
+    ;;
+  kill-node)
+    pid=$(cat "$STATE/es-cluster-${2:?node number}.pid")
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
+    rm -f "$STATE/es-cluster-$2.pid"
+    echo "es-cluster-$2 killed"
+    ;;
+  start-node)
+    start_cluster_node "${2:?node number}"
+    ;;
   down)
     # Demo processes first (they talk to the services), then engines, then Redis.
     for p in api worker; do stop_pidfile "$p"; done
-    for e in elasticsearch opensearch elasticsearch8; do stop_pidfile "$e"; done
+    for e in elasticsearch opensearch elasticsearch8 es-cluster-0 es-cluster-1 es-cluster-2; do
+      stop_pidfile "$e"
+    done
     if alive "$STATE/redis.pid"; then
       redis-cli -p 6379 shutdown >/dev/null 2>&1 || true
       for _ in $(seq 50); do alive "$STATE/redis.pid" || break; sleep 0.1; done
@@ -196,12 +266,12 @@ case ${1:-} in
     rm -f "$STATE/redis.pid"
     ;;
   status)
-    for s in redis elasticsearch opensearch elasticsearch8 worker api; do
+    for s in redis elasticsearch opensearch elasticsearch8 es-cluster-0 es-cluster-1 es-cluster-2 worker api; do
       if alive "$STATE/$s.pid"; then echo "$s: running (pid $(cat "$STATE/$s.pid"))"; else echo "$s: stopped"; fi
     done
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|up-cluster|kill-node N|start-node N" >&2
     exit 2
     ;;
 esac

@@ -85,6 +85,9 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
         claim(Services())
     except DeploymentConflict as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # the engine or Redis is not up yet: start anyway
+        click.echo(f"warning: the deployment's claim was not checked ({type(exc).__name__}); "
+                   "`es-interest setup` checks it too", err=True)
     asked_to_stop: list[object] = []
     worker_shutting_down.connect(lambda **_: asked_to_stop.append(True), weak=False)
     argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--concurrency={concurrency}",

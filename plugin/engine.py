@@ -6,8 +6,11 @@ Painless cosine expression or a client call, and never checks which engine it ta
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,21 @@ class EngineError(RuntimeError):
 class EngineBusy(EngineError):
     """The engine refused for load (429: a circuit breaker or full queues; 502-504): nothing
     is wrong with the request, so it is worth sending again later."""
+
+
+# When the request being served must have its answer (time.monotonic()), or None: every
+# engine call of one request shares one budget, however many calls it makes.
+_DEADLINE: ContextVar[float | None] = ContextVar("engine_deadline", default=None)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Engine calls made inside share ``seconds`` between them (an API request's budget)."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 # Answers that mean "not now" rather than "not this".
@@ -227,18 +245,31 @@ class Engine:
 
     # -- calls ------------------------------------------------------------------------------
 
+    def _call(self, method: str, timeout_s: float | None = None, **params: Any) -> Any:
+        """A client call within ``timeout_s`` and what is left of the request's deadline
+        (both optional; a stalled engine then raises a timeout)."""
+        end = _DEADLINE.get()
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise EngineError("the request's time budget (ES_INTEREST_SEARCH_TIMEOUT_S) "
+                                  "ran out before the engine answered")
+            timeout_s = left if timeout_s is None else min(timeout_s, left)
+        if timeout_s is None:
+            return getattr(self.client, method)(**params)
+        if self.kind is EngineKind.OPENSEARCH:
+            return getattr(self.client, method)(request_timeout=timeout_s, **params)
+        return getattr(self.client.options(request_timeout=timeout_s), method)(**params)
+
     def search(self, index: str, body: Mapping[str, Any], **params: Any) -> JSON:
         """One search within ``search_timeout_s`` (a stalled engine raises a timeout)."""
-        if self.kind is EngineKind.OPENSEARCH:
-            return dict(self.client.search(index=index, body=dict(body),
-                                           request_timeout=self.search_timeout_s, **params))
-        return dict(self.client.options(request_timeout=self.search_timeout_s).search(
-            index=index, body=dict(body), **params))
+        return dict(self._call("search", self.search_timeout_s, index=index, body=dict(body),
+                               **params))
 
     def get_versioned(self, index: str, doc_id: str) -> tuple[JSON, int, int] | None:
         """A document's source with its ``_seq_no`` and ``_primary_term``, or None."""
         try:
-            doc = self.client.get(index=index, id=doc_id)
+            doc = self._call("get", index=index, id=doc_id)
         except self._not_found_error:
             return None
         return dict(doc["_source"]), int(doc["_seq_no"]), int(doc["_primary_term"])
@@ -247,20 +278,24 @@ class Engine:
         """One document's whole source within ``timeout_s`` (raises on timeout), or None.
         Unfiltered: a filter makes the engine parse and write the source again."""
         try:
-            if self.kind is EngineKind.OPENSEARCH:
-                doc = self.client.get(index=index, id=doc_id, request_timeout=timeout_s)
-            else:
-                doc = self.client.options(request_timeout=timeout_s).get(index=index, id=doc_id)
+            doc = self._call("get", timeout_s, index=index, id=doc_id)
         except self._not_found_error:
             return None
         return dict(doc["_source"])
+
+    def mget_field(self, index: str, ids: Iterable[str], field_name: str) -> dict[str, Any]:
+        """One field of each found document (a small read, for display)."""
+        response = self._call("mget", index=index, body={"ids": sorted(ids)},
+                              _source_includes=[field_name])
+        return {d["_id"]: d["_source"].get(field_name) for d in response["docs"]
+                if d.get("found")}
 
     def mget_versioned(self, index: str, ids: list[str]) -> dict[str, tuple[JSON, int, int]]:
         """Real-time multi-get: found documents (whole sources) with their ``_seq_no`` and
         ``_primary_term``."""
         found: dict[str, tuple[JSON, int, int]] = {}
         for start in range(0, len(ids), 1000):
-            response = self.client.mget(index=index, body={"ids": ids[start:start + 1000]})
+            response = self._call("mget", index=index, body={"ids": ids[start:start + 1000]})
             for doc in response["docs"]:
                 if doc.get("found"):
                     found[doc["_id"]] = (doc["_source"], int(doc["_seq_no"]),

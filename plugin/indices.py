@@ -148,6 +148,7 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
         raise IncompatibleMapping(
             f"{current} cannot take mapping v{spec.version} in place ({'; '.join(conflicts)}); "
             "run `es-interest setup --reindex` to copy it into a new index behind the alias")
+    replicas = _sync_replicas(engine, current, spec)
     missing = set(spec.body["mappings"].get("properties", {})) - set(live.get("properties", {}))
     if missing:
         wanted = spec.body["mappings"]["properties"]
@@ -155,7 +156,21 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
                                    body={"properties": {k: wanted[k] for k in sorted(missing)}})
         _wait_readable(engine, current)
         return f"{spec.alias} -> {current} (added fields: {', '.join(sorted(missing))})"
-    return f"{spec.alias} -> {current} (up to date)"
+    return f"{spec.alias} -> {current} ({replicas or 'up to date'})"
+
+
+def _sync_replicas(engine: Engine, index: str, spec: IndexSpec) -> str:
+    """Replicas follow the mapping file in place (a dynamic setting): one per shard on a
+    cluster, none on a single node (``auto_expand_replicas``)."""
+    wanted = spec.body.get("settings", {}).get("auto_expand_replicas")
+    if wanted is None:
+        return ""
+    live = engine.client.indices.get_settings(index=index)[index]["settings"]["index"]
+    if live.get("auto_expand_replicas") == wanted:
+        return ""
+    engine.client.indices.put_settings(index=index,
+                                       body={"index": {"auto_expand_replicas": wanted}})
+    return f"replicas: auto_expand_replicas {wanted}"
 
 
 def _wait_readable(engine: Engine, index: str, tries: int = 100) -> None:

@@ -162,9 +162,7 @@ def _horizon(services: Services, state: HorizonState | None, field_name: str,
 def _titles(services: Services, doc_ids: set[str]) -> dict[str, str | None]:
     if not doc_ids:
         return {}
-    found = services.engine.client.mget(index=services.settings.docs_alias,
-                                        body={"ids": sorted(doc_ids)}, _source_includes=["title"])
-    return {d["_id"]: d["_source"].get("title") for d in found["docs"] if d.get("found")}
+    return services.engine.mget_field(services.settings.docs_alias, doc_ids, "title")
 
 
 def describe_user(services: Services, user_id: str, nearest: int = NEAREST,

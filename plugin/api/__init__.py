@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Request lines carry queries and user ids: keep them out of the logs.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
-    from plugin.api import auth, errors, metrics
+    from plugin.api import auth, budget, errors, metrics
     from plugin.api.health import bp as health_bp
     from plugin.api.ingest import bp as ingest_bp
     from plugin.api.openapi import bp as openapi_bp
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from plugin.api.users import bp as users_bp
 
     errors.register(app)  # its after_request runs after the limiter's (registered later)
+    budget.register(app, services.settings.search_timeout_s)
     metrics.instrument(app)
     app.before_request(auth.identify)  # before the limiter's hook: limits are per key
     if services.settings.cors_origins:

@@ -15,10 +15,12 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import redis
 from flask import (
     Blueprint,
     Flask,
     Request,
+    Response,
     g,
     redirect,
     render_template,
@@ -43,6 +45,7 @@ PREFIX = "/ui"
 bp = Blueprint(auth.UI_BLUEPRINT, __name__, url_prefix=PREFIX, template_folder="templates",
                static_folder="static")
 RESULTS = 10
+CSRF = "csrf"
 F = TypeVar("F", bound=Callable[..., ResponseReturnValue])
 
 
@@ -62,7 +65,12 @@ class InspectorSessions(SecureCookieSessionInterface):
         if request.path != PREFIX and not request.path.startswith(PREFIX + "/"):
             return None  # Flask then uses a null session: nothing read, nothing set
         if not app.secret_key:
-            app.secret_key = self.services.settings.ui_secret or _shared_secret(self.services)
+            try:
+                app.secret_key = (self.services.settings.ui_secret
+                                  or _shared_secret(self.services))
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Redis is down: no session this time; the key check then answers 503.
+                return None
         return super().open_session(app, request)
 
 
@@ -73,12 +81,35 @@ def _shared_secret(svc: Services) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+def csrf_token() -> str:
+    """The session's token that the page's forms send back: a form posted from another
+    site (login CSRF: signing a browser in with someone else's key) carries none."""
+    if not isinstance(session.get(CSRF), str):
+        session[CSRF] = secrets.token_urlsafe(24)
+    return str(session[CSRF])
+
+
+def _form_is_ours() -> bool:
+    sent, expected = request.form.get("csrf", ""), session.get(CSRF)
+    return isinstance(expected, str) and secrets.compare_digest(sent, expected)
+
+
+@bp.after_request
+def _page_headers(response: Response) -> Response:
+    # Never framed (clickjacking), and the page runs nothing it did not serve itself.
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+    return response
+
+
 def install(app: Flask, svc: Services) -> None:
     """Register the page with its session handling on ``app``."""
     app.session_interface = InspectorSessions(svc)
     app.config.update(SESSION_COOKIE_NAME="es_interest_ui", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_PATH="/ui",
                       SESSION_COOKIE_SECURE=svc.settings.ui_secure_cookie)
+    app.jinja_env.globals["csrf_token"] = csrf_token
     app.register_blueprint(bp)
 
 
@@ -102,6 +133,9 @@ def _error_page(error: ApiError) -> ResponseReturnValue:
 
 @bp.post("/key")
 def enter_key() -> ResponseReturnValue:
+    if not _form_is_ours():
+        return render_template("ui/key.html", problem="this form expired or came from another "
+                               "site; enter the key again"), 400
     presented = (request.form.get("key") or "").strip()
     found = auth.lookup(services(), presented) if presented else None
     if found is None:
@@ -116,6 +150,8 @@ def enter_key() -> ResponseReturnValue:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    if not _form_is_ours():
+        return redirect(url_for("ui.index"))
     session.clear()
     return redirect(url_for("ui.index"))
 

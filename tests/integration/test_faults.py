@@ -59,6 +59,12 @@ def test_a_stalled_engine_gets_503_and_health_says_so(settings: Settings,
         proxied = client.post(f"/{settings.docs_alias}/_search",
                               json={"query": {"match": {"title": "tips"}}}, headers=auth(key))
         assert proxied.status_code == 503
+        # Issue 19: every path answers within the request's one budget (they waited 30 s
+        # or forever), with the same 503.
+        for path in ("/users/someone/interest", "/ui/users/someone"):
+            stalled = client.get(path, headers=auth(key))
+            assert stalled.status_code == 503, (path, stalled.status_code)
+            assert stalled.headers["Retry-After"] == "1"
         health = client.get("/health")
         assert health.status_code == 503 and not health.json["engine"]["ok"]
         assert health.json["redis"]["ok"]
@@ -84,6 +90,11 @@ def test_redis_down_gets_503_not_500(settings: Settings, services: Services,
                        client.get("/users/u/interest", headers=auth(key))):
             assert answer.status_code == 503
             assert "Redis" in answer.json["error"]
+        # Issue 19: the inspector page of a process that never served it (its cookie secret
+        # lives in Redis) was a 500.
+        fresh = create_app(replace(settings, redis_url=redis.url)).test_client()
+        page = fresh.get("/ui/", headers=auth(key))
+        assert page.status_code == 503 and page.headers["Retry-After"] == "1"
         health = client.get("/health")
         assert health.status_code == 503 and not health.json["redis"]["ok"]
         assert health.json["engine"]["ok"]

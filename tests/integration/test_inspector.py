@@ -5,6 +5,7 @@ page to test-artifacts/inspector-<engine>.png."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -205,8 +206,16 @@ def test_the_session_cookie_opens_only_the_page(server: str, services: Services,
     run = user["run"]
     key = create_key(services, f"ui-http-{run}", ("read",), "10000/minute")
     web = requests.Session()
-    assert web.get(f"{server}/ui/", timeout=30).status_code == 401
-    entered = web.post(f"{server}/ui/key", data={"key": key}, allow_redirects=False, timeout=30)
+    first = web.get(f"{server}/ui/", timeout=30)
+    assert first.status_code == 401
+    assert first.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in first.headers["Content-Security-Policy"]
+    # Login CSRF: a form posted from elsewhere carries no token of this session.
+    forged = requests.post(f"{server}/ui/key", data={"key": key}, allow_redirects=False,
+                           timeout=30)
+    assert forged.status_code == 400 and "came from another site" in forged.text
+    entered = web.post(f"{server}/ui/key", data={"key": key, "csrf": _csrf(first.text)},
+                       allow_redirects=False, timeout=30)
     assert entered.status_code == 302
     cookie = entered.headers["Set-Cookie"]
     assert key not in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
@@ -218,17 +227,27 @@ def test_the_session_cookie_opens_only_the_page(server: str, services: Services,
     bad = web.get(f"{server}/ui/users/{user['id']}", params={"q": "x", "strategy": "nope"},
                   timeout=30)
     assert bad.status_code == 400 and "not available here" in bad.text
-    web.post(f"{server}/ui/logout", timeout=30)
-    assert web.get(f"{server}/ui/users/{user['id']}", timeout=30).status_code == 401
+    web.post(f"{server}/ui/logout", data={"csrf": _csrf(page.text)}, timeout=30)
+    login = web.get(f"{server}/ui/users/{user['id']}", timeout=30)
+    assert login.status_code == 401
 
     tenant = create_key(services, f"ui-tenant-{run}", ("read",), "10000/minute",
                         user_prefix=f"other-{run}")
-    web.post(f"{server}/ui/key", data={"key": tenant}, timeout=30)
+    web.post(f"{server}/ui/key", data={"key": tenant, "csrf": _csrf(login.text)}, timeout=30)
     refused = web.get(f"{server}/ui/users/{user['id']}", timeout=30)
     assert refused.status_code == 403 and "only users whose id starts with" in refused.text
     assert user["id"] not in web.get(f"{server}/ui/", timeout=30).text
     writer = create_key(services, f"ui-writer-{run}", ("write",), "10000/minute")
-    assert requests.post(f"{server}/ui/key", data={"key": writer},
-                         timeout=30).status_code == 403
+    web.post(f"{server}/ui/logout", data={"csrf": _csrf(refused.text)}, timeout=30)
+    assert web.post(f"{server}/ui/key", data={
+        "key": writer, "csrf": _csrf(web.get(f"{server}/ui/", timeout=30).text)},
+        timeout=30).status_code == 403
     for name in (f"ui-http-{run}", f"ui-tenant-{run}", f"ui-writer-{run}"):
         revoke_key(services, name)
+
+
+def _csrf(page: str) -> str:
+    """The token a page's forms send back."""
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "the page has no form token"
+    return found.group(1)

@@ -47,3 +47,14 @@ def test_every_redis_key_of_a_deployment_sits_in_its_namespace() -> None:
     production = load_settings({"ES_INTEREST_INDEX_PREFIX": "prod"})
     assert staging.redis_key("user", "u1") == "es-interest:staging:user:u1"
     assert staging.redis_key("user", "u1") != production.redis_key("user", "u1")
+
+
+def test_an_engine_call_past_the_request_budget_fails_before_it_is_sent() -> None:
+    """Every engine call of one API request shares one budget (plugin/api/budget.py)."""
+    import pytest
+
+    from plugin.engine import Engine, EngineError, EngineKind, deadline
+
+    engine = Engine(EngineKind.ELASTICSEARCH, client=None, version="9.5.3")
+    with deadline(0.0), pytest.raises(EngineError, match="time budget"):
+        engine.search("docs", {"query": {"match_all": {}}})

@@ -42,13 +42,22 @@ public final class ElasticsearchNode {
             String[] nameAndClass = args[i].split("=", 2);
             plugins.add(new Entry(nameAndClass[0], (Class<? extends Plugin>) Class.forName(nameAndClass[1])));
         }
-        Settings settings = Settings.builder()
+        // A node of a multi-node cluster (`make up-cluster`) names its peers; otherwise it is
+        // a cluster of its own.
+        String seeds = System.getenv("DEVSTACK_SEED_HOSTS");
+        Settings.Builder builder = Settings.builder()
             .put("path.home", install.toString())
             .put("path.data", data.resolve("data").toString())
             .put("path.logs", data.resolve("logs").toString())
-            .put("cluster.name", "es-interest-dev")
-            .put("node.name", "es-interest-es")
-            .put("discovery.type", "single-node")
+            .put("cluster.name", System.getenv().getOrDefault("DEVSTACK_CLUSTER_NAME", "es-interest-dev"))
+            .put("node.name", System.getenv().getOrDefault("DEVSTACK_NODE_NAME", "es-interest-es"));
+        if (seeds == null || seeds.isEmpty()) {
+            builder.put("discovery.type", "single-node");
+        } else {
+            builder.putList("discovery.seed_hosts", seeds.split(","))
+                .putList("cluster.initial_master_nodes", System.getenv("DEVSTACK_MASTER_NODES").split(","));
+        }
+        Settings settings = builder
             .put("network.host", "127.0.0.1")
             .put("http.port", args[2])
             .put("transport.port", args[3])
