@@ -132,23 +132,10 @@ start_cluster_node() {
 }
 
 wait_cluster() {  # until every node answers and the cluster holds all three
-  local start i
-  start=$(date +%s)
+  local i
   for i in "${CLUSTER_NODES[@]}"; do
-    until curl -fs "http://127.0.0.1:$(cluster_http_port "$i")/_cluster/health?wait_for_nodes=3&wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; do
-      if ! alive "$STATE/es-cluster-$i.pid"; then
-        echo "error: es-cluster-$i exited during start; last lines of its log:" >&2
-        tail -n 30 "$STATE/es-cluster-$i.log" >&2
-        exit 1
-      fi
-      if [ $(($(date +%s) - start)) -ge "$READY_TIMEOUT" ]; then
-        echo "error: the cluster is not ready after ${READY_TIMEOUT}s (logs: $STATE/es-cluster-*.log)" >&2
-        exit 1
-      fi
-      sleep 1
-    done
+    wait_engine "es-cluster-$i" "$(cluster_http_port "$i")" "&wait_for_nodes=${#CLUSTER_NODES[@]}"
   done
-  echo "cluster of 3 ready on 127.0.0.1:9210-9212 after $(($(date +%s) - start))s"
 }
 
 start_engine() {
@@ -180,12 +167,11 @@ start_engine() {
   echo "$name starting on 127.0.0.1:$port (log: $STATE/$name.log)"
 }
 
-wait_engine() {
-  local name=$1 port pidfile start
-  port=$(http_port "$name")
+wait_engine() {  # NAME [PORT] [MORE HEALTH PARAMETERS]
+  local name=$1 port=${2:-$(http_port "$1")} more=${3:-} pidfile start
   pidfile=$STATE/$name.pid
   start=$(date +%s)
-  until curl -fs "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; do
+  until curl -fs "http://127.0.0.1:$port/_cluster/health?wait_for_status=yellow&timeout=1s$more" >/dev/null 2>&1; do
     if ! alive "$pidfile"; then
       echo "error: $name exited during start; last lines of its log:" >&2
       tail -n 30 "$STATE/$name.log" >&2

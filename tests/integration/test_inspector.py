@@ -238,7 +238,8 @@ def test_the_session_cookie_opens_only_the_page(server: str, services: Services,
     assert refused.status_code == 403 and "only users whose id starts with" in refused.text
     assert user["id"] not in web.get(f"{server}/ui/", timeout=30).text
     writer = create_key(services, f"ui-writer-{run}", ("write",), "10000/minute")
-    web.post(f"{server}/ui/logout", data={"csrf": _csrf(refused.text)}, timeout=30)
+    web.post(f"{server}/ui/logout", data={"csrf": _csrf(web.get(f"{server}/ui/", timeout=30).text)},
+             timeout=30)
     assert web.post(f"{server}/ui/key", data={
         "key": writer, "csrf": _csrf(web.get(f"{server}/ui/", timeout=30).text)},
         timeout=30).status_code == 403
