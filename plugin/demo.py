@@ -90,12 +90,12 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     before = _print_hits(f"'{QUERY}' for {DEMO_USER}, before any feedback",
                          _api_search(api_url, key, QUERY, DEMO_USER))
 
-    # The demo user loves animated family films: like a few of them, most recent last.
+    # The demo user loves animated family films: like a few of them, most recent last. They
+    # happen after the erase above (an erase drops later-arriving events from before it).
     liked = [d for d in docs if {"Animation", "Children"} <= set(d["metadata"]["genres"])][:6]
     now = time.time()
     events = [{"event_id": f"demo-{d['id']}", "user_id": DEMO_USER, "doc_id": d["id"],
-               "type": "like", "timestamp": now - 60 * (len(liked) - i)}
-              for i, d in enumerate(liked)]
+               "type": "like", "timestamp": now + i} for i, d in enumerate(liked)]
     click.echo(f"\n{DEMO_USER} likes: " + "; ".join(d["title"] for d in liked))
     report = celery.send_task("es_interest.ingest_events", args=[events]).get(timeout=120)
     click.echo(f"events applied: {len(report['done'])}, errors: {len(report['errors'])}")
