@@ -133,6 +133,10 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
         refused = client.get("/search?q=winter+tires&cache=false", headers=auth(key))
         assert refused.status_code == 503, refused.json
         assert "overloaded" in refused.json["error"] and refused.headers["Retry-After"] == "1"
+        # The proxy too (it relayed the engine's 429).
+        proxied = client.post(f"/{services.settings.docs_alias}/_search", headers=auth(key),
+                              json={"query": {"match": {"title": "winter tires " * 100}}})
+        assert proxied.status_code == 503 and proxied.headers["Retry-After"] == "1"
         time.sleep(4)  # the batch meets the breaker: folds and stores are refused
         assert not result.ready()
     finally:

@@ -1,4 +1,5 @@
-"""The worker's supervision loop: start again after a failure, stop when asked to."""
+"""Reliability pieces without services: the worker's supervision loop, the request budget,
+the namespace of Redis keys, per-item limits and retry waits (issue 19)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def test_an_engine_call_past_the_request_budget_fails_before_it_is_sent() -> Non
     engine = Engine(EngineKind.ELASTICSEARCH, client=None, version="9.5.3")
     with deadline(0.0), pytest.raises(EngineError, match="time budget"):
         engine.search("docs", {"query": {"match_all": {}}})
+
+
+def test_a_tag_longer_than_a_keyword_may_be_is_refused_per_document() -> None:
+    """Issue 19: a 40 kB tag was accepted (202) and then failed the worker's bulk item."""
+    import pytest
+
+    from plugin.documents import InvalidDocument, parse_document
+
+    with pytest.raises(InvalidDocument, match="'tags' is 40000 bytes"):
+        parse_document({"id": "d", "title": "x", "tags": ["t" * 40_000]})
+    assert parse_document({"id": "d", "title": "x", "tags": ["t" * 512]}).tags
+
+
+def test_every_retry_wait_stays_below_the_visibility_timeout() -> None:
+    """A retry that waits longer than the visibility timeout is delivered twice (issue 19:
+    rebuild_users waited Celery's default 180 s)."""
+    from plugin.config import Settings
+    from workers.tasks import RETRY
+
+    visibility = Settings.task_visibility_s
+    assert float(RETRY["retry_backoff_max"]) < visibility  # type: ignore[arg-type]
+    assert float(RETRY["default_retry_delay"]) < visibility  # type: ignore[arg-type]
