@@ -53,7 +53,8 @@ def make_celery(settings: Settings) -> Celery:
     keyprefix = {"global_keyprefix": settings.redis_key("celery") + ":"}
     celery = Celery("es_interest", broker=settings.redis_url, backend=settings.redis_url,
                     include=["workers.tasks"])
-    if urlsplit(settings.redis_url).scheme in ("redis", "rediss"):
+    if urlsplit(settings.redis_url).scheme == "redis":
+        # (rediss:// keeps kombu's own transport: kombu turns TLS on by that scheme alone.)
         celery.conf.broker_transport = f"{__name__}:RedisTransport"
     celery.conf.update(
         task_serializer="json",
