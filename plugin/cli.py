@@ -70,8 +70,8 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
     if not os.environ.get("ES_INTEREST_TORCH_THREADS"):
         # Each task that embeds at once gets its share of the cores, processes of a prefork
         # pool and threads alike: two encodes at once that each asked for every core kept
-        # twice the threads busy that there are cores (documents end to end 265-333 -> 405
-        # docs/s on 2 cores, `make bench`). (Read when the model loads.)
+        # twice the threads busy that there are cores (docs/benchmarks.md). (Read when the
+        # model loads.)
         share = 1 if pool == "solo" else concurrency  # solo runs one task at a time
         os.environ["ES_INTEREST_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // share))
     from celery.signals import worker_shutting_down

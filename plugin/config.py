@@ -27,11 +27,8 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 }
 
 
-# Blend strategies, best first, as `make eval` ranked them (docs/evaluation.md, 610 users: the
-# personalized default's NDCG@10 on Elasticsearch 9.5.3, mean of the two query protocols, was
-# 0.247 with linear_retriever, 0.236 with knn_linear, 0.193 with script_score; on OpenSearch
-# knn_linear > script_score too): `auto` takes the first one the engine offers. knn_linear
-# runs on every engine.
+# Blend strategies, best first, as `make eval` ranked them (docs/evaluation.md): `auto` takes
+# the first one the engine offers. knn_linear runs on every engine.
 BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_score")
 
 # The ranking the product ships: blend weights per strategy and half-lives, as `make eval`
@@ -73,7 +70,7 @@ class Settings:
     # default (all cores). `es-interest worker` sets it to cores / pool size, so pool processes
     # don't fight over the same cores.
     torch_threads: int = 0
-    # 32 measured fastest for short texts on 2 cores (DESIGN.md quotes batch 64).
+    # What measured fastest for short texts (docs/benchmarks.md).
     embed_batch_size: int = 32
     index_prefix: str = "es-interest"
     mappings_dir: Path = REPO_ROOT / "mappings"
@@ -96,10 +93,10 @@ class Settings:
     behaviour_first_training_events: int = 1000
     behaviour_training_delay_s: float = 60.0
     # ...and no sooner than this after the previous run: a run re-folds every user, which
-    # costs the event path a burst of work (make bench: 404 events/s while re-folding).
+    # costs the event path a burst of work (docs/benchmarks.md).
     behaviour_training_min_interval_s: float = 3600.0
     # Documents' popularity is written at most this often (each write re-indexes a document
-    # with its vectors: make bench measured the event rate halve with one-second flushes).
+    # with its vectors, which costs the event path: docs/benchmarks.md).
     popularity_flush_s: float = 10.0
     # ...and a flush writes at most this many documents (largest changes first; the rest wait
     # for the next one), so popularity never takes more than a bounded share of the engine.
@@ -115,15 +112,16 @@ class Settings:
         default_factory=dict)
     ranking_source: str = ""
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    # Per worker process: users' interest states last written here (checked by the engine on
-    # every write, so never wrong, only saving a read), and document vectors, which may be
-    # this many seconds older than a re-indexed document.
     # A batch whose worker died (SIGKILL, OOM, a lost host) is handed to another worker after
-    # this many seconds; task time limits sit below it (workers/app.py), and it must exceed
-    # the longest retry countdown (60 s), or a waiting retry would be delivered twice.
+    # this many seconds; task time limits sit below it (plugin/celery_app.py), and it must
+    # exceed the longest retry countdown (workers/tasks.py), or a waiting retry would be
+    # delivered twice.
     task_visibility_s: float = 120.0
     # An erased user's tombstone: events it covers that arrive later are dropped this long.
     erase_tombstone_s: float = 30 * 86400.0
+    # Per worker process: users' interest states last written here (checked by the engine on
+    # every write, so never wrong, only saving a read), and document vectors, which may be
+    # this many seconds older than a re-indexed document.
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0

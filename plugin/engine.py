@@ -302,23 +302,6 @@ class Engine:
                                          int(doc["_primary_term"]))
         return found
 
-    def put_versioned(
-        self, index: str, doc_id: str, source: JSON, version: tuple[int, int] | None,
-        refresh: bool | str = False,
-    ) -> bool:
-        """Write ``source`` only if nobody changed the document since ``version`` was read
-        (``None``: only if it does not exist). False means another writer won: read again."""
-        params: JSON = {"refresh": refresh} if refresh else {}
-        if version is None:
-            params["op_type"] = "create"
-        else:
-            params["if_seq_no"], params["if_primary_term"] = version
-        try:
-            self.client.index(index=index, id=doc_id, body=source, **params)
-        except self._conflict_error:
-            return False
-        return True
-
     @property
     def _not_found_error(self) -> type[Exception]:
         if self.kind is EngineKind.OPENSEARCH:
@@ -328,16 +311,6 @@ class Engine:
         from elasticsearch import NotFoundError as EsNotFound
 
         return EsNotFound
-
-    @property
-    def _conflict_error(self) -> type[Exception]:
-        if self.kind is EngineKind.OPENSEARCH:
-            from opensearchpy import ConflictError as OsConflict
-
-            return OsConflict
-        from elasticsearch import ConflictError as EsConflict
-
-        return EsConflict
 
     def api_error(self, exc: Exception) -> tuple[int, Any] | None:
         """(HTTP status, body) when ``exc`` is the engine refusing a request, else None."""

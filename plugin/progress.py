@@ -42,7 +42,3 @@ def progress(*args: Any, **kwargs: Any) -> tqdm:
     kwargs.update(mininterval=PLAIN_INTERVAL_S, maxinterval=PLAIN_INTERVAL_S,
                   bar_format=PLAIN_FORMAT, leave=True)
     return _PlainLines(*args, **kwargs)
-
-
-def is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,8 +266,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         # through the same path as /search (weights=None).
         evaluator.services = Services(replace(
             services.settings,
-            blend_weights={s: w[1].__dict__ for s, w in chosen.items()},
-            blend_weights_without_behaviour={s: w[0].__dict__ for s, w in chosen.items()}))
+            blend_weights={s: asdict(w[1]) for s, w in chosen.items()},
+            blend_weights_without_behaviour={s: asdict(w[0]) for s, w in chosen.items()}))
         scored = _score(evaluator, chosen, strategies, split.test, progress)
         scored.update(pipeline_vs_offline_max_abs=drift, strategies=strategies,
                       engine=f"{services.engine.kind.value} {services.engine.version}",
@@ -299,7 +299,7 @@ def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, Blen
     shipped = json.loads(SHIPPED_RANKING.read_text())
 
     def table(name: str, index: int) -> dict[str, dict[str, float]]:
-        return {s: ({t: float(chosen[s][index].__dict__[t]) for t in RANKING_KEYS}
+        return {s: ({t: float(getattr(chosen[s][index], t)) for t in RANKING_KEYS}
                     if s in chosen else shipped[name][s]) for s in BLEND_STRATEGIES}
 
     return {
@@ -424,8 +424,8 @@ def _score(evaluator: Evaluator, chosen: dict[str, tuple[BlendWeights, BlendWeig
                 "relative_gain_vs_bm25_popularity": _gain(
                     ours, per[f"BM25 + popularity ({strategy})"]["all"]["ndcg@10"]),
             }
-            out["weights"][strategy] = {"without_behaviour": chosen[strategy][0].__dict__,
-                                        "with_behaviour": chosen[strategy][1].__dict__}
+            out["weights"][strategy] = {"without_behaviour": asdict(chosen[strategy][0]),
+                                        "with_behaviour": asdict(chosen[strategy][1])}
         for name, entry in per.items():
             table[name] = {"strategy": entry["strategy"],
                            **{k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_ci(v)}

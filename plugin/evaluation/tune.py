@@ -23,7 +23,7 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +146,9 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
     evaluator = Evaluator(services, {"dynamic": _profiles(services, train, users, half_lives)})
     without, with_behaviour = _tune(evaluator, fit, strategy, progress)
     evaluator.services = Services(replace(
-        settings, blend_weights={**settings.blend_weights, strategy: with_behaviour.__dict__},
+        settings, blend_weights={**settings.blend_weights, strategy: asdict(with_behaviour)},
         blend_weights_without_behaviour={**settings.blend_weights_without_behaviour,
-                                         strategy: without.__dict__}))
+                                         strategy: asdict(without)}))
     ours = metrics.per_query(evaluator.ranks(Method(DEFAULT, None, "dynamic", strategy), check))
     plain = metrics.per_query(evaluator.ranks(Method("plain", None, None, strategy), check))
     test = metrics.paired_test(ours["ndcg@10"], plain["ndcg@10"])
