@@ -92,14 +92,20 @@ def browser() -> Iterator[Any]:
 
 
 def _submit(driver: Any, element: Any) -> None:
-    """Click what loads a new page, and wait until that page has loaded."""
-    from selenium.webdriver.support import expected_conditions
+    """Click what loads a new page, and wait until that page has loaded.
+
+    The old page is marked, not watched through the clicked element: while the page is
+    replaced, Chrome may answer a question about that element with an inspector error
+    rather than "stale", so any driver error during the wait just means "not yet".
+    """
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.wait import WebDriverWait
 
+    driver.execute_script("window.esiOldPage = true;")
     element.click()
-    wait = WebDriverWait(driver, 60)
-    wait.until(expected_conditions.staleness_of(element))
-    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 60, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.esiOldPage === undefined && document.readyState === 'complete';"))
 
 
 def _move(places: int) -> str:
