@@ -79,10 +79,11 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
     from plugin.deployment import DeploymentConflict, claim
     from plugin.services import Services
     from plugin.supervision import supervise
-    from workers.app import app
 
+    services = Services()
+    app = services.celery  # its tasks (workers.tasks) are loaded by the worker itself
     try:
-        claim(Services())
+        claim(services)
     except DeploymentConflict as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # the engine or Redis is not up yet: start anyway

@@ -1,5 +1,8 @@
 """Celery tasks: thin, idempotent wrappers over plugin.pipeline, one Services per process.
 
+Shared tasks: they belong to whichever app the worker runs (``plugin.celery_app.make_celery``
+includes this module), so nothing here builds an app.
+
 Transient engine or Redis errors, the engine refusing for load (429, 502-504: a circuit
 breaker, full queues) and a user document that kept changing are retried with capped
 exponential backoff for minutes; a task that still fails goes to the dead-letter list, and
@@ -16,13 +19,13 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis
+from celery import current_app, shared_task
 
 from plugin import dead_letter, pipeline
 from plugin.dead_letter import DeadLetterTask
 from plugin.engine import EngineBusy, transient_errors
 from plugin.pipeline import behaviour, popularity
 from plugin.services import Services
-from workers.app import app
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     *transient_errors(),
@@ -73,7 +76,7 @@ def busy_is_transient(task: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-@app.task(name="es_interest.ping")
+@shared_task(name="es_interest.ping")
 def ping(load_model: bool = True) -> dict[str, Any]:
     """Proves a worker is alive and (unless ``load_model`` is false) can use the model:
     embeds a word. A worker that only folds events never needs the model, so a check of its
@@ -84,7 +87,7 @@ def ping(load_model: bool = True) -> dict[str, Any]:
     return reply
 
 
-@app.task(name="es_interest.index_documents", **RETRY)
+@shared_task(name="es_interest.index_documents", **RETRY)
 @busy_is_transient
 def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[str, Any]:
     report = pipeline.index_documents(services(), docs, refresh=refresh)
@@ -93,7 +96,7 @@ def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[s
     return {**report.as_dict(), "worker_pid": os.getpid()}
 
 
-@app.task(name="es_interest.ingest_events", **RETRY)
+@shared_task(name="es_interest.ingest_events", **RETRY)
 @busy_is_transient
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
                   accepted_at_ms: int | None = None) -> dict[str, Any]:
@@ -109,7 +112,7 @@ def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
 def _replay_dead_letters() -> None:
     svc = services()
     if svc.redis.set(svc.settings.redis_key("dead-letter", "replayed"), 1, nx=True, ex=60):
-        dead_letter.replay_when_healthy(app, AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX)
+        dead_letter.replay_when_healthy(current_app, AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX)
 
 
 def _schedule_popularity_flush() -> None:
@@ -118,7 +121,7 @@ def _schedule_popularity_flush() -> None:
         flush_popularity.apply_async(countdown=services().settings.popularity_flush_s)
 
 
-@app.task(name="es_interest.flush_popularity", **RETRY)
+@shared_task(name="es_interest.flush_popularity", **RETRY)
 @busy_is_transient
 def flush_popularity() -> dict[str, Any]:
     """Write changed documents' popularity (idempotent: values come from the states)."""
@@ -127,7 +130,7 @@ def flush_popularity() -> dict[str, Any]:
 
 # Acknowledged on receipt, with its own time limit: a run may outlast the visibility timeout
 # (it scans the whole log), and one lost run is harmless (the next due point or beat).
-@app.task(name="es_interest.train_behaviour", acks_late=False, time_limit=3600,
+@shared_task(name="es_interest.train_behaviour", acks_late=False, time_limit=3600,
           soft_time_limit=3300)
 def train_behaviour() -> dict[str, Any]:
     """A new version of the behaviour vectors, then every user re-folded. Scheduled when the
@@ -145,20 +148,20 @@ def train_behaviour() -> dict[str, Any]:
     return result
 
 
-@app.task(name="es_interest.rebuild_user", **RETRY)
+@shared_task(name="es_interest.rebuild_user", **RETRY)
 @busy_is_transient
 def rebuild_user(user_id: str) -> dict[str, Any]:
     return pipeline.rebuild_user(services(), user_id)
 
 
-@app.task(name="es_interest.erase_user", **RETRY)
+@shared_task(name="es_interest.erase_user", **RETRY)
 @busy_is_transient
 def erase_user(user_id: str, erased_at_ms: int) -> dict[str, Any]:
     """The erase once more, with the same time: what a batch in flight left is removed."""
     return pipeline.erase_user(services(), user_id, erased_at_ms)
 
 
-@app.task(name="es_interest.rebuild_users", bind=True, **RETRY)
+@shared_task(name="es_interest.rebuild_users", bind=True, **RETRY)
 @busy_is_transient
 def rebuild_users(self: Any, user_ids: list[str]) -> dict[str, Any]:
     """Rebuild a batch of users; those whose events are still in flight are retried alone."""
