@@ -24,6 +24,8 @@ MAX_ABS_WEIGHT = 1_000.0
 MAX_DWELL_S = 86_400.0
 # What an event may carry; anything else is dropped before it is queued.
 FIELDS = ("event_id", "user_id", "doc_id", "type", "weight", "timestamp", "text", "dwell_s")
+# A stored event's status: folded into its user, or waiting for its document to be indexed.
+PENDING, APPLIED = "pending", "applied"
 
 
 class InvalidEvent(ValueError):

@@ -138,13 +138,6 @@ def _direction_norm(state: HorizonState) -> float | None:
     return norm
 
 
-def weight_at(state: HorizonState, when: float, half_life_s: float) -> float:
-    """The evidence weight decayed to ``when`` (query time), for scaling a blend term."""
-    if state.is_empty:
-        return 0.0
-    return state.weight * decay_factor(max(0.0, when - state.ref_time), half_life_s)
-
-
 def replay(
     events: Iterable[tuple[float, float, npt.ArrayLike]], dims: int, half_life_s: float
 ) -> HorizonState:
@@ -197,18 +190,6 @@ class UserInterest:
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
         return cls(user_id, HorizonState.empty(dims), HorizonState.empty(dims), {}, {}, {})
-
-    def apply_event(self, event_id: str, items: Sequence[Contribution], half_life_long_s: float,
-                    half_life_short_s: float, now: float) -> UserInterest | None:
-        """Fold one event's contributions, or None if this event was already applied."""
-        if event_id in self.recent:
-            return None
-        user = self
-        for n, item in enumerate(items):
-            user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
-        recent = {k: v for k, v in self.recent.items() if v >= now - RECENT_WINDOW_S}
-        recent[event_id] = now
-        return replace(user, recent=recent)
 
     def fold(self, item: Contribution, half_life_long_s: float,
              half_life_short_s: float, *, count: bool = True) -> UserInterest:
@@ -295,6 +276,51 @@ class UserInterest:
             HorizonState.from_json(state["behaviour"]) if state.get("behaviour") else None,
             source.get("behaviour_version"),
         )
+
+
+def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> list[Contribution]:
+    """The embeddings one stored event adds: its document's, then its text's."""
+    items = []
+    timestamp = int(event["timestamp"]) / 1000.0  # stored in epoch milliseconds
+    doc_id = event.get("doc_id")
+    if doc_id is not None:
+        doc = docs[doc_id]
+        items.append(Contribution(timestamp, float(event["weight"]), doc.embedding,
+                                  event["type"], doc.tags, doc.behaviour,
+                                  doc.behaviour_version))
+    if event.get("text_embedding") is not None:
+        items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],
+                                  event["type"]))
+    return items
+
+
+def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mapping[str, Any]],
+                docs: Mapping[str, DocVector], half_life_long_s: float,
+                half_life_short_s: float, now: float) -> tuple[UserInterest | None, list[str]]:
+    """Fold stored events (their documents in ``docs``), in the order given, into a user's
+    state (None: a new user); returns the state and the ids newly applied. An event whose id
+    the state remembers (applied in the last RECENT_WINDOW_S) is skipped: a redelivered
+    batch, or a rebuild racing an update, counts it once. The workers' updates and rebuilds,
+    the inspector's history, the evaluation and tuning all fold here.
+    """
+    recent = dict(user.recent) if user is not None else {}
+    applied = []
+    for event in events:
+        event_id = str(event["event_id"])
+        items = contributions(event, docs)
+        if event_id in recent or not items:
+            continue
+        if user is None:
+            # The vectors' own size: folding needs no model in this process.
+            user = UserInterest.empty(user_id, len(items[0].embedding))  # type: ignore[arg-type]
+        for n, item in enumerate(items):
+            user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
+        recent[event_id] = now
+        applied.append(event_id)
+    if user is None or not applied:
+        return user, applied
+    return replace(user, recent={k: v for k, v in recent.items()
+                                 if v >= now - RECENT_WINDOW_S}), applied
 
 
 def _key_value_lists(scores: Mapping[str, float]) -> dict[str, list[Any]]:

@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 
 from plugin.documents import BEHAVIOUR_FIELD
-from plugin.interest import Contribution, HorizonState, UserInterest, fold, interest_vector
-from plugin.pipeline.users import APPLIED, contributions, fetch_doc_vectors
+from plugin.events import APPLIED
+from plugin.interest import DocVector, HorizonState, UserInterest, fold_events, interest_vector
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.search import behaviour_version
 from plugin.services import Services
 
@@ -59,26 +60,22 @@ def _unit(state: HorizonState) -> Vector | None:
     return None if vector is None else vector.astype(np.float64)
 
 
-def snapshots(events: Sequence[Sequence[Contribution]], half_life_long_s: float,
-              half_life_short_s: float, points: int = HISTORY_POINTS) -> list[Snapshot]:
-    """Fold events (each its contributions, in time order) and keep ``points`` snapshots,
-    evenly spaced over the events and always ending with the last."""
-    if not events or not events[0]:
-        return []
-    dims = len(np.asarray(events[0][0].embedding))
-    long, short = HorizonState.empty(dims), HorizonState.empty(dims)
+def snapshots(events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector],
+              half_life_long_s: float, half_life_short_s: float,
+              points: int = HISTORY_POINTS) -> list[Snapshot]:
+    """Fold stored events (in time order, their documents in ``docs``) as a rebuild does, and
+    keep ``points`` snapshots, evenly spaced over the events and always ending with the last."""
     total = len(events)
     taking = min(points, total)
     keep = {total - 1 - round(i * (total - 1) / max(1, taking - 1)) for i in range(taking)}
+    user: UserInterest | None = None
     taken: list[Snapshot] = []
-    for n, items in enumerate(events):
-        for item in items:
-            long = fold(long, timestamp=item.timestamp, weight=item.weight,
-                        embedding=item.embedding, half_life_s=half_life_long_s)
-            short = fold(short, timestamp=item.timestamp, weight=item.weight,
-                         embedding=item.embedding, half_life_s=half_life_short_s)
-        if n in keep and items:
-            taken.append(Snapshot(items[0].timestamp, n + 1, _unit(long), _unit(short)))
+    for n, event in enumerate(events):
+        user, _ = fold_events(user, "history", [event], docs, half_life_long_s,
+                              half_life_short_s, 0.0)
+        if n in keep and user is not None:
+            taken.append(Snapshot(int(event["timestamp"]) / 1000.0, n + 1, _unit(user.long),
+                                  _unit(user.short)))
     return taken
 
 
@@ -130,10 +127,9 @@ def interest_history(services: Services, user_id: str, points: int = HISTORY_POI
     events = sorted((h["_source"] for h in response["hits"]["hits"]),
                     key=lambda e: (int(e["timestamp"]), e["event_id"]))
     docs = fetch_doc_vectors(services, {e["doc_id"] for e in events if e.get("doc_id")})
-    folded = [contributions(e, docs) for e in events
-              if e.get("doc_id") is None or e["doc_id"] in docs]
-    return drift(snapshots([f for f in folded if f], settings.half_life_long_s,
-                           settings.half_life_short_s, points))
+    usable = [e for e in events if e.get("doc_id") is None or e["doc_id"] in docs]
+    return drift(snapshots(usable, docs, settings.half_life_long_s, settings.half_life_short_s,
+                           points))
 
 
 def nearest_documents(services: Services, field_name: str, vector: Sequence[float],

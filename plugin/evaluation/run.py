@@ -43,9 +43,8 @@ from plugin.config import (
 from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
-from plugin.interest import DocVector, UserInterest, interest_vector
+from plugin.interest import DocVector, UserInterest, fold_events, interest_vector
 from plugin.pipeline import behaviour, popularity
-from plugin.pipeline.users import contributions
 from plugin.progress import progress as progress_bar
 from plugin.search import (
     BlendWeights,
@@ -135,13 +134,9 @@ def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
     out = {}
     long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
     for user, events in split.static_events.items():
-        state: UserInterest | None = None
-        for e in events:
-            if e["doc_id"] not in doc_vectors:
-                continue
-            items = contributions(_stored(e, text_vectors), doc_vectors)
-            state = state or UserInterest.empty(user, len(items[0].embedding))  # type: ignore[arg-type]
-            state = state.apply_event(e["event_id"], items, long_s, short_s, 0.0) or state
+        state, _ = fold_events(None, user, [_stored(e, text_vectors) for e in events
+                                            if e["doc_id"] in doc_vectors],
+                               doc_vectors, long_s, short_s, 0.0)
         if state is not None:
             long, short = interest_vector(state.long), interest_vector(state.short)
             out[user] = UserVectors(None if long is None else long.tolist(),
@@ -457,9 +452,9 @@ def _drift(split: data.Split, doc_vectors: dict[str, Any], text_vectors: dict[st
     for e in split.static_events[user]:
         if e["doc_id"] not in doc_vectors:
             continue
-        items = contributions(_stored(e, text_vectors), doc_vectors)
-        state = state or UserInterest.empty(user, len(items[0].embedding))  # type: ignore[arg-type]
-        state = state.apply_event(e["event_id"], items, long_s, short_s, 0.0) or state
+        state, _ = fold_events(state, user, [_stored(e, text_vectors)], doc_vectors, long_s,
+                               short_s, 0.0)
+        assert state is not None  # the event has its document
         series.append((e["timestamp"], interest_vector(state.long), interest_vector(state.short)))
     final = series[-1][1]
     points: dict[str, list[float | None]] = defaultdict(list)

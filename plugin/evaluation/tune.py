@@ -37,8 +37,9 @@ from plugin.evaluation.run import (
     Method,
     _tune,
 )
-from plugin.interest import UserInterest
-from plugin.pipeline.users import APPLIED, contributions, fetch_doc_vectors
+from plugin.events import APPLIED
+from plugin.interest import fold_events
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.search import UserVectors, default_strategy, vectors_of
 from plugin.services import Services
 
@@ -84,16 +85,17 @@ def _profiles(services: Services, train: list[dict[str, Any]], users: set[str],
               half_lives: tuple[float, float]) -> dict[str, UserVectors]:
     docs = fetch_doc_vectors(services, {e["doc_id"] for e in train
                                         if e.get("doc_id") and e["user_id"] in users})
-    states: dict[str, UserInterest] = {}
+    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in train:
-        if e["user_id"] not in users or (e.get("doc_id") and e["doc_id"] not in docs):
-            continue
-        items = contributions(e, docs)
-        user = states.get(e["user_id"]) or UserInterest.empty(
-            e["user_id"], len(items[0].embedding))  # type: ignore[arg-type]
-        states[e["user_id"]] = user.apply_event(e["event_id"], items, half_lives[0] * DAY,
-                                                half_lives[1] * DAY, 0.0) or user
-    return {u: vectors_of(s) for u, s in states.items()}
+        if e["user_id"] in users and (not e.get("doc_id") or e["doc_id"] in docs):
+            by_user[e["user_id"]].append(e)
+    out = {}
+    for user_id, events in by_user.items():
+        state, _ = fold_events(None, user_id, events, docs, half_lives[0] * DAY,
+                               half_lives[1] * DAY, 0.0)
+        if state is not None:
+            out[user_id] = vectors_of(state)
+    return out
 
 
 def _split(log: list[dict[str, Any]], share: float

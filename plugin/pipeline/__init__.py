@@ -1,8 +1,11 @@
 """What the workers do, as plain functions of (services, batch) -> report.
 
 - ``documents``: embed and index documents, then apply events that were waiting for them.
-- ``events``: validate, deduplicate, store, and fold events into user vectors.
+- ``events``: validate, deduplicate, store, fold into users, and the events' bookkeeping
+  (statuses, when each was applied).
 - ``users``: the per-user read-fold-write with optimistic concurrency, rebuilds, erasure.
+- ``doc_vectors``: indexed documents' vectors and tags, as folds need them.
+- ``popularity``, ``behaviour``: documents' decayed popularity; learned behaviour vectors.
 """
 
 from plugin.pipeline.documents import index_documents

@@ -28,8 +28,9 @@ from scipy.sparse.linalg import svds
 
 from plugin.caches import behaviour_version_key
 from plugin.engine import EngineBusy, bulk_item_busy
+from plugin.events import APPLIED
 from plugin.pipeline.report import bulk_error_reason
-from plugin.pipeline.users import APPLIED, rebuild_all
+from plugin.pipeline.users import rebuild_all
 from plugin.services import Services
 
 FIELDS = ("behaviour", "behaviour_version")

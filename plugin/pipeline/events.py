@@ -13,19 +13,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugin.engine import EngineBusy, bulk_item_busy
-from plugin.events import Event, InvalidEvent, parse_event
+from plugin.events import APPLIED, PENDING, Event, InvalidEvent, parse_event
 from plugin.interest import DocVector
 from plugin.pipeline import behaviour, popularity
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
-from plugin.pipeline.users import (
-    APPLIED,
-    PENDING,
-    erased_events,
-    fetch_doc_vectors,
-    fold_into_users,
-    mark_applied,
-    stamp_applied,
-)
+from plugin.pipeline.users import erased_events, fold_into_users
 from plugin.services import Services
 
 
@@ -87,9 +80,7 @@ def ingest_events(
     created = _store(services, sources, positions, report, refresh)
     report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
     # Popularity counts what this call stored (an event is created once, whoever retries).
-    stored_ready = [s for s in ready_sources if s["event_id"] in created]
-    popularity.fold_events(services, stored_ready)
-    behaviour.count_events(services, len(stored_ready))
+    _count_applied(services, [s for s in ready_sources if s["event_id"] in created])
 
     waiting = [s for s in sources.values() if s["status"] == PENDING and s["event_id"] in created]
     if waiting:
@@ -98,10 +89,7 @@ def ingest_events(
         services.engine.client.indices.refresh(index=settings.events_alias)
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
-        fold_into_users(services, arrived, docs)
-        moved = mark_applied(services, arrived)
-        popularity.fold_events(services, [s for s in arrived if s["event_id"] in moved])
-        behaviour.count_events(services, len(moved))
+        _apply_stored(services, arrived, docs)
         report.done += [s["event_id"] for s in arrived]
         report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
     return report
@@ -148,9 +136,64 @@ def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
         if not waiting:
             continue
         docs: dict[str, DocVector] = fetch_doc_vectors(services, {w["doc_id"] for w in waiting})
-        ready = [w for w in waiting if w["doc_id"] in docs]
-        applied += len(fold_into_users(services, ready, docs))
-        moved = mark_applied(services, ready)
-        popularity.fold_events(services, [w for w in ready if w["event_id"] in moved])
-        behaviour.count_events(services, len(moved))
+        applied += len(_apply_stored(services, [w for w in waiting if w["doc_id"] in docs],
+                                     docs))
     return applied
+
+
+def _apply_stored(services: Services, sources: Sequence[Mapping[str, Any]],
+                  docs: Mapping[str, DocVector]) -> list[str]:
+    """Fold stored pending events whose documents arrived, then mark them applied; returns
+    the ids newly folded. Whichever call marks an event counts it."""
+    applied = fold_into_users(services, sources, docs)
+    moved = mark_applied(services, sources)
+    _count_applied(services, [s for s in sources if s["event_id"] in moved])
+    return applied
+
+
+def _count_applied(services: Services, sources: Sequence[Mapping[str, Any]]) -> None:
+    """Events this call made applied (stored, or marked) reach documents' popularity and the
+    behaviour model's retraining count, once each."""
+    popularity.fold_events(services, sources)
+    behaviour.count_events(services, len(sources))
+
+
+def stamp_applied(sources: Iterable[dict[str, Any]]) -> None:
+    """Note on stored events when their fold reached the user, and how long after the API
+    accepted them (the interest-update lag; Kibana's overview plots it)."""
+    now_ms = int(time.time() * 1000)
+    for source in sources:
+        accepted = source.get("accepted_at") or source.get("received_at") or now_ms
+        source["applied_at"] = now_ms
+        source["update_lag_ms"] = max(0, now_ms - int(accepted))
+
+
+def mark_applied(services: Services, sources: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Mark pending events (their stored sources) applied; returns the ids this call moved
+    (the others were applied already: the engine answers ``noop`` for an update that changes
+    nothing, which is why the status goes alone and the applied time after it)."""
+    index = services.settings.events_alias
+    moved = _update_events(services, ({"_op_type": "update", "_index": index,
+                                       "_id": s["event_id"], "doc": {"status": APPLIED}}
+                                      for s in sources))
+    stamped = [dict(s) for s in sources if s["event_id"] in moved]
+    stamp_applied(stamped)
+    _update_events(services, ({"_op_type": "update", "_index": index, "_id": s["event_id"],
+                               "doc": {"applied_at": s["applied_at"],
+                                       "update_lag_ms": s["update_lag_ms"]}}
+                              for s in stamped))
+    return moved
+
+
+def _update_events(services: Services, actions: Iterable[dict[str, Any]]) -> set[str]:
+    moved: set[str] = set()
+    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
+                                                   chunk_size=1000):
+        info = next(iter(item.values()))
+        if ok and info.get("result") == "updated":
+            moved.add(str(info.get("_id")))
+        if not ok:
+            # The task is retried; folds already made are remembered, so none counts twice.
+            error = EngineBusy if bulk_item_busy(item) else RuntimeError
+            raise error(f"marking events applied failed: {bulk_error_reason(item)}")
+    return moved

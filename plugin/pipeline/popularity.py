@@ -39,8 +39,8 @@ from typing import Any
 
 from plugin.documents import POPULARITY_FIELD as FIELD
 from plugin.engine import JSON, EngineBusy, bulk_item_busy
+from plugin.events import APPLIED
 from plugin.pipeline.report import bulk_error_reason
-from plugin.pipeline.users import APPLIED
 from plugin.services import Services
 
 # Below this the field is removed: nothing (or net dislike) says this document is wanted.

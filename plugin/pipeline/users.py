@@ -7,24 +7,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from plugin import dead_letter
 from plugin.caches import forget_users, note_user_writes, stale_users
 from plugin.celery_app import scrub_results
 from plugin.engine import EngineBusy, bulk_item_busy
-from plugin.interest import (
-    RECENT_WINDOW_S,
-    Contribution,
-    DocVector,
-    UserInterest,
-)
+from plugin.events import APPLIED
+from plugin.interest import RECENT_WINDOW_S, DocVector, UserInterest, fold_events
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.pipeline.report import bulk_error_reason
 from plugin.services import Services
 
 MAX_UPDATE_ATTEMPTS = 30
-# Event statuses in the events index: folded into the user, or waiting for its document.
-PENDING, APPLIED = "pending", "applied"
 # How often a rebuild waits for an event that was folded but whose write is still in flight.
 REBUILD_WAIT_TRIES, REBUILD_WAIT_S = 20, 0.1
 
@@ -36,54 +29,6 @@ class EventsInFlight(RuntimeError):
 
 class ConcurrentUpdateError(RuntimeError):
     """A user's interest document kept changing under us; the task is retried."""
-
-
-def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
-                      fresh: bool = False) -> dict[str, DocVector]:
-    """Vectors and tags of indexed documents (from this process's cache unless ``fresh``)."""
-    wanted = set(doc_ids)
-    found: dict[str, DocVector] = {} if fresh else services.doc_vectors.get_many(wanted)
-    ids = sorted(wanted - set(found))
-    client = services.engine.client
-    for start in range(0, len(ids), 1000):
-        # mget is real-time: a document is visible as soon as its bulk request returned.
-        # The whole source: picking fields out makes the engine parse the vectors' floats
-        # and write them again, six times the CPU of sending the stored bytes as they are.
-        response = client.mget(index=services.settings.docs_alias,
-                               body={"ids": ids[start:start + 1000]})
-        for doc in response["docs"]:
-            if doc.get("found") and "embedding" in doc.get("_source", {}):
-                src = doc["_source"]
-                behaviour = src.get("behaviour")
-                # Arrays once here, not a list converted at every fold (a tenth of a fold).
-                found[doc["_id"]] = vector = DocVector(
-                    np.asarray(src["embedding"], dtype=np.float64),
-                    tuple(src.get("tags") or ()),
-                    None if behaviour is None else np.asarray(behaviour, dtype=np.float64),
-                    src.get("behaviour_version"))
-                services.doc_vectors.put(doc["_id"], vector)
-    return found
-
-
-def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> list[Contribution]:
-    """The embeddings one stored event adds: its document's, then its text's."""
-    items = []
-    timestamp = int(event["timestamp"]) / 1000.0  # stored in epoch milliseconds
-    doc_id = event.get("doc_id")
-    if doc_id is not None:
-        doc = docs[doc_id]
-        items.append(Contribution(timestamp, float(event["weight"]), doc.embedding,
-                                  event["type"], doc.tags, doc.behaviour,
-                                  doc.behaviour_version))
-    if event.get("text_embedding") is not None:
-        items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],
-                                  event["type"]))
-    return items
-
-
-def _dims(items: Sequence[Contribution]) -> int:
-    # From the vectors themselves, so folding events needs no model in this process.
-    return len(items[0].embedding)  # type: ignore[arg-type]
 
 
 def update_users(
@@ -123,16 +68,8 @@ def update_users(
         actions, applied_by_user, written = [], {}, {}
         for user_id, events in todo.items():
             found = current.get(user_id)
-            user = found[0] if found else None
-            ids = []
-            for event in events:
-                items = contributions(event, docs)
-                user = user or UserInterest.empty(user_id, _dims(items))
-                folded = user.apply_event(event["event_id"], items, settings.half_life_long_s,
-                                          settings.half_life_short_s, now)
-                if folded is not None:
-                    user = folded
-                    ids.append(event["event_id"])
+            user, ids = fold_events(found[0] if found else None, user_id, events, docs,
+                                    settings.half_life_long_s, settings.half_life_short_s, now)
             if not ids or user is None:
                 continue
             action: dict[str, Any] = {"_index": settings.interests_alias, "_id": user_id,
@@ -168,47 +105,6 @@ def update_users(
             note_user_writes(services.redis, services.settings, list(applied_by_user), versions)
         todo = retry
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
-
-
-def stamp_applied(sources: Iterable[dict[str, Any]]) -> None:
-    """Note on stored events when their fold reached the user, and how long after the API
-    accepted them (the interest-update lag; Kibana's overview plots it)."""
-    now_ms = int(time.time() * 1000)
-    for source in sources:
-        accepted = source.get("accepted_at") or source.get("received_at") or now_ms
-        source["applied_at"] = now_ms
-        source["update_lag_ms"] = max(0, now_ms - int(accepted))
-
-
-def mark_applied(services: Services, sources: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Mark pending events (their stored sources) applied; returns the ids this call moved
-    (the others were applied already: the engine answers ``noop`` for an update that changes
-    nothing, which is why the status goes alone and the applied time after it)."""
-    index = services.settings.events_alias
-    moved = _update_events(services, ({"_op_type": "update", "_index": index,
-                                       "_id": s["event_id"], "doc": {"status": APPLIED}}
-                                      for s in sources))
-    stamped = [dict(s) for s in sources if s["event_id"] in moved]
-    stamp_applied(stamped)
-    _update_events(services, ({"_op_type": "update", "_index": index, "_id": s["event_id"],
-                               "doc": {"applied_at": s["applied_at"],
-                                       "update_lag_ms": s["update_lag_ms"]}}
-                              for s in stamped))
-    return moved
-
-
-def _update_events(services: Services, actions: Iterable[dict[str, Any]]) -> set[str]:
-    moved: set[str] = set()
-    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
-                                                   chunk_size=1000):
-        info = next(iter(item.values()))
-        if ok and info.get("result") == "updated":
-            moved.add(str(info.get("_id")))
-        if not ok:
-            # The task is retried; folds already made are remembered, so none counts twice.
-            error = EngineBusy if bulk_item_busy(item) else RuntimeError
-            raise error(f"marking events applied failed: {bulk_error_reason(item)}")
-    return moved
 
 
 def fold_into_users(
@@ -299,16 +195,12 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
             if user_id in versions:
                 action.update(if_seq_no=versions[user_id][1],
                               if_primary_term=versions[user_id][2])
-            if not usable:
+            user, _ = fold_events(None, user_id, usable, docs, settings.half_life_long_s,
+                                  settings.half_life_short_s, now)
+            if user is None:  # no usable event left: nothing left of the user
                 if user_id in versions:
                     actions.append({**action, "_op_type": "delete"})
                 continue
-            user = UserInterest.empty(user_id, _dims(contributions(usable[0], docs)))
-            for event in usable:
-                folded = user.apply_event(event["event_id"], contributions(event, docs),
-                                          settings.half_life_long_s, settings.half_life_short_s,
-                                          now)
-                user = folded if folded is not None else user
             # Remember only ids that an in-flight task could still try to apply.
             user = replace(user, recent={e["event_id"]: now for e in usable
                                          if e.get("received_at", 0) >= cutoff_ms})

@@ -274,7 +274,8 @@ def test_rebuild_waits_for_events_in_flight_without_a_traceback(settings: Settin
     import sys
 
     from plugin import pipeline
-    from plugin.pipeline.users import fetch_doc_vectors, fold_into_users
+    from plugin.pipeline.doc_vectors import fetch_doc_vectors
+    from plugin.pipeline.users import fold_into_users
     from tests.conftest import ROOT, settings_env
 
     run = uuid.uuid4().hex[:6]

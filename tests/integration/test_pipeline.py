@@ -167,7 +167,8 @@ def test_event_text_is_embedded_into_the_same_sums(services: Services) -> None:
 def test_a_batch_redelivered_after_a_crash_is_applied_once(services: Services,
                                                            corpus: list[str]) -> None:
     """A worker died after folding events but before storing them (acks_late redelivers)."""
-    from plugin.pipeline.users import fetch_doc_vectors, fold_into_users
+    from plugin.pipeline.doc_vectors import fetch_doc_vectors
+    from plugin.pipeline.users import fold_into_users
 
     user = uid("u")
     events = [{"event_id": uid("e"), "user_id": user, "doc_id": corpus[i], "type": "like",

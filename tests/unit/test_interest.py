@@ -10,13 +10,14 @@ import pytest
 
 from plugin.interest import (
     Contribution,
+    DocVector,
     HorizonState,
     UserInterest,
     decay_factor,
     fold,
+    fold_events,
     interest_vector,
     replay,
-    weight_at,
 )
 
 DAY = 86400.0
@@ -88,11 +89,6 @@ def test_non_finite_input_is_refused() -> None:
              half_life_s=DAY)
 
 
-def test_weight_decays_to_query_time() -> None:
-    state = replay(EVENTS[:1], 3, DAY)
-    assert weight_at(state, 1000.0 + DAY, DAY) == pytest.approx(1.0)
-
-
 def test_user_interest_round_trips_through_its_source() -> None:
     user = UserInterest.empty("u1", 3)
     for t, w, e in EVENTS:
@@ -106,13 +102,37 @@ def test_user_interest_round_trips_through_its_source() -> None:
     assert "interest_long" not in source  # derived from the state, never stored
 
 
+def _stored(n: int, t: float, w: float) -> dict[str, object]:
+    """EVENTS[n] as the events index stores it (on document d<n>)."""
+    return {"event_id": f"event-{n}", "doc_id": f"d{n}", "type": "like", "weight": w,
+            "timestamp": int(t * 1000)}
+
+
+DOCS = {f"d{n}": DocVector(e, (f"tag-{n}",)) for n, (_, _, e) in enumerate(EVENTS)}
+
+
+def test_fold_events_counts_each_event_once_and_matches_the_replay() -> None:
+    stored = [_stored(n, t, w) for n, (t, w, _) in enumerate(EVENTS)]
+    user, applied = fold_events(None, "u1", stored[:3] + stored[:1], DOCS, 30 * DAY, DAY, 5000.0)
+    assert applied == ["event-0", "event-1", "event-2"]  # the repeat within the batch is skipped
+    again, applied = fold_events(user, "u1", stored, DOCS, 30 * DAY, DAY, 5100.0)
+    assert applied == ["event-3"] and again is not None  # a redelivered batch: only the new one
+    exact = replay([(t, w, e) for t, w, e in EVENTS], 3, 30 * DAY)
+    np.testing.assert_allclose(again.long.vector_sum, exact.vector_sum)
+    assert again.event_counts == {"like": 4}
+    # Ids are remembered for RECENT_WINDOW_S after they were applied, then forgotten.
+    assert set(again.recent) == {f"event-{n}" for n in range(4)}
+    fifth = {**stored[0], "event_id": "event-4"}
+    later, applied = fold_events(again, "u1", [fifth], DOCS, 30 * DAY, DAY, 5000.0 + 7200)
+    assert applied == ["event-4"] and later is not None and set(later.recent) == {"event-4"}
+    assert fold_events(None, "u1", [], DOCS, 30 * DAY, DAY, 0.0) == (None, [])
+
+
 def test_event_ids_and_tags_are_stored_as_values_not_keys() -> None:
-    user = UserInterest.empty("u1", 3)
-    for n, (t, w, e) in enumerate(EVENTS):
-        folded = user.apply_event(f"event-{n}", [Contribution(t, w, e, "like", (f"tag-{n}",))],
-                                  30 * DAY, DAY, now=5000.0)
-        assert folded is not None
-        user = folded
+    folded, _ = fold_events(None, "u1", [_stored(n, t, w) for n, (t, w, _) in enumerate(EVENTS)],
+                            DOCS, 30 * DAY, DAY, now=5000.0)
+    assert folded is not None
+    user = folded
     state = user.to_source(updated_at=5000.0)["state"]
     # The engine's JSON parser interns object keys: an unbounded set of them (an id per
     # event) cost a quarter of its CPU, so ids and tags are values, in two lists.
