@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from plugin.config import Settings
 
@@ -52,9 +52,63 @@ def deadline(seconds: float) -> Iterator[None]:
 BUSY_STATUSES = frozenset({429, 502, 503, 504})
 
 
-def bulk_item_busy(item: Mapping[str, Any]) -> bool:
-    """Whether one failed bulk item was refused for load (retry it), not for its content."""
-    return next(iter(item.values())).get("status") in BUSY_STATUSES
+class BulkItem(NamedTuple):
+    """One action's answer in a bulk request: its operation, its id, and the engine's reply."""
+
+    op: str
+    id: str
+    info: JSON
+
+    @property
+    def reason(self) -> str:
+        """The engine's reason for a failed item, as ``type: reason``."""
+        err = self.info.get("error", {})
+        if isinstance(err, Mapping):
+            return f"{err.get('type', 'error')}: {err.get('reason', '')}"
+        return str(err)
+
+
+@dataclass
+class BulkOutcome:
+    """What one bulk request did, sorted by what a caller does next: ``written`` items,
+    ``conflicts`` (409: someone wrote first, or the item exists), ``missing`` (404), ``busy``
+    (refused for load: send again later) and ``failed`` (refused for its content)."""
+
+    written: list[BulkItem] = field(default_factory=list)
+    conflicts: list[BulkItem] = field(default_factory=list)
+    missing: list[BulkItem] = field(default_factory=list)
+    busy: list[BulkItem] = field(default_factory=list)
+    failed: list[BulkItem] = field(default_factory=list)
+
+    def add(self, ok: bool, item: Mapping[str, Any]) -> None:
+        op, info = next(iter(item.items()))
+        entry = BulkItem(op, str(info.get("_id")), info)
+        status = info.get("status")
+        if ok:
+            self.written.append(entry)
+        elif status == 409:
+            self.conflicts.append(entry)
+        elif status == 404:
+            self.missing.append(entry)
+        elif status in BUSY_STATUSES:
+            self.busy.append(entry)
+        else:
+            self.failed.append(entry)
+
+    def raise_if_busy(self, what: str) -> None:
+        """:class:`EngineBusy` (the task is retried) if any item was refused for load."""
+        if self.busy:
+            raise EngineBusy(f"{len(self.busy)} {what}: {self.busy[0].reason}")
+
+    def raise_if_refused(self, what: str, *, handled: Collection[int] = ()) -> None:
+        """:class:`EngineBusy` if any item was refused for load, else ``RuntimeError`` for
+        items refused for any other reason the caller does not handle itself (``handled``:
+        409 for conflicts, 404 for missing documents)."""
+        self.raise_if_busy(what)
+        refused = [*self.failed, *(self.conflicts if 409 not in handled else ()),
+                   *(self.missing if 404 not in handled else ())]
+        if refused:
+            raise RuntimeError(f"{len(refused)} {what}: {refused[0].reason}")
 
 
 @dataclass
@@ -331,12 +385,25 @@ class Engine:
         refused = self.api_error(exc)
         return refused is not None and refused[0] in BUSY_STATUSES
 
-    def streaming_bulk(self, actions: Iterable[JSON], **kwargs: Any) -> Iterable[tuple[bool, JSON]]:
-        """The client's own ``helpers.streaming_bulk``: yields (ok, item) per action. Items
-        refused with 429 are sent again, with backoff, a few times before they count as
-        failed (the callers then raise :class:`EngineBusy`, so the task is retried)."""
-        kwargs.setdefault("max_retries", 3)
-        kwargs.setdefault("initial_backoff", 0.5)
+    def bulk(self, actions: Iterable[JSON], *, chunk_size: int = 500, refresh: bool | str = False,
+             progress: Callable[[int], None] | None = None) -> BulkOutcome:
+        """Send ``actions`` through the client's own ``helpers.streaming_bulk`` and sort each
+        item's answer (:class:`BulkOutcome`). Items refused with 429 are sent again, with
+        backoff, a few times before they count as busy (opensearch-py retries 429 only, so
+        both engines do). A request refused as a whole counts against each of its items.
+        ``progress`` hears of each item answered."""
+        outcome = BulkOutcome()
+        extra = {"refresh": refresh} if refresh else {}
+        for ok, item in self._streaming_bulk(actions, chunk_size=chunk_size, raise_on_error=False,
+                                             raise_on_exception=False, max_retries=3,
+                                             initial_backoff=0.5, **extra):
+            outcome.add(ok, item)
+            if progress:
+                progress(1)
+        return outcome
+
+    def _streaming_bulk(self, actions: Iterable[JSON],
+                        **kwargs: Any) -> Iterable[tuple[bool, JSON]]:
         if self.kind is EngineKind.OPENSEARCH:
             from opensearchpy import helpers as os_helpers
 

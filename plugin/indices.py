@@ -228,14 +228,9 @@ def _copy(engine: Engine, old: str, new: str, query: JSON,
 
     actions = ({"_op_type": "index", "_index": new, "_id": hit["_id"], "_source": source(hit)}
                for hit in engine.scan(old, query))
-    copied = 0
-    for ok, item in engine.streaming_bulk(actions, raise_on_error=False, chunk_size=500):
-        if not ok:
-            raise RuntimeError(f"copying {old} -> {new} failed: {item}")
-        copied += 1
-        if progress:
-            progress(1)
-    return copied
+    outcome = engine.bulk(actions, progress=progress)
+    outcome.raise_if_refused(f"documents not copied from {old} to {new}")
+    return len(outcome.written)
 
 
 def setup_indices(engine: Engine, settings: Settings, dims: int, reindex: bool = False,

@@ -27,9 +27,7 @@ from scipy import sparse
 from scipy.sparse.linalg import svds
 
 from plugin.caches import behaviour_version_key
-from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.events import APPLIED
-from plugin.pipeline.report import bulk_error_reason
 from plugin.pipeline.users import rebuild_all
 from plugin.services import Services
 
@@ -156,11 +154,9 @@ def train(services: Services, refold: bool = True,
     actions += [{"_op_type": "update", "_index": settings.docs_alias, "_id": doc_id,
                  "retry_on_conflict": 3, "doc": {"behaviour": None, "behaviour_version": None}}
                 for doc_id in stale]
-    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
-                                                   raise_on_exception=False, chunk_size=500):
-        if not ok and next(iter(item.values())).get("status") != 404:
-            error = EngineBusy if bulk_item_busy(item) else RuntimeError
-            raise error(f"writing behaviour vectors failed: {bulk_error_reason(item)}")
+    # A document deleted since the log was read has no vector to take.
+    services.engine.bulk(actions).raise_if_refused("behaviour vectors not written",
+                                                   handled=[404])
     services.engine.client.indices.refresh(index=settings.docs_alias)
     services.redis.set(behaviour_version_key(settings), version)
     services.doc_vectors.clear()

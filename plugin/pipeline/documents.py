@@ -9,10 +9,9 @@ from typing import Any
 import numpy as np
 
 from plugin.documents import POPULARITY_FIELD, Document, InvalidDocument, parse_document
-from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.pipeline import behaviour, popularity
 from plugin.pipeline.events import apply_pending_events
-from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
+from plugin.pipeline.report import BatchReport, raw_id
 from plugin.services import Services
 
 LEARNED = [POPULARITY_FIELD, *behaviour.FIELDS]
@@ -62,19 +61,12 @@ def index_documents(
             "_source": {**doc.source(), **learned.get(doc.doc_id, {}),
                         "embedding": vector.tolist(), "indexed_at": now_ms},
         })
-    busy: list[str] = []
-    for ok, item in services.engine.streaming_bulk(
-        actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=500
-    ):
-        doc_id = bulk_item_id(item)
-        if ok:
-            report.done.append(doc_id)
-        elif bulk_item_busy(item):
-            busy.append(bulk_error_reason(item))
-        else:
-            report.error(positions.get(doc_id, -1), doc_id, bulk_error_reason(item))
-    if busy:  # indexing by id is idempotent: the retried task writes the whole batch again
-        raise EngineBusy(f"{len(busy)} documents not indexed: {busy[0]}")
+    outcome = services.engine.bulk(actions, refresh=refresh)
+    report.done += [item.id for item in outcome.written]
+    for item in outcome.conflicts + outcome.missing + outcome.failed:
+        report.error(positions.get(item.id, -1), item.id, item.reason)
+    # Indexing by id is idempotent: the retried task writes the whole batch again.
+    outcome.raise_if_busy("documents not indexed")
     if report.done:
         popularity.mark_dirty(services, report.done)
         applied = apply_pending_events(services, report.done)

@@ -12,12 +12,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.events import APPLIED, PENDING, Event, InvalidEvent, parse_event
 from plugin.interest import DocVector
 from plugin.pipeline import behaviour, popularity
 from plugin.pipeline.doc_vectors import fetch_doc_vectors
-from plugin.pipeline.report import BatchReport, bulk_error_reason, bulk_item_id, raw_id
+from plugin.pipeline.report import BatchReport, raw_id
 from plugin.pipeline.users import erased_events, fold_into_users
 from plugin.services import Services
 
@@ -103,24 +102,13 @@ def _store(
     index = services.settings.events_alias
     actions = ({"_op_type": "create", "_index": index, "_id": event_id, "_source": source}
                for event_id, source in sources.items())
-    created = set()
-    busy: list[str] = []
-    for ok, item in services.engine.streaming_bulk(
-        actions, raise_on_error=False, raise_on_exception=False, refresh=refresh, chunk_size=1000
-    ):
-        event_id = bulk_item_id(item)
-        if ok:
-            created.add(event_id)
-        elif next(iter(item.values())).get("status") == 409:
-            report.duplicates.append(event_id)  # the same event, sent twice at once
-        elif bulk_item_busy(item):
-            busy.append(bulk_error_reason(item))
-        else:
-            report.error(positions.get(event_id, -1), event_id, bulk_error_reason(item))
-    if busy:
-        # Folded but not stored: the retried task stores them (the folds are remembered).
-        raise EngineBusy(f"{len(busy)} events not stored: {busy[0]}")
-    return created
+    outcome = services.engine.bulk(actions, refresh=refresh, chunk_size=1000)
+    report.duplicates += [item.id for item in outcome.conflicts]  # the same event sent twice
+    for item in outcome.missing + outcome.failed:
+        report.error(positions.get(item.id, -1), item.id, item.reason)
+    # Folded but not stored: the retried task stores them (the folds are remembered).
+    outcome.raise_if_busy("events not stored")
+    return {item.id for item in outcome.written}
 
 
 def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
@@ -186,14 +174,7 @@ def mark_applied(services: Services, sources: Sequence[Mapping[str, Any]]) -> se
 
 
 def _update_events(services: Services, actions: Iterable[dict[str, Any]]) -> set[str]:
-    moved: set[str] = set()
-    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
-                                                   chunk_size=1000):
-        info = next(iter(item.values()))
-        if ok and info.get("result") == "updated":
-            moved.add(str(info.get("_id")))
-        if not ok:
-            # The task is retried; folds already made are remembered, so none counts twice.
-            error = EngineBusy if bulk_item_busy(item) else RuntimeError
-            raise error(f"marking events applied failed: {bulk_error_reason(item)}")
-    return moved
+    outcome = services.engine.bulk(actions, chunk_size=1000)
+    # The task is retried; folds already made are remembered, so none counts twice.
+    outcome.raise_if_refused("events not marked applied")
+    return {item.id for item in outcome.written if item.info.get("result") == "updated"}

@@ -38,9 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugin.documents import POPULARITY_FIELD as FIELD
-from plugin.engine import JSON, EngineBusy, bulk_item_busy
+from plugin.engine import JSON
 from plugin.events import APPLIED
-from plugin.pipeline.report import bulk_error_reason
 from plugin.services import Services
 
 # Below this the field is removed: nothing (or net dislike) says this document is wanted.
@@ -266,22 +265,10 @@ def _write(services: Services, current: Mapping[str, float], refresh: bool) -> l
          "retry_on_conflict": 3,
          "doc": {FIELD: round(value, 6) if value >= MIN_VALUE else None}}
         for doc_id, value in current.items()]
-    written, busy = [], []
-    for ok, item in services.engine.streaming_bulk(actions, raise_on_error=False,
-                                                   raise_on_exception=False, refresh=refresh,
-                                                   chunk_size=FLUSH_BATCH):
-        info = next(iter(item.values()))
-        if ok:
-            written.append(str(info.get("_id")))
-        elif info.get("status") == 404:
-            continue  # not indexed (yet): indexing it marks it again
-        elif bulk_item_busy(item):
-            busy.append(bulk_error_reason(item))
-        else:
-            raise RuntimeError(f"writing popularity failed: {bulk_error_reason(item)}")
-    if busy:
-        raise EngineBusy(f"{len(busy)} popularity writes refused: {busy[0]}")
-    return written
+    outcome = services.engine.bulk(actions, refresh=refresh, chunk_size=FLUSH_BATCH)
+    # A document not indexed (yet) is marked again when it is.
+    outcome.raise_if_refused("popularity writes refused", handled=[404])
+    return [item.id for item in outcome.written]
 
 
 def rebuild(services: Services) -> int:

@@ -28,19 +28,6 @@ class BatchReport:
         }
 
 
-def bulk_error_reason(item: Mapping[str, Any]) -> str:
-    """The engine's reason for one failed bulk item, as `type: reason`."""
-    info = next(iter(item.values()))
-    err = info.get("error", {})
-    if isinstance(err, Mapping):
-        return f"{err.get('type', 'error')}: {err.get('reason', '')}"
-    return str(err)
-
-
-def bulk_item_id(item: Mapping[str, Any]) -> str:
-    return str(next(iter(item.values())).get("_id"))
-
-
 def raw_id(raw: Any, *keys: str) -> str | None:
     """The id a raw (maybe invalid) item claims, for its error report."""
     if isinstance(raw, Mapping):

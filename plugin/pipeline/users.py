@@ -10,11 +10,9 @@ from typing import Any
 from plugin import dead_letter
 from plugin.caches import forget_users, note_user_writes, stale_users
 from plugin.celery_app import scrub_results
-from plugin.engine import EngineBusy, bulk_item_busy
 from plugin.events import APPLIED
 from plugin.interest import RECENT_WINDOW_S, DocVector, UserInterest, fold_events
 from plugin.pipeline.doc_vectors import fetch_doc_vectors
-from plugin.pipeline.report import bulk_error_reason
 from plugin.services import Services
 
 MAX_UPDATE_ATTEMPTS = 30
@@ -81,29 +79,21 @@ def update_users(
             actions.append(action)
             applied_by_user[user_id] = ids
             written[user_id] = user
-        retry: dict[str, Sequence[Mapping[str, Any]]] = {}
         versions: dict[str, tuple[int, int]] = {}
         try:
-            for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
-                                                  raise_on_exception=False, chunk_size=500):
-                info = next(iter(item.values()))
-                user_id = info.get("_id")
-                if ok:
-                    applied += applied_by_user[user_id]
-                    versions[user_id] = int(info["_seq_no"]), int(info["_primary_term"])
-                    services.user_states.put(user_id, (written[user_id], *versions[user_id]))
-                elif info.get("status") == 409:
-                    # Another writer (worker, rebuild, erase) got there first: read afresh.
-                    services.user_states.discard(user_id)
-                    retry[user_id] = todo[user_id]
-                elif bulk_item_busy(item):
-                    raise EngineBusy(f"writing interests: {bulk_error_reason(item)}")
-                else:
-                    raise RuntimeError(f"writing interests failed: {bulk_error_reason(item)}")
+            outcome = engine.bulk(actions)
+            for item in outcome.written:
+                applied += applied_by_user[item.id]
+                versions[item.id] = int(item.info["_seq_no"]), int(item.info["_primary_term"])
+                services.user_states.put(item.id, (written[item.id], *versions[item.id]))
         finally:
             # Also when the engine refused part of the bulk: what it took is written.
             note_user_writes(services.redis, services.settings, list(applied_by_user), versions)
-        todo = retry
+        outcome.raise_if_refused("users' interests not written", handled=[409])
+        # Another writer (worker, rebuild, erase) got there first: read those afresh.
+        for item in outcome.conflicts:
+            services.user_states.discard(item.id)
+        todo = {item.id: todo[item.id] for item in outcome.conflicts}
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
@@ -207,20 +197,12 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
             actions.append({**action, "_source": user.to_source(now),
                             "_op_type": "index" if user_id in versions else "create"})
             result["events"] += len(usable)
-        retry: list[str] = []
-        for ok, item in engine.streaming_bulk(actions, raise_on_error=False,
-                                              raise_on_exception=False, chunk_size=500):
-            op, info = next(iter(item.items()))
-            user_id = str(info.get("_id"))
-            if ok:
-                result["removed" if op == "delete" else "rebuilt"] += 1
-            elif info.get("status") == 409:
-                retry.append(user_id)  # a worker folded an event meanwhile: replay again
-            elif bulk_item_busy(item):
-                raise EngineBusy(f"writing rebuilt interests: {bulk_error_reason(item)}")
-            else:
-                raise RuntimeError(f"writing rebuilt interests failed: "
-                                   f"{bulk_error_reason(item)}")
+        outcome = engine.bulk(actions)
+        outcome.raise_if_refused("rebuilt interests not written", handled=[409])
+        for item in outcome.written:
+            result["removed" if item.op == "delete" else "rebuilt"] += 1
+        # A worker folded an event meanwhile: replay those again.
+        retry = [item.id for item in outcome.conflicts]
         forget_users(services.redis, services.settings, [u for u in complete if u not in retry])
         todo = retry + waiting
         if waiting:
@@ -312,8 +294,7 @@ def erase_user(services: Services, user_id: str,
                                    {"range": {"accepted_at": {"lte": erased_at_ms}}}]}}
     hits = list(engine.scan(settings.events_alias, {"query": covered, "_source": False}))
     actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
-    deleted = sum(1 for ok, _ in engine.streaming_bulk(actions, raise_on_error=False,
-                                                       refresh=True) if ok)
+    deleted = len(engine.bulk(actions, refresh=True).written)
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
         engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
