@@ -38,14 +38,9 @@ from plugin.config import LOCAL_ENGINE_URLS
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
 from plugin.progress import progress
-from plugin.search import (
-    TEXT_FIELDS,
-    SearchParams,
-    available_strategies,
-    default_strategy,
-    search,
-)
+from plugin.search import SearchParams, available_strategies, default_strategy, search
 from plugin.services import Services
+from plugin.strategies import TEXT_FIELDS
 
 
 def prepare(services: Services, movies: int, users: int) -> list[str]:

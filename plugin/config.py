@@ -36,6 +36,8 @@ BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_s
 # points at another file of the same shape (one fitted to a deployment's own users).
 SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
 BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour")
+# A ranking file's weights per strategy: one per term, and how specific queries damp the user's.
+WEIGHT_NAMES = (*BLEND_TERMS, "ambiguity")
 
 # The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
 LOCAL_ENGINE_URLS: dict[str, str] = {
@@ -227,7 +229,7 @@ def load_ranking(path: Path) -> dict[str, Any]:
                 missing = set(BLEND_TERMS) - set(terms)
                 if missing:
                     raise ValueError(f"{table}.{strategy} lacks {sorted(missing)}")
-                unknown = set(terms) - set(BLEND_TERMS) - {"ambiguity"}
+                unknown = set(terms) - set(WEIGHT_NAMES)
                 if unknown:
                     raise ValueError(f"{table}.{strategy}: unknown {sorted(unknown)}")
                 if any(not isinstance(terms[t], int | float) or terms[t] < 0

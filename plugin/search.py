@@ -19,7 +19,7 @@ the query found. Every vector term covers up to ``personal_candidates`` (1,000) 
 exactly, nearest first: below that cap no document loses a term because it fell outside a
 top-k (no cliff); past it a document gets the term's smallest value.
 
-Strategies:
+Strategies (one object each in plugin/strategies.py, which builds their requests):
 
 - ``script_score`` (where Painless runs): candidates are the BM25 matches + the kNN top-k of
   the query vector + the user's nearest matches (kNN clauses wrapped in a zero-boost
@@ -49,46 +49,25 @@ from dataclasses import dataclass, field, replace
 import cachetools
 import numpy as np
 
+from plugin import strategies
 from plugin.caches import behaviour_version_key, user_vectors_key
 from plugin.config import BLEND_STRATEGIES
 from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON
 from plugin.interest import HorizonState, UserInterest, interest_vector
 from plugin.services import Services
+from plugin.strategies import (
+    STRATEGIES,
+    BlendWeights,
+    QueryContext,
+    UserVectors,
+    filter_clauses,
+    text_query,
+)
 
-TEXT_FIELDS = ["title^2", "tags.text", "body"]
 # What a hit shows. The documents' vectors come back only with ``explain`` (each term's
 # similarity is computed from them): sending them cost the engine about 3.5 ms a request.
 HIT_FIELDS = ["title", "tags", POPULARITY_FIELD]
-FILTER_FIELDS = ("tags", "doc_id")
-
-
-@dataclass(frozen=True)
-class BlendWeights:
-    """One weight per term (BLEND_TERMS); the shipped ones come from the ranking file."""
-
-    bm25: float = 1.0
-    query: float = 0.0
-    popularity: float = 0.0
-    interest_long: float = 0.0
-    interest_short: float = 0.0
-    behaviour: float = 0.0
-    # How much a specific query turns personalization down: the user terms are scaled by
-    # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
-    # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
-    ambiguity: float = 0.0
-
-
-@dataclass
-class UserVectors:
-    long: list[float] | None = None
-    short: list[float] | None = None
-    behaviour: list[float] | None = None
-    behaviour_version: str | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.long is None and self.short is None and self.behaviour is None
 
 
 @dataclass(frozen=True)
@@ -121,14 +100,6 @@ class SearchResult:
 
 
 # -- query and user inputs, cached ------------------------------------------------------------
-
-
-def text_query(query: str, boost: float = 1.0) -> JSON:
-    return {"multi_match": {"query": query, "fields": TEXT_FIELDS, "boost": boost}}
-
-
-def filter_clauses(filters: Mapping[str, Sequence[str]]) -> list[JSON]:
-    return [{"terms": {name: list(values)}} for name, values in filters.items()]
 
 
 def _pack(vector: Sequence[float]) -> str:
@@ -244,158 +215,12 @@ def behaviour_version(services: Services) -> str | None:
     return _VERSIONS[key]
 
 
-def popularity_clause(weight: float) -> JSON:
-    """``weight * log10(1 + popularity)``, 0 for documents without: script-free on every
-    engine (field_value_factor is core; rank_feature needs a module not every build has)."""
-    return {"function_score": {
-        "query": {"exists": {"field": POPULARITY_FIELD}},
-        "functions": [{"field_value_factor": {"field": POPULARITY_FIELD, "modifier": "log1p",
-                                              "missing": 0}}],
-        "boost_mode": "replace", "boost": weight}}
-
-
-# -- the request shapes ----------------------------------------------------------------------
-
-
-def _candidates(params: SearchParams, services: Services) -> int:
-    return max(params.offset + params.size, services.settings.knn_candidates)
-
-
-def _personal_k(params: SearchParams, services: Services) -> int:
-    """How many documents a vector term covers exactly (nearest first): past this cap a
-    document gets the term's smallest value; below it, no document loses a term."""
-    return max(params.offset + params.size, services.settings.personal_candidates)
-
-
-def _user_terms(user: UserVectors, w: BlendWeights) -> list[tuple[str, list[float], float]]:
-    """(field, vector, weight) of each user term that applies."""
-    terms = [("embedding", user.long, w.interest_long), ("embedding", user.short, w.interest_short),
-             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour)]
-    return [(f, v, weight) for f, v, weight in terms if v is not None and weight > 0]
-
-
-def _text_with_popularity(params: SearchParams, boost: float, w: BlendWeights) -> JSON:
-    """The query's words (BM25 scaled by ``boost``) plus the popularity term on matches."""
-    clause: JSON = {"bool": {"must": [text_query(params.query, boost)]}}
-    if w.popularity > 0:
-        clause["bool"]["should"] = [popularity_clause(w.popularity)]
-    return clause
-
-
-def script_score_request(services: Services, params: SearchParams, w: BlendWeights,
-                         query_vector: list[float], max_bm25: float, user: UserVectors) -> JSON:
-    engine = services.engine
-    k = _candidates(params, services)
-    recall = [engine.knn_query("embedding", query_vector, k)]
-    if user.long is not None:
-        recall.append(engine.knn_query("embedding", user.long, _personal_k(params, services),
-                                       filter_query=_matching(params)))
-    script_params = {
-        "a": w.bm25, "b": w.query, "max_bm25": max_bm25 if max_bm25 > 0 else 1.0,
-        "q": query_vector,
-        "c": w.interest_long if user.long is not None else 0.0,
-        "ul": user.long if user.long is not None else query_vector,
-        "d": w.interest_short if user.short is not None else 0.0,
-        "us": user.short if user.short is not None else query_vector,
-    }
-    scored: JSON = {"script_score": {
-        "query": {"bool": {
-            "should": [text_query(params.query)]
-            + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
-            "filter": filter_clauses(params.filters),
-            "minimum_should_match": 1,
-        }},
-        "script": {"source": engine.blend_script("embedding"), "params": script_params},
-    }}
-    # Popularity and behaviour live outside the script (the script reads one vector field
-    # that every document has); their clauses add to the script's score on query matches.
-    extra: list[JSON] = []
-    if w.popularity > 0:
-        extra.append({"bool": {"filter": [_matching(params)],
-                               "should": [popularity_clause(w.popularity)]}})
-    if user.behaviour is not None and w.behaviour > 0:
-        extra.append(engine.knn_query(BEHAVIOUR_FIELD, user.behaviour,
-                                      _personal_k(params, services),
-                                      filter_query=_matching(params), boost=w.behaviour))
-    query = {"bool": {"must": [scored], "should": extra}} if extra else scored
-    return {"size": params.size, "from": params.offset, "query": query}
-
-
-def knn_linear_request(services: Services, params: SearchParams, w: BlendWeights,
-                       query_vector: list[float], max_bm25: float, user: UserVectors) -> JSON:
-    engine = services.engine
-    filters = filter_clauses(params.filters)
-    text = _text_with_popularity(params, w.bm25 / max_bm25 if max_bm25 > 0 else w.bm25, w)
-    body: JSON = {
-        "size": params.size, "from": params.offset,
-        "query": {"bool": {"should": [text], "filter": filters, "minimum_should_match": 1}},
-    }
-    personal = _personal_k(params, services)
-    if w.query > 0:
-        engine.add_knn(body, field_name="embedding", vector=query_vector, k=personal,
-                       num_candidates=personal, boost=w.query,
-                       filter_query={"bool": {"filter": filters}} if filters else None)
-    for field_name, vector, weight in _user_terms(user, w):
-        engine.add_knn(body, field_name=field_name, vector=vector, k=personal,
-                       num_candidates=personal, boost=weight, filter_query=_matching(params))
-    return body
-
-
-def linear_retriever_request(services: Services, params: SearchParams, w: BlendWeights,
-                             query_vector: list[float], max_bm25: float,
-                             user: UserVectors) -> JSON:
-    engine = services.engine
-    filters = filter_clauses(params.filters)
-    window = _personal_k(params, services)
-    text = {"bool": {"must": [text_query(params.query)], "filter": filters}}
-    terms: list[tuple[JSON, float]] = [({"standard": {"query": text}}, w.bm25)]
-    if w.query > 0:
-        terms.append((engine.knn_retriever(
-            "embedding", query_vector, window,
-            filter_query={"bool": {"filter": filters}} if filters else None), w.query))
-    if w.popularity > 0:
-        terms.append(({"standard": {"query": {"bool": {
-            "filter": [_matching(params)], "should": [popularity_clause(1.0)]}}}},
-            w.popularity))
-    for field_name, vector, weight in _user_terms(user, w):
-        terms.append((engine.knn_retriever(field_name, vector, window,
-                                           filter_query=_matching(params)), weight))
-    return {
-        "size": params.size, "from": params.offset,
-        "retriever": {"linear": {
-            "retrievers": [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
-                           for retriever, weight in terms],
-            "rank_window_size": window,
-        }},
-    }
-
-
-def _matching(params: SearchParams) -> JSON:
-    """Documents that match the query's words (and filters): where user vectors re-rank."""
-    return {"bool": {"must": [text_query(params.query)],
-                     "filter": filter_clauses(params.filters)}}
-
-
 # -- search -----------------------------------------------------------------------------------
-
-
-REQUEST_BUILDERS = {
-    "script_score": script_score_request,
-    "linear_retriever": linear_retriever_request,
-    "knn_linear": knn_linear_request,
-}
-# What a strategy needs from the engine, to say so when it is missing.
-STRATEGY_NEEDS = {"script_score": "Painless", "linear_retriever": "the `linear` retriever "
-                  "(Elasticsearch 8.18+)", "knn_linear": "kNN search"}
 
 
 def available_strategies(services: Services) -> list[str]:
     """The strategies this engine can run, best first (BLEND_STRATEGIES' order)."""
-    engine = services.engine
-    offered = {"script_score": engine.has_painless(),
-               "linear_retriever": engine.has_linear_retriever(services.settings.docs_alias),
-               "knn_linear": True}
-    return [name for name in BLEND_STRATEGIES if offered[name]]
+    return strategies.available_strategies(services.engine, services.settings.docs_alias)
 
 
 def default_strategy(services: Services) -> str:
@@ -419,11 +244,11 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     strategy = params.strategy or default_strategy(services)
     available = available_strategies(services)
     if strategy not in available:
-        raise ValueError(f"strategy {strategy!r} needs {STRATEGY_NEEDS[strategy]}, which this "
-                         f"engine lacks; available here: {', '.join(available)}")
-    # The linear retriever scales BM25 by its own min-max; explain reports BM25 over the best.
+        raise ValueError(f"strategy {strategy!r} needs {STRATEGIES[strategy].needs}, which "
+                         f"this engine lacks; available here: {', '.join(available)}")
+    # Explain reports BM25 over the best score whatever the strategy.
     inputs = query_inputs(services, params.query, params.filters, params.use_cache,
-                          need_max_bm25=strategy != "linear_retriever" or params.explain)
+                          need_max_bm25=STRATEGIES[strategy].needs_max_bm25 or params.explain)
     query_vector, max_bm25 = inputs.vector, inputs.max_bm25
     user = UserVectors()
     reason: str | None = "no user_id"
@@ -447,11 +272,13 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         user = replace(user, behaviour=None)
     weights = replace(params.weights or configured_weights(services, strategy, user),
                       **params.overrides)
-    scale = inputs.personal_scale(weights.ambiguity)
-    weights = replace(weights, interest_long=weights.interest_long * scale,
-                      interest_short=weights.interest_short * scale,
-                      behaviour=weights.behaviour * scale)
-    body = REQUEST_BUILDERS[strategy](services, params, weights, query_vector, max_bm25, user)
+    weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))
+    window = params.offset + params.size
+    body = STRATEGIES[strategy].request(QueryContext.for_query(
+        services.engine, params.query, params.filters, weights=weights, vector=query_vector,
+        max_bm25=max_bm25, user=user, size=params.size, offset=params.offset,
+        candidates=max(window, services.settings.knn_candidates),
+        personal_k=max(window, services.settings.personal_candidates)))
     if not params.explain:
         body["_source"] = {"includes": HIT_FIELDS}
     response = services.engine.search(services.settings.docs_alias, body)

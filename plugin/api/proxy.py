@@ -24,8 +24,8 @@ from plugin.api.context import services
 from plugin.api.json_body import UnreadableJson, request_json
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
-from plugin.documents import BEHAVIOUR_FIELD
 from plugin.engine import JSON, EngineKind
+from plugin.strategies import STRATEGIES, QueryContext
 
 bp = Blueprint("proxy", __name__)
 
@@ -129,8 +129,9 @@ def proxy_search(index: str) -> ResponseReturnValue:
 
 
 def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
-    """The client's query as the knn_linear blend (its score scaled to [0, 1], plus the
-    popularity term and the user's vector clauses, with the knn_linear weights shipped)."""
+    """The client's query as the knn_linear blend (plugin/strategies.py) with its shipped
+    weights: the query is the words' clause, normalized by its best score, and it also bounds
+    every vector term, so the result set stays the one it asked for."""
     svc = services()
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):
@@ -139,27 +140,23 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
                                                    "track_total_hits": False, "query": original})
-    max_score = float(best["hits"].get("max_score") or 0.0)
-    rewritten = copy.deepcopy(body)
-    matched: JSON = {"bool": {"must": [original],
-                              "boost": weights.bm25 / max_score if max_score > 0 else 1.0}}
-    if weights.popularity > 0:
-        matched["bool"]["should"] = [search_service.popularity_clause(weights.popularity)]
-    rewritten["query"] = {"bool": {"should": [matched], "minimum_should_match": 1}}
-    k = max(window, svc.settings.personal_candidates)
+    vector: list[float] = []
     text = _query_text(original)
-    vectors = [("embedding", user.long, weights.interest_long),
-               ("embedding", user.short, weights.interest_short),
-               (BEHAVIOUR_FIELD, user.behaviour, weights.behaviour)]
     if text:
         inputs = search_service.query_inputs(svc, text, {})
-        vectors.append(("embedding", inputs.vector, weights.query))
-        scale = inputs.personal_scale(weights.ambiguity)
-        vectors = [(f, v, w * scale) for f, v, w in vectors[:3]] + vectors[3:]
-    for field_name, vector, weight in vectors:
-        if vector is not None and weight > 0:
-            engine.add_knn(rewritten, field_name=field_name, vector=vector, k=k,
-                           num_candidates=k, boost=weight, filter_query=original)
+        vector = inputs.vector
+        weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))
+    else:  # no words to embed: no query-vector term
+        weights = replace(weights, query=0.0)
+    k = max(window, svc.settings.personal_candidates)
+    blend = STRATEGIES["knn_linear"].request(QueryContext(
+        engine, words=original, matching=original, scope=original, filters=[],
+        weights=weights, vector=vector, max_bm25=float(best["hits"].get("max_score") or 0.0),
+        user=user, size=window, offset=0, candidates=k, personal_k=k))
+    rewritten = copy.deepcopy(body)
+    rewritten["query"] = blend["query"]
+    if "knn" in blend:
+        rewritten["knn"] = blend["knn"]
     return rewritten
 
 

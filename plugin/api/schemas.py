@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from plugin.search import FILTER_FIELDS
+from plugin.config import BLEND_STRATEGIES
 from plugin.storable import MAX_ID_BYTES, storable_text
+from plugin.strategies import FILTER_FIELDS
+
+if TYPE_CHECKING:
+    StrategyName = str
+else:  # the names' one list (plugin/config.py), as an enum in the OpenAPI schema
+    StrategyName = Literal[BLEND_STRATEGIES]
 
 MAX_WEIGHT = 100.0
 MAX_BATCH = 10_000
@@ -34,7 +40,7 @@ class SearchRequest(BaseModel):
     from_: int = Field(0, ge=0, le=1000, alias="from")
     filters: dict[str, list[str]] = Field(default_factory=dict)
     weights: Weights = Field(default_factory=lambda: Weights())
-    strategy: Literal["script_score", "linear_retriever", "knn_linear"] | None = None
+    strategy: StrategyName | None = None
     explain: bool = False
     cache: bool = True
 

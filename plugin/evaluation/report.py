@@ -7,12 +7,11 @@ from typing import Any
 
 import matplotlib
 
-from plugin.config import BLEND_TERMS
+from plugin.config import WEIGHT_NAMES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-KEYS = (*BLEND_TERMS, "ambiguity")  # a ranking file's weights per strategy
 GOAL = 0.20  # relative NDCG@10 gain over the best non-personalized method
 
 
@@ -131,14 +130,14 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         f"{ranking['half_life_short_days']:g} d; popularity "
         f"{ranking['popularity_half_life_days']:g} d (0 = no decay).",
         "",
-        "| strategy | " + " | ".join(KEYS) + " |",
-        "| --- |" + " --- |" * len(KEYS),
+        "| strategy | " + " | ".join(WEIGHT_NAMES) + " |",
+        "| --- |" + " --- |" * len(WEIGHT_NAMES),
     ]
     for table, label in (("weights", ""), ("weights_without_behaviour",
                                            " (users without a behaviour vector)")):
         for strategy, weights in ranking[table].items():
             lines.append(f"| {strategy}{label} | "
-                         + " | ".join(f"{weights.get(t, 0.0):g}" for t in KEYS) + " |")
+                         + " | ".join(f"{weights.get(t, 0.0):g}" for t in WEIGHT_NAMES) + " |")
     lines.append("")
     for res in results["engines"].values():
         lines += [f"## Results on {res['engine']} (test)", ""]

@@ -33,10 +33,10 @@ import numpy as np
 from plugin import pipeline
 from plugin.config import (
     BLEND_STRATEGIES,
-    BLEND_TERMS,
     LOCAL_ENGINE_URLS,
     REPO_ROOT,
     SHIPPED_RANKING,
+    WEIGHT_NAMES,
     Settings,
     load_settings,
 )
@@ -68,7 +68,6 @@ GRID: dict[str, tuple[float, ...]] = {
     "ambiguity": (0.0, 0.5, 1.0, 2.0),
 }
 # What a ranking file holds per strategy: the terms' weights and the ambiguity exponent.
-RANKING_KEYS = (*BLEND_TERMS, "ambiguity")
 TUNING_QUERIES = {"full": 240, "quick": 100}
 SIZE = 100
 DEFAULT = "personalized default"
@@ -294,7 +293,7 @@ def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, Blen
     shipped = json.loads(SHIPPED_RANKING.read_text())
 
     def table(name: str, index: int) -> dict[str, dict[str, float]]:
-        return {s: ({t: float(getattr(chosen[s][index], t)) for t in RANKING_KEYS}
+        return {s: ({t: float(getattr(chosen[s][index], t)) for t in WEIGHT_NAMES}
                     if s in chosen else shipped[name][s]) for s in BLEND_STRATEGIES}
 
     return {

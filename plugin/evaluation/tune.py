@@ -27,12 +27,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from plugin.config import WEIGHT_NAMES
 from plugin.evaluation import data, metrics
 from plugin.evaluation.run import (
     DAY,
     DEFAULT,
     HALF_LIVES,
-    RANKING_KEYS,
     Evaluator,
     Method,
     _tune,
@@ -166,10 +166,10 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
         "chosen_by": f"`es-interest tune` on this deployment's log ({len(fit)} queries)",
         "half_life_long_days": half_lives[0], "half_life_short_days": half_lives[1],
         "popularity_half_life_days": settings.popularity_half_life_s / DAY,
-        "weights": {s: {t: float(w.get(t, 0.0)) for t in RANKING_KEYS}
+        "weights": {s: {t: float(w.get(t, 0.0)) for t in WEIGHT_NAMES}
                     for s, w in evaluator.services.settings.blend_weights.items()},
         "weights_without_behaviour": {
-            s: {t: float(w.get(t, 0.0)) for t in RANKING_KEYS}
+            s: {t: float(w.get(t, 0.0)) for t in WEIGHT_NAMES}
             for s, w in evaluator.services.settings.blend_weights_without_behaviour.items()},
     }
     return {"report": report, "ranking": ranking}

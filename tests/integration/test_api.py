@@ -19,8 +19,9 @@ from plugin.api import create_app
 from plugin.api.auth import create_key
 from plugin.config import BLEND_STRATEGIES, Settings
 from plugin.engine import EngineKind
-from plugin.search import STRATEGY_NEEDS, available_strategies
+from plugin.search import available_strategies
 from plugin.services import Services
+from plugin.strategies import STRATEGIES
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,7 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
                                             strategy: str) -> None:
     if strategy not in strategies(services):
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
-                    f"{STRATEGY_NEEDS[strategy]}")
+                    f"{STRATEGIES[strategy].needs}")
     # The mechanism, whatever weight the shipped file gives content terms on this strategy.
     on = {"interest_long": 1.0}
     a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True,

@@ -1,0 +1,269 @@
+"""The blend strategies: one object each, owning its engine request, what it needs from the
+engine, and whether it needs the query's best BM25 score. The request shapes are described in
+plugin/search.py's docstring; every builder takes one :class:`QueryContext`.
+
+The clauses the strategies share (the query's words, filters, popularity, the user's terms)
+live here too, so the ``_search`` proxy builds its blend from the same pieces.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from plugin.config import BLEND_STRATEGIES
+from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
+from plugin.engine import JSON, Engine
+
+TEXT_FIELDS = ["title^2", "tags.text", "body"]
+FILTER_FIELDS = ("tags", "doc_id")
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """One weight per term (config.BLEND_TERMS) and ``ambiguity`` (config.WEIGHT_NAMES); the
+    shipped ones come from the ranking file."""
+
+    bm25: float = 1.0
+    query: float = 0.0
+    popularity: float = 0.0
+    interest_long: float = 0.0
+    interest_short: float = 0.0
+    behaviour: float = 0.0
+    # How much a specific query turns personalization down: the user terms are scaled by
+    # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
+    # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
+    ambiguity: float = 0.0
+
+    def personal_scaled(self, factor: float) -> BlendWeights:
+        """The user terms scaled by ``factor`` (the query's words^-ambiguity)."""
+        return replace(self, interest_long=self.interest_long * factor,
+                       interest_short=self.interest_short * factor,
+                       behaviour=self.behaviour * factor)
+
+
+@dataclass
+class UserVectors:
+    long: list[float] | None = None
+    short: list[float] | None = None
+    behaviour: list[float] | None = None
+    behaviour_version: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.long is None and self.short is None and self.behaviour is None
+
+
+def text_query(query: str, boost: float = 1.0) -> JSON:
+    return {"multi_match": {"query": query, "fields": TEXT_FIELDS, "boost": boost}}
+
+
+def filter_clauses(filters: Mapping[str, Sequence[str]]) -> list[JSON]:
+    return [{"terms": {name: list(values)}} for name, values in filters.items()]
+
+
+def popularity_clause(weight: float) -> JSON:
+    """``weight * log10(1 + popularity)``, 0 for documents without: script-free on every
+    engine (field_value_factor is core; rank_feature needs a module not every build has)."""
+    return {"function_score": {
+        "query": {"exists": {"field": POPULARITY_FIELD}},
+        "functions": [{"field_value_factor": {"field": POPULARITY_FIELD, "modifier": "log1p",
+                                              "missing": 0}}],
+        "boost_mode": "replace", "boost": weight}}
+
+
+def user_terms(user: UserVectors, w: BlendWeights) -> list[tuple[str, list[float], float]]:
+    """(field, vector, weight) of each user term that applies."""
+    terms = [("embedding", user.long, w.interest_long), ("embedding", user.short, w.interest_short),
+             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour)]
+    return [(f, v, weight) for f, v, weight in terms if v is not None and weight > 0]
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """One search as a request builder sees it.
+
+    ``words`` is the clause scored as BM25; ``matching`` the documents personalization may
+    re-order (the words with the filters); ``scope`` what the query vector may recall beyond
+    the words (the filters; None: anything). The ``_search`` proxy sets all three to the
+    client's own query, so it never returns a document that query does not match.
+    """
+
+    engine: Engine
+    words: JSON
+    matching: JSON
+    scope: JSON | None
+    filters: list[JSON]
+    weights: BlendWeights
+    vector: list[float]  # the query's embedding
+    max_bm25: float  # the best BM25 score of ``words`` (0: unknown)
+    user: UserVectors
+    size: int
+    offset: int
+    candidates: int  # the query vector's kNN top-k (script_score's recall)
+    personal_k: int  # how many documents a vector term covers exactly, nearest first
+    user_terms: list[tuple[str, list[float], float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_terms", user_terms(self.user, self.weights))
+
+    @classmethod
+    def for_query(cls, engine: Engine, query: str, filters: Mapping[str, Sequence[str]], *,
+                  weights: BlendWeights, vector: list[float], max_bm25: float,
+                  user: UserVectors, size: int, offset: int, candidates: int,
+                  personal_k: int) -> QueryContext:
+        """The context of an ordinary query: its words on the text fields, with filters."""
+        clauses = filter_clauses(filters)
+        words = text_query(query)
+        return cls(engine, words, {"bool": {"must": [words], "filter": clauses}},
+                   {"bool": {"filter": clauses}} if clauses else None, clauses, weights,
+                   vector, max_bm25, user, size, offset, candidates, personal_k)
+
+    def words_with_popularity(self, boost: float) -> JSON:
+        """The words' BM25 scaled by ``boost``, plus the popularity term on matches."""
+        clause: JSON = {"bool": {"must": [self.words], "boost": boost}}
+        if self.weights.popularity > 0:
+            # The popularity term keeps its own weight: the boost applies to the words.
+            clause = {"bool": {"must": [clause],
+                               "should": [popularity_clause(self.weights.popularity)]}}
+        return clause
+
+
+class Strategy(ABC):
+    """One way to send the blend to the engine."""
+
+    name: ClassVar[str]
+    needs: ClassVar[str]  # what it needs from the engine, to say so when that is missing
+    # Whether BM25 is divided by the query's best score (one extra cheap request, cached).
+    needs_max_bm25: ClassVar[bool] = True
+
+    @abstractmethod
+    def available(self, engine: Engine, index: str) -> bool:
+        """Whether this engine can run it (``index``: where a capability probe may ask)."""
+
+    @abstractmethod
+    def request(self, ctx: QueryContext) -> JSON:
+        """The engine request (size and from included) for this search."""
+
+
+class ScriptScore(Strategy):
+    """BM25 matches plus the kNN top-k of the query and user vectors as candidates, scored
+    by one Painless script (a constant of the engine module) on the content terms."""
+
+    name = "script_score"
+    needs = "Painless"
+
+    def available(self, engine: Engine, index: str) -> bool:
+        return engine.has_painless()
+
+    def request(self, ctx: QueryContext) -> JSON:
+        engine, w, user, q = ctx.engine, ctx.weights, ctx.user, ctx.vector
+        recall = [engine.knn_query("embedding", q, ctx.candidates)]
+        if user.long is not None:
+            recall.append(engine.knn_query("embedding", user.long, ctx.personal_k,
+                                           filter_query=ctx.matching))
+        script_params = {
+            "a": w.bm25, "b": w.query, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
+            "q": q,
+            "c": w.interest_long if user.long is not None else 0.0,
+            "ul": user.long if user.long is not None else q,
+            "d": w.interest_short if user.short is not None else 0.0,
+            "us": user.short if user.short is not None else q,
+        }
+        scored: JSON = {"script_score": {
+            "query": {"bool": {
+                "should": [ctx.words]
+                + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
+                "filter": ctx.filters,
+                "minimum_should_match": 1,
+            }},
+            "script": {"source": engine.blend_script("embedding"), "params": script_params},
+        }}
+        # Popularity and behaviour live outside the script (the script reads one vector field
+        # that every document has); their clauses add to the script's score on query matches.
+        extra: list[JSON] = []
+        if w.popularity > 0:
+            extra.append({"bool": {"filter": [ctx.matching],
+                                   "should": [popularity_clause(w.popularity)]}})
+        if user.behaviour is not None and w.behaviour > 0:
+            extra.append(engine.knn_query(BEHAVIOUR_FIELD, user.behaviour, ctx.personal_k,
+                                          filter_query=ctx.matching, boost=w.behaviour))
+        query = {"bool": {"must": [scored], "should": extra}} if extra else scored
+        return {"size": ctx.size, "from": ctx.offset, "query": query}
+
+
+class LinearRetriever(Strategy):
+    """One ``linear`` retriever over BM25, popularity and one ``knn`` retriever per vector,
+    each min-max normalized over its top hits (calibrated per query). No script."""
+
+    name = "linear_retriever"
+    needs = "the `linear` retriever (Elasticsearch 8.18+)"
+    needs_max_bm25 = False  # it normalizes BM25 itself
+
+    def available(self, engine: Engine, index: str) -> bool:
+        return engine.has_linear_retriever(index)
+
+    def request(self, ctx: QueryContext) -> JSON:
+        engine, w = ctx.engine, ctx.weights
+        window = ctx.personal_k
+        text = {"bool": {"must": [ctx.words], "filter": ctx.filters}}
+        terms: list[tuple[JSON, float]] = [({"standard": {"query": text}}, w.bm25)]
+        if w.query > 0:
+            terms.append((engine.knn_retriever("embedding", ctx.vector, window,
+                                               filter_query=ctx.scope), w.query))
+        if w.popularity > 0:
+            terms.append(({"standard": {"query": {"bool": {
+                "filter": [ctx.matching], "should": [popularity_clause(1.0)]}}}},
+                w.popularity))
+        for field_name, vector, weight in ctx.user_terms:
+            terms.append((engine.knn_retriever(field_name, vector, window,
+                                               filter_query=ctx.matching), weight))
+        return {
+            "size": ctx.size, "from": ctx.offset,
+            "retriever": {"linear": {
+                "retrievers": [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
+                               for retriever, weight in terms],
+                "rank_window_size": window,
+            }},
+        }
+
+
+class KnnLinear(Strategy):
+    """The words' clause (BM25 over the best score) with popularity, plus one weighted kNN
+    clause per vector; the engine adds the clause scores. Any engine, no script."""
+
+    name = "knn_linear"
+    needs = "kNN search"
+
+    def available(self, engine: Engine, index: str) -> bool:
+        return True
+
+    def request(self, ctx: QueryContext) -> JSON:
+        engine, w = ctx.engine, ctx.weights
+        text = ctx.words_with_popularity(w.bm25 / ctx.max_bm25 if ctx.max_bm25 > 0 else w.bm25)
+        body: JSON = {
+            "size": ctx.size, "from": ctx.offset,
+            "query": {"bool": {"should": [text], "filter": ctx.filters,
+                               "minimum_should_match": 1}},
+        }
+        k = ctx.personal_k
+        if w.query > 0:
+            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
+                           num_candidates=k, boost=w.query, filter_query=ctx.scope)
+        for field_name, vector, weight in ctx.user_terms:
+            engine.add_knn(body, field_name=field_name, vector=vector, k=k, num_candidates=k,
+                           boost=weight, filter_query=ctx.matching)
+        return body
+
+
+# Best first, in config.BLEND_STRATEGIES' order (the names the ranking file and settings use).
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s for s in sorted((ScriptScore(), LinearRetriever(), KnnLinear()),
+                              key=lambda s: BLEND_STRATEGIES.index(s.name))}
+
+
+def available_strategies(engine: Engine, index: str) -> list[str]:
+    """The strategies this engine can run, best first."""
+    return [name for name, strategy in STRATEGIES.items() if strategy.available(engine, index)]

@@ -1,0 +1,97 @@
+"""The blend strategies' requests, built without an engine (plugin/strategies.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from plugin.api.schemas import SearchRequest, Weights
+from plugin.config import BLEND_STRATEGIES, WEIGHT_NAMES
+from plugin.engine import Engine, EngineKind
+from plugin.strategies import STRATEGIES, BlendWeights, QueryContext, UserVectors
+
+ENGINES = [Engine(EngineKind.ELASTICSEARCH, None, "9.5.3"),
+           Engine(EngineKind.OPENSEARCH, None, "2.19.1")]
+USER = UserVectors(long=[1.0, 0.0], short=[0.0, 1.0], behaviour=[0.5, 0.5])
+WEIGHTS = BlendWeights(bm25=1.0, query=0.5, popularity=0.2, interest_long=0.3,
+                       interest_short=0.1, behaviour=0.4)
+
+
+def test_names_have_one_list() -> None:
+    # The objects follow the names' order (best first), and every typed mirror of the
+    # weights' names (the blend, the API's overrides) has exactly the ranking file's names.
+    assert tuple(STRATEGIES) == BLEND_STRATEGIES
+    assert tuple(f.name for f in dataclasses.fields(BlendWeights)) == WEIGHT_NAMES
+    assert tuple(Weights.model_fields) == WEIGHT_NAMES
+    schema = SearchRequest.model_json_schema()["properties"]["strategy"]
+    assert [e for option in schema["anyOf"] for e in option.get("enum", [])] == list(
+        BLEND_STRATEGIES)
+
+
+def test_personal_scaling_touches_the_user_terms_only() -> None:
+    scaled = WEIGHTS.personal_scaled(0.5)
+    assert (scaled.interest_long, scaled.interest_short, scaled.behaviour) == (0.15, 0.05, 0.2)
+    assert (scaled.bm25, scaled.query, scaled.popularity) == (1.0, 0.5, 0.2)
+
+
+def _context(engine: Engine, **changes: Any) -> QueryContext:
+    ctx = QueryContext.for_query(engine, "space opera", {"tags": ["sci-fi"]}, weights=WEIGHTS,
+                                 vector=[0.6, 0.8], max_bm25=8.0, user=USER, size=10, offset=0,
+                                 candidates=100, personal_k=1000)
+    return dataclasses.replace(ctx, **changes) if changes else ctx
+
+
+def _knn_clauses(body: Any) -> list[dict[str, Any]]:
+    """Every kNN clause anywhere in a request, whatever the engine's shape."""
+    found: list[dict[str, Any]] = []
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key == "knn":
+                found += value if isinstance(value, list) else [value]
+            else:
+                found += _knn_clauses(value)
+    elif isinstance(body, list):
+        for value in body:
+            found += _knn_clauses(value)
+    return found
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
+def test_knn_linear_keeps_popularity_out_of_the_bm25_scale(engine: Engine) -> None:
+    body = STRATEGIES["knn_linear"].request(_context(engine))
+    words = body["query"]["bool"]["should"][0]["bool"]
+    # BM25 over the best score, and the popularity term at its own weight beside it.
+    assert words["must"][0]["bool"]["boost"] == pytest.approx(1.0 / 8.0)
+    assert words["should"][0]["function_score"]["boost"] == 0.2
+    boosts = sorted(round(float(next(iter(c.values()))["boost"]) if engine.kind is
+                          EngineKind.OPENSEARCH else float(c["boost"]), 6)
+                    for c in _knn_clauses(body))
+    assert boosts == [0.1, 0.3, 0.4, 0.5]  # the query vector and three user terms
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
+@pytest.mark.parametrize("name", ["knn_linear", "linear_retriever", "script_score"])
+def test_a_client_query_bounds_every_vector_term(engine: Engine, name: str) -> None:
+    """The proxy's context: the client's own query is the words, what personalization may
+    re-order, and the query vector's scope, so no vector term reaches past it."""
+    client_query = {"term": {"tags": "sci-fi"}}
+    ctx = dataclasses.replace(_context(engine), words=client_query, matching=client_query,
+                              scope=client_query, filters=[])
+    body = STRATEGIES[name].request(ctx)
+    text = json.dumps(body)
+    assert "multi_match" not in text  # nothing of the ordinary query's words
+    clauses = _knn_clauses(body)
+    if name == "linear_retriever":
+        clauses = [c for c in clauses if "field" in c]
+    filters = [c.get("filter") if "field" in c else next(iter(c.values())).get("filter")
+               for c in clauses]
+    recall = 1 if name == "script_score" else 0  # its query-vector recall is unfiltered
+    assert filters.count(client_query) == len(filters) - recall and filters
+
+
+def test_without_user_vectors_no_user_term_is_sent() -> None:
+    body = STRATEGIES["knn_linear"].request(_context(ENGINES[0], user=UserVectors()))
+    assert [c["field"] for c in body["knn"]] == ["embedding"]  # the query vector only
