@@ -61,8 +61,8 @@ def bench_documents(services: Services, celery: Any, docs: list[dict[str, Any]],
             report = result.get(timeout=1800)
             done += len(report["done"])
             bar.update(len(report["done"]) + len(report["errors"]))
-    services.engine.client.indices.refresh(index=services.settings.docs_alias)
-    searchable = services.engine.client.count(index=services.settings.docs_alias)["count"]
+    services.engine.refresh(services.settings.docs_alias)
+    searchable = services.engine.count(services.settings.docs_alias)
     e2e_s = time.perf_counter() - started
     raw_rate, e2e_rate = len(texts) / raw_s, searchable / e2e_s
     return {"documents": len(texts), "indexed": done, "searchable": searchable,
@@ -273,7 +273,7 @@ def main(docs: int, event_count: int, users: int, rate: int, seconds: float) -> 
         for w in workers.values():
             w.terminate()
             w.wait(timeout=60)
-        services.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+        services.engine.delete_indices(f"{settings.index_prefix}-*")
         services.redis.flushdb()
     json_path, md_path = write_results("pipeline", results, table(results))
     click.echo(md_path.read_text())

@@ -47,7 +47,7 @@ def prepare(services: Services, movies: int, users: int) -> list[str]:
     docs = movie_documents(limit=movies)
     for i in progress(range(0, len(docs), 500), desc="indexing", unit="batch"):
         pipeline.index_documents(services, docs[i:i + 500])
-    services.engine.client.indices.refresh(index=services.settings.docs_alias)
+    services.engine.refresh(services.settings.docs_alias)
     rng = random.Random(3)
     ids = [d["id"] for d in docs]
     user_ids = [f"bench-user-{u}" for u in range(users)]
@@ -197,7 +197,7 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
         if api.poll() is None:
             api.terminate()
             api.wait(timeout=30)
-        services.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+        services.engine.delete_indices(f"{settings.index_prefix}-*")
         services.redis.flushdb()
 
 

@@ -58,7 +58,7 @@ def run(seconds: float, search_rate: float, event_rate: float, users: int,
     docs = movie_documents(limit=movies)
     for i in range(0, len(docs), 500):
         pipeline.index_documents(services, docs[i:i + 500])
-    services.engine.client.indices.refresh(index=settings.docs_alias)
+    services.engine.refresh(settings.docs_alias)
     doc_ids = [d["id"] for d in docs]
     key = create_key(services, "soak", ("read", "write"), "10000000/minute")
     worker = start_worker(settings, ["-Q", "documents,events,celery", "-c", "2"],
@@ -110,12 +110,12 @@ def run(seconds: float, search_rate: float, event_rate: float, users: int,
         # Every accepted event must reach the log and the vectors: wait for the queue to drain.
         deadline = time.monotonic() + 300
         while True:
-            services.engine.client.indices.refresh(index=settings.events_alias)
-            stored = int(services.engine.client.count(index=settings.events_alias)["count"])
+            services.engine.refresh(settings.events_alias)
+            stored = services.engine.count(settings.events_alias)
             if stored >= len(sent) or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        services.engine.client.indices.refresh(index=settings.interests_alias)
+        services.engine.refresh(settings.interests_alias)
         folded = int(services.engine.search(settings.interests_alias, {
             "size": 0, "aggs": {"n": {"sum": {"field": "event_count"}}}})
             ["aggregations"]["n"]["value"])
@@ -124,7 +124,7 @@ def run(seconds: float, search_rate: float, event_rate: float, users: int,
         worker.terminate()
         api.wait(timeout=30)
         worker.wait(timeout=60)
-        services.engine.client.indices.delete(index=f"{settings.index_prefix}-*")
+        services.engine.delete_indices(f"{settings.index_prefix}-*")
         services.redis.flushdb()
     fives = sum(n for k, n in statuses.items() if k.endswith("5xx"))
     return {"machine": machine(), "engine": f"{services.engine.kind.value} "

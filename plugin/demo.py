@@ -80,7 +80,7 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
             indexed += len(report["done"])
             errors += len(report["errors"])
             bar.update(len(report["done"]) + len(report["errors"]))
-    services.engine.client.indices.refresh(index=settings.docs_alias)
+    services.engine.refresh(settings.docs_alias)
     click.echo(f"indexed {indexed} movies ({errors} errors)")
 
     # Start the demo user from nothing, so that every run shows the same before and after.

@@ -126,7 +126,7 @@ def mapping_conflicts(current: JSON, wanted: JSON, path: str = "") -> list[str]:
 def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
                  progress: Callable[[int], None] | None = None) -> str:
     """Create, upgrade in place, or (with ``reindex``) migrate one index. Returns what it did."""
-    client = engine.client
+    client = engine.client  # the index-admin API, the same in both engines' clients
     if not client.indices.exists_alias(name=spec.alias):
         if client.indices.exists(index=spec.alias):
             raise IncompatibleMapping(f"{spec.alias} is a concrete index, not an alias; "
@@ -206,12 +206,11 @@ def migrate(engine: Engine, spec: IndexSpec, old: str,
         {"remove": {"index": old, "alias": spec.alias}},
         {"add": {"index": new, "alias": spec.alias}},
     ]})
-    client.indices.refresh(index=old)
+    engine.refresh(old)
     late = _copy(engine, old, new,
                  {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress, keep)
-    client.indices.refresh(index=new)
-    old_count = int(client.count(index=old)["count"])
-    new_count = int(client.count(index=new)["count"])
+    engine.refresh(new)
+    old_count, new_count = engine.count(old), engine.count(new)
     if new_count < old_count:
         raise RuntimeError(f"migration copied {new_count} of {old_count} documents from {old}; "
                            f"the alias now points at {new}, {old} is untouched")

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from plugin.config import Settings
-from plugin.engine import Engine, EngineKind
+from plugin.engine import Engine
 
 TOP = 10
 
@@ -23,7 +23,7 @@ class InspectionUnavailable(RuntimeError):
 
 
 def _frame(engine: Engine, index: str, columns: list[str]) -> Any:
-    if engine.kind is not EngineKind.ELASTICSEARCH:
+    if not engine.eland_readable:
         raise InspectionUnavailable(
             f"eland reads Elasticsearch only; this is {engine.kind.value} {engine.version}")
     import eland as ed

@@ -158,7 +158,8 @@ def _horizon(services: Services, state: HorizonState | None, field_name: str,
 def _titles(services: Services, doc_ids: set[str]) -> dict[str, str | None]:
     if not doc_ids:
         return {}
-    return services.engine.mget_field(services.settings.docs_alias, doc_ids, "title")
+    found = services.engine.mget_sources(services.settings.docs_alias, sorted(doc_ids), ["title"])
+    return {doc_id: source.get("title") for doc_id, source in found.items()}
 
 
 def describe_user(services: Services, user_id: str, nearest: int = NEAREST,

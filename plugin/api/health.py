@@ -21,7 +21,7 @@ _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
 
 def _engine(svc: Services) -> dict[str, Any]:
     engine = svc.engine
-    return {"ok": bool(engine.client.ping()), "kind": engine.kind.value,
+    return {"ok": bool(engine.ping()), "kind": engine.kind.value,
             "version": engine.version}
 
 

@@ -24,7 +24,7 @@ from plugin.api.context import services
 from plugin.api.json_body import UnreadableJson, request_json
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
-from plugin.engine import JSON, EngineKind
+from plugin.engine import JSON
 from plugin.strategies import STRATEGIES, QueryContext
 
 bp = Blueprint("proxy", __name__)
@@ -120,8 +120,7 @@ def proxy_search(index: str) -> ResponseReturnValue:
         status, error_body = refused  # the engine's own 4xx, relayed as it is
         return jsonify(error_body), status
     out = jsonify(response)
-    if svc.engine.kind is EngineKind.ELASTICSEARCH:
-        out.headers["X-Elastic-Product"] = "Elasticsearch"
+    out.headers.update(svc.engine.response_headers)
     out.headers["X-Es-Interest-Personalized"] = "true" if personalized else "false"
     if reason:
         out.headers["X-Es-Interest-Reason"] = reason

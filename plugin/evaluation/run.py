@@ -267,7 +267,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                       engine=f"{services.engine.kind.value} {services.engine.version}",
                       behaviour=trained)
         results["engines"][engine] = scored
-        services.engine.client.indices.delete(index=f"{services.settings.index_prefix}-*")
+        services.engine.delete_indices(f"{services.settings.index_prefix}-*")
     results.update({
         "quick": quick, "users": len(split.static_events), "train_events": len(train),
         "validation_queries": len(split.validation), "tuning_queries": len(tuning),
@@ -313,7 +313,7 @@ def _index(services: Services, docs: list[dict[str, Any]]) -> None:
         report = pipeline.index_documents(services, docs[i:i + 1000])
         if report.errors:
             raise RuntimeError(f"movies rejected: {report.errors[:3]}")
-    services.engine.client.indices.refresh(index=services.settings.docs_alias)
+    services.engine.refresh(services.settings.docs_alias)
 
 
 def _pipeline_profiles(services: Services, users: list[str]) -> dict[str, UserVectors]:

@@ -46,7 +46,7 @@ from plugin.services import Services
 
 def _log(services: Services) -> list[dict[str, Any]]:
     settings = services.settings
-    services.engine.client.indices.refresh(index=settings.events_alias)
+    services.engine.refresh(settings.events_alias)
     query = {"query": {"term": {"status": APPLIED}}}
     events = [h["_source"] for h in services.engine.scan(settings.events_alias, query)]
     return sorted(events, key=lambda e: (int(e["timestamp"]), e["event_id"]))
@@ -56,12 +56,7 @@ def _queries(services: Services, held_out: list[dict[str, Any]], limit: int,
              rng: random.Random) -> list[data.Query]:
     wanted = [e for e in held_out if e.get("doc_id") and float(e["weight"]) > 0]
     ids = sorted({e["doc_id"] for e in wanted})
-    docs: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 1000):
-        response = services.engine.client.mget(
-            index=services.settings.docs_alias, body={"ids": ids[start:start + 1000]},
-            _source_includes=["title", "tags"])
-        docs.update({d["_id"]: d["_source"] for d in response["docs"] if d.get("found")})
+    docs = services.engine.mget_sources(services.settings.docs_alias, ids, ["title", "tags"])
     rng.shuffle(wanted)
     out: list[data.Query] = []
     per_user: defaultdict[str, int] = defaultdict(int)

@@ -106,7 +106,7 @@ def item_vectors(pairs: list[tuple[str, str]], dims: int, min_users: int
 def positive_pairs(services: Services) -> list[tuple[str, str]]:
     """(user, document) pairs whose applied events sum to a positive weight."""
     settings = services.settings
-    services.engine.client.indices.refresh(index=settings.events_alias)
+    services.engine.refresh(settings.events_alias)
     query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
                                            {"exists": {"field": "doc_id"}}]}},
              "_source": ["user_id", "doc_id", "weight"]}
@@ -157,7 +157,7 @@ def train(services: Services, refold: bool = True,
     # A document deleted since the log was read has no vector to take.
     services.engine.bulk(actions).raise_if_refused("behaviour vectors not written",
                                                    handled=[404])
-    services.engine.client.indices.refresh(index=settings.docs_alias)
+    services.engine.refresh(settings.docs_alias)
     services.redis.set(behaviour_version_key(settings), version)
     services.doc_vectors.clear()
     result.update(trained=True, version=version, cleared=len(stale),

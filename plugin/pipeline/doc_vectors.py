@@ -17,22 +17,16 @@ def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
     wanted = set(doc_ids)
     found: dict[str, DocVector] = {} if fresh else services.doc_vectors.get_many(wanted)
     ids = sorted(wanted - set(found))
-    client = services.engine.client
-    for start in range(0, len(ids), 1000):
-        # mget is real-time: a document is visible as soon as its bulk request returned.
-        # The whole source: picking fields out makes the engine parse the vectors' floats
-        # and write them again, six times the CPU of sending the stored bytes as they are.
-        response = client.mget(index=services.settings.docs_alias,
-                               body={"ids": ids[start:start + 1000]})
-        for doc in response["docs"]:
-            if doc.get("found") and "embedding" in doc.get("_source", {}):
-                src = doc["_source"]
-                behaviour = src.get("behaviour")
-                # Arrays once here, not a list converted at every fold (a tenth of a fold).
-                found[doc["_id"]] = vector = DocVector(
-                    np.asarray(src["embedding"], dtype=np.float64),
-                    tuple(src.get("tags") or ()),
-                    None if behaviour is None else np.asarray(behaviour, dtype=np.float64),
-                    src.get("behaviour_version"))
-                services.doc_vectors.put(doc["_id"], vector)
+    # mget is real-time: a document is visible as soon as its bulk request returned. The
+    # whole source: picking fields out costs the engine six times sending it as stored.
+    for doc_id, src in services.engine.mget_sources(services.settings.docs_alias, ids).items():
+        if "embedding" not in src:
+            continue
+        behaviour = src.get("behaviour")
+        # Arrays once here, not a list converted at every fold (a tenth of a fold).
+        found[doc_id] = vector = DocVector(
+            np.asarray(src["embedding"], dtype=np.float64), tuple(src.get("tags") or ()),
+            None if behaviour is None else np.asarray(behaviour, dtype=np.float64),
+            src.get("behaviour_version"))
+        services.doc_vectors.put(doc_id, vector)
     return found

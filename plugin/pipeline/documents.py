@@ -79,7 +79,5 @@ def index_documents(
 def _learned_fields(services: Services, doc_ids: list[str]) -> dict[str, dict[str, Any]]:
     """What the workers learned about documents already indexed (behaviour vector,
     popularity): a new version of a document keeps them, as a client never sends them."""
-    response = services.engine.client.mget(index=services.settings.docs_alias,
-                                           body={"ids": doc_ids}, _source_includes=LEARNED)
-    return {doc["_id"]: doc["_source"] for doc in response["docs"]
-            if doc.get("found") and doc.get("_source")}
+    found = services.engine.mget_sources(services.settings.docs_alias, doc_ids, LEARNED)
+    return {doc_id: source for doc_id, source in found.items() if source}

@@ -85,7 +85,7 @@ def ingest_events(
     if waiting:
         # Pending events must be visible to a document task's search before we look for their
         # documents again: then one of the two sides is sure to see the other.
-        services.engine.client.indices.refresh(index=settings.events_alias)
+        services.engine.refresh(settings.events_alias)
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
         _apply_stored(services, arrived, docs)

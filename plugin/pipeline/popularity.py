@@ -187,7 +187,7 @@ def values(services: Services, doc_ids: list[str], now: float | None = None
 
 
 def term(value: float) -> float:
-    """What ranking adds for a popularity value, before its weight (plugin/search.py)."""
+    """What ranking adds for a popularity value, before its weight (plugin/strategies.py)."""
     return math.log10(1.0 + value) if value >= MIN_VALUE else 0.0
 
 
@@ -275,7 +275,7 @@ def rebuild(services: Services) -> int:
     """Recompute every document's state from the applied events in the log, exactly, and
     write every document that has one. Returns the number of documents with events."""
     settings = services.settings
-    services.engine.client.indices.refresh(index=settings.events_alias)
+    services.engine.refresh(settings.events_alias)
     query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
                                            {"exists": {"field": "doc_id"}}]}},
              "_source": ["doc_id", "timestamp", "weight"]}

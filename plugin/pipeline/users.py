@@ -122,7 +122,7 @@ def _applied_events(services: Services, user_ids: Sequence[str],
     """
     index = services.settings.events_alias
     engine = services.engine
-    engine.client.indices.refresh(index=index)
+    engine.refresh(index)
     query = {"query": {"bool": {"filter": [{"terms": {"user_id": list(user_ids)}},
                                            {"term": {"status": APPLIED}}]}}}
     events: dict[str, dict[str, dict[str, Any]]] = {u: {} for u in user_ids}
@@ -288,7 +288,7 @@ def erase_user(services: Services, user_id: str,
     services.redis.set(tombstone, max(erased_at_ms, _erased_at(services, [user_id]).get(
         user_id, 0)), ex=max(1, int(settings.erase_tombstone_s)))
     services.user_states.discard(user_id)
-    engine.client.indices.refresh(index=settings.events_alias)
+    engine.refresh(settings.events_alias)
     covered = {"bool": {"filter": [{"term": {"user_id": user_id}}], "minimum_should_match": 1,
                         "should": [{"range": {"timestamp": {"lte": erased_at_ms}}},
                                    {"range": {"accepted_at": {"lte": erased_at_ms}}}]}}
@@ -297,9 +297,8 @@ def erase_user(services: Services, user_id: str,
     deleted = len(engine.bulk(actions, refresh=True).written)
     found = engine.get_versioned(settings.interests_alias, user_id)
     if found is not None:
-        engine.client.delete(index=settings.interests_alias, id=user_id, refresh=True)
-    kept = engine.client.count(index=settings.events_alias, body={
-        "query": {"term": {"user_id": user_id}}})["count"]
+        engine.delete(settings.interests_alias, user_id, refresh=True)
+    kept = engine.count(settings.events_alias, {"term": {"user_id": user_id}})
     if kept:  # events after the erase: the user's new history, folded from the log alone
         rebuild_users(services, [user_id])
     forget_users(services.redis, services.settings, [user_id])

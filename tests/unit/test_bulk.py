@@ -1,4 +1,4 @@
-"""A bulk request's answers sorted by what the caller does next (plugin/engine.py)."""
+"""A bulk request's answers sorted by what the caller does next (plugin/engine/base.py)."""
 
 from __future__ import annotations
 

@@ -54,9 +54,9 @@ def test_an_engine_call_past_the_request_budget_fails_before_it_is_sent() -> Non
     """Every engine call of one API request shares one budget (plugin/api/budget.py)."""
     import pytest
 
-    from plugin.engine import Engine, EngineError, EngineKind, deadline
+    from plugin.engine import ElasticsearchEngine, EngineError, deadline
 
-    engine = Engine(EngineKind.ELASTICSEARCH, client=None, version="9.5.3")
+    engine = ElasticsearchEngine(client=None, version="9.5.3")
     with deadline(0.0), pytest.raises(EngineError, match="time budget"):
         engine.search("docs", {"query": {"match_all": {}}})
 
