@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,87 +245,74 @@ def load_ranking(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
+DAY, HOUR = 86400.0, 3600.0
+# Settings whose variable names another unit than the field: field -> (variable, seconds per).
+IN_OTHER_UNITS: dict[str, tuple[str, float]] = {
+    "half_life_long_s": ("HALF_LIFE_LONG_DAYS", DAY),
+    "half_life_short_s": ("HALF_LIFE_SHORT_DAYS", DAY),
+    "popularity_half_life_s": ("POPULARITY_HALF_LIFE_DAYS", DAY),
+    "behaviour_train_interval_s": ("BEHAVIOUR_TRAIN_HOURS", HOUR),
+    "erase_tombstone_s": ("ERASE_TOMBSTONE_DAYS", DAY),
+}
+# Defaults the ranking file gives (plugin/ranking.json: `make eval` chose them).
+FROM_RANKING = {"half_life_long_s": "half_life_long_days",
+                "half_life_short_s": "half_life_short_days",
+                "popularity_half_life_s": "popularity_half_life_days"}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model_backend": ("onnx", "torch", "onnx-int8"),
+    "blend_strategy": ("auto", *BLEND_STRATEGIES),
+    "api_auth": ("required", "disabled"),
+}
+MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
+           "erase_tombstone_s": 0.0}
+FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(PREFIX + name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in FLAGS:
+        raise ConfigError(f"{PREFIX}{name} must be true or false, got {raw!r}")
+    return FLAGS[raw]
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``ES_INTEREST_<FIELD>`` variables (README, Configuration), each parsed by
+    its field's type; the tables above name the exceptions."""
     env = os.environ if env is None else env
     ranking_path = Path(env.get(PREFIX + "RANKING_FILE") or SHIPPED_RANKING)
     ranking = load_ranking(ranking_path)
-
-    def text(name: str, default: str) -> str:
-        return env.get(PREFIX + name) or default
-
-    def optional(name: str) -> str | None:
-        return env.get(PREFIX + name) or None
-
-    return Settings(
-        engine_url=text("ENGINE_URL", Settings.engine_url),
-        engine_api_key=optional("ENGINE_API_KEY"),
-        engine_username=optional("ENGINE_USERNAME"),
-        engine_password=optional("ENGINE_PASSWORD"),
-        engine_ca_file=optional("ENGINE_CA_FILE"),
-        redis_url=text("REDIS_URL", Settings.redis_url),
-        model=text("MODEL", ""),
-        model_device=text("MODEL_DEVICE", Settings.model_device),
-        model_backend=_choice(env, "MODEL_BACKEND", (Settings.model_backend, "torch", "onnx-int8")),
-        model_cache_dir=text("MODEL_CACHE_DIR", ""),
-        torch_threads=int(_number(env, "TORCH_THREADS", 0)),
-        embed_batch_size=int(_number(env, "EMBED_BATCH_SIZE", Settings.embed_batch_size)),
-        index_prefix=text("INDEX_PREFIX", Settings.index_prefix),
-        mappings_dir=Path(text("MAPPINGS_DIR", str(REPO_ROOT / "mappings"))),
-        hnsw_m=int(_number(env, "HNSW_M", Settings.hnsw_m)),
-        hnsw_ef_construction=int(_number(env, "HNSW_EF_CONSTRUCTION",
-                                         Settings.hnsw_ef_construction)),
-        vector_quantized=text("VECTOR_QUANTIZED", "false").lower() in ("1", "true", "yes"),
-        half_life_long_s=_number(env, "HALF_LIFE_LONG_DAYS",
-                                 float(ranking["half_life_long_days"])) * 86400.0,
-        half_life_short_s=_number(env, "HALF_LIFE_SHORT_DAYS",
-                                  float(ranking["half_life_short_days"])) * 86400.0,
-        popularity_half_life_s=_number(env, "POPULARITY_HALF_LIFE_DAYS",
-                                       float(ranking["popularity_half_life_days"])) * 86400.0,
-        behaviour_dims=int(_number(env, "BEHAVIOUR_DIMS", Settings.behaviour_dims)),
-        behaviour_min_interactions=int(_number(env, "BEHAVIOUR_MIN_INTERACTIONS",
-                                               Settings.behaviour_min_interactions)),
-        behaviour_train_interval_s=_number(env, "BEHAVIOUR_TRAIN_HOURS", 24.0) * 3600.0,
-        behaviour_first_training_events=int(_number(
-            env, "BEHAVIOUR_FIRST_TRAINING_EVENTS", Settings.behaviour_first_training_events)),
-        behaviour_training_delay_s=_number(env, "BEHAVIOUR_TRAINING_DELAY_S",
-                                           Settings.behaviour_training_delay_s),
-        behaviour_training_min_interval_s=_number(
-            env, "BEHAVIOUR_TRAINING_MIN_INTERVAL_S", Settings.behaviour_training_min_interval_s),
-        popularity_flush_s=_number(env, "POPULARITY_FLUSH_S", Settings.popularity_flush_s),
-        popularity_flush_max_docs=int(_number(env, "POPULARITY_FLUSH_MAX_DOCS",
-                                              Settings.popularity_flush_max_docs, minimum=0)),
-        popularity_tolerance=_number(env, "POPULARITY_TOLERANCE", Settings.popularity_tolerance,
-                                     minimum=0),
-        blend_weights={k: dict(v) for k, v in ranking["weights"].items()},
-        blend_weights_without_behaviour={
+    types = typing.get_type_hints(Settings)
+    values: dict[str, Any] = {
+        "blend_weights": {k: dict(v) for k, v in ranking["weights"].items()},
+        "blend_weights_without_behaviour": {
             k: dict(v) for k, v in ranking["weights_without_behaviour"].items()},
-        ranking_source=str(ranking_path),
-        event_weights=_event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
-        task_visibility_s=_number(env, "TASK_VISIBILITY_S", Settings.task_visibility_s),
-        erase_tombstone_s=_number(env, "ERASE_TOMBSTONE_DAYS", 30.0, minimum=0) * 86400.0,
-        user_cache_size=int(_number(env, "USER_CACHE_SIZE", Settings.user_cache_size)),
-        doc_vector_cache_size=int(_number(env, "DOC_VECTOR_CACHE_SIZE",
-                                          Settings.doc_vector_cache_size)),
-        doc_vector_cache_ttl_s=_number(env, "DOC_VECTOR_CACHE_TTL_S",
-                                       Settings.doc_vector_cache_ttl_s),
-        blend_strategy=_choice(env, "BLEND_STRATEGY", ("auto", *BLEND_STRATEGIES)),
-        knn_candidates=int(_number(env, "KNN_CANDIDATES", Settings.knn_candidates)),
-        personal_candidates=int(_number(env, "PERSONAL_CANDIDATES",
-                                        Settings.personal_candidates)),
-        query_cache_ttl_s=_number(env, "QUERY_CACHE_TTL_S", Settings.query_cache_ttl_s),
-        user_cache_ttl_s=_number(env, "USER_CACHE_TTL_S", Settings.user_cache_ttl_s),
-        user_vector_budget_ms=_number(env, "USER_VECTOR_BUDGET_MS",
-                                      Settings.user_vector_budget_ms),
-        search_timeout_s=_number(env, "SEARCH_TIMEOUT_S", Settings.search_timeout_s),
-        api_host=text("API_HOST", Settings.api_host),
-        api_port=int(_number(env, "API_PORT", Settings.api_port)),
-        api_auth=_choice(env, "API_AUTH", ("required", "disabled")),
-        api_default_rate=text("API_DEFAULT_RATE", Settings.api_default_rate),
-        api_max_body_mb=_number(env, "API_MAX_BODY_MB", Settings.api_max_body_mb),
-        cors_origins=_list(env.get(PREFIX + "CORS_ORIGINS")),
-        ui_secret=optional("UI_SECRET"),
-        ui_secure_cookie=_choice(env, "UI_SECURE_COOKIE", ("false", "true")) == "true",
-        proxy_indices=_list(env.get(PREFIX + "PROXY_INDICES")),
-        max_size=int(_number(env, "MAX_SIZE", Settings.max_size)),
-        max_window=int(_number(env, "MAX_WINDOW", Settings.max_window)),
-    )
+        "ranking_source": str(ranking_path),
+        "event_weights": _event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
+    }
+    for spec in dataclasses.fields(Settings):
+        name, kind, default = spec.name, types[spec.name], spec.default
+        if name in values:
+            continue
+        variable = name.upper()
+        if name in CHOICES:
+            values[name] = _choice(env, variable, CHOICES[name])
+        elif name in IN_OTHER_UNITS:
+            variable, unit = IN_OTHER_UNITS[name]
+            fallback = (float(ranking[FROM_RANKING[name]]) if name in FROM_RANKING
+                        else float(default) / unit)
+            values[name] = _number(env, variable, fallback, MINIMUM.get(name)) * unit
+        elif kind is bool:
+            values[name] = _flag(env, variable, bool(default))
+        elif kind in (int, float):
+            values[name] = kind(_number(env, variable, float(default), MINIMUM.get(name)))
+        elif kind == tuple[str, ...]:
+            values[name] = _list(env.get(PREFIX + variable))
+        elif kind is Path:
+            values[name] = Path(env.get(PREFIX + variable) or default)
+        elif kind == str | None:
+            values[name] = env.get(PREFIX + variable) or None
+        else:
+            values[name] = env.get(PREFIX + variable) or default
+    return Settings(**values)

@@ -24,7 +24,24 @@ def test_defaults_and_overrides() -> None:
                                  {"ES_INTEREST_EVENT_WEIGHTS": "like"},
                                  {"ES_INTEREST_POPULARITY_TOLERANCE": "-0.1"},
                                  {"ES_INTEREST_POPULARITY_FLUSH_MAX_DOCS": "-1"},
-                                 {"ES_INTEREST_MODEL_BACKEND": "tensorflow"}])
+                                 {"ES_INTEREST_MODEL_BACKEND": "tensorflow"},
+                                 {"ES_INTEREST_VECTOR_QUANTIZED": "maybe"},
+                                 {"ES_INTEREST_ERASE_TOMBSTONE_DAYS": "-1"},
+                                 {"ES_INTEREST_API_PORT": "eighty"}])
 def test_bad_values_are_named(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="ES_INTEREST_"):
         load_settings(env)
+
+
+def test_every_field_has_its_variable() -> None:
+    """Each setting reads ES_INTEREST_<FIELD> (or its unit's name), parsed by its type."""
+    s = load_settings({"ES_INTEREST_CORS_ORIGINS": "https://a, https://b",
+                       "ES_INTEREST_UI_SECURE_COOKIE": "yes", "ES_INTEREST_API_PORT": "9000",
+                       "ES_INTEREST_BEHAVIOUR_TRAIN_HOURS": "2",
+                       "ES_INTEREST_ERASE_TOMBSTONE_DAYS": "1", "ES_INTEREST_UI_SECRET": "s",
+                       "ES_INTEREST_MAPPINGS_DIR": "/srv/mappings"})
+    assert s.cors_origins == ("https://a", "https://b") and s.ui_secure_cookie is True
+    assert s.api_port == 9000 and isinstance(s.api_port, int)
+    assert (s.behaviour_train_interval_s, s.erase_tombstone_s) == (7200.0, 86400.0)
+    assert s.ui_secret == "s" and load_settings({}).ui_secret is None
+    assert str(s.mappings_dir) == "/srv/mappings"
