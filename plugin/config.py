@@ -9,7 +9,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 PREFIX = "ES_INTEREST_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +292,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "event_weights": _event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
     }
     for spec in dataclasses.fields(Settings):
-        name, kind, default = spec.name, types[spec.name], spec.default
+        # (Every field the environment sets has a plain default; the others are set above.)
+        name, kind, default = spec.name, types[spec.name], cast(Any, spec.default)
         if name in values:
             continue
         variable = name.upper()

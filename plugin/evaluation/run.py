@@ -104,9 +104,16 @@ def _rank(hits: Sequence[dict[str, Any]], movie_id: str) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
 class Evaluator:
-    def __init__(self, services: Services, profiles: dict[str, dict[str, UserVectors]]) -> None:
-        self.services, self.profiles = services, profiles
+    """Runs a method's queries on one deployment (``services``) with the given profiles."""
+
+    services: Services
+    profiles: dict[str, dict[str, UserVectors]]
+
+    def using(self, services: Services) -> Evaluator:
+        """The same profiles on another configuration (other weights, another half-life)."""
+        return replace(self, services=services)
 
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
@@ -178,22 +185,78 @@ def _services(engine: str, half_lives: tuple[float, float], prefix: str,
     return Services(settings)
 
 
+@dataclass(frozen=True)
+class Corpus:
+    """The split, the movies it needs, and their vectors (embedded once for every engine)."""
+
+    split: data.Split
+    catalog: list[dict[str, Any]]
+    docs: list[dict[str, Any]]  # the documents to index, with their embeddings
+    doc_vectors: dict[str, DocVector]
+    text_vectors: dict[str, list[float]]  # the tags users typed, embedded
+    train: list[dict[str, Any]]  # training events on indexed movies
+
+
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         progress: Callable[[str], None] = print,
         ranking_out: Path | None = None) -> dict[str, Any]:
     """The whole protocol; ``ranking_out``: where the chosen configuration is written
     (the full run: the shipped plugin/ranking.json)."""
     started = time.time()
-    users = users if users is not None else (40 if quick else None)
+    prefix = f"eval-{uuid.uuid4().hex[:6]}"
+    first = _services(engines[0], HALF_LIVES[1], prefix)
+    first.redis.flushdb()
+    corpus = _corpus(first, quick, users if users is not None else (40 if quick else None),
+                     progress)
+    setup_indices(first.engine, first.settings, first.embedder.dims)
+    _index(first, corpus.docs)
+    tuning = _tuning_queries(corpus.split, quick)
+    half_lives, ablation = _half_lives(first, corpus, tuning, progress)
+    results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives}
+    chosen: dict[str, tuple[BlendWeights, BlendWeights]] = {}
+    static = static_profiles(corpus.split, corpus.doc_vectors)
+    popularity_days = 0.0
+    for engine in engines:
+        services = _services(engine, half_lives, prefix, popularity_days)
+        if engine != engines[0]:
+            setup_indices(services.engine, services.settings, first.embedder.dims)
+            _index(services, corpus.docs)
+        drift = _replay(services, engine, corpus, half_lives, progress)
+        # The quick run measures each engine's default strategy only.
+        strategies = available_strategies(services)[:1 if quick else None]
+        if engine == engines[0]:
+            popularity_days, results["popularity_ablation"] = _popularity_half_life(
+                services, tuning, strategies[0], progress)
+            services = _services(engine, half_lives, prefix, popularity_days)
+        scored = _evaluate_engine(services, engine, corpus, static, tuning, strategies,
+                                  chosen, progress)
+        scored["pipeline_vs_offline_max_abs"] = drift
+        results["engines"][engine] = scored
+        services.engine.delete_indices(f"{services.settings.index_prefix}-*")
+    split = corpus.split
+    results.update({
+        "quick": quick, "users": len(split.static_events), "train_events": len(corpus.train),
+        "validation_queries": len(split.validation), "tuning_queries": len(tuning),
+        "test_queries": len(split.test), "movies": len(corpus.catalog),
+        "popularity_half_life_days": popularity_days,
+        "commit": _commit(), "seconds": round(time.time() - started, 1),
+        "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
+    })
+    results["ranking"] = _ranking(results, chosen)
+    _write(results, out_dir, ranking_out)
+    first.redis.flushdb()
+    return results
+
+
+def _corpus(services: Services, quick: bool, users: int | None,
+            progress: Callable[[str], None]) -> Corpus:
+    """1. The split (per user, in time) and the movies' and typed tags' embeddings."""
     split, movies = data.split(users=users, max_queries_per_user=3 if quick else 1)
     catalog = _catalog(split, movies, quick)
     progress(f"{len(split.static_events)} users, {len(split.train)} training events, "
              f"{len(split.validation)} validation and {len(split.test)} test queries, "
              f"{len(catalog)} movies")
-    prefix = f"eval-{uuid.uuid4().hex[:6]}"
-    first = _services(engines[0], HALF_LIVES[1], prefix)
-    first.redis.flushdb()
-    embedder = first.embedder
+    embedder = services.embedder
     texts = [" | ".join([m["title"], ", ".join(m["tags"])]) for m in catalog]
     progress("embedding movies once for every engine")
     vectors = embedder.encode(texts)
@@ -204,86 +267,88 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     text_vectors = dict(zip(tag_texts, (v.tolist() for v in embedder.encode(tag_texts)),
                             strict=True))
     train = [e for e in split.train if e["doc_id"] in doc_vectors]
+    return Corpus(split, catalog, docs, doc_vectors, text_vectors, train)
 
-    # 2. half-lives, on validation only (first engine, knn_linear, content profile)
-    setup_indices(first.engine, first.settings, embedder.dims)
-    _index(first, docs)
+
+def _tuning_queries(split: data.Split, quick: bool) -> list[data.Query]:
+    """The validation queries every tuning step scores (a fixed random subset)."""
     rng = np.random.default_rng(11)
     size = TUNING_QUERIES["quick" if quick else "full"]
-    tuning = [split.validation[i] for i in sorted(rng.choice(
+    return [split.validation[i] for i in sorted(rng.choice(
         len(split.validation), size=min(size, len(split.validation)), replace=False))]
+
+
+def _half_lives(services: Services, corpus: Corpus, tuning: list[data.Query],
+                progress: Callable[[str], None]
+                ) -> tuple[tuple[float, float], list[dict[str, Any]]]:
+    """2. Half-lives, on validation only (first engine, knn_linear, content profile)."""
     ablation = []
     for hl in HALF_LIVES:
-        profiles = {"dynamic": offline_profiles(split, doc_vectors, text_vectors, hl)}
-        score = Evaluator(first, profiles).ndcg(
+        profiles = {"dynamic": offline_profiles(corpus.split, corpus.doc_vectors,
+                                                corpus.text_vectors, hl)}
+        score = Evaluator(services, profiles).ndcg(
             Method("dynamic", BlendWeights(1.0, 1.0, 0.0, 1.0, 0.5), "dynamic"), tuning)
         ablation.append({"long_days": hl[0], "short_days": hl[1], "val_ndcg@10": score})
         progress(f"half-lives {hl}: validation NDCG@10 {score:.4f}")
     best = max(ablation, key=lambda a: a["val_ndcg@10"])
-    half_lives = (best["long_days"], best["short_days"])
+    return (best["long_days"], best["short_days"]), ablation
 
-    static = static_profiles(split, doc_vectors)
-    results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives}
-    chosen: dict[str, tuple[BlendWeights, BlendWeights]] = {}
-    popularity_days = 0.0
-    for engine in engines:
-        services = _services(engine, half_lives, prefix, popularity_days)
-        if engine != engines[0]:
-            setup_indices(services.engine, services.settings, embedder.dims)
-            _index(services, docs)
-        # 3. the real pipeline, in time order
-        for i in progress_bar(range(0, len(train), 1000), desc=f"replaying events ({engine})",
-                              unit="batch", leave=False):
-            report = pipeline.ingest_events(services, train[i:i + 1000])
-            if report.errors:
-                raise RuntimeError(f"training events rejected: {report.errors[:3]}")
-        content = _pipeline_profiles(services, list(split.static_events))
-        offline = offline_profiles(split, doc_vectors, text_vectors, half_lives)
-        drift = max((float(np.max(np.abs(np.asarray(content[u].long) - np.asarray(v.long))))
-                     for u, v in offline.items() if v.long and u in content
-                     and content[u].long), default=0.0)
-        progress(f"{engine}: pipeline vs offline fold, max |difference| {drift:.2e}")
-        # The quick run measures each engine's default strategy only.
-        strategies = available_strategies(services)[:1 if quick else None]
-        if engine == engines[0]:
-            popularity_days, results["popularity_ablation"] = _popularity_half_life(
-                services, tuning, strategies[0], progress)
-            services = _services(engine, half_lives, prefix, popularity_days)
-        popularity.rebuild(services)
-        trained = behaviour.train(services)
-        progress(f"{engine}: behaviour vectors {trained}")
-        evaluator = Evaluator(services, {
-            "static": static, "dynamic": _pipeline_profiles(services, list(split.static_events))})
-        chosen.update({s: _tune(evaluator, tuning, s, progress)
-                       for s in strategies if s not in chosen})
-        # From here the chosen weights are the configured ones: the defaults are measured
-        # through the same path as /search (weights=None).
-        evaluator.services = Services(replace(
-            services.settings,
-            blend_weights={s: asdict(w[1]) for s, w in chosen.items()},
-            blend_weights_without_behaviour={s: asdict(w[0]) for s, w in chosen.items()}))
-        scored = _score(evaluator, chosen, strategies, split.test, progress)
-        scored.update(pipeline_vs_offline_max_abs=drift, strategies=strategies,
-                      engine=f"{services.engine.kind.value} {services.engine.version}",
-                      behaviour=trained)
-        results["engines"][engine] = scored
-        services.engine.delete_indices(f"{services.settings.index_prefix}-*")
-    results.update({
-        "quick": quick, "users": len(split.static_events), "train_events": len(train),
-        "validation_queries": len(split.validation), "tuning_queries": len(tuning),
-        "test_queries": len(split.test), "movies": len(catalog),
-        "popularity_half_life_days": popularity_days,
-        "commit": _commit(), "seconds": round(time.time() - started, 1),
-        "drift_user": _drift(split, doc_vectors, text_vectors, half_lives),
-    })
-    ranking = _ranking(results, chosen)
-    results["ranking"] = ranking
+
+def _replay(services: Services, engine: str, corpus: Corpus, half_lives: tuple[float, float],
+            progress: Callable[[str], None]) -> float:
+    """3. The training events through the real pipeline, in time order; returns how far its
+    user vectors are from the offline fold's (they should agree to float precision)."""
+    train = corpus.train
+    for i in progress_bar(range(0, len(train), 1000), desc=f"replaying events ({engine})",
+                          unit="batch", leave=False):
+        report = pipeline.ingest_events(services, train[i:i + 1000])
+        if report.errors:
+            raise RuntimeError(f"training events rejected: {report.errors[:3]}")
+    content = _pipeline_profiles(services, list(corpus.split.static_events))
+    offline = offline_profiles(corpus.split, corpus.doc_vectors, corpus.text_vectors,
+                               half_lives)
+    drift = max((float(np.max(np.abs(np.asarray(content[u].long) - np.asarray(v.long))))
+                 for u, v in offline.items() if v.long and u in content
+                 and content[u].long), default=0.0)
+    progress(f"{engine}: pipeline vs offline fold, max |difference| {drift:.2e}")
+    return drift
+
+
+def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
+                     static: dict[str, UserVectors],
+                     tuning: list[data.Query], strategies: list[str],
+                     chosen: dict[str, tuple[BlendWeights, BlendWeights]],
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """4. Popularity and behaviour from the log, weights tuned on validation (strategies not
+    tuned yet; ``chosen`` grows), then every method on the test queries."""
+    popularity.rebuild(services)
+    trained = behaviour.train(services)
+    progress(f"{engine}: behaviour vectors {trained}")
+    evaluator = Evaluator(services, {
+        "static": static,
+        "dynamic": _pipeline_profiles(services, list(corpus.split.static_events))})
+    chosen.update({s: _tune(evaluator, tuning, s, progress)
+                   for s in strategies if s not in chosen})
+    # From here the chosen weights are the configured ones: the defaults are measured
+    # through the same path as /search (weights=None).
+    evaluator = evaluator.using(Services(replace(
+        services.settings,
+        blend_weights={s: asdict(w[1]) for s, w in chosen.items()},
+        blend_weights_without_behaviour={s: asdict(w[0]) for s, w in chosen.items()})))
+    scored = _score(evaluator, chosen, strategies, corpus.split.test, progress)
+    scored.update(strategies=strategies,
+                  engine=f"{services.engine.kind.value} {services.engine.version}",
+                  behaviour=trained)
+    return scored
+
+
+def _write(results: dict[str, Any], out_dir: Path, ranking_out: Path | None) -> None:
+    """5. evaluation.json, the chosen ranking file, and the report with its plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
-    (ranking_out or out_dir / "ranking.json").write_text(json.dumps(ranking, indent=2) + "\n")
+    (ranking_out or out_dir / "ranking.json").write_text(
+        json.dumps(results["ranking"], indent=2) + "\n")
     write_report(results, out_dir)
-    first.redis.flushdb()
-    return results
 
 
 def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, BlendWeights]]
@@ -325,12 +390,11 @@ def _pipeline_profiles(services: Services, users: list[str]) -> dict[str, UserVe
 def _popularity_half_life(services: Services, tuning: list[data.Query], strategy: str,
                           progress: Callable[[str], None]) -> tuple[float, list[dict[str, Any]]]:
     """Popularity's half-life: BM25 + popularity on validation, for each candidate."""
-    evaluator = Evaluator(services, {})
     ablation = []
     for days in POPULARITY_HALF_LIVES:
         candidate = Services(replace(services.settings, popularity_half_life_s=days * DAY))
         popularity.rebuild(candidate)
-        evaluator.services = candidate
+        evaluator = Evaluator(candidate, {})
         score = max(evaluator.ndcg(Method("pop", BlendWeights(1.0, popularity=p), None,
                                           strategy), tuning) for p in (0.5, 1.0, 2.0))
         ablation.append({"days": days, "val_ndcg@10": score})

@@ -142,10 +142,10 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
     half_lives = max(scored)[1]
     evaluator = Evaluator(services, {"dynamic": _profiles(services, train, users, half_lives)})
     without, with_behaviour = _tune(evaluator, fit, strategy, progress)
-    evaluator.services = Services(replace(
+    evaluator = evaluator.using(Services(replace(
         settings, blend_weights={**settings.blend_weights, strategy: asdict(with_behaviour)},
         blend_weights_without_behaviour={**settings.blend_weights_without_behaviour,
-                                         strategy: asdict(without)}))
+                                         strategy: asdict(without)})))
     ours = metrics.per_query(evaluator.ranks(Method(DEFAULT, None, "dynamic", strategy), check))
     plain = metrics.per_query(evaluator.ranks(Method("plain", None, None, strategy), check))
     test = metrics.paired_test(ours["ndcg@10"], plain["ndcg@10"])
