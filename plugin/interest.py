@@ -244,7 +244,7 @@ class UserInterest:
             "weight_short": self.short.weight,
             # Event ids and tags go in as values, never as object keys: the engine's JSON
             # parser interns every key it meets, and unbounded keys (an id per event) made
-            # that interning a quarter of the engine's CPU for each event.
+            # that interning a large share of the engine's CPU for each event.
             "state": {"long": self.long.to_json(), "short": self.short.to_json(),
                       "tag_scores": _key_value_lists(self.tag_scores),
                       "recent": _key_value_lists(self.recent)},
@@ -324,8 +324,8 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
 
 
 def _key_value_lists(scores: Mapping[str, float]) -> dict[str, list[Any]]:
-    """Keys and values as two lists (built at C speed; a list per pair cost a twentieth of a
-    worker's time per event)."""
+    """Keys and values as two lists (built at C speed; a list per pair cost a worker a
+    noticeable share of its time per event: docs/benchmarks.md)."""
     return {"keys": list(scores), "values": list(scores.values())}
 
 

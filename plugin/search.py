@@ -66,7 +66,7 @@ from plugin.strategies import (
 )
 
 # What a hit shows. The documents' vectors come back only with ``explain`` (each term's
-# similarity is computed from them): sending them cost the engine about 3.5 ms a request.
+# similarity is computed from them): sending them is a large share of a search's cost.
 HIT_FIELDS = ["title", "tags", POPULARITY_FIELD]
 
 

@@ -18,12 +18,12 @@ def fetch_doc_vectors(services: Services, doc_ids: Iterable[str],
     found: dict[str, DocVector] = {} if fresh else services.doc_vectors.get_many(wanted)
     ids = sorted(wanted - set(found))
     # mget is real-time: a document is visible as soon as its bulk request returned. The
-    # whole source: picking fields out costs the engine six times sending it as stored.
+    # whole source: picking fields out costs the engine more than sending it as stored.
     for doc_id, src in services.engine.mget_sources(services.settings.docs_alias, ids).items():
         if "embedding" not in src:
             continue
         behaviour = src.get("behaviour")
-        # Arrays once here, not a list converted at every fold (a tenth of a fold).
+        # Arrays once here, not a list converted at every fold.
         found[doc_id] = vector = DocVector(
             np.asarray(src["embedding"], dtype=np.float64), tuple(src.get("tags") or ()),
             None if behaviour is None else np.asarray(behaviour, dtype=np.float64),

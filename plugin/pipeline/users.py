@@ -58,7 +58,7 @@ def update_users(
             services.user_states.discard(user_id)
         missing = [u for u in todo if u not in current]
         # The whole source: filtering it out in the engine (a v1 document's unit vectors)
-        # costs the engine two to three times the read itself; the reader ignores them.
+        # costs the engine more than the read itself; the reader ignores them.
         for user_id, (source, seq_no, term) in engine.mget_versioned(
                 settings.interests_alias, missing).items():
             current[user_id] = (UserInterest.from_source(source), seq_no, term)
