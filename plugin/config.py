@@ -277,6 +277,17 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return FLAGS[raw]
 
 
+# Settings the ranking file gives whole, with no variable of their own.
+RANKING_ONLY = ("blend_weights", "blend_weights_without_behaviour", "ranking_source")
+
+
+def variables() -> list[str]:
+    """Every ``ES_INTEREST_*`` variable ``load_settings`` reads."""
+    return [PREFIX + "RANKING_FILE"] + [
+        PREFIX + (IN_OTHER_UNITS[f.name][0] if f.name in IN_OTHER_UNITS else f.name.upper())
+        for f in dataclasses.fields(Settings) if f.name not in RANKING_ONLY]
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``ES_INTEREST_<FIELD>`` variables (README, Configuration), each parsed by
     its field's type; the tables above name the exceptions."""

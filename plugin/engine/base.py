@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -113,6 +114,8 @@ class Engine(ABC):
     """One engine: its client, and every request shape or call the product needs of it."""
 
     kind: ClassVar[EngineKind]
+    # The client's package (elasticsearch-py or opensearch-py): its helpers and errors.
+    client_library: ClassVar[str]
     # Whether eland (Elasticsearch's DataFrame reader) can read it.
     eland_readable: ClassVar[bool] = False
     # Headers a client of this engine expects on a relayed response (the `_search` proxy).
@@ -213,14 +216,15 @@ class Engine(ABC):
         """The client to call within ``timeout_s``, and the parameters that say so."""
 
     @property
-    @abstractmethod
     def _helpers(self) -> ModuleType:
         """The client's own ``helpers`` module (``streaming_bulk``, ``scan``)."""
+        return importlib.import_module(f"{self.client_library}.helpers")
 
     @property
-    @abstractmethod
     def _not_found_error(self) -> type[Exception]:
         """The client's exception for a document or index that is not there."""
+        error: type[Exception] = importlib.import_module(self.client_library).NotFoundError
+        return error
 
     @abstractmethod
     def api_error(self, exc: Exception) -> tuple[int, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any, ClassVar
 
 from plugin.engine.base import JSON, Engine, EngineKind
@@ -11,6 +10,7 @@ from plugin.engine.base import JSON, Engine, EngineKind
 
 class ElasticsearchEngine(Engine):
     kind = EngineKind.ELASTICSEARCH
+    client_library = "elasticsearch"
     eland_readable = True
     # Elasticsearch's clients check for this header on every response.
     response_headers: ClassVar[dict[str, str]] = {"X-Elastic-Product": "Elasticsearch"}
@@ -89,18 +89,6 @@ class ElasticsearchEngine(Engine):
 
     def _with_timeout(self, timeout_s: float) -> tuple[Any, JSON]:
         return self.client.options(request_timeout=timeout_s), {}
-
-    @property
-    def _helpers(self) -> ModuleType:
-        from elasticsearch import helpers
-
-        return helpers
-
-    @property
-    def _not_found_error(self) -> type[Exception]:
-        from elasticsearch import NotFoundError
-
-        return NotFoundError
 
     def api_error(self, exc: Exception) -> tuple[int, Any] | None:
         import elasticsearch

@@ -4,7 +4,6 @@ query clause."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any
 
 from plugin.engine.base import JSON, Engine, EngineKind
@@ -12,6 +11,7 @@ from plugin.engine.base import JSON, Engine, EngineKind
 
 class OpenSearchEngine(Engine):
     kind = EngineKind.OPENSEARCH
+    client_library = "opensearchpy"
 
     def index_settings(self, knn: bool = True) -> JSON:
         return {"index.knn": knn}
@@ -55,18 +55,6 @@ class OpenSearchEngine(Engine):
 
     def _with_timeout(self, timeout_s: float) -> tuple[Any, JSON]:
         return self.client, {"request_timeout": timeout_s}
-
-    @property
-    def _helpers(self) -> ModuleType:
-        from opensearchpy import helpers
-
-        return helpers
-
-    @property
-    def _not_found_error(self) -> type[Exception]:
-        from opensearchpy import NotFoundError
-
-        return NotFoundError
 
     def api_error(self, exc: Exception) -> tuple[int, Any] | None:
         import opensearchpy

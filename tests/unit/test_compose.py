@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from plugin.config import PREFIX, REPO_ROOT
+from plugin.config import PREFIX, REPO_ROOT, variables
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
@@ -79,10 +79,7 @@ def test_every_variable_is_documented() -> None:
     documented = _documented()
     assert referenced <= documented, referenced - documented
     # And every product setting (plugin/config.py) is in .env.example.
-    settings = {PREFIX + name for name in re.findall(
-        r'(?:text|_number|_choice)\((?:env, )?"([A-Z_]+)"',
-        (REPO_ROOT / "plugin" / "config.py").read_text())}
-    settings |= {PREFIX + n for n in ("EVENT_WEIGHTS", "CORS_ORIGINS", "PROXY_INDICES")}
+    settings = set(variables())
     missing = settings - documented - {PREFIX + "REDIS_URL"}
     assert not missing, missing
     assert settings >= {PREFIX + "ENGINE_URL", PREFIX + "SEARCH_TIMEOUT_S"}
