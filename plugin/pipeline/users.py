@@ -89,10 +89,10 @@ def update_users(
         finally:
             # Also when the engine refused part of the bulk: what it took is written.
             note_user_writes(services.redis, services.settings, list(applied_by_user), versions)
-        outcome.raise_if_refused("users' interests not written", handled=[409])
         # Another writer (worker, rebuild, erase) got there first: read those afresh.
         for item in outcome.conflicts:
             services.user_states.discard(item.id)
+        outcome.raise_if_refused("users' interests not written", handled=[409])
         todo = {item.id: todo[item.id] for item in outcome.conflicts}
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
