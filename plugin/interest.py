@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -296,12 +296,17 @@ def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> li
 
 def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mapping[str, Any]],
                 docs: Mapping[str, DocVector], half_life_long_s: float,
-                half_life_short_s: float, now: float) -> tuple[UserInterest | None, list[str]]:
+                half_life_short_s: float, now: float,
+                after_each: Callable[[Mapping[str, Any], UserInterest], None] | None = None,
+                ) -> tuple[UserInterest | None, list[str]]:
     """Fold stored events (their documents in ``docs``), in the order given, into a user's
     state (None: a new user); returns the state and the ids newly applied. An event whose id
     the state remembers (applied in the last RECENT_WINDOW_S) is skipped: a redelivered
     batch, or a rebuild racing an update, counts it once. The workers' updates and rebuilds,
     the inspector's history, the evaluation and tuning all fold here.
+
+    ``after_each`` sees each applied event with the state right after it (its vectors; the
+    remembered ids are set once, at the end): a history in one pass.
     """
     recent = dict(user.recent) if user is not None else {}
     applied = []
@@ -317,6 +322,8 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
             user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
         recent[event_id] = now
         applied.append(event_id)
+        if after_each is not None:
+            after_each(event, user)
     if user is None or not applied:
         return user, applied
     return replace(user, recent={k: v for k, v in recent.items()

@@ -68,14 +68,18 @@ def snapshots(events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector]
     total = len(events)
     taking = min(points, total)
     keep = {total - 1 - round(i * (total - 1) / max(1, taking - 1)) for i in range(taking)}
-    user: UserInterest | None = None
     taken: list[Snapshot] = []
-    for n, event in enumerate(events):
-        user, _ = fold_events(user, "history", [event], docs, half_life_long_s,
-                              half_life_short_s, 0.0)
-        if n in keep and user is not None:
-            taken.append(Snapshot(int(event["timestamp"]) / 1000.0, n + 1, _unit(user.long),
-                                  _unit(user.short)))
+    folded = 0
+
+    def take(event: Mapping[str, Any], user: UserInterest) -> None:
+        nonlocal folded
+        if folded in keep:
+            taken.append(Snapshot(int(event["timestamp"]) / 1000.0, folded + 1,
+                                  _unit(user.long), _unit(user.short)))
+        folded += 1
+
+    fold_events(None, "history", events, docs, half_life_long_s, half_life_short_s, 0.0,
+                after_each=take)
     return taken
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from plugin.config import BLEND_STRATEGIES
@@ -104,10 +104,10 @@ class QueryContext:
     offset: int
     candidates: int  # the query vector's kNN top-k (script_score's recall)
     personal_k: int  # how many documents a vector term covers exactly, nearest first
-    user_terms: list[tuple[str, list[float], float]] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "user_terms", user_terms(self.user, self.weights))
+    @property
+    def user_terms(self) -> list[tuple[str, list[float], float]]:
+        return user_terms(self.user, self.weights)
 
     @classmethod
     def for_query(cls, engine: Engine, query: str, filters: Mapping[str, Sequence[str]], *,

@@ -281,29 +281,24 @@ class Engine(ABC):
     def mget_versioned(self, index: str, ids: list[str]) -> dict[str, tuple[JSON, int, int]]:
         """Real-time multi-get: found documents (whole sources) with their ``_seq_no`` and
         ``_primary_term``."""
-        found: dict[str, tuple[JSON, int, int]] = {}
-        for start in range(0, len(ids), 1000):
-            response = self._call("mget", index=index, body={"ids": ids[start:start + 1000]})
-            for doc in response["docs"]:
-                if doc.get("found"):
-                    found[doc["_id"]] = (doc["_source"], int(doc["_seq_no"]),
-                                         int(doc["_primary_term"]))
-        return found
+        return {doc["_id"]: (doc["_source"], int(doc["_seq_no"]), int(doc["_primary_term"]))
+                for doc in self._mget(index, ids)}
 
     def mget_sources(self, index: str, ids: Iterable[str],
                      fields: list[str] | None = None) -> dict[str, JSON]:
         """Real-time multi-get: the found documents' sources, whole or only ``fields``. (Ask
         for fields only where the vectors are not wanted: picking fields out of a source
         makes the engine parse its vectors' floats and write them again.)"""
-        ids = list(ids)
         params: JSON = {} if fields is None else {"_source_includes": fields}
-        found: dict[str, JSON] = {}
+        return {doc["_id"]: doc.get("_source") or {}
+                for doc in self._mget(index, list(ids), **params)}
+
+    def _mget(self, index: str, ids: list[str], **params: Any) -> Iterator[JSON]:
+        """The found documents of ``ids``, a thousand per request."""
         for start in range(0, len(ids), 1000):
             response = self._call("mget", index=index, body={"ids": ids[start:start + 1000]},
                                   **params)
-            found.update({d["_id"]: d.get("_source") or {} for d in response["docs"]
-                          if d.get("found")})
-        return found
+            yield from (doc for doc in response["docs"] if doc.get("found"))
 
     def delete(self, index: str, doc_id: str, refresh: bool = False) -> bool:
         """Delete one document; False if it was not there."""

@@ -510,15 +510,12 @@ def _drift(split: data.Split, doc_vectors: dict[str, Any], text_vectors: dict[st
     """One user's interest over time: cosine of the vectors at each event to the final ones."""
     user = max(split.static_events, key=lambda u: len(split.static_events[u]))
     long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
-    state: UserInterest | None = None
-    series = []
-    for e in split.static_events[user]:
-        if e["doc_id"] not in doc_vectors:
-            continue
-        state, _ = fold_events(state, user, [_stored(e, text_vectors)], doc_vectors, long_s,
-                               short_s, 0.0)
-        assert state is not None  # the event has its document
-        series.append((e["timestamp"], interest_vector(state.long), interest_vector(state.short)))
+    series: list[tuple[float, Any, Any]] = []
+    fold_events(None, user, [_stored(e, text_vectors) for e in split.static_events[user]
+                             if e["doc_id"] in doc_vectors], doc_vectors, long_s, short_s, 0.0,
+                after_each=lambda e, state: series.append((
+                    int(e["timestamp"]) / 1000.0, interest_vector(state.long),
+                    interest_vector(state.short))))
     final = series[-1][1]
     points: dict[str, list[float | None]] = defaultdict(list)
     for t, long, short in series:

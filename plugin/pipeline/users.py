@@ -295,16 +295,14 @@ def erase_user(services: Services, user_id: str,
     hits = list(engine.scan(settings.events_alias, {"query": covered, "_source": False}))
     actions = ({"_op_type": "delete", "_index": h["_index"], "_id": h["_id"]} for h in hits)
     deleted = len(engine.bulk(actions, refresh=True).written)
-    found = engine.get_versioned(settings.interests_alias, user_id)
-    if found is not None:
-        engine.delete(settings.interests_alias, user_id, refresh=True)
+    found = engine.delete(settings.interests_alias, user_id, refresh=True)
     kept = engine.count(settings.events_alias, {"term": {"user_id": user_id}})
     if kept:  # events after the erase: the user's new history, folded from the log alone
         rebuild_users(services, [user_id])
     forget_users(services.redis, services.settings, [user_id])
     letters = dead_letter.drop_user(services.celery, user_id)
     results = scrub_results(services.celery, services.redis, {str(h["_id"]) for h in hits})
-    return {"events": deleted, "interests": int(found is not None), "events_kept": int(kept),
+    return {"events": deleted, "interests": int(found), "events_kept": int(kept),
             "dead_letters": letters, "task_results": results, "erased_at_ms": erased_at_ms}
 
 
