@@ -38,8 +38,14 @@ BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_s
 # points at another file of the same shape (one fitted to a deployment's own users).
 SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
 BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour")
-# A ranking file's weights per strategy: one per term, and how specific queries damp the user's.
-WEIGHT_NAMES = (*BLEND_TERMS, "ambiguity")
+# A ranking file's weights per strategy: one per term, the constant boost of documents the user
+# already interacted with (``seen``, optional: 0 where a file lacks it) and how specific queries
+# damp the user's terms.
+WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
+# What the personal terms give documents the user already interacted with: ``neutral``, the
+# ``seen`` weight instead of their own similarity, so the boost goes to what they have not
+# seen; ``own``, their similarity like any other document.
+SEEN_POLICIES = ("neutral", "own")
 
 # The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
 LOCAL_ENGINE_URLS: dict[str, str] = {
@@ -132,6 +138,8 @@ class Settings:
     # Search: blend strategy (auto: the best of BLEND_STRATEGIES the engine offers), kNN
     # candidates per vector, caches, and the time a user's vectors may take to load.
     blend_strategy: str = "auto"
+    # SEEN_POLICIES; the ranking file says which `make eval` chose.
+    seen_policy: str = "neutral"
     knn_candidates: int = 100
     # Vector terms cover this many documents exactly (nearest first); a document beyond it
     # gets the term's smallest value, so there is no cliff below the cap.
@@ -196,8 +204,9 @@ def _list(raw: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (raw or "").split(",") if item.strip())
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = env.get(PREFIX + name) or choices[0]
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...],
+            default: str | None = None) -> str:
+    value = env.get(PREFIX + name) or default or choices[0]
     if value not in choices:
         raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
@@ -240,6 +249,8 @@ def load_ranking(path: Path) -> dict[str, Any]:
         for key in ("half_life_long_days", "half_life_short_days",
                     "popularity_half_life_days"):
             float(data[key])
+        if data.get("seen_policy", SEEN_POLICIES[0]) not in SEEN_POLICIES:
+            raise ValueError(f"seen_policy must be one of {', '.join(SEEN_POLICIES)}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -257,10 +268,12 @@ IN_OTHER_UNITS: dict[str, tuple[str, float]] = {
 # Defaults the ranking file gives (plugin/ranking.json: `make eval` chose them).
 FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "half_life_short_s": "half_life_short_days",
-                "popularity_half_life_s": "popularity_half_life_days"}
+                "popularity_half_life_s": "popularity_half_life_days",
+                "seen_policy": "seen_policy"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
+    "seen_policy": SEEN_POLICIES,
     "api_auth": ("required", "disabled"),
 }
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
@@ -309,7 +322,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             continue
         variable = name.upper()
         if name in CHOICES:
-            values[name] = _choice(env, variable, CHOICES[name])
+            values[name] = _choice(env, variable, CHOICES[name],
+                                   ranking.get(FROM_RANKING.get(name, ""), default))
         elif name in IN_OTHER_UNITS:
             variable, unit = IN_OTHER_UNITS[name]
             fallback = (float(ranking[FROM_RANKING[name]]) if name in FROM_RANKING

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -157,6 +157,10 @@ TAG_SCORES_KEPT = 100
 # How long an applied event's id is remembered, so that a redelivered task or a rebuild racing
 # an in-flight update cannot fold it twice. Far longer than a task's lifetime with retries.
 RECENT_WINDOW_S = 3600.0
+# How many of the documents a user interacted with positively the state keeps (the most
+# recent): the search holds these neutral in the personal terms (plugin/strategies.py), so the
+# boost goes to documents the user has not seen yet.
+SEEN_KEPT = 300
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,9 @@ class UserInterest:
     # re-folds users from the log (plugin/pipeline/behaviour.py).
     behaviour: HorizonState | None = None
     behaviour_version: str | None = None
+    # doc_id -> its latest positive interaction (epoch s), the SEEN_KEPT most recent. Kept by
+    # time, not arrival, so any arrival order leaves the same set.
+    seen: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
@@ -193,7 +200,8 @@ class UserInterest:
 
     def fold(self, item: Contribution, half_life_long_s: float,
              half_life_short_s: float, *, count: bool = True) -> UserInterest:
-        """Add one contribution; ``count`` is False for the second embedding of one event."""
+        """Add one contribution; ``count`` is False for the second embedding of one event.
+        (The documents it touched join ``seen`` in ``fold_events``.)"""
         long = fold(self.long, timestamp=item.timestamp, weight=item.weight,
                     embedding=item.embedding, half_life_s=half_life_long_s)
         short = fold(self.short, timestamp=item.timestamp, weight=item.weight,
@@ -223,7 +231,11 @@ class UserInterest:
                              half_life_s=half_life_long_s)
             version = item.behaviour_version
         return UserInterest(self.user_id, long, short, counts, tags, self.recent, behaviour,
-                            version)
+                            version, self.seen)
+
+    def seen_ids(self) -> list[str]:
+        """The documents held neutral in the personal terms, most recent first."""
+        return sorted(self.seen, key=lambda d: (-self.seen[d], d))
 
     def vector_names(self) -> list[str]:
         """The unit vectors this state yields (a horizon with no net positive interest has none)."""
@@ -247,7 +259,8 @@ class UserInterest:
             # that interning a large share of the engine's CPU for each event.
             "state": {"long": self.long.to_json(), "short": self.short.to_json(),
                       "tag_scores": _key_value_lists(self.tag_scores),
-                      "recent": _key_value_lists(self.recent)},
+                      "recent": _key_value_lists(self.recent),
+                      "seen": _key_value_lists(self.seen)},
             "event_counts": dict(self.event_counts),
             "event_count": sum(self.event_counts.values()),
             "updated_at": int(updated_at * 1000),
@@ -275,6 +288,7 @@ class UserInterest:
             _read_key_values(state.get("recent")),
             HorizonState.from_json(state["behaviour"]) if state.get("behaviour") else None,
             source.get("behaviour_version"),
+            _read_key_values(state.get("seen")),
         )
 
 
@@ -306,9 +320,10 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
     the inspector's history, the evaluation and tuning all fold here.
 
     ``after_each`` sees each applied event with the state right after it (its vectors; the
-    remembered ids are set once, at the end): a history in one pass.
+    remembered ids and the seen documents are set once, at the end): a history in one pass.
     """
     recent = dict(user.recent) if user is not None else {}
+    seen = dict(user.seen) if user is not None else {}
     applied = []
     for event in events:
         event_id = str(event["event_id"])
@@ -322,12 +337,22 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
             user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
         recent[event_id] = now
         applied.append(event_id)
+        doc_id = event.get("doc_id")
+        if doc_id is not None and float(event["weight"]) > 0:
+            seen[str(doc_id)] = max(seen.get(str(doc_id), -math.inf), items[0].timestamp)
         if after_each is not None:
             after_each(event, user)
     if user is None or not applied:
         return user, applied
     return replace(user, recent={k: v for k, v in recent.items()
-                                 if v >= now - RECENT_WINDOW_S}), applied
+                                 if v >= now - RECENT_WINDOW_S},
+                   seen=_most_recent(seen, SEEN_KEPT)), applied
+
+
+def _most_recent(seen: Mapping[str, float], kept: int) -> dict[str, float]:
+    if len(seen) <= kept:
+        return dict(seen)
+    return dict(sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:kept])
 
 
 def _key_value_lists(scores: Mapping[str, float]) -> dict[str, list[Any]]:

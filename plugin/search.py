@@ -176,7 +176,7 @@ def vectors_of(user: UserInterest) -> UserVectors:
         return None if vector is None else vector.tolist()
 
     return UserVectors(unit(user.long), unit(user.short), unit(user.behaviour),
-                       user.behaviour_version)
+                       user.behaviour_version, tuple(user.seen_ids()))
 
 
 def user_vectors(services: Services, user_id: str) -> UserVectors:
@@ -189,7 +189,7 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
             None if data.get(k) is None else _unpack(data[k])
             for k in ("long", "short", "behaviour"))
         return UserVectors(cached_long, cached_short, cached_behaviour,
-                           data.get("behaviour_version"))
+                           data.get("behaviour_version"), tuple(data.get("seen", ())))
     found = services.engine.get_source(services.settings.interests_alias, user_id,
                                        timeout_s=services.settings.user_vector_budget_ms / 1000)
     vectors = UserVectors() if found is None else vectors_of(UserInterest.from_source(found))
@@ -198,6 +198,7 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
         "short": None if vectors.short is None else _pack(vectors.short),
         "behaviour": None if vectors.behaviour is None else _pack(vectors.behaviour),
         "behaviour_version": vectors.behaviour_version,
+        "seen": list(vectors.seen),
     }), ex=int(services.settings.user_cache_ttl_s))
     return vectors
 
@@ -278,15 +279,26 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         services.engine, params.query, params.filters, weights=weights, vector=query_vector,
         max_bm25=max_bm25, user=user, size=params.size, offset=params.offset,
         candidates=max(window, services.settings.knn_candidates),
-        personal_k=max(window, services.settings.personal_candidates)))
+        personal_k=max(window, services.settings.personal_candidates),
+        seen=held_neutral(services, user)))
     if not params.explain:
         body["_source"] = {"includes": HIT_FIELDS}
     response = services.engine.search(services.settings.docs_alias, body)
     hits = _hits(services, params, response, query_vector, max_bm25, user)
+    held = set(held_neutral(services, user))
+    for hit in hits:
+        # Its user terms (shown) did not count: it got the ``seen`` weight instead.
+        hit["components"]["seen"] = hit["id"] in held
     total = response["hits"]["total"]
     return SearchResult(hits, int(total["value"] if isinstance(total, dict) else total),
                         not user.empty, reason, strategy,
                         (time.perf_counter() - started) * 1000.0, body, weights)
+
+
+def held_neutral(services: Services, user: UserVectors) -> tuple[str, ...]:
+    """The documents the user terms hold neutral: the user's seen ones (seen_policy
+    ``neutral``), or none (``own``: they keep their own similarity)."""
+    return user.seen if services.settings.seen_policy == "neutral" else ()
 
 
 def _sim(vector: list[float] | None, embedding: np.ndarray) -> float | None:

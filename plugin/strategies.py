@@ -32,6 +32,10 @@ class BlendWeights:
     interest_long: float = 0.0
     interest_short: float = 0.0
     behaviour: float = 0.0
+    # The constant a document the user already interacted with gets in place of its own user
+    # terms (seen_policy "neutral"): it keeps its plain rank plus this, and the personal
+    # boost goes to documents the user has not seen.
+    seen: float = 0.0
     # How much a specific query turns personalization down: the user terms are scaled by
     # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
     # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
@@ -41,7 +45,7 @@ class BlendWeights:
         """The user terms scaled by ``factor`` (the query's words^-ambiguity)."""
         return replace(self, interest_long=self.interest_long * factor,
                        interest_short=self.interest_short * factor,
-                       behaviour=self.behaviour * factor)
+                       behaviour=self.behaviour * factor, seen=self.seen * factor)
 
 
 @dataclass
@@ -50,6 +54,8 @@ class UserVectors:
     short: list[float] | None = None
     behaviour: list[float] | None = None
     behaviour_version: str | None = None
+    # The documents the user interacted with positively, most recent first (bounded).
+    seen: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -104,22 +110,40 @@ class QueryContext:
     offset: int
     candidates: int  # the query vector's kNN top-k (script_score's recall)
     personal_k: int  # how many documents a vector term covers exactly, nearest first
+    # Documents held neutral in the user terms (seen_policy "neutral"; empty: none).
+    seen: tuple[str, ...] = ()
 
     @property
     def user_terms(self) -> list[tuple[str, list[float], float]]:
         return user_terms(self.user, self.weights)
 
+    @property
+    def personal_scope(self) -> JSON:
+        """What the user terms may score: the matches, less the documents held neutral."""
+        if not self.seen:
+            return self.matching
+        return {"bool": {"filter": [self.matching],
+                         "must_not": [{"ids": {"values": list(self.seen)}}]}}
+
+    def seen_clause(self) -> JSON | None:
+        """The held-neutral documents among the matches, scored ``weights.seen`` each (None
+        where nothing is held neutral, no user term applies, or the weight is 0)."""
+        if not self.seen or self.weights.seen <= 0 or not self.user_terms:
+            return None
+        return {"constant_score": {"filter": {"bool": {"filter": [
+            self.matching, {"ids": {"values": list(self.seen)}}]}}, "boost": self.weights.seen}}
+
     @classmethod
     def for_query(cls, engine: Engine, query: str, filters: Mapping[str, Sequence[str]], *,
                   weights: BlendWeights, vector: list[float], max_bm25: float,
                   user: UserVectors, size: int, offset: int, candidates: int,
-                  personal_k: int) -> QueryContext:
+                  personal_k: int, seen: Sequence[str] = ()) -> QueryContext:
         """The context of an ordinary query: its words on the text fields, with filters."""
         clauses = filter_clauses(filters)
         words = text_query(query)
         return cls(engine, words, {"bool": {"must": [words], "filter": clauses}},
                    {"bool": {"filter": clauses}} if clauses else None, clauses, weights,
-                   vector, max_bm25, user, size, offset, candidates, personal_k)
+                   vector, max_bm25, user, size, offset, candidates, personal_k, tuple(seen))
 
     def words_with_popularity(self, boost: float) -> JSON:
         """The words' BM25 scaled by ``boost``, plus the popularity term on matches."""
@@ -163,7 +187,7 @@ class ScriptScore(Strategy):
         recall = [engine.knn_query("embedding", q, ctx.candidates)]
         if user.long is not None:
             recall.append(engine.knn_query("embedding", user.long, ctx.personal_k,
-                                           filter_query=ctx.matching))
+                                           filter_query=ctx.personal_scope))
         script_params = {
             "a": w.bm25, "b": w.query, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
             "q": q,
@@ -172,15 +196,23 @@ class ScriptScore(Strategy):
             "d": w.interest_short if user.short is not None else 0.0,
             "us": user.short if user.short is not None else q,
         }
-        scored: JSON = {"script_score": {
-            "query": {"bool": {
-                "should": [ctx.words]
-                + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
-                "filter": ctx.filters,
-                "minimum_should_match": 1,
-            }},
-            "script": {"source": engine.blend_script("embedding"), "params": script_params},
+        candidates: JSON = {"bool": {
+            "should": [ctx.words]
+            + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
+            "filter": ctx.filters,
+            "minimum_should_match": 1,
         }}
+        script = {"source": engine.blend_script("embedding"), "params": script_params}
+        scored: JSON = {"script_score": {"query": candidates, "script": script}}
+        if ctx.seen:
+            # The same script twice: held-neutral documents score without the user's terms.
+            seen = {"ids": {"values": list(ctx.seen)}}
+            plain = {**script, "params": {**script_params, "c": 0.0, "d": 0.0}}
+            scored = {"bool": {"should": [
+                {"script_score": {"query": {"bool": {"must": [candidates],
+                                                      "must_not": [seen]}}, "script": script}},
+                {"script_score": {"query": {"bool": {"must": [candidates], "filter": [seen]}},
+                                  "script": plain}}]}}
         # Popularity and behaviour live outside the script (the script reads one vector field
         # that every document has); their clauses add to the script's score on query matches.
         extra: list[JSON] = []
@@ -189,7 +221,9 @@ class ScriptScore(Strategy):
                                    "should": [popularity_clause(w.popularity)]}})
         if user.behaviour is not None and w.behaviour > 0:
             extra.append(engine.knn_query(BEHAVIOUR_FIELD, user.behaviour, ctx.personal_k,
-                                          filter_query=ctx.matching, boost=w.behaviour))
+                                          filter_query=ctx.personal_scope, boost=w.behaviour))
+        if (seen_clause := ctx.seen_clause()) is not None:
+            extra.append(seen_clause)
         query = {"bool": {"must": [scored], "should": extra}} if extra else scored
         return {"size": ctx.size, "from": ctx.offset, "query": query}
 
@@ -219,14 +253,16 @@ class LinearRetriever(Strategy):
                 w.popularity))
         for field_name, vector, weight in ctx.user_terms:
             terms.append((engine.knn_retriever(field_name, vector, window,
-                                               filter_query=ctx.matching), weight))
+                                               filter_query=ctx.personal_scope), weight))
+        retrievers = [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
+                      for retriever, weight in terms]
+        if (seen_clause := ctx.seen_clause()) is not None:
+            # A constant, not min-max normalized: the weight is the seen documents' share.
+            retrievers.append({"retriever": {"standard": {"query": seen_clause}},
+                               "weight": 1.0, "normalizer": "none"})
         return {
             "size": ctx.size, "from": ctx.offset,
-            "retriever": {"linear": {
-                "retrievers": [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
-                               for retriever, weight in terms],
-                "rank_window_size": window,
-            }},
+            "retriever": {"linear": {"retrievers": retrievers, "rank_window_size": window}},
         }
 
 
@@ -254,7 +290,9 @@ class KnnLinear(Strategy):
                            num_candidates=k, boost=w.query, filter_query=ctx.scope)
         for field_name, vector, weight in ctx.user_terms:
             engine.add_knn(body, field_name=field_name, vector=vector, k=k, num_candidates=k,
-                           boost=weight, filter_query=ctx.matching)
+                           boost=weight, filter_query=ctx.personal_scope)
+        if (seen_clause := ctx.seen_clause()) is not None:
+            body["query"]["bool"]["should"].append(seen_clause)
         return body
 
 

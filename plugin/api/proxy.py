@@ -151,7 +151,8 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     blend = STRATEGIES["knn_linear"].request(QueryContext(
         engine, words=original, matching=original, scope=original, filters=[],
         weights=weights, vector=vector, max_bm25=float(best["hits"].get("max_score") or 0.0),
-        user=user, size=window, offset=0, candidates=k, personal_k=k))
+        user=user, size=window, offset=0, candidates=k, personal_k=k,
+        seen=search_service.held_neutral(svc, user)))
     rewritten = copy.deepcopy(body)
     rewritten["query"] = blend["query"]
     if "knn" in blend:

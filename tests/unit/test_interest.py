@@ -148,3 +148,21 @@ def test_event_ids_and_tags_are_stored_as_values_not_keys() -> None:
         old["state"].update(recent=recent, tag_scores=tags)
         assert UserInterest.from_source(old).recent == user.recent
         assert UserInterest.from_source(old).tag_scores == user.tag_scores
+
+
+def test_seen_keeps_the_latest_positive_documents_in_any_arrival_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import plugin.interest as interest
+
+    monkeypatch.setattr(interest, "SEEN_KEPT", 2)
+    stored = [_stored(n, t, w) for n, (t, w, _) in enumerate(EVENTS)]
+    folded = []
+    for order in itertools.permutations(stored):
+        user = None
+        for event in order:  # one event per call, as separate deliveries would be
+            user, _ = fold_events(user, "u1", [event], DOCS, 30 * DAY, DAY, 5000.0)
+        assert user is not None
+        folded.append(user.seen_ids())
+    # d2 was disliked (not seen); of d0, d1 and d3, the two latest positive ones are kept.
+    assert folded == [["d1", "d3"]] * len(folded)
+    assert UserInterest.from_source(user.to_source(5000.0)).seen == user.seen

@@ -96,3 +96,36 @@ def test_a_client_query_bounds_every_vector_term(engine: Engine, name: str) -> N
 def test_without_user_vectors_no_user_term_is_sent() -> None:
     body = STRATEGIES["knn_linear"].request(_context(ENGINES[0], user=UserVectors()))
     assert [c["field"] for c in body["knn"]] == ["embedding"]  # the query vector only
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
+@pytest.mark.parametrize("name", ["knn_linear", "linear_retriever", "script_score"])
+def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
+                                                                name: str) -> None:
+    """Held neutral: every user term's kNN leaves the seen documents out, the query vector's
+    does not, and one constant clause gives them the ``seen`` weight among the matches."""
+    if name == "linear_retriever" and not isinstance(engine, ElasticsearchEngine):
+        pytest.skip("retrievers are Elasticsearch's")
+    seen = ("m1", "m2")
+    ctx = _context(engine, seen=seen, weights=dataclasses.replace(WEIGHTS, seen=0.25))
+    body = STRATEGIES[name].request(ctx)
+    excluded = {"ids": {"values": list(seen)}}
+    user_vectors = [USER.long, USER.short, USER.behaviour]
+    for clause in _knn_clauses(body):
+        spec = clause if "field" in clause else next(iter(clause.values()))
+        vector = spec.get("query_vector", spec.get("vector"))
+        if vector in user_vectors:
+            assert spec["filter"]["bool"]["must_not"] == [excluded], spec
+        elif vector == ctx.vector:
+            assert "must_not" not in json.dumps(spec.get("filter"))
+    text = json.dumps(body)
+    constant = {"constant_score": {"filter": {"bool": {"filter": [ctx.matching, excluded]}},
+                                   "boost": 0.25}}
+    assert text.count(json.dumps(constant)) == 1
+    if name == "script_score":
+        # The script scores seen documents without the content terms.
+        params = [s["script_score"]["script"]["params"]
+                  for s in body["query"]["bool"]["must"][0]["bool"]["should"]]
+        assert [(p["c"], p["d"]) for p in params] == [(0.3, 0.1), (0.0, 0.0)]
+    # Policy "own" (nothing held neutral) leaves the request as it was.
+    assert "must_not" not in json.dumps(STRATEGIES[name].request(_context(engine)))
