@@ -46,6 +46,8 @@ WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
 # ``seen`` weight instead of their own similarity, so the boost goes to what they have not
 # seen; ``own``, their similarity like any other document.
 SEEN_POLICIES = ("neutral", "own")
+# The document fields the model may read (settings.embed_fields).
+EMBED_FIELDS = ("title", "tags", "body")
 
 # The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
 LOCAL_ENGINE_URLS: dict[str, str] = {
@@ -82,6 +84,11 @@ class Settings:
     torch_threads: int = 0
     # What measured fastest for short texts (docs/benchmarks.md).
     embed_batch_size: int = 32
+    # What the model reads of a document (plugin/documents.py): these fields, in this order,
+    # with the title cleaned up (``years``: a trailing release year dropped; ``none``). The
+    # defaults are the evaluation's choice; changing either calls for a re-index.
+    embed_fields: tuple[str, ...] = ("title", "tags", "body")
+    embed_title_cleanup: str = "years"
     index_prefix: str = "es-interest"
     mappings_dir: Path = REPO_ROOT / "mappings"
     # HNSW graph parameters of every vector field; int8 quantization needs Elasticsearch 8.12+.
@@ -249,8 +256,10 @@ def load_ranking(path: Path) -> dict[str, Any]:
         for key in ("half_life_long_days", "half_life_short_days",
                     "popularity_half_life_days"):
             float(data[key])
-        if data.get("seen_policy", SEEN_POLICIES[0]) not in SEEN_POLICIES:
-            raise ValueError(f"seen_policy must be one of {', '.join(SEEN_POLICIES)}")
+        for key, options in (("seen_policy", SEEN_POLICIES),
+                             ("embed_title_cleanup", CHOICES["embed_title_cleanup"])):
+            if data.get(key, options[0]) not in options:
+                raise ValueError(f"{key} must be one of {', '.join(options)}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -269,13 +278,16 @@ IN_OTHER_UNITS: dict[str, tuple[str, float]] = {
 FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "half_life_short_s": "half_life_short_days",
                 "popularity_half_life_s": "popularity_half_life_days",
-                "seen_policy": "seen_policy"}
+                "seen_policy": "seen_policy",
+                "embed_title_cleanup": "embed_title_cleanup"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
     "seen_policy": SEEN_POLICIES,
+    "embed_title_cleanup": ("years", "none"),
     "api_auth": ("required", "disabled"),
 }
+LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
            "erase_tombstone_s": 0.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
@@ -334,7 +346,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         elif kind in (int, float):
             values[name] = kind(_number(env, variable, float(default), MINIMUM.get(name)))
         elif kind == tuple[str, ...]:
-            values[name] = _list(env.get(PREFIX + variable))
+            values[name] = _list(env.get(PREFIX + variable)) or tuple(default)
+            if name in LISTED_CHOICES and not set(values[name]) <= set(LISTED_CHOICES[name]):
+                raise ConfigError(f"{PREFIX}{variable} takes a comma-separated list of "
+                                  f"{', '.join(LISTED_CHOICES[name])}, got {values[name]}")
         elif kind is Path:
             values[name] = Path(env.get(PREFIX + variable) or default)
         elif kind == str | None:

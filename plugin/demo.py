@@ -103,6 +103,17 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     after = _print_hits(f"'{QUERY}' for {DEMO_USER}, after the feedback",
                         _api_search(api_url, key, QUERY, DEMO_USER))
     revoke_key(services, "demo")
+    # A figure to check by eye: how many hits share a genre with the likes, beyond the
+    # query's own (every hit for "adventure" is an adventure).
+    genres = {d["id"]: set(d["metadata"]["genres"]) for d in docs}
+    liked_genres = set.intersection(*(genres[d["id"]] for d in liked)) - {QUERY.title()}
+    liked_ids = {d["id"] for d in liked}
+    for label, ids in (("before", before), ("after", after)):
+        sharing = sum(1 for i in ids if genres.get(i, set()) & liked_genres)
+        click.echo(f"{label} the feedback: {sharing} of the top {len(ids)} are "
+                   f"{' or '.join(sorted(liked_genres))} films like the ones liked"
+                   + (f" ({len(liked_ids & set(ids))} of them the liked ones)"
+                      if label == "after" else ""))
     if after == before:
         click.echo("\nthe personalized ranking did not change: something is wrong", err=True)
         sys.exit(1)

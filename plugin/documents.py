@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin.config import EMBED_FIELDS
 from plugin.storable import MAX_ID_BYTES, storable_json, storable_text
 
 # What a document may carry; anything else is dropped before it is queued.
@@ -15,6 +17,11 @@ FIELDS = ("id", "doc_id", "title", "body", "tags", "metadata", "embedding")
 POPULARITY_FIELD = "popularity"
 # Written by `es-interest train`: the behaviour (collaborative) vector and its version.
 BEHAVIOUR_FIELD = "behaviour"
+
+
+# A title's trailing year ("Toy Story (1995)", "Fargo (1996-1998)"): left in, it makes films
+# of one year look alike to the model more than films of one kind.
+TRAILING_YEAR = re.compile(r"\s*\(\d{4}(?:\s*[-\u2013]\s*\d{0,4})?\)\s*$")
 
 
 class InvalidDocument(ValueError):
@@ -33,13 +40,15 @@ class Document:
 
     @property
     def text(self) -> str:
-        """What the model embeds: title, tags and body, in the order of their signal."""
-        parts = [self.title]
-        if self.tags:
-            parts.append(", ".join(self.tags))
-        if self.body:
-            parts.append(self.body)
-        return " | ".join(p for p in parts if p)
+        """All its text: title, tags and body, in the order of their signal."""
+        return self.embedded_text(EMBED_FIELDS, "none")
+
+    def embedded_text(self, fields: Sequence[str], cleanup: str) -> str:
+        """What the model embeds: the deployment's ``embed_fields`` in that order, the
+        title cleaned (``embed_title_cleanup``: ``years`` drops a trailing release year)."""
+        title = TRAILING_YEAR.sub("", self.title) if cleanup == "years" else self.title
+        values = {"title": title, "tags": ", ".join(self.tags), "body": self.body}
+        return " | ".join(values[f] for f in fields if values[f]) or self.title
 
     def source(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -204,16 +205,20 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
 
 
 _VERSIONS: cachetools.TTLCache[str, str | None] = cachetools.TTLCache(64, 10.0)
+_VERSIONS_LOCK = threading.Lock()  # the cache is shared by a process's request threads
 
 
 def behaviour_version(services: Services) -> str | None:
     """The documents' behaviour-vector version (cached for seconds per process)."""
     key = behaviour_version_key(services.settings)
-    if key not in _VERSIONS:
-        raw = services.redis.get(key)
-        _VERSIONS[key] = None if raw is None else (
-            raw.decode() if isinstance(raw, bytes) else str(raw))
-    return _VERSIONS[key]
+    with _VERSIONS_LOCK:
+        if key in _VERSIONS:
+            return _VERSIONS[key]
+    raw = services.redis.get(key)
+    version = None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+    with _VERSIONS_LOCK:
+        _VERSIONS[key] = version
+    return version
 
 
 # -- search -----------------------------------------------------------------------------------

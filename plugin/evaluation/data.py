@@ -39,9 +39,11 @@ def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return by_user
 
 
-# Query protocols, reported separately: one genre or tag of the movie ("term"), or two of
-# them together ("words": a longer, more specific query).
-PROTOCOLS = ("term", "words")
+# Query protocols, reported separately. Discovery: the target is a movie new to the user, asked
+# for by one of its genres or tags ("term") or two together ("words": longer, more specific).
+# Re-finding ("refind"): the target is a movie the user liked before, asked for by one term.
+DISCOVERY = ("term", "words")
+PROTOCOLS = (*DISCOVERY, "refind")
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Split:
     validation: list[Query]
     test: list[Query]
     static_events: dict[str, list[dict[str, Any]]]  # per user: training events (for profiles)
+    # Per user: every event, all periods, time order (a profile at a query's time folds
+    # those before it, as the service would have).
+    history: dict[str, list[dict[str, Any]]]
 
 
 def _query_for(movie: dict[str, Any], rng: random.Random, protocol: str) -> str | None:
@@ -91,21 +96,27 @@ def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
     validation: list[Query] = []
     test: list[Query] = []
     static: dict[str, list[dict[str, Any]]] = {}
+    history: dict[str, list[dict[str, Any]]] = {}
     for user in user_ids:
-        history = sorted(by_user[user], key=lambda r: (r.timestamp, r.movie_id))
-        cut_train = int(len(history) * train_share)
-        cut_val = int(len(history) * (train_share + validation_share))
-        if cut_train == 0 or cut_val >= len(history):
+        ratings_in_time = sorted(by_user[user], key=lambda r: (r.timestamp, r.movie_id))
+        cut_train = int(len(ratings_in_time) * train_share)
+        cut_val = int(len(ratings_in_time) * (train_share + validation_share))
+        if cut_train == 0 or cut_val >= len(ratings_in_time):
             continue
-        boundary = history[cut_train].timestamp
-        events = [e for r in history[:cut_train] if (e := rating_event(r)) is not None]
+        boundary = ratings_in_time[cut_train].timestamp
+        events = [e for r in ratings_in_time[:cut_train] if (e := rating_event(r)) is not None]
         events += [t for t in tags.get(user, []) if t["timestamp"] < boundary]
         events.sort(key=lambda e: e["timestamp"])
         train += events
         static[user] = events
-        for part, target in ((history[cut_train:cut_val], validation),
-                             (history[cut_val:], test)):
-            for protocol in PROTOCOLS:
+        every = [e for r in ratings_in_time if (e := rating_event(r)) is not None]
+        history[user] = sorted(every + tags.get(user, []),
+                               key=lambda e: (e["timestamp"], e["event_id"]))
+        liked_before = [r.movie_id for r in ratings_in_time[:cut_train]
+                        if r.rating >= POSITIVE and r.movie_id in movies]
+        for part, target in ((ratings_in_time[cut_train:cut_val], validation),
+                             (ratings_in_time[cut_val:], test)):
+            for protocol in DISCOVERY:
                 picked = 0
                 for r in part:
                     if (r.rating >= POSITIVE and r.movie_id in movies
@@ -114,5 +125,25 @@ def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
                         if text:
                             target.append(Query(user, r.movie_id, text, r.timestamp, protocol))
                             picked += 1
+            target += _refind_queries(user, part, liked_before, movies, rng,
+                                      max_queries_per_user)
     train.sort(key=lambda e: e["timestamp"])
-    return Split(train, validation, test, static), list(movies.values())
+    return Split(train, validation, test, static, history), list(movies.values())
+
+
+def _refind_queries(user: str, part: list[Rating], liked_before: list[str],
+                    movies: dict[str, dict[str, Any]], rng: random.Random,
+                    limit: int) -> list[Query]:
+    """At the times of the part's first ratings, a movie the user liked in training, asked
+    for by one of its terms."""
+    out: list[Query] = []
+    options = list(liked_before)
+    rng.shuffle(options)
+    for r in part:
+        while options and len(out) < limit:
+            movie_id = options.pop()
+            text = _query_for(movies[movie_id], rng, "term")
+            if text:
+                out.append(Query(user, movie_id, text, r.timestamp, "refind"))
+                break
+    return out

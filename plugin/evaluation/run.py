@@ -1,19 +1,24 @@
 """The evaluation protocol on the real engines, pipeline and search layer.
 
 1. Index the movies (embedded once) into each engine.
-2. Half-lives: fold each user's training events offline (the same pure functions the workers
-   use) for several (long, short) half-lives; keep the best on the validation queries.
+2. Half-lives: each query's profile folds the user's events before it (the same pure
+   functions the workers use: current at query time, as in service) for several (long,
+   short) half-lives; keep the best on the validation queries.
 3. Replay the training events, in time order, through the real event pipeline (users'
    interests and documents' popularity); check that its vectors equal the offline fold; pick
    popularity's half-life on validation; train the behaviour vectors and re-fold the users,
    as `es-interest train` does.
-4. Tune each strategy's blend weights on validation queries only, term by term (coordinate
-   ascent): popularity and the query vector first (the non-personalized default), then the
-   user terms on top of them, so the personalized default can only add to it. The first
-   engine tunes; the others run the same weights, as the product ships one file.
-5. Score every method on the test queries of each protocol: NDCG@10, MRR, Recall@100, 95%
-   bootstrap intervals, paired tests. The full run writes the chosen configuration to
-   plugin/ranking.json: what /search, the proxy and the workers then use.
+4. Tune each strategy's blend weights on validation queries only (every protocol), term by
+   term (coordinate ascent): popularity and the query vector first (the non-personalized
+   default), then the user terms and the seen documents' weight on top of them; then the
+   seen policy (neutral or own). The first engine tunes; the others run the same weights,
+   as the product ships one file.
+5. The comparator: the best non-personalized arm of the engine (BM25, BM25 + popularity or
+   the non-personalized default of any strategy) on each protocol's validation queries.
+6. Score every arm on the test queries of each protocol (NDCG@10, MRR, Recall@100, 95%
+   bootstrap intervals, paired tests against the comparator and the controls; per-query
+   ranks kept). The full run writes the chosen configuration to plugin/ranking.json: what
+   /search, the proxy and the workers then use.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,11 +46,13 @@ from plugin.config import (
     Settings,
     load_settings,
 )
+from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
-from plugin.interest import DocVector, UserInterest, fold_events, interest_vector
+from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
 from plugin.pipeline import behaviour, popularity
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.progress import progress as progress_bar
 from plugin.search import (
     BlendWeights,
@@ -65,21 +73,32 @@ GRID: dict[str, tuple[float, ...]] = {
     "behaviour": (0.0, 0.5, 1.0, 2.0, 4.0),
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
+    "seen": (0.0, 0.25, 0.5, 1.0),
     "ambiguity": (0.0, 0.5, 1.0, 2.0),
 }
-# What a ranking file holds per strategy: the terms' weights and the ambiguity exponent.
-TUNING_QUERIES = {"full": 240, "quick": 100}
+# Validation queries every tuning step scores, split evenly over the protocols.
+TUNING_QUERIES = {"full": 300, "quick": 150}
 SIZE = 100
+QUERY_THREADS = 4
+CLEANUPS = ("years", "none")  # settings.embed_title_cleanup's options, compared on validation
 DEFAULT = "personalized default"
 NON_PERSONALIZED = "non-personalized default"
+BM25_POPULARITY = "BM25 + popularity"
+ITEM_PRIOR = "control: mean user's vectors"
+OTHER_USER = "control: another user's vectors"
+TAIL_USERS = 3  # a target with fewer training users than this is a tail target
+
+# A query's user vectors under one profile (None for the arms without a user).
+Profile = Callable[[data.Query], UserVectors]
 
 
 @dataclass
 class Method:
     name: str
     weights: BlendWeights | None  # None: the configured (shipped) weights
-    profile: str | None  # None, "static" or "dynamic"
+    profile: str | None  # None or a key of Evaluator.profiles
     strategy: str = "knn_linear"
+    seen_policy: str | None = None  # None: the configured one
     keep_hits: bool = False
     hits: list[list[str]] = field(default_factory=list, repr=False)
 
@@ -97,11 +116,9 @@ def _catalog(split: data.Split, movies: list[dict[str, Any]], quick: bool,
     return [m for m in movies if m["id"] in wanted | extra]
 
 
-def _rank(hits: Sequence[dict[str, Any]], movie_id: str) -> int | None:
-    for position, hit in enumerate(hits, 1):
-        if hit["id"] == movie_id:
-            return position
-    return None
+def by_user(profiles: dict[str, UserVectors]) -> Profile:
+    """One profile per user, whatever the query's time."""
+    return lambda q: profiles.get(q.user_id, UserVectors())
 
 
 @dataclass(frozen=True)
@@ -109,34 +126,58 @@ class Evaluator:
     """Runs a method's queries on one deployment (``services``) with the given profiles."""
 
     services: Services
-    profiles: dict[str, dict[str, UserVectors]]
+    profiles: dict[str, Profile]
+    # The same deployment under another seen policy, made once (a Services loads its model).
+    policies: dict[str, Services] = field(default_factory=dict)
 
     def using(self, services: Services) -> Evaluator:
         """The same profiles on another configuration (other weights, another half-life)."""
-        return replace(self, services=services)
+        return replace(self, services=services, policies={})
 
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
-        out = []
-        for q in progress_bar(queries, desc=label or method.name, unit="query", leave=False):
-            vectors = (self.profiles[method.profile].get(q.user_id, UserVectors())
-                       if method.profile else None)
-            result = search(self.services, SearchParams(
+        services = self.services
+        if method.seen_policy not in (None, services.settings.seen_policy):
+            if method.seen_policy not in self.policies:
+                self.policies[method.seen_policy] = Services(replace(
+                    services.settings, seen_policy=method.seen_policy))
+            services = self.policies[method.seen_policy]
+
+        def one(q: data.Query) -> list[str]:
+            vectors = self.profiles[method.profile](q) if method.profile else None
+            result = search(services, SearchParams(
                 q.text, size=SIZE, weights=method.weights, strategy=method.strategy,
                 vectors=vectors))
-            out.append(_rank(result.hits, q.movie_id))
-            if method.keep_hits:
-                method.hits.append([h["id"] for h in result.hits])
-        return out
+            return [h["id"] for h in result.hits]
 
-    def ndcg(self, method: Method, queries: Sequence[data.Query]) -> float:
-        return float(metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"].mean())
+        # A few searches in flight: the engine answers one while this process builds the next.
+        with ThreadPoolExecutor(max_workers=QUERY_THREADS) as pool:
+            hits = list(progress_bar(pool.map(one, queries), total=len(queries),
+                                     desc=label or method.name, unit="query", leave=False))
+        if method.keep_hits:
+            method.hits.extend(hits)
+        return [next((n for n, h in enumerate(ids, 1) if h == q.movie_id), None)
+                for q, ids in zip(queries, hits, strict=True)]
+
+    def ndcg(self, method: Method, queries: Sequence[data.Query],
+             refind_floor: float | None = None) -> float:
+        """Mean NDCG@10; with ``refind_floor``, the tuning objective of the personal terms:
+        the discovery queries' mean, less any shortfall of the re-finding queries' mean
+        below the floor (the best ranking without a user): gain on what is new to the user,
+        no harm to finding again what they know."""
+        ndcg = metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"]
+        if refind_floor is None:
+            return float(ndcg.mean())
+        refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
+        shortfall = min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any() else 0.0
+        return float(ndcg[~refind].mean()) + shortfall
 
 
 def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
                      text_vectors: dict[str, list[float]], half_lives: tuple[float, float]
                      ) -> dict[str, UserVectors]:
-    """Each user's long/short vectors from their training events: the workers' own fold."""
+    """Each user's long/short vectors from their training events: the workers' own fold
+    (what the replay through the pipeline must reproduce)."""
     out = {}
     long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
     for user, events in split.static_events.items():
@@ -144,24 +185,83 @@ def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
                                             if e["doc_id"] in doc_vectors],
                                doc_vectors, long_s, short_s, 0.0)
         if state is not None:
-            long, short = interest_vector(state.long), interest_vector(state.short)
-            out[user] = UserVectors(None if long is None else long.tolist(),
-                                    None if short is None else short.tolist())
+            out[user] = vectors_of(state)
     return out
 
 
+def query_time_profiles(corpus: Corpus, docs: dict[str, DocVector],
+                        half_lives: tuple[float, float],
+                        queries: Sequence[data.Query]) -> Profile:
+    """Each query's profile as the service has it then: every event of the user before the
+    query (validation-period ones included for a test query), folded by the workers' fold;
+    the behaviour term where ``docs`` carry behaviour vectors."""
+    long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
+    times: dict[str, set[int]] = defaultdict(set)
+    for q in queries:
+        times[q.user_id].add(q.timestamp)
+    out: dict[tuple[str, int], UserVectors] = {}
+    for user, wanted in times.items():
+        events = [_stored(e, corpus.text_vectors) for e in corpus.split.history.get(user, [])
+                  if e["doc_id"] in docs]
+        state: UserInterest | None = None
+        folded = 0
+        for t in sorted(wanted):
+            # Folded incrementally: the events between the previous query's time and this one.
+            upto = folded
+            while upto < len(events) and events[upto]["timestamp"] < t * 1000:
+                upto += 1
+            state, _ = fold_events(state, user, events[folded:upto], docs, long_s, short_s,
+                                   0.0)
+            folded = upto
+            out[(user, t)] = UserVectors() if state is None else vectors_of(state)
+    return lambda q: out.get((q.user_id, q.timestamp), UserVectors())
+
+
 def static_profiles(split: data.Split, doc_vectors: dict[str, Any]) -> dict[str, UserVectors]:
-    """The mean of the user's whole training history, signed by feedback, no decay."""
+    """The mean of the user's whole training history, signed by feedback, no decay, computed
+    once at the end of training (its seen documents too)."""
     out = {}
     for user, events in split.static_events.items():
         vecs = [np.sign(e.get("weight", 1.0)) * np.asarray(doc_vectors[e["doc_id"]].embedding)
                 for e in events if e["doc_id"] in doc_vectors]
+        liked = [e["doc_id"] for e in sorted(events, key=lambda e: -e["timestamp"])
+                 if e["doc_id"] in doc_vectors and e.get("weight", 1.0) > 0]
         if vecs:
             mean = np.mean(vecs, axis=0)
             norm = float(np.linalg.norm(mean))
             if norm > 0:
-                out[user] = UserVectors((mean / norm).tolist(), None)
+                out[user] = UserVectors((mean / norm).tolist(), None,
+                                        seen=tuple(dict.fromkeys(liked))[:SEEN_KEPT])
     return out
+
+
+def _controls(dynamic: Profile, queries: Sequence[data.Query]) -> dict[str, Profile]:
+    """The item-prior controls: the user's own seen documents, someone else's vectors (the
+    mean user's, or another user's at their own query), so a gain over these is the user's."""
+    profiles = [dynamic(q) for q in queries]
+
+    def mean(name: str) -> list[float] | None:
+        found = [np.asarray(v) for p in profiles if (v := getattr(p, name)) is not None]
+        if not found:
+            return None
+        total = np.mean(found, axis=0)
+        return (total / np.linalg.norm(total)).tolist()
+
+    version = next((p.behaviour_version for p in profiles if p.behaviour_version), None)
+    average = UserVectors(mean("long"), mean("short"), mean("behaviour"), version)
+    rng = np.random.default_rng(3)
+    others = {}
+    for q in queries:
+        candidates = [o for o in queries if o.user_id != q.user_id]
+        if candidates:
+            others[(q.user_id, q.timestamp, q.movie_id)] = candidates[
+                int(rng.integers(len(candidates)))]
+
+    def other(q: data.Query) -> UserVectors:
+        picked = others.get((q.user_id, q.timestamp, q.movie_id))
+        return replace(dynamic(picked) if picked else UserVectors(), seen=dynamic(q).seen)
+
+    return {ITEM_PRIOR: lambda q: replace(average, seen=dynamic(q).seen), OTHER_USER: other}
 
 
 def _stored(event: dict[str, Any], text_vectors: dict[str, list[float]]) -> dict[str, Any]:
@@ -181,7 +281,8 @@ def _services(engine: str, half_lives: tuple[float, float], prefix: str,
                                  redis_url="redis://127.0.0.1:6379/8",
                                  half_life_long_s=half_lives[0] * DAY,
                                  half_life_short_s=half_lives[1] * DAY,
-                                 popularity_half_life_s=popularity_days * DAY)
+                                 popularity_half_life_s=popularity_days * DAY,
+                                 seen_policy="neutral")
     return Services(settings)
 
 
@@ -197,6 +298,21 @@ class Corpus:
     train: list[dict[str, Any]]  # training events on indexed movies
 
 
+@dataclass
+class Tuned:
+    """What validation chose, shared by the engines (the product ships one file)."""
+
+    bm25_popularity: dict[str, BlendWeights] = field(default_factory=dict)
+    plain: dict[str, BlendWeights] = field(default_factory=dict)  # non-personalized default
+    chosen: dict[str, tuple[BlendWeights, BlendWeights]] = field(default_factory=dict)
+    seen_policy: str | None = None
+    # The best non-personalized ranking's re-finding NDCG@10 on validation (first engine).
+    refind_floor: float | None = None
+    # The default strategy tuned under the policy not chosen, and each policy's validation.
+    other_policy: tuple[BlendWeights, BlendWeights] | None = None
+    policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         progress: Callable[[str], None] = print,
         ranking_out: Path | None = None) -> dict[str, Any]:
@@ -208,12 +324,15 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     first.redis.flushdb()
     corpus = _corpus(first, quick, users if users is not None else (40 if quick else None),
                      progress)
+    tuning = _tuning_queries(corpus.split, quick)
+    corpus, text_ablation = _embedded_text(first, corpus, tuning, prefix, progress)
+    cleanup = next(a["cleanup"] for a in text_ablation if a["chosen"])
     setup_indices(first.engine, first.settings, first.embedder.dims)
     _index(first, corpus.docs)
-    tuning = _tuning_queries(corpus.split, quick)
     half_lives, ablation = _half_lives(first, corpus, tuning, progress)
-    results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives}
-    chosen: dict[str, tuple[BlendWeights, BlendWeights]] = {}
+    results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives,
+                               "per_query": {}, "embedded_text": text_ablation}
+    tuned = Tuned()
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
@@ -222,16 +341,19 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
             setup_indices(services.engine, services.settings, first.embedder.dims)
             _index(services, corpus.docs)
         drift = _replay(services, engine, corpus, half_lives, progress)
-        # The quick run measures each engine's default strategy only.
-        strategies = available_strategies(services)[:1 if quick else None]
+        offered = available_strategies(services)
+        # The quick run personalizes each engine's default strategy only; the comparator
+        # always spans every strategy the engine offers.
+        strategies = offered[:1 if quick else None]
         if engine == engines[0]:
             popularity_days, results["popularity_ablation"] = _popularity_half_life(
                 services, tuning, strategies[0], progress)
             services = _services(engine, half_lives, prefix, popularity_days)
-        scored = _evaluate_engine(services, engine, corpus, static, tuning, strategies,
-                                  chosen, progress)
+        scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
+                                             offered, strategies, tuned, half_lives, progress)
         scored["pipeline_vs_offline_max_abs"] = drift
         results["engines"][engine] = scored
+        results["per_query"][engine] = per_query
         services.engine.delete_indices(f"{services.settings.index_prefix}-*")
     split = corpus.split
     results.update({
@@ -239,10 +361,12 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "validation_queries": len(split.validation), "tuning_queries": len(tuning),
         "test_queries": len(split.test), "movies": len(corpus.catalog),
         "popularity_half_life_days": popularity_days,
+        "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation},
+        "embed_title_cleanup": cleanup,
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
-    results["ranking"] = _ranking(results, chosen)
+    results["ranking"] = _ranking(results, tuned)
     _write(results, out_dir, ranking_out)
     first.redis.flushdb()
     return results
@@ -256,26 +380,70 @@ def _corpus(services: Services, quick: bool, users: int | None,
     progress(f"{len(split.static_events)} users, {len(split.train)} training events, "
              f"{len(split.validation)} validation and {len(split.test)} test queries, "
              f"{len(catalog)} movies")
-    embedder = services.embedder
-    texts = [" | ".join([m["title"], ", ".join(m["tags"])]) for m in catalog]
-    progress("embedding movies once for every engine")
-    vectors = embedder.encode(texts)
-    docs = [{**m, "embedding": v.tolist()} for m, v in zip(catalog, vectors, strict=True)]
-    doc_vectors = {m["id"]: DocVector(v.tolist(), tuple(m["tags"]))
-                   for m, v in zip(catalog, vectors, strict=True)}
-    tag_texts = sorted({e["text"] for e in split.train if e.get("text")})
-    text_vectors = dict(zip(tag_texts, (v.tolist() for v in embedder.encode(tag_texts)),
-                            strict=True))
+    tag_texts = sorted({e["text"] for events in split.history.values() for e in events
+                        if e.get("text")})
+    text_vectors = dict(zip(tag_texts, (v.tolist() for v in services.embedder.encode(
+        tag_texts)), strict=True))
+    docs, doc_vectors = _embed_catalog(services, catalog, services.settings.embed_title_cleanup)
     train = [e for e in split.train if e["doc_id"] in doc_vectors]
     return Corpus(split, catalog, docs, doc_vectors, text_vectors, train)
 
 
+def _embed_catalog(services: Services, catalog: list[dict[str, Any]], cleanup: str
+                   ) -> tuple[list[dict[str, Any]], dict[str, DocVector]]:
+    """The movies as the product embeds them (plugin/documents.py), with this title cleanup."""
+    settings = services.settings
+    texts = [parse_document(m).embedded_text(settings.embed_fields, cleanup) for m in catalog]
+    vectors = services.embedder.encode(texts)
+    docs = [{**m, "embedding": v.tolist()} for m, v in zip(catalog, vectors, strict=True)]
+    doc_vectors = {m["id"]: DocVector(v.tolist(), tuple(m["tags"]))
+                   for m, v in zip(catalog, vectors, strict=True)}
+    return docs, doc_vectors
+
+
+def _embedded_text(services: Services, corpus: Corpus, tuning: list[data.Query],
+                   prefix: str, progress: Callable[[str], None]
+                   ) -> tuple[Corpus, list[dict[str, Any]]]:
+    """What the model reads of a title, on validation: each cleanup's embeddings in their
+    own index, scored with a content profile; the corpus re-embedded with the best."""
+    ablation: list[dict[str, Any]] = []
+    corpora: dict[str, Corpus] = {}
+    weights = BlendWeights(1.0, 1.0, 0.0, 1.0, 0.5)
+    for cleanup in CLEANUPS:
+        docs, doc_vectors = ((corpus.docs, corpus.doc_vectors)
+                             if cleanup == services.settings.embed_title_cleanup
+                             else _embed_catalog(services, corpus.catalog, cleanup))
+        trial = Services(replace(services.settings, index_prefix=f"{prefix}-text-{cleanup}"))
+        setup_indices(trial.engine, trial.settings, trial.embedder.dims)
+        _index(trial, docs)
+        profiles = {"dynamic": query_time_profiles(replace(corpus, doc_vectors=doc_vectors),
+                                                   doc_vectors, HALF_LIVES[1], tuning)}
+        scores = {label: Evaluator(trial, profiles).ndcg(
+            Method(label, weights if label == "content profile" else BlendWeights(1.0, 1.0),
+                   "dynamic" if label == "content profile" else None), tuning)
+            for label in ("query vector", "content profile")}
+        ablation.append({"cleanup": cleanup, "score": sum(scores.values()),
+                         **{f"val_ndcg@10 {k}": v for k, v in scores.items()}})
+        progress(f"embedded title cleanup {cleanup}: validation NDCG@10 {scores}")
+        trial.engine.delete_indices(f"{trial.settings.index_prefix}-*")
+        corpora[cleanup] = replace(corpus, docs=docs, doc_vectors=doc_vectors)
+    # Ties keep the configured cleanup.
+    best = max(ablation, key=lambda a: (a["score"],
+                                        a["cleanup"] == services.settings.embed_title_cleanup))
+    return corpora[best["cleanup"]], [{**a, "chosen": a is best} for a in ablation]
+
+
 def _tuning_queries(split: data.Split, quick: bool) -> list[data.Query]:
-    """The validation queries every tuning step scores (a fixed random subset)."""
+    """The validation queries every tuning step scores: a fixed random subset, as many of
+    each protocol."""
     rng = np.random.default_rng(11)
-    size = TUNING_QUERIES["quick" if quick else "full"]
-    return [split.validation[i] for i in sorted(rng.choice(
-        len(split.validation), size=min(size, len(split.validation)), replace=False))]
+    each = TUNING_QUERIES["quick" if quick else "full"] // len(data.PROTOCOLS)
+    out = []
+    for protocol in data.PROTOCOLS:
+        pool = [q for q in split.validation if q.protocol == protocol]
+        out += [pool[i] for i in sorted(rng.choice(len(pool), size=min(each, len(pool)),
+                                                   replace=False))]
+    return out
 
 
 def _half_lives(services: Services, corpus: Corpus, tuning: list[data.Query],
@@ -284,8 +452,7 @@ def _half_lives(services: Services, corpus: Corpus, tuning: list[data.Query],
     """2. Half-lives, on validation only (first engine, knn_linear, content profile)."""
     ablation = []
     for hl in HALF_LIVES:
-        profiles = {"dynamic": offline_profiles(corpus.split, corpus.doc_vectors,
-                                                corpus.text_vectors, hl)}
+        profiles = {"dynamic": query_time_profiles(corpus, corpus.doc_vectors, hl, tuning)}
         score = Evaluator(services, profiles).ndcg(
             Method("dynamic", BlendWeights(1.0, 1.0, 0.0, 1.0, 0.5), "dynamic"), tuning)
         ablation.append({"long_days": hl[0], "short_days": hl[1], "val_ndcg@10": score})
@@ -310,52 +477,97 @@ def _replay(services: Services, engine: str, corpus: Corpus, half_lives: tuple[f
     drift = max((float(np.max(np.abs(np.asarray(content[u].long) - np.asarray(v.long))))
                  for u, v in offline.items() if v.long and u in content
                  and content[u].long), default=0.0)
+    if any(content[u].seen != v.seen for u, v in offline.items() if u in content):
+        raise RuntimeError("the pipeline's seen documents differ from the offline fold's")
     progress(f"{engine}: pipeline vs offline fold, max |difference| {drift:.2e}")
     return drift
 
 
 def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
-                     static: dict[str, UserVectors],
-                     tuning: list[data.Query], strategies: list[str],
-                     chosen: dict[str, tuple[BlendWeights, BlendWeights]],
-                     progress: Callable[[str], None]) -> dict[str, Any]:
-    """4. Popularity and behaviour from the log, weights tuned on validation (strategies not
-    tuned yet; ``chosen`` grows), then every method on the test queries."""
+                     static: dict[str, UserVectors], tuning: list[data.Query],
+                     offered: list[str], strategies: list[str], tuned: Tuned,
+                     half_lives: tuple[float, float], progress: Callable[[str], None]
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """4-6. Popularity and behaviour from the log, profiles at each query's time, weights
+    tuned on validation (what ``tuned`` lacks yet), the comparator, then every arm on the
+    test queries."""
     popularity.rebuild(services)
     trained = behaviour.train(services)
     progress(f"{engine}: behaviour vectors {trained}")
-    evaluator = Evaluator(services, {
-        "static": static,
-        "dynamic": _pipeline_profiles(services, list(corpus.split.static_events))})
-    chosen.update({s: _tune(evaluator, tuning, s, progress)
-                   for s in strategies if s not in chosen})
-    # From here the chosen weights are the configured ones: the defaults are measured
-    # through the same path as /search (weights=None).
+    docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
+    test = corpus.split.test
+    dynamic = query_time_profiles(corpus, docs, half_lives, [*tuning, *test])
+    evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
+                                     **_controls(dynamic, [*tuning, *test])})
+    for s in offered:
+        if s not in tuned.plain:
+            tuned.bm25_popularity[s] = _ascend(evaluator, tuning, s, BlendWeights(1.0),
+                                               ("popularity",))
+            tuned.plain[s] = _ascend(evaluator, tuning, s, BlendWeights(1.0),
+                                     ("popularity", "query"))
+    validation = _comparator(evaluator, tuned, offered, tuning)
+    comparator = best_arms(validation)
+    progress(f"{engine}: best non-personalized on validation: {comparator}")
+    if tuned.refind_floor is None:
+        tuned.refind_floor = validation["refind"][comparator["refind"]]
+    for s in strategies:
+        if s not in tuned.chosen:
+            tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
+                                    refind_floor=tuned.refind_floor)
+    if tuned.seen_policy is None:
+        _choose_seen_policy(evaluator, tuning, strategies[0], tuned, progress)
+    # From here the chosen weights and policy are the configured ones: the defaults are
+    # measured through the same path as /search (weights=None).
     evaluator = evaluator.using(Services(replace(
-        services.settings,
-        blend_weights={s: asdict(w[1]) for s, w in chosen.items()},
-        blend_weights_without_behaviour={s: asdict(w[0]) for s, w in chosen.items()})))
-    scored = _score(evaluator, chosen, strategies, corpus.split.test, progress)
-    scored.update(strategies=strategies,
+        services.settings, seen_policy=tuned.seen_policy or "neutral",
+        blend_weights={s: asdict(w[1]) for s, w in tuned.chosen.items()},
+        blend_weights_without_behaviour={s: asdict(w[0]) for s, w in tuned.chosen.items()})))
+    scored, per_query = _score(evaluator, tuned, offered, strategies, comparator, corpus,
+                               progress)
+    scored.update(strategies=strategies, offered=offered, comparator_validation=validation,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
-    return scored
+    return scored, per_query
+
+
+def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+                        tuned: Tuned, progress: Callable[[str], None]) -> None:
+    """The seen policy: the default strategy tuned under each, compared on validation."""
+    own = _tune(evaluator, tuning, strategy, progress, plain=tuned.plain[strategy],
+                policy="own", refind_floor=tuned.refind_floor)
+    for policy, weights in (("neutral", tuned.chosen[strategy]), ("own", own)):
+        method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
+        ndcg = metrics.per_query(evaluator.ranks(method, tuning, f"seen policy {policy}"))[
+            "ndcg@10"]
+        tuned.policy_validation[policy] = {
+            "objective": evaluator.ndcg(method, tuning, tuned.refind_floor),
+            **{p: float(np.mean([v for v, q in zip(ndcg, tuning, strict=True)
+                                 if q.protocol == p])) for p in data.PROTOCOLS}}
+    validation = tuned.policy_validation
+    tuned.seen_policy = max(validation, key=lambda p: (validation[p]["objective"],
+                                                       p == "neutral"))
+    if tuned.seen_policy == "own":
+        tuned.chosen[strategy], tuned.other_policy = own, tuned.chosen[strategy]
+    else:
+        tuned.other_policy = own
+    progress(f"seen policy on validation: {validation}; chosen {tuned.seen_policy}")
 
 
 def _write(results: dict[str, Any], out_dir: Path, ranking_out: Path | None) -> None:
-    """5. evaluation.json, the chosen ranking file, and the report with its plots."""
+    """evaluation.json (with every arm's per-query ranks), the chosen ranking file, and the
+    report with its plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
     (ranking_out or out_dir / "ranking.json").write_text(
         json.dumps(results["ranking"], indent=2) + "\n")
     write_report(results, out_dir)
 
 
-def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, BlendWeights]]
-             ) -> dict[str, Any]:
+def _ranking(results: dict[str, Any], tuned: Tuned) -> dict[str, Any]:
     """The configuration the evaluation chose, in the ranking file's shape. A strategy the
-    evaluated engines did not offer keeps the shipped file's weights."""
+    evaluated engines did not personalize keeps the shipped file's weights."""
     shipped = json.loads(SHIPPED_RANKING.read_text())
+    chosen = tuned.chosen
 
     def table(name: str, index: int) -> dict[str, dict[str, float]]:
         return {s: ({t: float(getattr(chosen[s][index], t)) for t in WEIGHT_NAMES}
@@ -367,6 +579,8 @@ def _ranking(results: dict[str, Any], chosen: dict[str, tuple[BlendWeights, Blen
         "half_life_long_days": results["half_lives"][0],
         "half_life_short_days": results["half_lives"][1],
         "popularity_half_life_days": results["popularity_half_life_days"],
+        "seen_policy": tuned.seen_policy,
+        "embed_title_cleanup": results["embed_title_cleanup"],
         "weights": table("weights", 1),
         "weights_without_behaviour": table("weights_without_behaviour", 0),
     }
@@ -402,94 +616,164 @@ def _popularity_half_life(services: Services, tuning: list[data.Query], strategy
     return max(ablation, key=lambda a: a["val_ndcg@10"])["days"], ablation
 
 
-def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
-          progress: Callable[[str], None]) -> tuple[BlendWeights, BlendWeights]:
-    """Coordinate ascent on validation, each term over its grid with the others fixed:
-    popularity and the query vector (the non-personalized default), then the content
-    interest terms and how specific queries turn them down (the table for users without a
-    behaviour vector), then behaviour, the long-term term, the ambiguity exponent and
-    behaviour again (the table for users with one). Returns (without, with) behaviour."""
-    def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
-        for term in terms:
-            profile = None if term in ("popularity", "query") else "dynamic"
-            scored = [(evaluator.ndcg(Method(term, replace(weights, **{term: value}), profile,
-                                             strategy), tuning), -value, value)
-                      for value in GRID[term]]
-            # Ties go to the smaller weight: a term must earn its place.
-            weights = replace(weights, **{term: max(scored)[2]})
-        return weights
+def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+            weights: BlendWeights, terms: Sequence[str], policy: str | None = None,
+            refind_floor: float | None = None) -> BlendWeights:
+    """Coordinate ascent on validation: each term over its grid with the others fixed
+    (``Evaluator.ndcg``'s objective)."""
+    for term in terms:
+        profile = None if term in ("popularity", "query") else "dynamic"
+        scored = [(evaluator.ndcg(Method(term, replace(weights, **{term: value}), profile,
+                                         strategy, seen_policy=policy), tuning,
+                                  refind_floor), -value, value)
+                  for value in GRID[term]]
+        # Ties go to the smaller weight: a term must earn its place.
+        weights = replace(weights, **{term: max(scored)[2]})
+    return weights
 
-    plain = ascend(BlendWeights(1.0), ("popularity", "query"))
-    content = ascend(plain, ("interest_long", "interest_short", "ambiguity", "interest_long"))
-    full = ascend(content, ("behaviour", "interest_long", "ambiguity", "behaviour"))
-    progress(f"tuned on validation ({strategy}): without behaviour {content}; with {full}")
+
+def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+          progress: Callable[[str], None], plain: BlendWeights | None = None,
+          policy: str = "neutral", refind_floor: float | None = None
+          ) -> tuple[BlendWeights, BlendWeights]:
+    """Popularity and the query vector (the non-personalized default; given as ``plain``
+    where tuned already), then the content interest terms, the seen documents' weight and
+    how specific queries turn them down (the table for users without a behaviour vector),
+    then behaviour, the long-term term, the seen weight, the ambiguity exponent and behaviour
+    again (the table for users with one). Returns (without, with) behaviour."""
+    def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
+        if policy != "neutral":  # the seen weight only counts where seen documents are held
+            terms = [t for t in terms if t != "seen"]
+        return _ascend(evaluator, tuning, strategy, weights, terms, policy, refind_floor)
+
+    plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
+    content = ascend(plain, ("interest_long", "interest_short", "seen", "ambiguity",
+                             "interest_long"))
+    full = ascend(content, ("behaviour", "interest_long", "seen", "ambiguity", "behaviour"))
+    progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
+             f"with {full}")
     return content, full
 
 
-def _methods(chosen: tuple[BlendWeights, BlendWeights], strategy: str,
-             ablations: bool) -> list[Method]:
-    """The baselines and the defaults; the ablations on the engine's default strategy."""
-    content, full = chosen
-    plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, ambiguity=0.0)
-    methods = [
-        Method("BM25 + popularity", BlendWeights(1.0, popularity=full.popularity), None,
-               strategy),
-        # weights=None: the configured path, exactly what /search does.
-        Method(NON_PERSONALIZED, None, None, strategy),
-        Method("static content profile", replace(plain, interest_long=content.interest_long
-                                                 or 1.0), "static", strategy),
-        Method("dynamic content profile", content, "dynamic", strategy),
-        Method("behaviour only", replace(plain, behaviour=full.behaviour or 1.0),
+def _non_personalized(tuned: Tuned, offered: list[str]) -> list[Method]:
+    """Every ranking the engine can give without a user."""
+    methods = [Method("BM25", BlendWeights(1.0), None, offered[0])]
+    for s in offered:
+        methods += [Method(f"{BM25_POPULARITY} ({s})", tuned.bm25_popularity[s], None, s),
+                    Method(f"{NON_PERSONALIZED} ({s})", tuned.plain[s], None, s)]
+    return methods
+
+
+def _comparator(evaluator: Evaluator, tuned: Tuned, offered: list[str],
+                tuning: list[data.Query]) -> dict[str, dict[str, float]]:
+    """5. Each non-personalized arm's NDCG@10 on each protocol's validation queries."""
+    return {protocol: {m.name: evaluator.ndcg(m, [q for q in tuning if q.protocol == protocol])
+                       for m in _non_personalized(tuned, offered)}
+            for protocol in data.PROTOCOLS}
+
+
+def best_arms(validation: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Per protocol, the arm with the best validation score: the comparator."""
+    return {protocol: max(scores, key=lambda name: scores[name])
+            for protocol, scores in validation.items()}
+
+
+def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
+    """The personalized default; on the engine's default strategy also its ablations, the
+    other seen policy and the item-prior controls."""
+    methods = [Method(f"{DEFAULT} ({strategy})", None, "dynamic", strategy, keep_hits=True)]
+    if not ablations:
+        return methods
+    content, full = tuned.chosen[strategy]
+    plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, seen=0.0)
+    other = "own" if tuned.seen_policy == "neutral" else "neutral"
+    assert tuned.other_policy is not None
+    return [
+        *methods,
+        Method(f"static content profile ({strategy})", replace(
+            content, interest_long=content.interest_long or 1.0, interest_short=0.0),
+            "static", strategy),
+        Method(f"dynamic content profile ({strategy})", replace(
+            content, interest_long=content.interest_long or 1.0, interest_short=0.0),
+            "dynamic", strategy),
+        Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0),
                "dynamic", strategy),
-        Method(DEFAULT, None, "dynamic", strategy, keep_hits=True),
+        Method(f"seen policy {other} ({strategy})", tuned.other_policy[1], "dynamic", strategy,
+               seen_policy=other),
+        Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
+        Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy),
     ]
-    return methods if ablations else [methods[0], methods[1], methods[-1]]
 
 
-def _score(evaluator: Evaluator, chosen: dict[str, tuple[BlendWeights, BlendWeights]],
-           strategies: list[str],
-           test: list[data.Query], progress: Callable[[str], None]) -> dict[str, Any]:
-    by_protocol = {p: [q for q in test if q.protocol == p] for p in data.PROTOCOLS}
+def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: list[str],
+           comparator: dict[str, str], corpus: Corpus, progress: Callable[[str], None]
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """6. Every arm on each protocol's test queries, the tests, and the per-query ranks."""
+    split = corpus.split
+    users_of: dict[str, set[str]] = defaultdict(set)
+    for e in corpus.train:
+        users_of[e["doc_id"]].add(e["user_id"])
     out: dict[str, Any] = {"protocols": {}, "weights": {}}
+    per_query: dict[str, Any] = {}
     defaults: dict[str, dict[str, list[list[str]]]] = defaultdict(dict)
-    for protocol, queries in by_protocol.items():
-        bm25 = Method("BM25", BlendWeights(1.0), None, strategies[0])
-        per: dict[str, dict[str, Any]] = {"BM25": {
-            "all": metrics.per_query(evaluator.ranks(bm25, queries)), "strategy": "-"}}
-        table: dict[str, Any] = {}
+    default_strategy = strategies[0]
+    for protocol in data.PROTOCOLS:
+        queries = [q for q in split.test if q.protocol == protocol]
+        tail = np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in queries])
+        methods = _non_personalized(tuned, offered)
+        for s in strategies:
+            methods += _personalized(tuned, s, ablations=s == default_strategy)
+        ranks: dict[str, list[int | None]] = {}
+        for m in methods:
+            ranks[m.name] = evaluator.ranks(m, queries, f"{protocol}: {m.name}")
+            if m.keep_hits:
+                defaults[protocol][m.strategy] = m.hits
+        per = {name: metrics.per_query(r) for name, r in ranks.items()}
+        strategy_of = {m.name: m.strategy if m.name != "BM25" else "-" for m in methods}
+        comp = per[comparator[protocol]]["ndcg@10"]
         tests: dict[str, Any] = {}
-        for strategy in strategies:
-            for m in _methods(chosen[strategy], strategy, ablations=strategy == strategies[0]):
-                per[f"{m.name} ({strategy})"] = {
-                    "all": metrics.per_query(evaluator.ranks(m, queries)), "strategy": strategy}
-                if m.keep_hits:
-                    defaults[protocol][strategy] = m.hits
-            ours = per[f"{DEFAULT} ({strategy})"]["all"]["ndcg@10"]
-            plain = per[f"{NON_PERSONALIZED} ({strategy})"]["all"]["ndcg@10"]
-            best_np = max(["BM25", f"BM25 + popularity ({strategy})",
-                           f"{NON_PERSONALIZED} ({strategy})"],
-                          key=lambda n: per[n]["all"]["ndcg@10"].mean())
-            tests[strategy] = {
-                "best_non_personalized": best_np,
-                "vs_best_non_personalized": metrics.paired_test(
-                    ours, per[best_np]["all"]["ndcg@10"]),
-                "vs_bm25_popularity": metrics.paired_test(
-                    ours, per[f"BM25 + popularity ({strategy})"]["all"]["ndcg@10"]),
-                "vs_static": metrics.paired_test(
-                    ours, per[f"static content profile ({strategies[0]})"]["all"]["ndcg@10"]),
-                "harm": metrics.paired_test(plain, ours),
-                "relative_gain": _gain(ours, per[best_np]["all"]["ndcg@10"]),
-                "relative_gain_vs_bm25_popularity": _gain(
-                    ours, per[f"BM25 + popularity ({strategy})"]["all"]["ndcg@10"]),
+        for s in strategies:
+            ours = per[f"{DEFAULT} ({s})"]["ndcg@10"]
+            entry: dict[str, Any] = {
+                "vs_comparator": metrics.paired_test(ours, comp),
+                "relative_gain": _gain(ours, comp),
+                "harm": metrics.paired_test(comp, ours),
             }
-            out["weights"][strategy] = {"without_behaviour": asdict(chosen[strategy][0]),
-                                        "with_behaviour": asdict(chosen[strategy][1])}
+            if s == default_strategy:
+                other = next(n for n in per if n.startswith("seen policy "))
+                entry.update({
+                    "vs_item_prior": metrics.paired_test(ours, per[f"{ITEM_PRIOR} ({s})"][
+                        "ndcg@10"]),
+                    "gain_vs_item_prior": _gain(ours, per[f"{ITEM_PRIOR} ({s})"]["ndcg@10"]),
+                    "vs_other_user": metrics.paired_test(ours, per[f"{OTHER_USER} ({s})"][
+                        "ndcg@10"]),
+                    "dynamic_vs_static": metrics.paired_test(
+                        per[f"dynamic content profile ({s})"]["ndcg@10"],
+                        per[f"static content profile ({s})"]["ndcg@10"]),
+                    "vs_other_seen_policy": metrics.paired_test(ours, per[other]["ndcg@10"]),
+                })
+                if tail.any():
+                    entry["tail"] = {"queries": int(tail.sum()),
+                                     "ours": float(ours[tail].mean()),
+                                     "comparator": float(comp[tail].mean()),
+                                     "relative_gain": _gain(ours[tail], comp[tail]),
+                                     "vs_comparator": metrics.paired_test(ours[tail],
+                                                                          comp[tail])}
+            tests[s] = entry
+        table = {name: {"strategy": strategy_of[name],
+                        **{k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_ci(v)}
+                           for k, v in entry.items()}}
+                 for name, entry in per.items()}
         for name, entry in per.items():
-            table[name] = {"strategy": entry["strategy"],
-                           **{k: {"mean": float(v.mean()), "ci95": metrics.bootstrap_ci(v)}
-                              for k, v in entry["all"].items()}}
-            progress(f"  {protocol} {name}: NDCG@10 {entry['all']['ndcg@10'].mean():.4f}")
-        out["protocols"][protocol] = {"queries": len(queries), "methods": table, "tests": tests}
+            progress(f"  {protocol} {name}: NDCG@10 {entry['ndcg@10'].mean():.4f}")
+        out["protocols"][protocol] = {"queries": len(queries), "comparator":
+                                      comparator[protocol], "methods": table, "tests": tests}
+        per_query[protocol] = {
+            "queries": [[q.user_id, q.movie_id, q.text, q.timestamp] for q in queries],
+            "tail": tail.tolist(), "ranks": ranks}
+    for s in strategies:
+        out["weights"][s] = {"without_behaviour": asdict(tuned.chosen[s][0]),
+                             "with_behaviour": asdict(tuned.chosen[s][1])}
     by_strategy = {s: float(np.mean([out["protocols"][p]["methods"][f"{DEFAULT} ({s})"]
                                      ["ndcg@10"]["mean"] for p in data.PROTOCOLS]))
                    for s in strategies}
@@ -498,7 +782,7 @@ def _score(evaluator: Evaluator, chosen: dict[str, tuple[BlendWeights, BlendWeig
         out["kendall_tau_script_vs_knn"] = {
             p: metrics.mean_kendall_tau(defaults[p]["script_score"], defaults[p]["knn_linear"])
             for p in data.PROTOCOLS}
-    return out
+    return out, per_query
 
 
 def _gain(ours: np.ndarray, theirs: np.ndarray) -> float | None:

@@ -36,6 +36,7 @@ from plugin.evaluation.run import (
     Evaluator,
     Method,
     _tune,
+    by_user,
 )
 from plugin.events import APPLIED
 from plugin.interest import fold_events
@@ -134,13 +135,14 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
     current = (settings.half_life_long_s / DAY, settings.half_life_short_s / DAY)
     scored = []
     for half_lives in dict.fromkeys([current, *HALF_LIVES]):
-        evaluator = Evaluator(services, {"dynamic": _profiles(services, train, users,
-                                                              half_lives)})
+        evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
+                                                                      half_lives))})
         score = evaluator.ndcg(Method("half-lives", None, "dynamic", strategy), fit)
         scored.append((score, half_lives))
         progress(f"half-lives {half_lives}: NDCG@10 {score:.4f}")
     half_lives = max(scored)[1]
-    evaluator = Evaluator(services, {"dynamic": _profiles(services, train, users, half_lives)})
+    evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
+                                                                  half_lives))})
     without, with_behaviour = _tune(evaluator, fit, strategy, progress)
     evaluator = evaluator.using(Services(replace(
         settings, blend_weights={**settings.blend_weights, strategy: asdict(with_behaviour)},
@@ -161,6 +163,7 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
         "chosen_by": f"`es-interest tune` on this deployment's log ({len(fit)} queries)",
         "half_life_long_days": half_lives[0], "half_life_short_days": half_lives[1],
         "popularity_half_life_days": settings.popularity_half_life_s / DAY,
+        "seen_policy": settings.seen_policy,
         "weights": {s: {t: float(w.get(t, 0.0)) for t in WEIGHT_NAMES}
                     for s, w in evaluator.services.settings.blend_weights.items()},
         "weights_without_behaviour": {

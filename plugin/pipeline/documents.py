@@ -30,8 +30,10 @@ def index_documents(
     if not docs:
         return report
     embedder = services.embedder
-    to_embed = [doc for _, doc in docs if doc.embedding is None]
-    encoded = iter(embedder.encode([doc.text for doc in to_embed]))
+    settings = services.settings
+    texts = {position: doc.embedded_text(settings.embed_fields, settings.embed_title_cleanup)
+             for position, doc in docs if doc.embedding is None}
+    encoded = iter(embedder.encode(list(texts.values())))
     vectors = [next(encoded) if doc.embedding is None
                else np.asarray(doc.embedding, dtype=np.float32) for _, doc in docs]
     limit = embedder.max_tokens
@@ -49,8 +51,8 @@ def index_documents(
             continue
         # The model reads at most `limit` tokens: longer texts are embedded from their start.
         # (Cheap length test first: a token is rarely shorter than two characters.)
-        long_text = doc.embedding is None and len(doc.text) > limit * 2
-        if long_text and embedder.token_count(doc.text) > limit:
+        text = texts.get(position, "")
+        if len(text) > limit * 2 and embedder.token_count(text) > limit:
             report.notes.append({"position": position, "id": doc.doc_id,
                                  "note": f"text truncated to the model's {limit} tokens"})
         positions[doc.doc_id] = position

@@ -106,8 +106,9 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
     if strategy not in strategies(services):
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
                     f"{STRATEGIES[strategy].needs}")
-    # The mechanism, whatever weight the shipped file gives content terms on this strategy.
-    on = {"interest_long": 1.0}
+    # The mechanism, whatever weight the shipped file gives content terms on this strategy
+    # (the liked documents themselves get the seen weight: held neutral, policy permitting).
+    on = {"interest_long": 1.0, "seen": 1.0}
     a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True,
                weights=on)
     b = search(client, keys["read"], user_id=topics["b"], strategy=strategy, weights=on)
@@ -118,11 +119,42 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
     assert car_rank(a) < car_rank(b)
     top = a["hits"][0]["components"]
     assert set(top) == {"final", "bm25", "query", "popularity", "interest_long",
-                        "interest_short"}
+                        "interest_short", "seen"}
     assert 0 <= top["bm25"] <= 1 and 0 <= top["interest_long"] <= 1
     # Without explain the engine sends no vectors back, so only what needs none is shown.
-    assert all(set(h["components"]) == {"final", "popularity"} for h in b["hits"])
+    assert all(set(h["components"]) == {"final", "popularity", "seen"} for h in b["hits"])
     assert a["strategy"] == strategy and a["took_ms"] > 0
+
+
+@pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
+def test_seen_documents_get_no_boost_of_their_own(client: FlaskClient, keys: dict[str, str],
+                                                  topics: dict[str, str], services: Services,
+                                                  strategy: str) -> None:
+    """User A's liked documents are their nearest ones; held neutral (seen weight 0), each
+    keeps exactly its score without a user, while the document they did not see moves."""
+    if strategy not in strategies(services):
+        pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
+                    f"{STRATEGIES[strategy].needs}")
+    if services.settings.seen_policy != "neutral":
+        pytest.skip("the deployment boosts seen documents like any other (seen_policy own)")
+    on = {"interest_long": 1.0, "seen": 0.0}
+    mine = search(client, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+                  size=50, explain=True)
+    plain = search(client, keys["read"], strategy=strategy, weights=on, size=50)
+    run = topics["run"]
+    liked = {f"c{i}-{run}" for i in range(3)}
+    scores = {h["id"]: h["score"] for h in mine["hits"]}
+    plain_scores = {h["id"]: h["score"] for h in plain["hits"]}
+    assert liked <= set(scores) and mine["personalized"]
+    # The document nearest to the user's vector is one they liked: held, not boosted.
+    nearest = max(mine["hits"], key=lambda h: h["components"]["interest_long"])
+    assert nearest["id"] in liked
+    for hit in mine["hits"]:
+        assert hit["components"]["seen"] is (hit["id"] in liked)
+        if hit["id"] in liked:
+            assert hit["score"] == pytest.approx(plain_scores[hit["id"]], rel=1e-5)
+    unseen = f"c3-{run}"
+    assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
 
 
 def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,

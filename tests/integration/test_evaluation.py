@@ -29,6 +29,8 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
     # The configuration chosen is a ranking file the product can read.
     chosen = load_ranking(tmp_path / "ranking.json")
     assert chosen["weights"]["linear_retriever"]["bm25"] == 1.0
+    assert chosen["seen_policy"] in ("neutral", "own")
+    assert chosen["embed_title_cleanup"] in ("years", "none")
     for engine in engines:
         res = saved["engines"][engine]
         # The real pipeline folds exactly what the offline replay folds.
@@ -39,10 +41,18 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
             for method in block["methods"].values():
                 low, high = method["ndcg@10"]["ci95"]
                 assert 0 <= low <= method["ndcg@10"]["mean"] <= high <= 1
-            # Each engine's default strategy, with the baselines, ablations and its tests.
+            # Each engine's default strategy, with the ablations, controls and its tests;
+            # the comparator's arms span every strategy the engine offers.
             assert set(block["tests"]) == set(res["strategies"])
-            assert {m["strategy"] for m in block["methods"].values()} == \
-                {"-", *res["strategies"]}
+            assert {m["strategy"] for m in block["methods"].values()} == {"-", *res["offered"]}
+        for protocol, block in res["protocols"].items():
+            validation = res["comparator_validation"][protocol]
+            assert block["comparator"] == max(validation, key=lambda n: validation[n])
+            assert {f"non-personalized default ({s})" for s in res["offered"]} <= set(validation)
+            # Every arm's per-query ranks are kept, one per test query.
+            ranks = saved["per_query"][engine][protocol]["ranks"]
+            assert set(ranks) == set(block["methods"])
+            assert {len(r) for r in ranks.values()} == {block["queries"]}
         assert res["strategies"] == res["strategy_ranking"]
         assert set(res["strategies"]) <= set(BLEND_STRATEGIES)
     assert saved["engines"]["opensearch"]["strategies"] == ["knn_linear"]

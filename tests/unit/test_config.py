@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from plugin.config import ConfigError, load_settings
+from plugin.config import SHIPPED_RANKING, ConfigError, load_settings
 
 
 def test_defaults_and_overrides() -> None:
@@ -45,3 +48,26 @@ def test_every_field_has_its_variable() -> None:
     assert (s.behaviour_train_interval_s, s.erase_tombstone_s) == (7200.0, 86400.0)
     assert s.ui_secret == "s" and load_settings({}).ui_secret is None
     assert str(s.mappings_dir) == "/srv/mappings"
+
+
+def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "seen_policy": "own",
+                                "embed_title_cleanup": "none"}))
+    chosen = load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    assert (chosen.seen_policy, chosen.embed_title_cleanup) == ("own", "none")
+    # The environment still has the last word, and an older file without them gets defaults.
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
+                          "ES_INTEREST_SEEN_POLICY": "neutral"}).seen_policy == "neutral"
+    path.write_text(json.dumps({k: v for k, v in ranking.items()
+                                if k not in ("seen_policy", "embed_title_cleanup")}))
+    older = load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    assert (older.seen_policy, older.embed_title_cleanup) == ("neutral", "years")
+    path.write_text(json.dumps({**ranking, "seen_policy": "sometimes"}))
+    with pytest.raises(ConfigError, match="seen_policy must be one of neutral, own"):
+        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    assert load_settings({"ES_INTEREST_EMBED_FIELDS": "tags, title"}).embed_fields == (
+        "tags", "title")
+    with pytest.raises(ConfigError, match="EMBED_FIELDS takes a comma-separated list"):
+        load_settings({"ES_INTEREST_EMBED_FIELDS": "title,summary"})

@@ -1,0 +1,78 @@
+"""The evaluation's pure parts: profiles at query time, the controls, the comparator."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from plugin.evaluation import data
+from plugin.evaluation.run import (
+    DAY,
+    ITEM_PRIOR,
+    OTHER_USER,
+    Corpus,
+    _controls,
+    _stored,
+    best_arms,
+    query_time_profiles,
+)
+from plugin.interest import DocVector, fold_events
+from plugin.search import vectors_of
+from plugin.strategies import UserVectors
+
+DOCS = {f"m{i}": DocVector(np.eye(4)[i].tolist(), ()) for i in range(4)}
+
+
+def _like(user: str, doc: str, t: int) -> dict[str, object]:
+    return {"event_id": f"{user}-{doc}", "user_id": user, "doc_id": doc, "type": "like",
+            "weight": 1.0, "timestamp": t}
+
+
+def _corpus(history: dict[str, list[dict[str, object]]]) -> Corpus:
+    split = data.Split([], [], [], {}, history)  # type: ignore[arg-type]
+    return Corpus(split, [], [], DOCS, {}, [])
+
+
+def test_a_profile_at_query_time_holds_exactly_the_events_before_it() -> None:
+    history = {"u": [_like("u", "m0", 100), _like("u", "m1", 200), _like("u", "m2", 300)]}
+    queries = [data.Query("u", "m3", "q", t) for t in (50, 200, 301)]
+    profile = query_time_profiles(_corpus(history), DOCS, (365.0, 7.0), queries)
+    assert profile(queries[0]).empty  # nothing before it
+    for query, before in ((queries[1], 1), (queries[2], 3)):
+        # Strictly before: the like at the query's own second is not in its profile.
+        state, _ = fold_events(None, "u", [_stored(e, {}) for e in history["u"][:before]],
+                               DOCS, 365 * DAY, 7 * DAY, 0.0)
+        assert state is not None
+        expected = vectors_of(state)
+        got = profile(query)
+        assert got.seen == expected.seen == tuple(f"m{i}" for i in reversed(range(before)))
+        np.testing.assert_allclose(got.long or [], expected.long or [])
+
+
+def test_the_controls_use_no_vector_of_the_user_but_keep_their_seen_documents() -> None:
+    own = {"a": UserVectors([1.0, 0.0], None, seen=("m0",)),
+           "b": UserVectors([0.0, 1.0], None, seen=("m1",)),
+           "c": UserVectors([0.6, 0.8], None, seen=("m2",))}
+    queries = [data.Query(u, "m3", "q", 1) for u in own]
+
+    def dynamic(q: data.Query) -> UserVectors:
+        return own[q.user_id]
+
+    controls = _controls(dynamic, queries)
+    mean = np.mean([v.long for v in own.values()], axis=0)
+    for q in queries:
+        prior, other = controls[ITEM_PRIOR](q), controls[OTHER_USER](q)
+        np.testing.assert_allclose(prior.long or [], mean / np.linalg.norm(mean))
+        assert other.long in [v.long for u, v in own.items() if u != q.user_id]
+        assert prior.seen == other.seen == own[q.user_id].seen
+
+
+def test_the_comparator_is_the_best_non_personalized_arm_of_each_protocol() -> None:
+    validation = {
+        "term": {"BM25": 0.10, "BM25 + popularity (linear_retriever)": 0.17,
+                 "non-personalized default (linear_retriever)": 0.16,
+                 "non-personalized default (knn_linear)": 0.20},
+        "refind": {"BM25": 0.30, "BM25 + popularity (knn_linear)": 0.25},
+    }
+    # Another strategy's plain ranking wins term queries: that is the comparator there.
+    assert best_arms(validation) == {"term": "non-personalized default (knn_linear)",
+                                     "refind": "BM25"}
