@@ -38,13 +38,13 @@ BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_s
 # points at another file of the same shape (one fitted to a deployment's own users).
 SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
 BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour")
-# A ranking file's weights per strategy: one per term, the constant boost of documents the user
-# already interacted with (``seen``, optional: 0 where a file lacks it) and how specific queries
-# damp the user's terms.
+# A ranking file's weights per strategy: one per term, the share of the user terms' weight
+# documents the user already interacted with get (``seen``, optional: 0 where a file lacks
+# it) and how specific queries damp the user's terms.
 WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
 # What the personal terms give documents the user already interacted with: ``neutral``, the
-# ``seen`` weight instead of their own similarity, so the boost goes to what they have not
-# seen; ``own``, their similarity like any other document.
+# ``seen`` share of their weight instead of their own similarity, so the boost goes to what
+# they have not seen; ``own``, their similarity like any other document.
 SEEN_POLICIES = ("neutral", "own")
 # The document fields the model may read (settings.embed_fields).
 EMBED_FIELDS = ("title", "tags", "body")

@@ -32,9 +32,9 @@ class BlendWeights:
     interest_long: float = 0.0
     interest_short: float = 0.0
     behaviour: float = 0.0
-    # The constant a document the user already interacted with gets in place of its own user
-    # terms (seen_policy "neutral"): it keeps its plain rank plus this, and the personal
-    # boost goes to documents the user has not seen.
+    # What a document the user already interacted with gets in place of its own user terms
+    # (seen_policy "neutral"): this share of the user terms' total weight, a typical boost
+    # rather than its own high one, so the personal boost goes to what the user has not seen.
     seen: float = 0.0
     # How much a specific query turns personalization down: the user terms are scaled by
     # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
@@ -42,10 +42,11 @@ class BlendWeights:
     ambiguity: float = 0.0
 
     def personal_scaled(self, factor: float) -> BlendWeights:
-        """The user terms scaled by ``factor`` (the query's words^-ambiguity)."""
+        """The user terms scaled by ``factor`` (the query's words^-ambiguity); the seen
+        documents' boost, a share of them, follows."""
         return replace(self, interest_long=self.interest_long * factor,
                        interest_short=self.interest_short * factor,
-                       behaviour=self.behaviour * factor, seen=self.seen * factor)
+                       behaviour=self.behaviour * factor)
 
 
 @dataclass
@@ -126,12 +127,14 @@ class QueryContext:
                          "must_not": [{"ids": {"values": list(self.seen)}}]}}
 
     def seen_clause(self) -> JSON | None:
-        """The held-neutral documents among the matches, scored ``weights.seen`` each (None
-        where nothing is held neutral, no user term applies, or the weight is 0)."""
-        if not self.seen or self.weights.seen <= 0 or not self.user_terms:
+        """The held-neutral documents among the matches, each scored ``weights.seen`` times
+        the applied user terms' total weight (None where nothing is held neutral, no user
+        term applies, or the share is 0)."""
+        boost = self.weights.seen * sum(weight for _, _, weight in self.user_terms)
+        if not self.seen or boost <= 0:
             return None
         return {"constant_score": {"filter": {"bool": {"filter": [
-            self.matching, {"ids": {"values": list(self.seen)}}]}}, "boost": self.weights.seen}}
+            self.matching, {"ids": {"values": list(self.seen)}}]}}, "boost": boost}}
 
     @classmethod
     def for_query(cls, engine: Engine, query: str, filters: Mapping[str, Sequence[str]], *,

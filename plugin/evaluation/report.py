@@ -124,9 +124,9 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "or by another user's. The user's own seen documents stay, so the controls differ "
         "from the personalized default in the vectors only.",
         "- **Seen documents**: with the `neutral` policy the personal terms give documents "
-        "the user already liked the ranking file's `seen` weight instead of their own (high) "
-        "similarity, so the boost goes to what the user has not seen; `own` boosts them like "
-        "any other document.",
+        "the user already liked the ranking file's `seen` share of their weight instead of "
+        "their own (high) similarity, so the boost goes to what the user has not seen; "
+        "`own` boosts them like any other document.",
         "",
         "## Protocol",
         "",
@@ -171,8 +171,9 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
         "## The configuration chosen (shipped in `plugin/ranking.json`)",
         "",
         "`ambiguity`: the user terms are scaled by words^-ambiguity (the query's distinct "
-        "words): a longer, more specific query turns personalization down. `seen`: what a "
-        "document the user already liked gets in place of its own personal terms.",
+        "words): a longer, more specific query turns personalization down. `seen`: the share "
+        "of the user terms' total weight a document the user already liked gets in place of "
+        "its own personal terms.",
         "",
         f"Half-lives: interests long {ranking['half_life_long_days']:g} d, short "
         f"{ranking['half_life_short_days']:g} d; popularity "

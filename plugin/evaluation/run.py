@@ -73,7 +73,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "behaviour": (0.0, 0.5, 1.0, 2.0, 4.0),
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
-    "seen": (0.0, 0.25, 0.5, 1.0),
+    "seen": (0.0, 0.25, 0.5, 0.75, 1.0),
     "ambiguity": (0.0, 0.5, 1.0, 2.0),
 }
 # Validation queries every tuning step scores, split evenly over the protocols.
@@ -647,7 +647,10 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
         return _ascend(evaluator, tuning, strategy, weights, terms, policy, refind_floor)
 
     plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
-    content = ascend(plain, ("interest_long", "interest_short", "seen", "ambiguity",
+    # Seen documents start at half the user terms' weight, so a user term's first step is
+    # not judged with what the user knows pushed down (re-finding) or up.
+    start = replace(plain, seen=0.5 if policy == "neutral" else 0.0)
+    content = ascend(start, ("interest_long", "interest_short", "seen", "ambiguity",
                              "interest_long"))
     full = ascend(content, ("behaviour", "interest_long", "seen", "ambiguity", "behaviour"))
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "

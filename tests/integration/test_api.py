@@ -164,8 +164,10 @@ def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,
     if len(strategies(services)) < 2:
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} offers one "
                     "strategy only (no Painless, no linear retriever)")
+    # The liked documents (held neutral, policy permitting) get twice the user term's weight.
     results = {s: search(client, keys["read"], user_id=topics["a"], strategy=s,
-                         weights={"interest_long": 8.0}) for s in strategies(services)}
+                         weights={"interest_long": 8.0, "seen": 2.0})
+               for s in strategies(services)}
     orders = {s: [h["id"] for h in r["hits"]] for s, r in results.items()}
     # script_score and knn_linear compute the same sum here; the linear retriever min-max
     # normalizes each term first, so only the clearly separated head must agree with it.

@@ -103,7 +103,7 @@ def test_without_user_vectors_no_user_term_is_sent() -> None:
 def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
                                                                 name: str) -> None:
     """Held neutral: every user term's kNN leaves the seen documents out, the query vector's
-    does not, and one constant clause gives them the ``seen`` weight among the matches."""
+    does not, and one constant clause gives them the ``seen`` share among the matches."""
     if name == "linear_retriever" and not isinstance(engine, ElasticsearchEngine):
         pytest.skip("retrievers are Elasticsearch's")
     seen = ("m1", "m2")
@@ -119,8 +119,9 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
         elif vector == ctx.vector:
             assert "must_not" not in json.dumps(spec.get("filter"))
     text = json.dumps(body)
+    # A quarter of the user terms' total weight (0.3 + 0.1 + 0.4).
     constant = {"constant_score": {"filter": {"bool": {"filter": [ctx.matching, excluded]}},
-                                   "boost": 0.25}}
+                                   "boost": 0.25 * 0.8}}
     assert text.count(json.dumps(constant)) == 1
     if name == "script_score":
         # The script scores seen documents without the content terms.
