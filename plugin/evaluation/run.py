@@ -512,7 +512,9 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         tuned.refind_floor = validation["refind"][comparator["refind"]]
     for s in strategies:
         if s not in tuned.chosen:
+            # Under the policy chosen already, where it is (a later engine's strategy).
             tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
+                                    policy=tuned.seen_policy or "neutral",
                                     refind_floor=tuned.refind_floor)
     if tuned.seen_policy is None:
         _choose_seen_policy(evaluator, tuning, strategies[0], tuned, progress)

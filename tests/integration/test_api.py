@@ -127,20 +127,20 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
 
 
 @pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
-def test_seen_documents_get_no_boost_of_their_own(client: FlaskClient, keys: dict[str, str],
+def test_seen_documents_get_no_boost_of_their_own(settings: Settings, keys: dict[str, str],
                                                   topics: dict[str, str], services: Services,
                                                   strategy: str) -> None:
-    """User A's liked documents are their nearest ones; held neutral (seen weight 0), each
-    keeps exactly its score without a user, while the document they did not see moves."""
+    """User A's liked documents are their nearest ones; held neutral (seen_policy neutral,
+    seen share 0), each keeps exactly its score without a user, while the document they did
+    not see moves."""
     if strategy not in strategies(services):
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
                     f"{STRATEGIES[strategy].needs}")
-    if services.settings.seen_policy != "neutral":
-        pytest.skip("the deployment boosts seen documents like any other (seen_policy own)")
+    neutral = create_app(replace(settings, seen_policy="neutral")).test_client()
     on = {"interest_long": 1.0, "seen": 0.0}
-    mine = search(client, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+    mine = search(neutral, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
                   size=50, explain=True)
-    plain = search(client, keys["read"], strategy=strategy, weights=on, size=50)
+    plain = search(neutral, keys["read"], strategy=strategy, weights=on, size=50)
     run = topics["run"]
     liked = {f"c{i}-{run}" for i in range(3)}
     scores = {h["id"]: h["score"] for h in mine["hits"]}
