@@ -104,6 +104,10 @@ class Settings:
     # is served by its content vector alone).
     behaviour_dims: int = 64
     behaviour_min_interactions: int = 3
+    # Documents without enough interactions get a behaviour vector mapped from their content
+    # vector (a ridge map fitted at each training on documents with both), at training and
+    # at indexing, so the behaviour term reaches new and tail documents too.
+    behaviour_text_map: bool = True
     behaviour_train_interval_s: float = 24 * 3600.0
     # Automatic training: the first run once this many events are applied, then whenever
     # the log doubled; a run starts this long after it became due (a bulk import goes on).
@@ -260,6 +264,8 @@ def load_ranking(path: Path) -> dict[str, Any]:
                              ("embed_title_cleanup", CHOICES["embed_title_cleanup"])):
             if data.get(key, options[0]) not in options:
                 raise ValueError(f"{key} must be one of {', '.join(options)}")
+        if not isinstance(data.get("behaviour_text_map", True), bool):
+            raise ValueError("behaviour_text_map must be true or false")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -279,7 +285,8 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "half_life_short_s": "half_life_short_days",
                 "popularity_half_life_s": "popularity_half_life_days",
                 "seen_policy": "seen_policy",
-                "embed_title_cleanup": "embed_title_cleanup"}
+                "embed_title_cleanup": "embed_title_cleanup",
+                "behaviour_text_map": "behaviour_text_map"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
@@ -342,7 +349,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                         else float(default) / unit)
             values[name] = _number(env, variable, fallback, MINIMUM.get(name)) * unit
         elif kind is bool:
-            values[name] = _flag(env, variable, bool(default))
+            values[name] = _flag(env, variable, bool(ranking.get(FROM_RANKING.get(name, ""),
+                                                                 default)))
         elif kind in (int, float):
             values[name] = kind(_number(env, variable, float(default), MINIMUM.get(name)))
         elif kind == tuple[str, ...]:

@@ -311,6 +311,8 @@ class Tuned:
     # The default strategy tuned under the policy not chosen, and each policy's validation.
     other_policy: tuple[BlendWeights, BlendWeights] | None = None
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    text_map: bool | None = None  # cold documents' behaviour vectors mapped from their text
+    text_map_validation: dict[str, float] = field(default_factory=dict)
 
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
@@ -363,6 +365,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation},
         "embed_title_cleanup": cleanup,
+        "behaviour_text_map": {"chosen": tuned.text_map,
+                               "validation": tuned.text_map_validation},
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
@@ -492,7 +496,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     tuned on validation (what ``tuned`` lacks yet), the comparator, then every arm on the
     test queries."""
     popularity.rebuild(services)
-    trained = behaviour.train(services)
+    services, trained = _behaviour(services, corpus, tuning, offered[0], tuned, half_lives,
+                                   progress)
     progress(f"{engine}: behaviour vectors {trained}")
     docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
     test = corpus.split.test
@@ -530,6 +535,29 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
     return scored, per_query
+
+
+def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], strategy: str,
+               tuned: Tuned, half_lives: tuple[float, float],
+               progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
+    """Behaviour vectors trained from the log, as `es-interest train` does; whether cold
+    documents get one mapped from their text is chosen on validation (first engine)."""
+    if tuned.text_map is None:
+        weights = BlendWeights(1.0, 1.0, 0.5, behaviour=1.0)
+        for flag in (False, True):
+            candidate = Services(replace(services.settings, behaviour_text_map=flag))
+            behaviour.train(candidate)
+            docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
+            profile = query_time_profiles(corpus, docs, half_lives, tuning)
+            score = Evaluator(candidate, {"dynamic": profile}).ndcg(
+                Method("behaviour", weights, "dynamic", strategy), tuning)
+            tuned.text_map_validation[str(flag).lower()] = score
+            progress(f"behaviour vectors from text for cold documents {flag}: validation "
+                     f"NDCG@10 {score:.4f}")
+        validation = tuned.text_map_validation
+        tuned.text_map = validation["true"] > validation["false"]
+    chosen = Services(replace(services.settings, behaviour_text_map=tuned.text_map))
+    return chosen, behaviour.train(chosen)
 
 
 def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
@@ -583,6 +611,7 @@ def _ranking(results: dict[str, Any], tuned: Tuned) -> dict[str, Any]:
         "popularity_half_life_days": results["popularity_half_life_days"],
         "seen_policy": tuned.seen_policy,
         "embed_title_cleanup": results["embed_title_cleanup"],
+        "behaviour_text_map": results["behaviour_text_map"]["chosen"],
         "weights": table("weights", 1),
         "weights_without_behaviour": table("weights_without_behaviour", 0),
     }

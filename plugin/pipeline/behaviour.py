@@ -18,6 +18,7 @@ search leaves that user's behaviour term out.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,62 @@ def item_vectors(pairs: list[tuple[str, str]], dims: int, min_users: int
     return {d: out[i] / norms[i] for i, d in enumerate(items) if norms[i] > 0}
 
 
+RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0)
+
+
+def fit_text_map(content: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
+    """The ridge map from documents' content vectors to their behaviour vectors (fitted on
+    documents that have both; its penalty the best of RIDGE_ALPHAS on a held-out fifth).
+    Pure: no engine."""
+    rng = np.random.default_rng(0)
+    held = rng.random(len(content)) < 0.2
+    if held.all() or not held.any():
+        held = np.zeros(len(content), dtype=bool)
+
+    def fit(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+        return np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ y)
+
+    alpha = RIDGE_ALPHAS[0]
+    if held.any():
+        errors = [float(np.sum((content[held] @ fit(content[~held], behaviour[~held], a)
+                                - behaviour[held]) ** 2)) for a in RIDGE_ALPHAS]
+        alpha = RIDGE_ALPHAS[int(np.argmin(errors))]
+    return fit(content, behaviour, alpha)
+
+
+def map_text(text_map: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Unit behaviour-space vectors of documents from their content vectors (rows)."""
+    mapped = np.atleast_2d(content) @ text_map
+    norms = np.linalg.norm(mapped, axis=1, keepdims=True)
+    return mapped / np.where(norms > 0, norms, 1.0)
+
+
+def _text_map_key(services: Services, version: str) -> str:
+    return _key(services, f"text-map-{version}")
+
+
+_TEXT_MAPS: dict[str, np.ndarray | None] = {}
+
+
+def text_map(services: Services, version: str) -> np.ndarray | None:
+    """The content-to-behaviour map of a training run (None: it made none); per process."""
+    key = _text_map_key(services, version)
+    if key not in _TEXT_MAPS:
+        raw = services.redis.get(key)
+        if raw is None:
+            return None  # not cached: a run may write it yet
+        shape = (services.embedder.dims, services.settings.behaviour_dims)
+        _TEXT_MAPS[key] = np.frombuffer(base64.b64decode(raw), dtype="<f4").reshape(
+            shape).astype(np.float64)
+    return _TEXT_MAPS[key]
+
+
+def _content_vectors(services: Services) -> dict[str, np.ndarray]:
+    query = {"query": {"exists": {"field": "embedding"}}, "_source": ["embedding"]}
+    return {h["_id"]: np.asarray(h["_source"]["embedding"], dtype=np.float64)
+            for h in services.engine.scan(services.settings.docs_alias, query)}
+
+
 def positive_pairs(services: Services) -> list[tuple[str, str]]:
     """(user, document) pairs whose applied events sum to a positive weight."""
     settings = services.settings
@@ -143,6 +200,20 @@ def train(services: Services, refold: bool = True,
                             "users' positive interactions")
         return result
     version = f"{int(started * 1000):015d}"
+    if settings.behaviour_text_map:
+        # Documents nobody (or too few) interacted with get a vector from their text, so
+        # the behaviour term reaches them too; new documents get one at indexing.
+        content = _content_vectors(services)
+        known = [d for d in vectors if d in content]
+        cold = [d for d in content if d not in vectors]
+        if len(known) > 2 and cold:
+            mapping = fit_text_map(np.stack([content[d] for d in known]),
+                                   np.stack([vectors[d] for d in known]))
+            vectors.update(zip(cold, map_text(mapping, np.stack([content[d] for d in cold])),
+                               strict=True))
+            services.redis.set(_text_map_key(services, version),
+                               base64.b64encode(mapping.astype("<f4").tobytes()))
+            result["from_text"] = len(cold)
     stale = [h["_id"] for h in services.engine.scan(
         settings.docs_alias, {"query": {"exists": {"field": "behaviour_version"}},
                               "_source": False}) if h["_id"] not in vectors]
@@ -158,7 +229,10 @@ def train(services: Services, refold: bool = True,
     services.engine.bulk(actions).raise_if_refused("behaviour vectors not written",
                                                    handled=[404])
     services.engine.refresh(settings.docs_alias)
+    previous = current_version(services)
     services.redis.set(behaviour_version_key(settings), version)
+    if previous is not None:
+        services.redis.delete(_text_map_key(services, previous))
     services.doc_vectors.clear()
     result.update(trained=True, version=version, cleared=len(stale),
                   train_s=round(time.time() - started, 2))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ def index_documents(
     limit = embedder.max_tokens
     now_ms = int(time.time() * 1000)
     learned = _learned_fields(services, [doc.doc_id for _, doc in docs])
+    from_text = _text_mapper(services)
     actions = []
     positions: dict[str, int] = {}
     for (position, doc), vector in zip(docs, vectors, strict=True):
@@ -61,6 +62,8 @@ def index_documents(
             "_index": services.settings.docs_alias,
             "_id": doc.doc_id,
             "_source": {**doc.source(), **learned.get(doc.doc_id, {}),
+                        **(from_text(vector) if "behaviour" not in learned.get(doc.doc_id, {})
+                           else {}),
                         "embedding": vector.tolist(), "indexed_at": now_ms},
         })
     outcome = services.engine.bulk(actions, refresh=refresh)
@@ -76,6 +79,19 @@ def index_documents(
             report.notes.append({"note": f"applied {applied} events that waited for these "
                                          "documents"})
     return report
+
+
+def _text_mapper(services: Services) -> Callable[[np.ndarray], dict[str, Any]]:
+    """A new document's behaviour fields from its content vector, where the current training
+    run made a content-to-behaviour map (plugin/pipeline/behaviour.py); else none."""
+    version = behaviour.current_version(services) if services.settings.behaviour_text_map \
+        else None
+    mapping = behaviour.text_map(services, version) if version else None
+    if mapping is None:
+        return lambda _: {}
+    return lambda vector: {
+        "behaviour": [round(float(x), 6) for x in behaviour.map_text(mapping, vector)[0]],
+        "behaviour_version": version}
 
 
 def _learned_fields(services: Services, doc_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from plugin import pipeline
@@ -141,6 +142,31 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
     hits = search(learning, replace(params, use_cache=False)).hits
     assert all(h["components"].get("behaviour") is None for h in hits)
     learning.redis.set(behaviour_version_key(learning.settings), second["version"])
+
+
+def test_cold_documents_get_behaviour_vectors_from_their_text(learning: Services) -> None:
+    mapped = Services(replace(learning.settings, behaviour_text_map=True))
+    run = uid("cold")
+    ids = [f"{run}-{i}" for i in range(6)]
+    docs = [{"id": d, "title": f"{'garden' if i < 3 else 'kitchen'} tool {i}",
+             "tags": ["garden" if i < 3 else "kitchen"]} for i, d in enumerate(ids)]
+    docs.append({"id": f"{run}-cold", "title": "garden rake", "tags": ["garden"]})
+    assert not pipeline.index_documents(mapped, docs, refresh=True).errors
+    events = [event(f"{run}-u{u}", d, "like", T0 + u) for u in range(6)
+              for d in (ids[:3] if u < 3 else ids[3:])]
+    assert not pipeline.ingest_events(mapped, events).errors
+    trained = behaviour.train(mapped)
+    assert trained["trained"] and trained["from_text"] > 0
+    # Nobody touched the rake: its vector comes from its text, in this run's space, as
+    # does a document indexed after the run.
+    late = {"id": f"{run}-late", "title": "kitchen knife", "tags": ["kitchen"]}
+    assert not pipeline.index_documents(mapped, [late], refresh=True).errors
+    found = mapped.engine.mget_sources(mapped.settings.docs_alias,
+                                       [f"{run}-cold", f"{run}-late"])
+    for source in found.values():
+        assert source["behaviour_version"] == trained["version"]
+        assert len(source["behaviour"]) == mapped.settings.behaviour_dims
+        assert np.linalg.norm(source["behaviour"]) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_popularity_writes_are_rationed_by_change_and_budget(learning: Services) -> None:

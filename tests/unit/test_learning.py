@@ -85,3 +85,17 @@ def test_longer_queries_turn_personalization_down() -> None:
     assert one.personal_scale(1.0) == 1.0 and three.personal_scale(0.0) == 1.0
     assert three.personal_scale(1.0) == pytest.approx(1 / 3)
     assert three.personal_scale(2.0) < three.personal_scale(0.5) < 1.0
+
+
+def test_the_text_map_reproduces_training_documents_behaviour_vectors() -> None:
+    from plugin.pipeline.behaviour import fit_text_map, map_text
+
+    rng = np.random.default_rng(1)
+    content = rng.normal(size=(400, 24))
+    truth = rng.normal(size=(24, 8))
+    behaviour = map_text(truth, content)  # unit rows, as training writes them
+    mapping = fit_text_map(content, content @ truth)
+    mapped = map_text(mapping, content)
+    assert np.allclose(np.linalg.norm(mapped, axis=1), 1.0)
+    # Cosine to the document's own vector, on the documents it was fitted on.
+    assert np.min(np.sum(mapped * behaviour, axis=1)) > 0.99
