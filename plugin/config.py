@@ -46,6 +46,9 @@ WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
 # ``seen`` share of their weight instead of their own similarity, so the boost goes to what
 # they have not seen; ``own``, their similarity like any other document.
 SEEN_POLICIES = ("neutral", "own")
+# Behaviour (collaborative) models: PPMI + truncated SVD, item2vec (skip-gram with negative
+# sampling over users' time-ordered likes), implicit-feedback ALS.
+BEHAVIOUR_MODELS = ("ppmi_svd", "item2vec", "als")
 # The document fields the model may read (settings.embed_fields).
 EMBED_FIELDS = ("title", "tags", "body")
 
@@ -104,6 +107,8 @@ class Settings:
     # is served by its content vector alone).
     behaviour_dims: int = 64
     behaviour_min_interactions: int = 3
+    # How behaviour vectors are learned (BEHAVIOUR_MODELS; the ranking file's choice).
+    behaviour_model: str = "ppmi_svd"
     # Documents without enough interactions get a behaviour vector mapped from their content
     # vector (a ridge map fitted at each training on documents with both), at training and
     # at indexing, so the behaviour term reaches new and tail documents too.
@@ -260,7 +265,7 @@ def load_ranking(path: Path) -> dict[str, Any]:
         for key in ("half_life_long_days", "half_life_short_days",
                     "popularity_half_life_days"):
             float(data[key])
-        for key, options in (("seen_policy", SEEN_POLICIES),
+        for key, options in (("seen_policy", SEEN_POLICIES), ("behaviour_model", BEHAVIOUR_MODELS),
                              ("embed_title_cleanup", CHOICES["embed_title_cleanup"])):
             if data.get(key, options[0]) not in options:
                 raise ValueError(f"{key} must be one of {', '.join(options)}")
@@ -286,12 +291,14 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "popularity_half_life_s": "popularity_half_life_days",
                 "seen_policy": "seen_policy",
                 "embed_title_cleanup": "embed_title_cleanup",
-                "behaviour_text_map": "behaviour_text_map"}
+                "behaviour_text_map": "behaviour_text_map",
+                "behaviour_model": "behaviour_model"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
     "seen_policy": SEEN_POLICIES,
     "embed_title_cleanup": ("years", "none"),
+    "behaviour_model": BEHAVIOUR_MODELS,
     "api_auth": ("required", "disabled"),
 }
 LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}

@@ -304,13 +304,15 @@ def _ablations(results: dict[str, Any]) -> list[str]:
     lines += [f"| {a['cleanup']} | {a['val_ndcg@10 query vector']:.4f} | "
               f"{a['val_ndcg@10 content profile']:.4f} | {'yes' if a['chosen'] else ''} |"
               for a in results.get("embedded_text", [])]
-    text_map = results.get("behaviour_text_map") or {}
-    if text_map.get("validation"):
-        lines += ["", "Cold documents' behaviour vectors mapped from their text (a ridge map "
-                  "fitted on documents with both, `ES_INTEREST_BEHAVIOUR_TEXT_MAP`): validation"
-                  " NDCG@10 of BM25 + query + popularity + behaviour: "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in text_map["validation"].items())
-                  + f"; chosen {str(text_map['chosen']).lower()}."]
+    choice = results.get("behaviour_choice") or {}
+    if choice.get("validation"):
+        lines += ["", "Behaviour vectors: the model, then cold documents' vectors mapped from "
+                  "their text (a ridge map fitted on documents with both), each trained from "
+                  "the log and scored with BM25 + query + popularity + behaviour (validation,"
+                  " first engine):", "", "| model | NDCG@10 |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
+        lines += ["", f"Chosen: `{choice['model']}`, text map "
+                  f"`{str(choice['text_map']).lower()}`."]
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",
               "![NDCG@10 against half-life](ndcg_vs_half_life.png)", "",
               "![Interest drift](interest_drift.png)", ""]

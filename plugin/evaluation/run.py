@@ -38,6 +38,7 @@ import numpy as np
 
 from plugin import pipeline
 from plugin.config import (
+    BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
     LOCAL_ENGINE_URLS,
     REPO_ROOT,
@@ -311,8 +312,9 @@ class Tuned:
     # The default strategy tuned under the policy not chosen, and each policy's validation.
     other_policy: tuple[BlendWeights, BlendWeights] | None = None
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
-    text_map: bool | None = None  # cold documents' behaviour vectors mapped from their text
-    text_map_validation: dict[str, float] = field(default_factory=dict)
+    # The behaviour model, and whether cold documents get vectors mapped from their text.
+    behaviour: tuple[str, bool] | None = None
+    behaviour_validation: dict[str, float] = field(default_factory=dict)
 
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
@@ -365,8 +367,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation},
         "embed_title_cleanup": cleanup,
-        "behaviour_text_map": {"chosen": tuned.text_map,
-                               "validation": tuned.text_map_validation},
+        "behaviour_choice": {"model": tuned.behaviour[0] if tuned.behaviour else None,
+                             "text_map": tuned.behaviour[1] if tuned.behaviour else None,
+                             "validation": tuned.behaviour_validation},
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
@@ -540,23 +543,31 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
 def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], strategy: str,
                tuned: Tuned, half_lives: tuple[float, float],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
-    """Behaviour vectors trained from the log, as `es-interest train` does; whether cold
-    documents get one mapped from their text is chosen on validation (first engine)."""
-    if tuned.text_map is None:
+    """Behaviour vectors trained from the log, as `es-interest train` does. On the first
+    engine, validation chooses the model (each without the text map), then whether cold
+    documents get vectors mapped from their text."""
+    if tuned.behaviour is None:
         weights = BlendWeights(1.0, 1.0, 0.5, behaviour=1.0)
-        for flag in (False, True):
-            candidate = Services(replace(services.settings, behaviour_text_map=flag))
+
+        def score(model: str, text_map: bool) -> float:
+            candidate = Services(replace(services.settings, behaviour_model=model,
+                                         behaviour_text_map=text_map))
             behaviour.train(candidate)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, half_lives, tuning)
-            score = Evaluator(candidate, {"dynamic": profile}).ndcg(
+            value = Evaluator(candidate, {"dynamic": profile}).ndcg(
                 Method("behaviour", weights, "dynamic", strategy), tuning)
-            tuned.text_map_validation[str(flag).lower()] = score
-            progress(f"behaviour vectors from text for cold documents {flag}: validation "
-                     f"NDCG@10 {score:.4f}")
-        validation = tuned.text_map_validation
-        tuned.text_map = validation["true"] > validation["false"]
-    chosen = Services(replace(services.settings, behaviour_text_map=tuned.text_map))
+            tuned.behaviour_validation[f"{model}, text map {str(text_map).lower()}"] = value
+            progress(f"behaviour model {model}, text map {text_map}: validation NDCG@10 "
+                     f"{value:.4f}")
+            return value
+
+        best = max(BEHAVIOUR_MODELS, key=lambda m: (score(m, False), m == BEHAVIOUR_MODELS[0]))
+        without = tuned.behaviour_validation[f"{best}, text map false"]
+        tuned.behaviour = (best, score(best, True) > without)
+    model, text_map = tuned.behaviour
+    chosen = Services(replace(services.settings, behaviour_model=model,
+                              behaviour_text_map=text_map))
     return chosen, behaviour.train(chosen)
 
 
@@ -611,7 +622,8 @@ def _ranking(results: dict[str, Any], tuned: Tuned) -> dict[str, Any]:
         "popularity_half_life_days": results["popularity_half_life_days"],
         "seen_policy": tuned.seen_policy,
         "embed_title_cleanup": results["embed_title_cleanup"],
-        "behaviour_text_map": results["behaviour_text_map"]["chosen"],
+        "behaviour_model": results["behaviour_choice"]["model"],
+        "behaviour_text_map": results["behaviour_choice"]["text_map"],
         "weights": table("weights", 1),
         "weights_without_behaviour": table("weights_without_behaviour", 0),
     }

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import svds
+from threadpoolctl import threadpool_limits
 
 from plugin.caches import behaviour_version_key
 from plugin.events import APPLIED
@@ -160,19 +161,108 @@ def _content_vectors(services: Services) -> dict[str, np.ndarray]:
             for h in services.engine.scan(services.settings.docs_alias, query)}
 
 
-def positive_pairs(services: Services) -> list[tuple[str, str]]:
-    """(user, document) pairs whose applied events sum to a positive weight."""
+def positive_sequences(services: Services) -> dict[str, list[str]]:
+    """Per user, the documents whose applied events sum to a positive weight, in the time
+    of their first interaction."""
     settings = services.settings
     services.engine.refresh(settings.events_alias)
     query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
                                            {"exists": {"field": "doc_id"}}]}},
-             "_source": ["user_id", "doc_id", "weight"]}
+             "_source": ["user_id", "doc_id", "weight", "timestamp"]}
     total: dict[tuple[str, str], float] = {}
+    first: dict[tuple[str, str], int] = {}
     for hit in services.engine.scan(settings.events_alias, query):
         src = hit["_source"]
         key = (str(src["user_id"]), str(src["doc_id"]))
         total[key] = total.get(key, 0.0) + float(src["weight"])
-    return sorted(k for k, w in total.items() if w > 0)
+        first[key] = min(first.get(key, int(src["timestamp"])), int(src["timestamp"]))
+    out: dict[str, list[str]] = {}
+    for user, doc in sorted((k for k, w in total.items() if w > 0),
+                            key=lambda k: (k[0], first[k], k[1])):
+        out.setdefault(user, []).append(doc)
+    return out
+
+
+def positive_pairs(services: Services) -> list[tuple[str, str]]:
+    """(user, document) pairs whose applied events sum to a positive weight."""
+    return sorted((u, d) for u, docs in positive_sequences(services).items() for d in docs)
+
+
+def _frequent(sequences: dict[str, list[str]], min_users: int) -> list[str]:
+    users: dict[str, int] = {}
+    for docs in sequences.values():
+        for doc in set(docs):
+            users[doc] = users.get(doc, 0) + 1
+    return sorted(d for d, n in users.items() if n >= min_users)
+
+
+def _unit(items: list[str], vectors: np.ndarray, dims: int) -> dict[str, np.ndarray]:
+    out = np.zeros((len(items), dims))
+    out[:, :vectors.shape[1]] = vectors[:, :dims]
+    norms = np.linalg.norm(out, axis=1)
+    return {d: out[i] / norms[i] for i, d in enumerate(items) if norms[i] > 0}
+
+
+# item2vec's context window, negative-sampling exponent and epochs.
+ITEM2VEC_WINDOW, ITEM2VEC_NS_EXPONENT, ITEM2VEC_EPOCHS = 20, 0.75, 20
+
+
+def item2vec_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
+                     window: int = ITEM2VEC_WINDOW,
+                     ns_exponent: float = ITEM2VEC_NS_EXPONENT,
+                     epochs: int = ITEM2VEC_EPOCHS) -> dict[str, np.ndarray]:
+    """item2vec: skip-gram with negative sampling over each user's time-ordered positive
+    interactions (gensim's Word2Vec, one worker and a fixed seed: the same log gives the
+    same vectors). Pure: no engine."""
+    from gensim.models import Word2Vec
+
+    items = _frequent(sequences, min_users)
+    keep = set(items)
+    sentences = [[d for d in docs if d in keep] for docs in sequences.values()]
+    sentences = [s for s in sentences if len(s) > 1]
+    if len(items) <= 2 or not sentences:
+        return {}
+    model = Word2Vec(sentences, vector_size=dims, window=window, sg=1, negative=5,
+                     ns_exponent=ns_exponent, min_count=1, epochs=epochs, seed=7, workers=1)
+    known = [d for d in items if d in model.wv.key_to_index]
+    return _unit(known, np.stack([model.wv[d] for d in known]), dims)
+
+
+def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int
+                ) -> dict[str, np.ndarray]:
+    """Implicit-feedback ALS (``implicit``) over the user x document positive matrix; the
+    documents' factors. Pure: no engine."""
+    from implicit.als import AlternatingLeastSquares
+
+    items = _frequent(sequences, min_users)
+    if len(items) <= 2:
+        return {}
+    column = {d: i for i, d in enumerate(items)}
+    rows, cols = [], []
+    for n, docs in enumerate(sequences.values()):
+        for doc in set(docs):
+            if doc in column:
+                rows.append(n)
+                cols.append(column[doc])
+    matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                               shape=(len(sequences), len(items)))
+    with threadpool_limits(1, "blas"):  # implicit parallelizes itself; BLAS threads fight it
+        model = AlternatingLeastSquares(factors=dims, regularization=0.05, iterations=15,
+                                        random_state=7, use_gpu=False)
+        model.fit(matrix, show_progress=False)
+    factors = np.asarray(model.item_factors)
+    return _unit(items, factors, dims)
+
+
+def learn_vectors(model: str, sequences: dict[str, list[str]], dims: int, min_users: int
+                  ) -> dict[str, np.ndarray]:
+    """The documents' behaviour vectors by the configured model (BEHAVIOUR_MODELS)."""
+    if model == "item2vec":
+        return item2vec_vectors(sequences, dims, min_users)
+    if model == "als":
+        return als_vectors(sequences, dims, min_users)
+    return item_vectors([(u, d) for u, docs in sequences.items() for d in docs], dims,
+                        min_users)
 
 
 def current_version(services: Services) -> str | None:
@@ -191,9 +281,12 @@ def train(services: Services, refold: bool = True,
                        int(services.redis.get(_key(services, "events")) or 0))
     services.redis.delete(_key(services, "scheduled"))
     services.redis.set(_key(services, "trained-at"), repr(started))
-    pairs = positive_pairs(services)
-    vectors = item_vectors(pairs, settings.behaviour_dims, settings.behaviour_min_interactions)
-    result: dict[str, Any] = {"pairs": len(pairs), "documents": len(vectors)}
+    sequences = positive_sequences(services)
+    vectors = learn_vectors(settings.behaviour_model, sequences, settings.behaviour_dims,
+                            settings.behaviour_min_interactions)
+    result: dict[str, Any] = {"model": settings.behaviour_model,
+                              "pairs": sum(map(len, sequences.values())),
+                              "documents": len(vectors)}
     if not vectors:
         result["trained"] = False
         result["reason"] = (f"too few documents with {settings.behaviour_min_interactions}+ "

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plugin.pipeline.behaviour import item_vectors
+from plugin.pipeline.behaviour import item_vectors, learn_vectors
 from plugin.pipeline.popularity import fold_one, replay, value_at
 
 DAY = 86400.0
@@ -62,15 +62,35 @@ def test_behaviour_vectors_put_documents_liked_by_the_same_users_together() -> N
             pairs.append((f"u{user}", f"{'b' if group == 'a' else 'a'}0"))
     pairs.append(("u1", "rare"))  # one user only: below min_users, no vector
     vectors = item_vectors(pairs, dims=8, min_users=2)
+    _two_communities(vectors)
+    # The same events give the same vectors (a fixed start vector).
+    again = item_vectors(pairs, dims=8, min_users=2)
+    assert all(np.allclose(again[d], v) for d, v in vectors.items())
+
+
+def _two_communities(vectors: dict[str, np.ndarray], margin: float = 0.5) -> None:
     assert "rare" not in vectors and len(vectors) == 20
     for vector in vectors.values():
         assert vector.shape == (8,) and np.linalg.norm(vector) == pytest.approx(1.0)
     within = np.mean([vectors[f"a{i}"] @ vectors[f"a{j}"] for i in range(10) for j in range(i)])
     across = np.mean([vectors[f"a{i}"] @ vectors[f"b{j}"] for i in range(10) for j in range(10)])
-    assert within > across + 0.5
-    # The same events give the same vectors (a fixed start vector).
-    again = item_vectors(pairs, dims=8, min_users=2)
-    assert all(np.allclose(again[d], v) for d, v in vectors.items())
+    assert within > across + margin
+
+
+@pytest.mark.parametrize(("model", "margin"), [("item2vec", 0.02), ("als", 0.5)])
+def test_every_behaviour_model_separates_two_communities(model: str, margin: float) -> None:
+    rng = np.random.default_rng(5)
+    sequences = {f"u{user}": [f"{'a' if user < 60 else 'b'}{i}"
+                              for i in rng.choice(10, size=6, replace=False)]
+                 for user in range(120)}
+    sequences["u1"].append("rare")  # one user only: below min_users, no vector
+    vectors = learn_vectors(model, sequences, dims=8, min_users=2)
+    _two_communities(vectors, margin)
+    for vector in vectors.values():
+        assert np.linalg.norm(vector) == pytest.approx(1.0)
+    # The same log gives the same vectors (fixed seeds, one worker).
+    again = learn_vectors(model, sequences, dims=8, min_users=2)
+    assert all(np.allclose(again[d], v, atol=1e-5) for d, v in vectors.items())
 
 
 def test_behaviour_needs_enough_documents() -> None:
