@@ -519,13 +519,15 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     if tuned.refind_floor is None:
         tuned.refind_floor = validation["refind"][comparator["refind"]]
     for s in strategies:
-        if s not in tuned.chosen:
-            # Under the policy chosen already, where it is (a later engine's strategy).
-            tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
-                                    policy=tuned.seen_policy or "neutral",
-                                    refind_floor=tuned.refind_floor)
-    if tuned.seen_policy is None:
-        _choose_seen_policy(evaluator, tuning, strategies[0], tuned, progress)
+        if s in tuned.chosen:
+            continue
+        # The first strategy tunes under each seen policy and chooses it; the others tune
+        # under the policy chosen.
+        tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
+                                policy=tuned.seen_policy or "neutral",
+                                refind_floor=tuned.refind_floor)
+        if tuned.seen_policy is None:
+            _choose_seen_policy(evaluator, tuning, s, tuned, progress)
     # From here the chosen weights and policy are the configured ones: the defaults are
     # measured through the same path as /search (weights=None).
     evaluator = evaluator.using(Services(replace(
