@@ -107,8 +107,9 @@ def test_likes_move_only_that_users_results(client: FlaskClient, keys: dict[str,
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
                     f"{STRATEGIES[strategy].needs}")
     # The mechanism, whatever weight the shipped file gives content terms on this strategy
-    # (the liked documents themselves get the seen weight: held neutral, policy permitting).
-    on = {"interest_long": 1.0, "seen": 1.0}
+    # and however much it damps them for this four-word query (the liked documents themselves
+    # get the seen weight: held neutral, policy permitting).
+    on = {"interest_long": 1.0, "seen": 1.0, "ambiguity": 0.0}
     a = search(client, keys["read"], user_id=topics["a"], strategy=strategy, explain=True,
                weights=on)
     b = search(client, keys["read"], user_id=topics["b"], strategy=strategy, weights=on)
@@ -166,7 +167,7 @@ def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,
                     "strategy only (no Painless, no linear retriever)")
     # The liked documents (held neutral, policy permitting) get twice the user term's weight.
     results = {s: search(client, keys["read"], user_id=topics["a"], strategy=s,
-                         weights={"interest_long": 8.0, "seen": 2.0})
+                         weights={"interest_long": 8.0, "seen": 2.0, "ambiguity": 0.0})
                for s in strategies(services)}
     orders = {s: [h["id"] for h in r["hits"]] for s, r in results.items()}
     # script_score and knn_linear compute the same sum here; the linear retriever min-max
