@@ -41,13 +41,11 @@ import contextlib
 import hashlib
 import json
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-import cachetools
 import numpy as np
 
 from plugin import strategies
@@ -204,21 +202,16 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
     return vectors
 
 
-_VERSIONS: cachetools.TTLCache[str, str | None] = cachetools.TTLCache(64, 10.0)
-_VERSIONS_LOCK = threading.Lock()  # the cache is shared by a process's request threads
-
-
 def behaviour_version(services: Services) -> str | None:
-    """The documents' behaviour-vector version (cached for seconds per process)."""
+    """The documents' behaviour-vector version (cached for seconds per ``Services``)."""
     key = behaviour_version_key(services.settings)
-    with _VERSIONS_LOCK:
-        if key in _VERSIONS:
-            return _VERSIONS[key]
+    cached = services.behaviour_versions.get_many([key])
+    if key in cached:
+        return cached[key] or None
     raw = services.redis.get(key)
-    version = None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
-    with _VERSIONS_LOCK:
-        _VERSIONS[key] = version
-    return version
+    version = "" if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+    services.behaviour_versions.put(key, version)
+    return version or None
 
 
 # -- search -----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from plugin import caches
 from plugin.caches import LockedCache
 from plugin.config import Settings, load_settings
 
+BEHAVIOUR_VERSION_TTL_S = 10.0
+
 if TYPE_CHECKING:
     import redis
     from celery import Celery
@@ -46,6 +48,12 @@ class Services:
     def doc_vectors(self) -> LockedCache[str, DocVector]:
         s = self.settings
         return caches.ttl(s.doc_vector_cache_size, s.doc_vector_cache_ttl_s)
+
+    @cached_property
+    def behaviour_versions(self) -> LockedCache[str, str]:
+        """The documents' behaviour-vector version, for seconds ("" for none); a training
+        in this process clears it at once, other processes' readers within the TTL."""
+        return caches.ttl(4, BEHAVIOUR_VERSION_TTL_S)
 
     @cached_property
     def celery(self) -> Celery:
