@@ -163,3 +163,13 @@ def parse_event(
     event_id = derive_event_id(raw) if event_id is None or str(event_id) == "" else str(event_id)
     storable_text(event_id, "event_id", InvalidEvent, MAX_ID_BYTES)
     return Event(event_id, str(user_id), str(event_type), weight, timestamp, doc_id, text, dwell)
+
+
+def applied_events_query(before_ms: int | None = None) -> dict[str, Any]:
+    """The applied events on documents; with ``before_ms``, those before that time only (the
+    log as it stood then: a backtest learns from the past alone)."""
+    filters: list[dict[str, Any]] = [{"term": {"status": APPLIED}},
+                                     {"exists": {"field": "doc_id"}}]
+    if before_ms is not None:
+        filters.append({"range": {"timestamp": {"lt": before_ms}}})
+    return {"bool": {"filter": filters}}

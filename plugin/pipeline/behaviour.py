@@ -29,7 +29,7 @@ from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits
 
 from plugin.caches import behaviour_version_key
-from plugin.events import APPLIED
+from plugin.events import applied_events_query
 from plugin.pipeline.users import rebuild_all
 from plugin.services import Services
 
@@ -161,13 +161,13 @@ def _content_vectors(services: Services) -> dict[str, np.ndarray]:
             for h in services.engine.scan(services.settings.docs_alias, query)}
 
 
-def positive_sequences(services: Services) -> dict[str, list[str]]:
-    """Per user, the documents whose applied events sum to a positive weight, in the time
-    of their first interaction."""
+def positive_sequences(services: Services, before_ms: int | None = None
+                       ) -> dict[str, list[str]]:
+    """Per user, the documents whose applied events (before ``before_ms``, where given) sum
+    to a positive weight, in the time of their first interaction."""
     settings = services.settings
     services.engine.refresh(settings.events_alias)
-    query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
-                                           {"exists": {"field": "doc_id"}}]}},
+    query = {"query": applied_events_query(before_ms),
              "_source": ["user_id", "doc_id", "weight", "timestamp"]}
     total: dict[tuple[str, str], float] = {}
     first: dict[tuple[str, str], int] = {}
@@ -273,15 +273,17 @@ def current_version(services: Services) -> str | None:
 
 
 def train(services: Services, refold: bool = True,
-          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Learn a new version of the documents' behaviour vectors, write them, re-fold users."""
+          progress: Callable[[int], None] | None = None,
+          before_ms: int | None = None) -> dict[str, Any]:
+    """Learn a new version of the documents' behaviour vectors, write them, re-fold users.
+    ``before_ms``: learn from the events before that time only (a backtest)."""
     settings = services.settings
     started = time.time()
     services.redis.set(_key(services, "events-at-training"),
                        int(services.redis.get(_key(services, "events")) or 0))
     services.redis.delete(_key(services, "scheduled"))
     services.redis.set(_key(services, "trained-at"), repr(started))
-    sequences = positive_sequences(services)
+    sequences = positive_sequences(services, before_ms)
     vectors = learn_vectors(settings.behaviour_model, sequences, settings.behaviour_dims,
                             settings.behaviour_min_interactions)
     result: dict[str, Any] = {"model": settings.behaviour_model,
@@ -327,6 +329,7 @@ def train(services: Services, refold: bool = True,
     if previous is not None:
         services.redis.delete(_text_map_key(services, previous))
     services.doc_vectors.clear()
+    services.behaviour_versions.clear()
     result.update(trained=True, version=version, cleared=len(stale),
                   train_s=round(time.time() - started, 2))
     if refold:

@@ -39,7 +39,7 @@ from typing import Any
 
 from plugin.documents import POPULARITY_FIELD as FIELD
 from plugin.engine import JSON
-from plugin.events import APPLIED
+from plugin.events import applied_events_query
 from plugin.services import Services
 
 # Below this the field is removed: nothing (or net dislike) says this document is wanted.
@@ -271,13 +271,14 @@ def _write(services: Services, current: Mapping[str, float], refresh: bool) -> l
     return [item.id for item in outcome.written]
 
 
-def rebuild(services: Services) -> int:
-    """Recompute every document's state from the applied events in the log, exactly, and
-    write every document that has one. Returns the number of documents with events."""
+def rebuild(services: Services, before_ms: int | None = None) -> int:
+    """Recompute every document's state from the applied events in the log (before
+    ``before_ms``, where given: a backtest), exactly, and write every document that has one
+    or holds a value no event supports any more. Returns the number of documents with
+    events."""
     settings = services.settings
     services.engine.refresh(settings.events_alias)
-    query = {"query": {"bool": {"filter": [{"term": {"status": APPLIED}},
-                                           {"exists": {"field": "doc_id"}}]}},
+    query = {"query": applied_events_query(before_ms),
              "_source": ["doc_id", "timestamp", "weight"]}
     events = [(h["_source"]["doc_id"], int(h["_source"]["timestamp"]) / 1000.0,
                float(h["_source"]["weight"]))
@@ -291,8 +292,12 @@ def rebuild(services: Services) -> int:
             pipe.hset(keys.states, mapping={d: f"{v!r} {ref!r}" for d, (v, ref)
                                             in items[start:start + FLUSH_BATCH]})
             pipe.sadd(keys.dirty, *(d for d, _ in items[start:start + FLUSH_BATCH]))
-        if events:
-            pipe.set(keys.clock, repr(max(t for _, t, _ in events)))
+        held = [h["_id"] for h in services.engine.scan(
+            settings.docs_alias, {"query": {"exists": {"field": FIELD}}, "_source": False})
+            if h["_id"] not in states]
+        for start in range(0, len(held), FLUSH_BATCH):
+            pipe.sadd(keys.dirty, *held[start:start + FLUSH_BATCH])  # flushed to nothing
+        pipe.set(keys.clock, repr(max((t for _, t, _ in events), default=0.0)))
         pipe.execute()
     flush(services, refresh=True, max_docs=0, tolerance=0.0)  # every document, exactly
     return len(states)

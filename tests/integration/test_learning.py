@@ -102,6 +102,46 @@ def test_popularity_equals_an_exact_replay_of_the_log(learning: Services) -> Non
     assert stored_popularity(learning, ids) == pytest.approx(stored, rel=1e-6)
 
 
+def test_a_backtest_learns_popularity_and_behaviour_from_the_past_only(
+        learning: Services) -> None:
+    run = uid("past")
+    ids = [f"{run}-{i}" for i in range(6)]
+    assert not pipeline.index_documents(learning, [
+        {"id": d, "title": f"backtest item {i}", "tags": ["backtest"]}
+        for i, d in enumerate(ids)], refresh=True).errors
+    users = [f"{run}-u{u}" for u in range(4)]
+    early = [event(u, d, "like", T0 + n * DAY) for n, u in enumerate(users) for d in ids[:3]]
+    late = [event(u, d, "like", T0 + 30 * DAY + n) for n, u in enumerate(users)
+            for d in ids[3:]]
+    assert not pipeline.ingest_events(learning, early + late).errors
+    cut_ms = int((T0 + 20 * DAY) * 1000)
+    popularity.flush(learning, refresh=True, max_docs=0, tolerance=0.0)
+    assert all(v is not None for v in stored_popularity(learning, ids).values())
+
+    popularity.rebuild(learning, before_ms=cut_ms)
+    weights = learning.settings.event_weights
+    expected = popularity.replay([(e["doc_id"], e["timestamp"], weights[e["type"]])
+                                  for e in early], 7 * DAY)
+    # Values are decayed to the newest event before the cut (other tests' events count too).
+    now = popularity.clock(learning)
+    assert now is not None and max(e["timestamp"] for e in early) <= now < cut_ms / 1000
+    stored = stored_popularity(learning, ids)
+    for doc_id in ids[:3]:
+        assert stored[doc_id] == pytest.approx(
+            popularity.value_at(expected[doc_id], now, 7 * DAY), rel=1e-5)
+    # The later documents' values are gone: no event before the cut supports them.
+    assert [stored[d] for d in ids[3:]] == [None] * 3
+    trained = behaviour.train(learning, refold=False, before_ms=cut_ms)
+    assert trained["trained"]
+    vectors = learning.engine.mget_sources(learning.settings.docs_alias, ids)
+    assert ([vectors[d].get("behaviour_version") for d in ids]
+            == [trained["version"]] * 3 + [None] * 3)
+
+    popularity.rebuild(learning)  # the whole log again
+    assert all(v is not None for v in stored_popularity(learning, ids).values())
+    behaviour.train(learning)
+
+
 def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -> None:
     run = uid("beh")
     ids = [f"{run}-{i}" for i in range(8)]
