@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -240,15 +241,43 @@ def rebuild(user_id: str | None) -> None:
 @click.option("--no-refold", is_flag=True,
               help="only write the documents' vectors (users keep the old version until "
                    "`es-interest rebuild`; search leaves their behaviour term out meanwhile)")
-def train(no_refold: bool) -> None:
-    """Learn behaviour (collaborative) vectors from the event log; re-fold every user."""
-    from plugin.pipeline import behaviour
+@click.option("--model", "language_model", is_flag=True,
+              help="fine-tune the language model on the log's co-interaction pairs instead "
+                   "(a new model folder; see --out)")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="with --model: the new model's folder (default: "
+                   "~/.cache/es-interest/models/<index prefix>-<time>)")
+@click.option("--budget-s", type=click.FloatRange(min=1), default=1800.0, show_default=True,
+              help="with --model: stop training after this many seconds")
+@click.option("--max-pairs", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="with --model: train on at most this many pairs (a random sample)")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="with --model: passes over the pairs (the budget may end it sooner)")
+def train(no_refold: bool, language_model: bool, out: Path | None, budget_s: float,
+          max_pairs: int, epochs: int) -> None:
+    """Learn behaviour (collaborative) vectors from the event log; re-fold every user.
+
+    With --model: fine-tune the sentence-transformers model on pairs of documents one user
+    liked close in time (MultipleNegativesRankingLoss). Use the new model by setting
+    ES_INTEREST_MODEL to its folder, then re-ingesting the documents and running
+    `es-interest rebuild`: queries and documents must come from the same model."""
     from plugin.progress import progress
     from plugin.services import Services
 
-    with progress(desc="re-folding users", unit="user") as bar:
-        result = behaviour.train(Services(), refold=not no_refold,
-                                 progress=bar.update)
+    services = Services()
+    if language_model:
+        from plugin.pipeline import language_model as lm
+
+        folder = out or (Path.home() / ".cache/es-interest/models"
+                         / f"{services.settings.index_prefix}-{int(time.time())}")
+        with progress(desc="fine-tuning", unit="pair") as bar:
+            result = lm.train_model(services, folder, budget_s, max_pairs, epochs,
+                                    progress=bar.update)
+    else:
+        from plugin.pipeline import behaviour
+
+        with progress(desc="re-folding users", unit="user") as bar:
+            result = behaviour.train(services, refold=not no_refold, progress=bar.update)
     click.echo(json.dumps(result))
     if not result.get("trained"):
         sys.exit(1)
@@ -466,7 +495,11 @@ def dead_letter_purge() -> None:
                    "the first one tunes the weights")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="default: docs/ (full run), bench/results/eval-quick/ (quick)")
-def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None) -> None:
+@click.option("--choose/--no-choose", default=None,
+              help="choose the title cleanup, behaviour model, seen policy and language model "
+                   "on validation (default: the full run does, --quick keeps the configured)")
+def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None,
+             choose: bool | None) -> None:
     """Offline evaluation on MovieLens; writes evaluation.md, JSON, plots and ranking.json.
 
     The full run (no --quick, no --out) also writes the chosen configuration to the shipped
@@ -476,7 +509,8 @@ def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None)
 
     out = out_dir or (REPO_ROOT / ("bench/results/eval-quick" if quick else "docs"))
     shipped = SHIPPED_RANKING if not quick and out_dir is None else None
-    run(quick, users, engines.split(","), out, progress=click.echo, ranking_out=shipped)
+    run(quick, users, engines.split(","), out, progress=click.echo, ranking_out=shipped,
+        choose=choose)
     click.echo(f"written: {out / 'evaluation.md'}"
                + (f" and {shipped}" if shipped else f"; chosen: {out / 'ranking.json'}"))
 

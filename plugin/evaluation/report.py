@@ -156,8 +156,9 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "(the first engine tunes; the other engines run the same weights, as the product ships"
         " one configuration); the test slice was used once, for the tables below.",
         "- Tail targets: movies fewer than 3 users interacted with in training.",
-        "- Known bias: documents' popularity and behaviour vectors are trained on every "
-        "user's training events, some of which postdate a given test query.",
+        "- Documents' popularity and behaviour vectors are trained on every user's training "
+        "events, some of which postdate a given test query; the leak bound measures what "
+        "that is worth (popularity and behaviour from the past only).",
         "- 95% intervals: bootstrap over queries (2,000 resamples). Tests: paired bootstrap "
         "(one-sided) and Wilcoxon signed-rank on per-query NDCG@10, shown as "
         "`difference (p bootstrap / p Wilcoxon)`. Every arm's per-query ranks are in "
@@ -225,7 +226,12 @@ def _engine_results(res: dict[str, Any]) -> list[str]:
         lines += ["", "| strategy | gain over the comparator | vs comparator | vs mean user "
                   "(item prior) | vs another user | dynamic vs static | vs other seen policy "
                   "| tail targets | goals |", "| --- |" + " --- |" * 8]
+        leak = res.get("leak_bound") or {}
         for strategy, t in block["tests"].items():
+            past = (leak["protocols"][protocol] if leak.get("past_only_main")
+                    and strategy == res["strategies"][0] else None)
+            if past is not None:  # the main figures are the past-only ones
+                t = {**t, **{k: past[k] for k in ("relative_gain", "vs_comparator", "harm")}}
             gain = t["relative_gain"]
             cells = [_percent(gain), _p(t["vs_comparator"])]
             for key in ("vs_item_prior", "vs_other_user", "dynamic_vs_static",
@@ -235,9 +241,10 @@ def _engine_results(res: dict[str, Any]) -> list[str]:
             cells.append("-" if tail is None else (
                 f"{tail['queries']} queries: {tail['ours']:.4f} vs {tail['comparator']:.4f}"
                 f" ({_percent(tail['relative_gain'])}), {_p(tail['vs_comparator'])}"))
-            lines.append(f"| {strategy} | " + " | ".join(cells) + " | "
-                         + "; ".join(_goals(t, protocol)) + " |")
+            lines.append(f"| {strategy}{' (past only)' if past else ''} | "
+                         + " | ".join(cells) + " | " + "; ".join(_goals(t, protocol)) + " |")
         lines.append("")
+    lines += _leak_bound(res)
     tau = res.get("kendall_tau_script_vs_knn")
     if tau:
         lines += ["Kendall's tau between `script_score` and `knn_linear` (personalized "
@@ -249,6 +256,60 @@ def _engine_results(res: dict[str, Any]) -> list[str]:
               f"{res['behaviour'].get('pairs', 0)} positive (user, movie) pairs.",
               f"Pipeline vectors against the offline fold: max |difference| "
               f"{res['pipeline_vs_offline_max_abs']:.1e}.", ""]
+    return lines
+
+
+def _leak_bound(res: dict[str, Any]) -> list[str]:
+    leak = res.get("leak_bound")
+    if not leak:
+        return []
+    lines = [f"### Leak bound ({res['strategies'][0]})", "",
+             "The default and the comparator again, with documents' popularity and behaviour "
+             f"vectors learned only from events before the query: the test queries in "
+             f"{leak['buckets']} time buckets, each learned from the events before its first "
+             "query. `leak`: how many points of the main gain the later events explain.", "",
+             "| protocol | main: ours vs comparator (gain) | past only: ours [95% CI] | "
+             "comparator [95% CI] | gain | vs comparator | leak |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for protocol, p in leak["protocols"].items():
+        lines.append(
+            f"| {protocol} | {p['main_ours']:.4f} vs {p['main_comparator']:.4f} "
+            f"({_percent(p['main_relative_gain'])}) | {_fmt(p['ours'])} | "
+            f"{_fmt(p['comparator'])} | {_percent(p['relative_gain'])} | "
+            f"{_p(p['vs_comparator'])} | "
+            + ("n/a" if p["leak"] is None else f"{100 * p['leak']:+.1f} points") + " |")
+    lines += ["", ("A leak exceeds " if leak["past_only_main"] else "Every leak is within ")
+              + f"{100 * leak['limit']:.0f} points: "
+              + ("the past-only figures are the main ones (the goals above use them)."
+                 if leak["past_only_main"] else "the main figures stand."), ""]
+    return lines
+
+
+def _language_model(results: dict[str, Any]) -> list[str]:
+    trial = next((r["language_model"] for r in results["engines"].values()
+                  if "language_model" in r), None)
+    if not trial or "models" not in trial:
+        return []
+    report = trial["report"]
+    lines = ["", "Language model fine-tuned on the log (`es-interest train --model`: pairs of "
+             "movies one user liked close in time, MultipleNegativesRankingLoss, "
+             f"{report['pairs_trained']} of {report['pairs']} pairs in {report['steps']} steps, "
+             f"{report['seconds']:g} s on this machine's CPU, capped at "
+             f"{report['budget_s']:g} s), against the shipped model; each re-embeds the "
+             "catalogue in its own index (validation, first engine; tail: "
+             f"{trial['tail_queries']} queries):", "",
+             "| model | query vector | query vector, tail | content profile | "
+             "content profile, tail |", "| --- | --- | --- | --- | --- |"]
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for label, arms in trial["models"].items():
+        lines.append(f"| {label} | " + " | ".join(
+            f"{cell(arms[arm]['all'])} | {cell(arms[arm]['tail'])}"
+            for arm in ("query vector", "content profile")) + " |")
+    lines += ["", "The fine-tuned model " + ("wins" if trial["wins"] else "does not win")
+              + " on validation (the sum of both arms, all queries)."]
     return lines
 
 
@@ -296,14 +357,18 @@ def _ablations(results: dict[str, Any]) -> list[str]:
               "| half-life (days) | NDCG@10 |", "| --- | --- |"]
     lines += [f"| {a['days']:g} | {a['val_ndcg@10']:.4f} |"
               for a in results.get("popularity_ablation", [])]
-    lines += ["", "Embedded text: the title's trailing year dropped (`years`) or kept (`none`), "
-              "each in its own index (validation, first engine; the query vector alone, and "
-              "with a content profile):", "",
-              "| title cleanup | query vector | content profile | chosen |",
-              "| --- | --- | --- | --- |"]
-    lines += [f"| {a['cleanup']} | {a['val_ndcg@10 query vector']:.4f} | "
-              f"{a['val_ndcg@10 content profile']:.4f} | {'yes' if a['chosen'] else ''} |"
-              for a in results.get("embedded_text", [])]
+    if results.get("embedded_text"):
+        lines += ["", "Embedded text: the title's trailing year dropped (`years`) or kept "
+                  "(`none`), each in its own index (validation, first engine; the query vector "
+                  "alone, and with a content profile):", "",
+                  "| title cleanup | query vector | content profile | chosen |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {a['cleanup']} | {a['val_ndcg@10 query vector']:.4f} | "
+                  f"{a['val_ndcg@10 content profile']:.4f} | {'yes' if a['chosen'] else ''} |"
+                  for a in results["embedded_text"]]
+    else:
+        lines += ["", "This run chose no title cleanup, behaviour model, seen policy or "
+                  "language model: they are the configured ones (`--choose` compares them)."]
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
         lines += ["", "Behaviour vectors: the model, then cold documents' vectors mapped from "
@@ -313,6 +378,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
         lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
         lines += ["", f"Chosen: `{choice['model']}`, text map "
                   f"`{str(choice['text_map']).lower()}`."]
+    lines += _language_model(results)
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",
               "![NDCG@10 against half-life](ndcg_vs_half_life.png)", "",
               "![Interest drift](interest_drift.png)", ""]

@@ -1,30 +1,36 @@
 """The evaluation protocol on the real engines, pipeline and search layer.
 
-1. Index the movies (embedded once) into each engine.
+1. Index the movies (embedded once) into each engine; with ``choose``, the title cleanup
+   first (each in its own index, on validation).
 2. Half-lives: each query's profile folds the user's events before it (the same pure
    functions the workers use: current at query time, as in service) for several (long,
    short) half-lives; keep the best on the validation queries.
 3. Replay the training events, in time order, through the real event pipeline (users'
    interests and documents' popularity); check that its vectors equal the offline fold; pick
-   popularity's half-life on validation; train the behaviour vectors and re-fold the users,
-   as `es-interest train` does.
+   popularity's half-life on validation; train the behaviour vectors (with ``choose``: each
+   model, then the text map, on validation) and re-fold the users, as `es-interest train`
+   does. With ``choose``, the language model fine-tuned on the log against the shipped one.
 4. Tune each strategy's blend weights on validation queries only (every protocol), term by
    term (coordinate ascent): popularity and the query vector first (the non-personalized
-   default), then the user terms and the seen documents' weight on top of them; then the
-   seen policy (neutral or own). The first engine tunes; the others run the same weights,
-   as the product ships one file.
+   default), then the user terms and the seen documents' weight on top of them; with
+   ``choose``, under each seen policy (neutral or own), keeping the better. The first engine
+   tunes; the others run the same weights, as the product ships one file.
 5. The comparator: the best non-personalized arm of the engine (BM25, BM25 + popularity or
    the non-personalized default of any strategy) on each protocol's validation queries.
 6. Score every arm on the test queries of each protocol (NDCG@10, MRR, Recall@100, 95%
    bootstrap intervals, paired tests against the comparator and the controls; per-query
-   ranks kept). The full run writes the chosen configuration to plugin/ranking.json: what
-   /search, the proxy and the workers then use.
+   ranks kept). The leak bound (first engine): the default and the comparator again with
+   popularity and behaviour learned only from events before each test query's time bucket.
+   The full run writes the chosen configuration to plugin/ranking.json: what /search, the
+   proxy and the workers then use.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -52,7 +58,7 @@ from plugin.evaluation import data, metrics
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
-from plugin.pipeline import behaviour, popularity
+from plugin.pipeline import behaviour, language_model, popularity
 from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -88,6 +94,13 @@ BM25_POPULARITY = "BM25 + popularity"
 ITEM_PRIOR = "control: mean user's vectors"
 OTHER_USER = "control: another user's vectors"
 TAIL_USERS = 3  # a target with fewer training users than this is a tail target
+# The leak bound: test queries in this many time buckets, popularity and behaviour vectors
+# for each learned from the events before the bucket's first query only.
+LEAK_BUCKETS = 4
+LEAK_LIMIT = 0.02  # past a 2-point difference in gain, the past-only figures are the main ones
+# Fine-tuning the language model on the log's co-interaction pairs: capped, for 2 CPU cores.
+FINE_TUNE_BUDGET_S = {"full": 300.0, "quick": 45.0}
+FINE_TUNE_PAIRS = 20_000
 
 # A query's user vectors under one profile (None for the arms without a user).
 Profile = Callable[[data.Query], UserVectors]
@@ -130,10 +143,12 @@ class Evaluator:
     profiles: dict[str, Profile]
     # The same deployment under another seen policy, made once (a Services loads its model).
     policies: dict[str, Services] = field(default_factory=dict)
+    # Scores already measured: coordinate ascent revisits its current point at every step.
+    scores: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
     def using(self, services: Services) -> Evaluator:
         """The same profiles on another configuration (other weights, another half-life)."""
-        return replace(self, services=services, policies={})
+        return replace(self, services=services, policies={}, scores={})
 
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
@@ -166,12 +181,20 @@ class Evaluator:
         the discovery queries' mean, less any shortfall of the re-finding queries' mean
         below the floor (the best ranking without a user): gain on what is new to the user,
         no harm to finding again what they know."""
+        key = (method.weights, method.profile, method.strategy, method.seen_policy,
+               tuple(map(id, queries)), refind_floor)
+        if key in self.scores:
+            return self.scores[key]
         ndcg = metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"]
         if refind_floor is None:
-            return float(ndcg.mean())
-        refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
-        shortfall = min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any() else 0.0
-        return float(ndcg[~refind].mean()) + shortfall
+            score = float(ndcg.mean())
+        else:
+            refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
+            shortfall = (min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any()
+                         else 0.0)
+            score = float(ndcg[~refind].mean()) + shortfall
+        self.scores[key] = score
+        return score
 
 
 def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
@@ -319,9 +342,12 @@ class Tuned:
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         progress: Callable[[str], None] = print,
-        ranking_out: Path | None = None) -> dict[str, Any]:
+        ranking_out: Path | None = None, choose: bool | None = None) -> dict[str, Any]:
     """The whole protocol; ``ranking_out``: where the chosen configuration is written
-    (the full run: the shipped plugin/ranking.json)."""
+    (the full run: the shipped plugin/ranking.json). ``choose`` (default: the full run
+    only): choose the title cleanup, behaviour model, seen policy and whether to fine-tune
+    the language model on validation; otherwise they stay the configured ones."""
+    choose = not quick if choose is None else choose
     started = time.time()
     prefix = f"eval-{uuid.uuid4().hex[:6]}"
     first = _services(engines[0], HALF_LIVES[1], prefix)
@@ -329,14 +355,20 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     corpus = _corpus(first, quick, users if users is not None else (40 if quick else None),
                      progress)
     tuning = _tuning_queries(corpus.split, quick)
-    corpus, text_ablation = _embedded_text(first, corpus, tuning, prefix, progress)
-    cleanup = next(a["cleanup"] for a in text_ablation if a["chosen"])
+    text_ablation: list[dict[str, Any]] = []
+    cleanup = first.settings.embed_title_cleanup
+    if choose:
+        corpus, text_ablation = _embedded_text(first, corpus, tuning, prefix, progress)
+        cleanup = next(a["cleanup"] for a in text_ablation if a["chosen"])
     setup_indices(first.engine, first.settings, first.embedder.dims)
     _index(first, corpus.docs)
     half_lives, ablation = _half_lives(first, corpus, tuning, progress)
     results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives,
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned()
+    if not choose:
+        tuned.seen_policy = first.settings.seen_policy
+        tuned.behaviour = (first.settings.behaviour_model, first.settings.behaviour_text_map)
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
@@ -354,7 +386,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                 services, tuning, strategies[0], progress)
             services = _services(engine, half_lives, prefix, popularity_days)
         scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
-                                             offered, strategies, tuned, half_lives, progress)
+                                             offered, strategies, tuned, half_lives, progress,
+                                             first=engine == engines[0], quick=quick,
+                                             choose=choose)
         scored["pipeline_vs_offline_max_abs"] = drift
         results["engines"][engine] = scored
         results["per_query"][engine] = per_query
@@ -493,15 +527,21 @@ def _replay(services: Services, engine: str, corpus: Corpus, half_lives: tuple[f
 def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                      static: dict[str, UserVectors], tuning: list[data.Query],
                      offered: list[str], strategies: list[str], tuned: Tuned,
-                     half_lives: tuple[float, float], progress: Callable[[str], None]
+                     half_lives: tuple[float, float], progress: Callable[[str], None],
+                     first: bool = False, quick: bool = False, choose: bool = True
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """4-6. Popularity and behaviour from the log, profiles at each query's time, weights
     tuned on validation (what ``tuned`` lacks yet), the comparator, then every arm on the
-    test queries."""
+    test queries. On the ``first`` engine also the language model fine-tuned on the log
+    (validation; where it ``choose``s), and the leak bound: the default and the comparator
+    again with popularity and behaviour learned from the past only."""
     popularity.rebuild(services)
     services, trained = _behaviour(services, corpus, tuning, offered[0], tuned, half_lives,
                                    progress)
     progress(f"{engine}: behaviour vectors {trained}")
+    language_model = _language_model(
+        services, corpus, tuning, half_lives, FINE_TUNE_BUDGET_S["quick" if quick else "full"],
+        progress) if first and choose else None
     docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
     test = corpus.split.test
     dynamic = query_time_profiles(corpus, docs, half_lives, [*tuning, *test])
@@ -539,6 +579,12 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     scored.update(strategies=strategies, offered=offered, comparator_validation=validation,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
+    if language_model is not None:
+        scored["language_model"] = language_model
+    if first:
+        scored["leak_bound"], per_query["past_only"] = _leak_bound(
+            evaluator, tuned, offered, strategies[0], comparator, corpus, scored, half_lives,
+            progress)
     return scored, per_query
 
 
@@ -571,6 +617,63 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
     chosen = Services(replace(services.settings, behaviour_model=model,
                               behaviour_text_map=text_map))
     return chosen, behaviour.train(chosen)
+
+
+def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query],
+                    half_lives: tuple[float, float], budget_s: float,
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    """The model fine-tuned on the log's co-interaction pairs (`es-interest train --model`,
+    time-capped) against the shipped one, on validation: the catalogue and typed tags
+    re-embedded by each in its own index, scored by the query vector alone and with a
+    content profile, overall and on tail targets."""
+    tuned_path = Path(tempfile.mkdtemp(prefix="es-interest-fine-tune-"))
+    try:
+        report = language_model.train_model(services, tuned_path, budget_s, FINE_TUNE_PAIRS)
+        progress(f"language model fine-tuned: {report}")
+        if not report.get("trained"):
+            return {"report": report}
+        users_of: dict[str, set[str]] = defaultdict(set)
+        for e in corpus.train:
+            users_of[e["doc_id"]].add(e["user_id"])
+        tail = np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in tuning])
+        cleanup = services.settings.embed_title_cleanup
+        out: dict[str, Any] = {"report": report, "tail_queries": int(tail.sum()), "models": {}}
+        for label, model in (("shipped", None), ("fine-tuned", str(tuned_path))):
+            trial = services if model is None else Services(replace(
+                services.settings, model=model, model_backend="torch",
+                index_prefix=f"{services.settings.index_prefix}-lm"))
+            trial_corpus = corpus
+            if model is not None:
+                setup_indices(trial.engine, trial.settings, trial.embedder.dims)
+                docs, doc_vectors = _embed_catalog(trial, corpus.catalog, cleanup)
+                _index(trial, docs)
+                texts = list(corpus.text_vectors)
+                trial_corpus = replace(corpus, docs=docs, doc_vectors=doc_vectors,
+                                       text_vectors=dict(zip(texts, (
+                                           v.tolist() for v in trial.embedder.encode(texts)),
+                                           strict=True)))
+            evaluator = Evaluator(trial, {"dynamic": query_time_profiles(
+                trial_corpus, trial_corpus.doc_vectors, half_lives, tuning)})
+            scores: dict[str, Any] = {}
+            for arm, weights, profile in (
+                    ("query vector", BlendWeights(1.0, 1.0), None),
+                    ("content profile", BlendWeights(1.0, 1.0, 0.0, 1.0, 0.5), "dynamic")):
+                ndcg = metrics.per_query(evaluator.ranks(
+                    Method(arm, weights, profile), tuning, f"{label}: {arm}"))["ndcg@10"]
+                scores[arm] = {"all": float(ndcg.mean()),
+                               "tail": float(ndcg[tail].mean()) if tail.any() else None}
+            out["models"][label] = scores
+            progress(f"language model {label}: validation NDCG@10 {scores}")
+            if model is not None:
+                trial.engine.delete_indices(f"{trial.settings.index_prefix}-*")
+
+        def total(label: str) -> float:
+            return sum(v["all"] for v in out["models"][label].values())
+
+        out["wins"] = total("fine-tuned") > total("shipped")
+        return out
+    finally:
+        shutil.rmtree(tuned_path, ignore_errors=True)
 
 
 def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
@@ -735,7 +838,9 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
     content, full = tuned.chosen[strategy]
     plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, seen=0.0)
     other = "own" if tuned.seen_policy == "neutral" else "neutral"
-    assert tuned.other_policy is not None
+    other_policy = [] if tuned.other_policy is None else [
+        Method(f"seen policy {other} ({strategy})", tuned.other_policy[1], "dynamic", strategy,
+               seen_policy=other)]
     return [
         *methods,
         Method(f"static content profile ({strategy})", replace(
@@ -746,8 +851,7 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
             "dynamic", strategy),
         Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0),
                "dynamic", strategy),
-        Method(f"seen policy {other} ({strategy})", tuned.other_policy[1], "dynamic", strategy,
-               seen_policy=other),
+        *other_policy,
         Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
         Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy),
     ]
@@ -788,7 +892,7 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                 "harm": metrics.paired_test(comp, ours),
             }
             if s == default_strategy:
-                other = next(n for n in per if n.startswith("seen policy "))
+                other = next((n for n in per if n.startswith("seen policy ")), None)
                 entry.update({
                     "vs_item_prior": metrics.paired_test(ours, per[f"{ITEM_PRIOR} ({s})"][
                         "ndcg@10"]),
@@ -798,8 +902,10 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                     "dynamic_vs_static": metrics.paired_test(
                         per[f"dynamic content profile ({s})"]["ndcg@10"],
                         per[f"static content profile ({s})"]["ndcg@10"]),
-                    "vs_other_seen_policy": metrics.paired_test(ours, per[other]["ndcg@10"]),
                 })
+                if other is not None:
+                    entry["vs_other_seen_policy"] = metrics.paired_test(ours,
+                                                                        per[other]["ndcg@10"])
                 if tail.any():
                     entry["tail"] = {"queries": int(tail.sum()),
                                      "ours": float(ours[tail].mean()),
@@ -830,6 +936,73 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
         out["kendall_tau_script_vs_knn"] = {
             p: metrics.mean_kendall_tau(defaults[p]["script_score"], defaults[p]["knn_linear"])
             for p in data.PROTOCOLS}
+    return out, per_query
+
+
+def time_buckets(queries: Sequence[data.Query], count: int) -> list[list[data.Query]]:
+    """The queries in time order, cut into ``count`` buckets of (nearly) equal size."""
+    ordered = sorted(queries, key=lambda q: (q.timestamp, q.user_id, q.movie_id, q.protocol))
+    return [list(part) for part in np.array_split(np.array(ordered, dtype=object), count)
+            if len(part)]
+
+
+def _leak_bound(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategy: str,
+                comparator: dict[str, str], corpus: Corpus, scored: dict[str, Any],
+                half_lives: tuple[float, float], progress: Callable[[str], None]
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The test queries again, the default and the comparator only, with documents'
+    popularity and behaviour vectors learned from the events before each time bucket's first
+    query (what the service knew then), against the main figures (learned from every
+    training event, some after the query). Leaves the engine at the last bucket's state."""
+    services = evaluator.services
+    arms = {m.name: m for m in _non_personalized(tuned, offered)}
+    default = Method(f"{DEFAULT} ({strategy})", None, "dynamic", strategy)
+    ranks: dict[tuple[str, str, str, int, str], tuple[int | None, int | None]] = {}
+    for bucket in progress_bar(time_buckets(corpus.split.test, LEAK_BUCKETS),
+                               desc="leak bound", unit="bucket", leave=False):
+        before_ms = bucket[0].timestamp * 1000
+        popularity.rebuild(services, before_ms)
+        behaviour.train(services, refold=False, before_ms=before_ms)
+        docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
+        past = Evaluator(services, {"dynamic": query_time_profiles(corpus, docs, half_lives,
+                                                                   bucket)})
+        for protocol in data.PROTOCOLS:
+            queries = [q for q in bucket if q.protocol == protocol]
+            if not queries:
+                continue
+            personal = past.ranks(default, queries, f"past only: {protocol}")
+            plain = past.ranks(arms[comparator[protocol]], queries,
+                               f"past only: {protocol} comparator")
+            for q, a, b in zip(queries, personal, plain, strict=True):
+                ranks[(q.user_id, q.movie_id, q.text, q.timestamp, q.protocol)] = (a, b)
+    out: dict[str, Any] = {"buckets": LEAK_BUCKETS, "limit": LEAK_LIMIT, "protocols": {}}
+    per_query: dict[str, Any] = {}
+    for protocol in data.PROTOCOLS:
+        queries = [q for q in corpus.split.test if q.protocol == protocol]
+        pairs = [ranks[(q.user_id, q.movie_id, q.text, q.timestamp, q.protocol)]
+                 for q in queries]
+        ours = metrics.per_query([a for a, _ in pairs])["ndcg@10"]
+        theirs = metrics.per_query([b for _, b in pairs])["ndcg@10"]
+        main = scored["protocols"][protocol]
+        main_gain = main["tests"][strategy]["relative_gain"]
+        gain = _gain(ours, theirs)
+        out["protocols"][protocol] = {
+            "ours": {"mean": float(ours.mean()), "ci95": metrics.bootstrap_ci(ours)},
+            "comparator": {"mean": float(theirs.mean()), "ci95": metrics.bootstrap_ci(theirs)},
+            "relative_gain": gain, "vs_comparator": metrics.paired_test(ours, theirs),
+            "harm": metrics.paired_test(theirs, ours),
+            "main_ours": main["methods"][default.name]["ndcg@10"]["mean"],
+            "main_comparator": main["methods"][comparator[protocol]]["ndcg@10"]["mean"],
+            "main_relative_gain": main_gain,
+            # How much of the main gain the later events explain (gain points).
+            "leak": None if gain is None or main_gain is None else main_gain - gain}
+        per_query[protocol] = {"default": [a for a, _ in pairs],
+                               "comparator": [b for _, b in pairs]}
+        progress(f"  past only, {protocol}: {ours.mean():.4f} vs {theirs.mean():.4f} "
+                 f"(main {out['protocols'][protocol]['main_ours']:.4f} vs "
+                 f"{out['protocols'][protocol]['main_comparator']:.4f})")
+    out["past_only_main"] = any(abs(p["leak"] or 0.0) > LEAK_LIMIT
+                                for p in out["protocols"].values())
     return out, per_query
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None:
     engines = list(LOCAL_ENGINE_URLS)
     results = run(quick=True, users=12, engines=engines, out_dir=tmp_path,
-                  progress=lambda _: None)
+                  progress=lambda _: None, choose=True)
     report = (tmp_path / "evaluation.md").read_text()
     assert report.count("## Results on ") == len(engines)
     for protocol in PROTOCOLS:
@@ -55,5 +55,17 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
             assert {len(r) for r in ranks.values()} == {block["queries"]}
         assert res["strategies"] == res["strategy_ranking"]
         assert set(res["strategies"]) <= set(BLEND_STRATEGIES)
+    first = saved["engines"][engines[0]]
+    # The leak bound: the default and the comparator on every test query, past only.
+    for protocol, bound in first["leak_bound"]["protocols"].items():
+        assert len(saved["per_query"][engines[0]]["past_only"][protocol]["default"]) == \
+            first["protocols"][protocol]["queries"]
+        assert 0 <= bound["ours"]["mean"] <= 1 and 0 <= bound["comparator"]["mean"] <= 1
+    assert "### Leak bound" in report
+    # The language model fine-tuned on the log, against the shipped one, on validation.
+    trial = first["language_model"]
+    assert trial["report"]["trained"] and trial["report"]["steps"] > 0
+    assert set(trial["models"]) == {"shipped", "fine-tuned"}
+    assert "Language model fine-tuned on the log" in report
     assert saved["engines"]["opensearch"]["strategies"] == ["knn_linear"]
     assert saved["engines"]["elasticsearch8"]["strategies"] == ["linear_retriever"]

@@ -14,6 +14,7 @@ from plugin.evaluation.run import (
     _stored,
     best_arms,
     query_time_profiles,
+    time_buckets,
 )
 from plugin.interest import DocVector, fold_events
 from plugin.search import vectors_of
@@ -76,3 +77,13 @@ def test_the_comparator_is_the_best_non_personalized_arm_of_each_protocol() -> N
     # Another strategy's plain ranking wins term queries: that is the comparator there.
     assert best_arms(validation) == {"term": "non-personalized default (knn_linear)",
                                      "refind": "BM25"}
+
+
+def test_time_buckets_cut_the_queries_in_time_order_into_even_parts() -> None:
+    queries = [data.Query(f"u{t % 3}", "m0", "q", t) for t in (50, 10, 40, 30, 20, 60, 70)]
+    buckets = time_buckets(queries, 3)
+    assert [[q.timestamp for q in b] for b in buckets] == [[10, 20, 30], [40, 50], [60, 70]]
+    # Each bucket's cut (its first query) is at or before every query in it.
+    assert all(b[0].timestamp <= min(q.timestamp for q in b) for b in buckets)
+    assert time_buckets(queries[:2], 4) == [[queries[1]], [queries[0]]]
+
