@@ -109,6 +109,10 @@ class Settings:
     behaviour_min_interactions: int = 3
     # How behaviour vectors are learned (BEHAVIOUR_MODELS; the ranking file's choice).
     behaviour_model: str = "ppmi_svd"
+    # item2vec's context window, negative-sampling exponent and passes (the ranking file's).
+    behaviour_item2vec_window: int = 20
+    behaviour_item2vec_ns_exponent: float = 0.75
+    behaviour_item2vec_epochs: int = 20
     # Documents without enough interactions get a behaviour vector mapped from their content
     # vector (a ridge map fitted at each training on documents with both), at training and
     # at indexing, so the behaviour term reaches new and tail documents too.
@@ -271,6 +275,11 @@ def load_ranking(path: Path) -> dict[str, Any]:
                 raise ValueError(f"{key} must be one of {', '.join(options)}")
         if not isinstance(data.get("behaviour_text_map", True), bool):
             raise ValueError("behaviour_text_map must be true or false")
+        for key in ("behaviour_item2vec_window", "behaviour_item2vec_epochs"):
+            if key in data and (not isinstance(data[key], int) or data[key] < 1):
+                raise ValueError(f"{key} must be a whole number >= 1")
+        if not isinstance(data.get("behaviour_item2vec_ns_exponent", 0.0), int | float):
+            raise ValueError("behaviour_item2vec_ns_exponent must be a number")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -292,7 +301,10 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "seen_policy": "seen_policy",
                 "embed_title_cleanup": "embed_title_cleanup",
                 "behaviour_text_map": "behaviour_text_map",
-                "behaviour_model": "behaviour_model"}
+                "behaviour_model": "behaviour_model",
+                "behaviour_item2vec_window": "behaviour_item2vec_window",
+                "behaviour_item2vec_ns_exponent": "behaviour_item2vec_ns_exponent",
+                "behaviour_item2vec_epochs": "behaviour_item2vec_epochs"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
@@ -303,7 +315,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
-           "erase_tombstone_s": 0.0}
+           "erase_tombstone_s": 0.0, "behaviour_item2vec_window": 1.0,
+           "behaviour_item2vec_epochs": 1.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -359,7 +372,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[name] = _flag(env, variable, bool(ranking.get(FROM_RANKING.get(name, ""),
                                                                  default)))
         elif kind in (int, float):
-            values[name] = kind(_number(env, variable, float(default), MINIMUM.get(name)))
+            fallback = float(ranking.get(FROM_RANKING.get(name, ""), default))
+            values[name] = kind(_number(env, variable, fallback, MINIMUM.get(name)))
         elif kind == tuple[str, ...]:
             values[name] = _list(env.get(PREFIX + variable)) or tuple(default)
             if name in LISTED_CHOICES and not set(values[name]) <= set(LISTED_CHOICES[name]):

@@ -29,6 +29,7 @@ from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits
 
 from plugin.caches import behaviour_version_key
+from plugin.config import Settings
 from plugin.events import applied_events_query
 from plugin.pipeline.users import rebuild_all
 from plugin.services import Services
@@ -203,14 +204,9 @@ def _unit(items: list[str], vectors: np.ndarray, dims: int) -> dict[str, np.ndar
     return {d: out[i] / norms[i] for i, d in enumerate(items) if norms[i] > 0}
 
 
-# item2vec's context window, negative-sampling exponent and epochs.
-ITEM2VEC_WINDOW, ITEM2VEC_NS_EXPONENT, ITEM2VEC_EPOCHS = 20, 0.75, 20
-
-
 def item2vec_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
-                     window: int = ITEM2VEC_WINDOW,
-                     ns_exponent: float = ITEM2VEC_NS_EXPONENT,
-                     epochs: int = ITEM2VEC_EPOCHS) -> dict[str, np.ndarray]:
+                     window: int = 20, ns_exponent: float = 0.75,
+                     epochs: int = 20) -> dict[str, np.ndarray]:
     """item2vec: skip-gram with negative sampling over each user's time-ordered positive
     interactions (gensim's Word2Vec, one worker and a fixed seed: the same log gives the
     same vectors). Pure: no engine."""
@@ -254,11 +250,15 @@ def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int
     return _unit(items, factors, dims)
 
 
-def learn_vectors(model: str, sequences: dict[str, list[str]], dims: int, min_users: int
+def learn_vectors(settings: Settings, sequences: dict[str, list[str]]
                   ) -> dict[str, np.ndarray]:
     """The documents' behaviour vectors by the configured model (BEHAVIOUR_MODELS)."""
+    model, dims = settings.behaviour_model, settings.behaviour_dims
+    min_users = settings.behaviour_min_interactions
     if model == "item2vec":
-        return item2vec_vectors(sequences, dims, min_users)
+        return item2vec_vectors(sequences, dims, min_users, settings.behaviour_item2vec_window,
+                                settings.behaviour_item2vec_ns_exponent,
+                                settings.behaviour_item2vec_epochs)
     if model == "als":
         return als_vectors(sequences, dims, min_users)
     return item_vectors([(u, d) for u, docs in sequences.items() for d in docs], dims,
@@ -284,8 +284,7 @@ def train(services: Services, refold: bool = True,
     services.redis.delete(_key(services, "scheduled"))
     services.redis.set(_key(services, "trained-at"), repr(started))
     sequences = positive_sequences(services, before_ms)
-    vectors = learn_vectors(settings.behaviour_model, sequences, settings.behaviour_dims,
-                            settings.behaviour_min_interactions)
+    vectors = learn_vectors(settings, sequences)
     result: dict[str, Any] = {"model": settings.behaviour_model,
                               "pairs": sum(map(len, sequences.values())),
                               "documents": len(vectors)}

@@ -50,6 +50,23 @@ def test_every_field_has_its_variable() -> None:
     assert str(s.mappings_dir) == "/srv/mappings"
 
 
+def test_the_ranking_file_gives_item2vecs_settings(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "behaviour_item2vec_window": 5,
+                                "behaviour_item2vec_ns_exponent": -0.5}))
+    chosen = load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    assert (chosen.behaviour_item2vec_window, chosen.behaviour_item2vec_ns_exponent) == (5, -0.5)
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
+                          "ES_INTEREST_BEHAVIOUR_ITEM2VEC_WINDOW": "7"}
+                         ).behaviour_item2vec_window == 7
+    path.write_text(json.dumps({**ranking, "behaviour_item2vec_epochs": 0}))
+    with pytest.raises(ConfigError, match="behaviour_item2vec_epochs must be a whole number"):
+        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        load_settings({"ES_INTEREST_BEHAVIOUR_ITEM2VEC_WINDOW": "0"})
+
+
 def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Path) -> None:
     ranking = json.loads(SHIPPED_RANKING.read_text())
     path = tmp_path / "ranking.json"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plugin.config import load_settings
 from plugin.pipeline.behaviour import item_vectors, learn_vectors
 from plugin.pipeline.popularity import fold_one, replay, value_at
 
@@ -84,12 +86,14 @@ def test_every_behaviour_model_separates_two_communities(model: str, margin: flo
                               for i in rng.choice(10, size=6, replace=False)]
                  for user in range(120)}
     sequences["u1"].append("rare")  # one user only: below min_users, no vector
-    vectors = learn_vectors(model, sequences, dims=8, min_users=2)
+    config = replace(load_settings({}), behaviour_model=model, behaviour_dims=8,
+                     behaviour_min_interactions=2)
+    vectors = learn_vectors(config, sequences)
     _two_communities(vectors, margin)
     for vector in vectors.values():
         assert np.linalg.norm(vector) == pytest.approx(1.0)
     # The same log gives the same vectors (fixed seeds, one worker).
-    again = learn_vectors(model, sequences, dims=8, min_users=2)
+    again = learn_vectors(config, sequences)
     assert all(np.allclose(again[d], v, atol=1e-5) for d, v in vectors.items())
 
 
