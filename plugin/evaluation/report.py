@@ -278,7 +278,7 @@ def _leak_bound(res: dict[str, Any]) -> list[str]:
             f"{_fmt(p['comparator'])} | {_percent(p['relative_gain'])} | "
             f"{_p(p['vs_comparator'])} | "
             + ("n/a" if p["leak"] is None else f"{100 * p['leak']:+.1f} points") + " |")
-    lines += ["", ("A leak exceeds " if leak["past_only_main"] else "Every leak is within ")
+    lines += ["", ("A leak exceeds " if leak["past_only_main"] else "No leak exceeds ")
               + f"{100 * leak['limit']:.0f} points: "
               + ("the past-only figures are the main ones (the goals above use them)."
                  if leak["past_only_main"] else "the main figures stand."), ""]
@@ -371,13 +371,15 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "language model: they are the configured ones (`--choose` compares them)."]
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
-        lines += ["", "Behaviour vectors: the model, then cold documents' vectors mapped from "
-                  "their text (a ridge map fitted on documents with both), each trained from "
-                  "the log and scored with BM25 + query + popularity + behaviour (validation,"
-                  " first engine):", "", "| model | NDCG@10 |", "| --- | --- |"]
+        lines += ["", "Behaviour vectors: the model (item2vec's window, negative-sampling "
+                  "exponent and epochs one at a time where it wins), then cold documents' "
+                  "vectors mapped from their text (a ridge map fitted on documents with both), "
+                  "each trained from the log and scored with BM25 + query + popularity + "
+                  "behaviour (validation, first engine):", "", "| settings | NDCG@10 |",
+                  "| --- | --- |"]
         lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
-        lines += ["", f"Chosen: `{choice['model']}`, text map "
-                  f"`{str(choice['text_map']).lower()}`."]
+        lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
+                                             for k, v in choice["chosen"].items()) + "."]
     lines += _language_model(results)
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",
               "![NDCG@10 against half-life](ndcg_vs_half_life.png)", "",

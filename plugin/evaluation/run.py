@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -93,11 +94,18 @@ NON_PERSONALIZED = "non-personalized default"
 BM25_POPULARITY = "BM25 + popularity"
 ITEM_PRIOR = "control: mean user's vectors"
 OTHER_USER = "control: another user's vectors"
+# item2vec's settings, searched one at a time where it is the best model.
+ITEM2VEC_GRID: dict[str, tuple[Any, ...]] = {
+    "behaviour_item2vec_window": (5, 20, 50),
+    "behaviour_item2vec_ns_exponent": (-0.5, 0.0, 0.75),
+    "behaviour_item2vec_epochs": (10, 20, 40),
+}
+BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *ITEM2VEC_GRID)
 TAIL_USERS = 3  # a target with fewer training users than this is a tail target
 # The leak bound: test queries in this many time buckets, popularity and behaviour vectors
 # for each learned from the events before the bucket's first query only.
 LEAK_BUCKETS = 4
-LEAK_LIMIT = 0.02  # past a 2-point difference in gain, the past-only figures are the main ones
+LEAK_LIMIT = 0.02  # where later events add more gain than this, the past-only figures lead
 # Fine-tuning the language model on the log's co-interaction pairs: capped, for 2 CPU cores.
 FINE_TUNE_BUDGET_S = {"full": 300.0, "quick": 45.0}
 FINE_TUNE_PAIRS = 20_000
@@ -333,10 +341,10 @@ class Tuned:
     # The best non-personalized ranking's re-finding NDCG@10 on validation (first engine).
     refind_floor: float | None = None
     # The default strategy tuned under the policy not chosen, and each policy's validation.
-    other_policy: tuple[BlendWeights, BlendWeights] | None = None
+    other_policy: dict[str, tuple[BlendWeights, BlendWeights]] = field(default_factory=dict)
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
-    # The behaviour model, and whether cold documents get vectors mapped from their text.
-    behaviour: tuple[str, bool] | None = None
+    # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
+    behaviour: dict[str, Any] | None = None
     behaviour_validation: dict[str, float] = field(default_factory=dict)
 
 
@@ -366,9 +374,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives,
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned()
-    if not choose:
-        tuned.seen_policy = first.settings.seen_policy
-        tuned.behaviour = (first.settings.behaviour_model, first.settings.behaviour_text_map)
+    if not choose:  # the configured ones (``_services`` starts every deployment neutral)
+        tuned.seen_policy = load_settings().seen_policy
+        tuned.behaviour = {k: getattr(first.settings, k) for k in BEHAVIOUR_SETTINGS}
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
@@ -401,8 +409,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation},
         "embed_title_cleanup": cleanup,
-        "behaviour_choice": {"model": tuned.behaviour[0] if tuned.behaviour else None,
-                             "text_map": tuned.behaviour[1] if tuned.behaviour else None,
+        "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
@@ -561,6 +568,13 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     for s in strategies:
         if s in tuned.chosen:
             continue
+        if quick and not first:
+            # The quick run tunes on the first engine only; a later engine's own default
+            # strategy runs the configured weights.
+            configured = services.settings
+            tuned.chosen[s] = (BlendWeights(**configured.blend_weights_without_behaviour[s]),
+                               BlendWeights(**configured.blend_weights[s]))
+            continue
         # The first strategy tunes under each seen policy and chooses it; the others tune
         # under the policy chosen.
         tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
@@ -592,30 +606,41 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
                tuned: Tuned, half_lives: tuple[float, float],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
-    engine, validation chooses the model (each without the text map), then whether cold
+    engine, validation chooses the model (each without the text map; item2vec's window,
+    negative-sampling exponent and epochs one at a time where it wins), then whether cold
     documents get vectors mapped from their text."""
     if tuned.behaviour is None:
         weights = BlendWeights(1.0, 1.0, 0.5, behaviour=1.0)
 
-        def score(model: str, text_map: bool) -> float:
-            candidate = Services(replace(services.settings, behaviour_model=model,
-                                         behaviour_text_map=text_map))
+        def score(choice: dict[str, Any]) -> float:
+            label = ", ".join(f"{k.removeprefix('behaviour_')} {v}"
+                              for k, v in choice.items()).lower()
+            if label in tuned.behaviour_validation:
+                return tuned.behaviour_validation[label]
+            candidate = Services(replace(services.settings, **choice))
             behaviour.train(candidate)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, half_lives, tuning)
             value = Evaluator(candidate, {"dynamic": profile}).ndcg(
                 Method("behaviour", weights, "dynamic", strategy), tuning)
-            tuned.behaviour_validation[f"{model}, text map {str(text_map).lower()}"] = value
-            progress(f"behaviour model {model}, text map {text_map}: validation NDCG@10 "
-                     f"{value:.4f}")
+            tuned.behaviour_validation[label] = value
+            progress(f"behaviour {label}: validation NDCG@10 {value:.4f}")
             return value
 
-        best = max(BEHAVIOUR_MODELS, key=lambda m: (score(m, False), m == BEHAVIOUR_MODELS[0]))
-        without = tuned.behaviour_validation[f"{best}, text map false"]
-        tuned.behaviour = (best, score(best, True) > without)
-    model, text_map = tuned.behaviour
-    chosen = Services(replace(services.settings, behaviour_model=model,
-                              behaviour_text_map=text_map))
+        def model(name: str) -> dict[str, Any]:
+            return {"behaviour_model": name, "behaviour_text_map": False,
+                    **{k: getattr(services.settings, k) for k in ITEM2VEC_GRID}}
+
+        best = model(max(BEHAVIOUR_MODELS, key=lambda m: (score(model(m)),
+                                                          m == BEHAVIOUR_MODELS[0])))
+        if best["behaviour_model"] == "item2vec":
+            for key, values in ITEM2VEC_GRID.items():
+                # Ties keep the configured value.
+                best[key] = max(values, key=lambda v: (score({**best, key: v}),
+                                                       v == best[key]))
+        with_map = {**best, "behaviour_text_map": True}
+        tuned.behaviour = with_map if score(with_map) > score(best) else best
+    chosen = Services(replace(services.settings, **tuned.behaviour))
     return chosen, behaviour.train(chosen)
 
 
@@ -693,9 +718,9 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy
     tuned.seen_policy = max(validation, key=lambda p: (validation[p]["objective"],
                                                        p == "neutral"))
     if tuned.seen_policy == "own":
-        tuned.chosen[strategy], tuned.other_policy = own, tuned.chosen[strategy]
+        tuned.chosen[strategy], tuned.other_policy[strategy] = own, tuned.chosen[strategy]
     else:
-        tuned.other_policy = own
+        tuned.other_policy[strategy] = own
     progress(f"seen policy on validation: {validation}; chosen {tuned.seen_policy}")
 
 
@@ -703,7 +728,8 @@ def _write(results: dict[str, Any], out_dir: Path, ranking_out: Path | None) -> 
     """evaluation.json (with every arm's per-query ranks), the chosen ranking file, and the
     report with its plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
+    # Compact: the per-query ranks make most of it, and the report is what people read.
+    (out_dir / "evaluation.json").write_text(json.dumps(results, separators=(",", ":")))
     (ranking_out or out_dir / "ranking.json").write_text(
         json.dumps(results["ranking"], indent=2) + "\n")
     write_report(results, out_dir)
@@ -727,8 +753,7 @@ def _ranking(results: dict[str, Any], tuned: Tuned) -> dict[str, Any]:
         "popularity_half_life_days": results["popularity_half_life_days"],
         "seen_policy": tuned.seen_policy,
         "embed_title_cleanup": results["embed_title_cleanup"],
-        "behaviour_model": results["behaviour_choice"]["model"],
-        "behaviour_text_map": results["behaviour_choice"]["text_map"],
+        **(tuned.behaviour or {}),
         "weights": table("weights", 1),
         "weights_without_behaviour": table("weights_without_behaviour", 0),
     }
@@ -765,18 +790,21 @@ def _popularity_half_life(services: Services, tuning: list[data.Query], strategy
 
 
 def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
-            weights: BlendWeights, terms: Sequence[str], policy: str | None = None,
-            refind_floor: float | None = None) -> BlendWeights:
-    """Coordinate ascent on validation: each term over its grid with the others fixed
-    (``Evaluator.ndcg``'s objective)."""
-    for term in terms:
-        profile = None if term in ("popularity", "query") else "dynamic"
-        scored = [(evaluator.ndcg(Method(term, replace(weights, **{term: value}), profile,
-                                         strategy, seen_policy=policy), tuning,
-                                  refind_floor), -value, value)
-                  for value in GRID[term]]
-        # Ties go to the smaller weight: a term must earn its place.
-        weights = replace(weights, **{term: max(scored)[2]})
+            weights: BlendWeights, terms: Sequence[str | tuple[str, ...]],
+            policy: str | None = None, refind_floor: float | None = None) -> BlendWeights:
+    """Coordinate ascent on validation: each term (or tuple of terms, searched jointly over
+    their grids' product) with the others fixed (``Evaluator.ndcg``'s objective)."""
+    for step in terms:
+        names = (step,) if isinstance(step, str) else step
+        profile = None if set(names) <= {"popularity", "query"} else "dynamic"
+        scored = []
+        for values in itertools.product(*(GRID[n] for n in names)):
+            candidate = replace(weights, **dict(zip(names, values, strict=True)))
+            score = evaluator.ndcg(Method("+".join(names), candidate, profile, strategy,
+                                          seen_policy=policy), tuning, refind_floor)
+            # Ties go to the smaller weights: a term must earn its place.
+            scored.append((score, -sum(values), values))
+        weights = replace(weights, **dict(zip(names, max(scored)[2], strict=True)))
     return weights
 
 
@@ -788,19 +816,23 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     where tuned already), then the content interest terms, the seen documents' weight and
     how specific queries turn them down (the table for users without a behaviour vector),
     then behaviour, the long-term term, the seen weight, the ambiguity exponent and behaviour
-    again (the table for users with one). Returns (without, with) behaviour."""
-    def ascend(weights: BlendWeights, terms: Sequence[str]) -> BlendWeights:
+    again (the table for users with one). Returns (without, with) behaviour.
+
+    Under the neutral policy each user term's first step searches the seen weight with it:
+    a user term alone pushes what the user knows down, the seen weight alone does nothing
+    while no user term applies, so one at a time neither would ever be taken."""
+    def ascend(weights: BlendWeights, terms: Sequence[str | tuple[str, ...]]) -> BlendWeights:
         if policy != "neutral":  # the seen weight only counts where seen documents are held
-            terms = [t for t in terms if t != "seen"]
+            terms = [t if isinstance(t, str) else tuple(n for n in t if n != "seen")
+                     for t in terms if t != "seen"]
         return _ascend(evaluator, tuning, strategy, weights, terms, policy, refind_floor)
 
     plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
-    # Seen documents start at half the user terms' weight, so a user term's first step is
-    # not judged with what the user knows pushed down (re-finding) or up.
-    start = replace(plain, seen=0.5 if policy == "neutral" else 0.0)
-    content = ascend(start, ("interest_long", "interest_short", "seen", "ambiguity",
+    start = replace(plain, seen=0.0)
+    content = ascend(start, (("interest_long", "seen"), "interest_short", "seen", "ambiguity",
                              "interest_long"))
-    full = ascend(content, ("behaviour", "interest_long", "seen", "ambiguity", "behaviour"))
+    full = ascend(content, (("behaviour", "seen"), "interest_long", "seen", "ambiguity",
+                            "behaviour"))
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
              f"with {full}")
     return content, full
@@ -838,8 +870,9 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
     content, full = tuned.chosen[strategy]
     plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, seen=0.0)
     other = "own" if tuned.seen_policy == "neutral" else "neutral"
-    other_policy = [] if tuned.other_policy is None else [
-        Method(f"seen policy {other} ({strategy})", tuned.other_policy[1], "dynamic", strategy,
+    other_policy = [] if strategy not in tuned.other_policy else [
+        Method(f"seen policy {other} ({strategy})", tuned.other_policy[strategy][1], "dynamic",
+               strategy,
                seen_policy=other)]
     return [
         *methods,
@@ -1001,7 +1034,8 @@ def _leak_bound(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategy
         progress(f"  past only, {protocol}: {ours.mean():.4f} vs {theirs.mean():.4f} "
                  f"(main {out['protocols'][protocol]['main_ours']:.4f} vs "
                  f"{out['protocols'][protocol]['main_comparator']:.4f})")
-    out["past_only_main"] = any(abs(p["leak"] or 0.0) > LEAK_LIMIT
+    # A leak inflates the main gain; a negative one (the past alone did better) does not.
+    out["past_only_main"] = any((p["leak"] or 0.0) > LEAK_LIMIT
                                 for p in out["protocols"].values())
     return out, per_query
 
