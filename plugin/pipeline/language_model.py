@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from plugin.documents import parse_document
 from plugin.pipeline.behaviour import positive_sequences
 from plugin.services import Services
@@ -134,13 +132,3 @@ def train_model(services: Services, out: Path, budget_s: float, max_pairs: int |
     base = services.settings.model or default_model_path()
     return {"trained": True, "path": str(out),
             **fine_tune(base, pairs, out, budget_s, epochs=epochs, progress=progress)}
-
-
-def mean_cosine(model_path: str, pairs: Sequence[tuple[str, str]]) -> float:
-    """The mean cosine of the pairs' texts under a model (normalized embeddings)."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(model_path, device="cpu")
-    left = model.encode([a for a, _ in pairs], normalize_embeddings=True)
-    right = model.encode([b for _, b in pairs], normalize_embeddings=True)
-    return float(np.mean(np.sum(left * right, axis=1)))

@@ -10,12 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from plugin import pipeline
 from plugin.config import LOCAL_ENGINE_URLS, load_settings
 from plugin.embedding import default_model_path
-from plugin.pipeline.language_model import mean_cosine, train_model
+from plugin.pipeline.language_model import train_model
 from plugin.services import Services
 from tests.conftest import RUN_ID, isolated_services
 
@@ -37,6 +38,16 @@ GROUPS = [
 # Held out: never in the log, one of each side of the first two groups.
 HELD = [("hard bop jazz record on vinyl", "coffee beans from Rwanda"),
         ("pruning garden tool", "Greek cookbook")]
+
+
+def mean_cosine(model_path: str, pairs: list[tuple[str, str]]) -> float:
+    """The mean cosine of the pairs' texts under a model (normalized embeddings)."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_path, device="cpu")
+    left = model.encode([a for a, _ in pairs], normalize_embeddings=True)
+    right = model.encode([b for _, b in pairs], normalize_embeddings=True)
+    return float(np.mean(np.sum(left * right, axis=1)))
 
 
 @pytest.fixture(scope="module")
