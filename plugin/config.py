@@ -29,18 +29,21 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 }
 
 
-# Blend strategies, best first, as `make eval` ranked them (docs/evaluation.md): `auto` takes
-# the first one the engine offers. knn_linear runs on every engine.
+# The blend strategies (the names settings and the ranking file use). `auto` takes the first
+# the engine offers in the ranking file's ``strategy_order`` (best first on validation, as
+# `make eval` ranked them), else in this order. knn_linear runs on every engine.
 BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_score")
 
 # The ranking the product ships: blend weights per strategy and half-lives, as `make eval`
 # chose them on MovieLens validation queries (docs/evaluation.md). ES_INTEREST_RANKING_FILE
 # points at another file of the same shape (one fitted to a deployment's own users).
 SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
-BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour")
+BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
+               "behaviour_short")
 # A ranking file's weights per strategy: one per term, the share of the user terms' weight
-# documents the user already interacted with get (``seen``, optional: 0 where a file lacks
-# it) and how specific queries damp the user's terms.
+# documents the user already interacted with get (``seen``) and how specific queries damp the
+# user's terms. These may be missing (0: a file from before they existed):
+OPTIONAL_WEIGHTS = ("behaviour_short", "seen", "ambiguity")
 WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
 # What the personal terms give documents the user already interacted with: ``neutral``, the
 # ``seen`` share of their weight instead of their own similarity, so the boost goes to what
@@ -141,6 +144,8 @@ class Settings:
     blend_weights_without_behaviour: Mapping[str, Mapping[str, float]] = field(
         default_factory=dict)
     ranking_source: str = ""
+    # Which strategy `auto` prefers, best first (the ranking file's ``strategy_order``).
+    strategy_order: tuple[str, ...] = BLEND_STRATEGIES
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     # A batch whose worker died (SIGKILL, OOM, a lost host) is handed to another worker after
     # this many seconds; task time limits sit below it (plugin/celery_app.py), and it must
@@ -156,13 +161,12 @@ class Settings:
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
     # Search: blend strategy (auto: the best of BLEND_STRATEGIES the engine offers), kNN
-    # candidates per vector, caches, and the time a user's vectors may take to load.
+    # coverage per vector, caches, and the time a user's vectors may take to load.
     blend_strategy: str = "auto"
     # SEEN_POLICIES; the ranking file says which `make eval` chose.
     seen_policy: str = "neutral"
-    knn_candidates: int = 100
     # Vector terms cover this many documents exactly (nearest first); a document beyond it
-    # gets the term's smallest value, so there is no cliff below the cap.
+    # gets none of that term, so there is no cliff below the cap.
     personal_candidates: int = 1000
     query_cache_ttl_s: float = 300.0
     user_cache_ttl_s: float = 600.0
@@ -257,7 +261,7 @@ def load_ranking(path: Path) -> dict[str, Any]:
         for table in ("weights", "weights_without_behaviour"):
             for strategy in BLEND_STRATEGIES:
                 terms = data[table][strategy]
-                missing = set(BLEND_TERMS) - set(terms)
+                missing = set(BLEND_TERMS) - set(terms) - set(OPTIONAL_WEIGHTS)
                 if missing:
                     raise ValueError(f"{table}.{strategy} lacks {sorted(missing)}")
                 unknown = set(terms) - set(WEIGHT_NAMES)
@@ -278,6 +282,9 @@ def load_ranking(path: Path) -> dict[str, Any]:
         for key in ("behaviour_item2vec_window", "behaviour_item2vec_epochs"):
             if key in data and (not isinstance(data[key], int) or data[key] < 1):
                 raise ValueError(f"{key} must be a whole number >= 1")
+        order = data.get("strategy_order", list(BLEND_STRATEGIES))
+        if not isinstance(order, list) or sorted(order) != sorted(BLEND_STRATEGIES):
+            raise ValueError(f"strategy_order must list {', '.join(BLEND_STRATEGIES)} once each")
         if not isinstance(data.get("behaviour_item2vec_ns_exponent", 0.0), int | float):
             raise ValueError("behaviour_item2vec_ns_exponent must be a number")
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -330,7 +337,8 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 # Settings the ranking file gives whole, with no variable of their own.
-RANKING_ONLY = ("blend_weights", "blend_weights_without_behaviour", "ranking_source")
+RANKING_ONLY = ("blend_weights", "blend_weights_without_behaviour", "ranking_source",
+                "strategy_order")
 
 
 def variables() -> list[str]:
@@ -352,6 +360,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "blend_weights_without_behaviour": {
             k: dict(v) for k, v in ranking["weights_without_behaviour"].items()},
         "ranking_source": str(ranking_path),
+        "strategy_order": tuple(ranking.get("strategy_order", BLEND_STRATEGIES)),
         "event_weights": _event_weights(env.get(PREFIX + "EVENT_WEIGHTS")),
     }
     for spec in dataclasses.fields(Settings):

@@ -193,6 +193,8 @@ class UserInterest:
     # doc_id -> its latest positive interaction (epoch s), the SEEN_KEPT most recent. Kept by
     # time, not arrival, so any arrival order leaves the same set.
     seen: Mapping[str, float] = field(default_factory=dict)
+    # The same behaviour vectors at the short half-life: what the user is into lately.
+    behaviour_short: HorizonState | None = None
 
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
@@ -223,15 +225,19 @@ class UserInterest:
                 tags[tag] = tags.get(tag, 0.0) + item.weight * scale
             if len(tags) > TAG_SCORES_KEPT:
                 tags = dict(sorted(tags.items(), key=lambda kv: -abs(kv[1]))[:TAG_SCORES_KEPT])
-        behaviour, version = self.behaviour, self.behaviour_version
+        behaviour, behaviour_short = self.behaviour, self.behaviour_short
+        version = self.behaviour_version
         if item.behaviour is not None and version in (None, item.behaviour_version):
             vector = np.asarray(item.behaviour, dtype=np.float64)
             behaviour = fold(behaviour or HorizonState.empty(len(vector)),
                              timestamp=item.timestamp, weight=item.weight, embedding=vector,
                              half_life_s=half_life_long_s)
+            behaviour_short = fold(behaviour_short or HorizonState.empty(len(vector)),
+                                   timestamp=item.timestamp, weight=item.weight,
+                                   embedding=vector, half_life_s=half_life_short_s)
             version = item.behaviour_version
         return UserInterest(self.user_id, long, short, counts, tags, self.recent, behaviour,
-                            version, self.seen)
+                            version, self.seen, behaviour_short)
 
     def seen_ids(self) -> list[str]:
         """The documents held neutral in the personal terms, most recent first."""
@@ -239,7 +245,8 @@ class UserInterest:
 
     def vector_names(self) -> list[str]:
         """The unit vectors this state yields (a horizon with no net positive interest has none)."""
-        states = (("long", self.long), ("short", self.short), ("behaviour", self.behaviour))
+        states = (("long", self.long), ("short", self.short), ("behaviour", self.behaviour),
+                  ("behaviour_short", self.behaviour_short))
         return [name for name, state in states
                 if state is not None and _direction_norm(state) is not None]
 
@@ -274,6 +281,8 @@ class UserInterest:
             source["state"]["behaviour"] = self.behaviour.to_json()
             source["behaviour_version"] = self.behaviour_version
             source["weight_behaviour"] = self.behaviour.weight
+        if self.behaviour_short is not None:
+            source["state"]["behaviour_short"] = self.behaviour_short.to_json()
         return source
 
     @classmethod
@@ -289,6 +298,8 @@ class UserInterest:
             HorizonState.from_json(state["behaviour"]) if state.get("behaviour") else None,
             source.get("behaviour_version"),
             _read_key_values(state.get("seen")),
+            HorizonState.from_json(state["behaviour_short"]) if state.get("behaviour_short")
+            else None,
         )
 
 

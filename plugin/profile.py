@@ -179,9 +179,10 @@ def describe_user(services: Services, user_id: str, nearest: int = NEAREST,
                 "short": _horizon(services, user.short, "embedding", nearest)}
     current = behaviour_version(services)
     # A behaviour vector of another training run lives in another space: no neighbours there.
-    usable = user.behaviour if user.behaviour_version == current else None
-    horizons["behaviour"] = {**_horizon(services, usable, BEHAVIOUR_FIELD, nearest),
-                             "version": user.behaviour_version, "current_version": current}
+    for name, state in (("behaviour", user.behaviour), ("behaviour_short", user.behaviour_short)):
+        usable = state if user.behaviour_version == current else None
+        horizons[name] = {**_horizon(services, usable, BEHAVIOUR_FIELD, nearest),
+                          "version": user.behaviour_version, "current_version": current}
     events = engine.search(settings.events_alias, {
         "size": recent, "sort": [{"timestamp": "desc"}], "query": {"term": {"user_id": user_id}},
         "_source": ["event_id", "type", "doc_id", "weight", "timestamp", "status"]})

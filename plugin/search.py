@@ -3,29 +3,30 @@ similarities.
 
     final = a·norm(bm25) + b·sim(q, d) + p·log10(1 + popularity(d))
             + c·sim(u_long, d) + d·sim(u_short, d) + e·sim(u_behaviour, d_behaviour)
+            + f·sim(u_behaviour_short, d_behaviour)
 
 sim(x, d) = (1 + cos(x, d)) / 2, in [0, 1], the score the engines give a cosine kNN hit.
 norm(bm25) = bm25 / (the query's best BM25 score over the index, with the same filters), also in
 [0, 1], so a weight means the same for every query; the best score comes from one cheap request
 (one hit, no source), cached in Redis with the query's embedding. popularity(d) is the decayed
 sum of the document's interactions (plugin/pipeline/popularity.py), a script-free
-``field_value_factor``. The behaviour term compares the user's and the document's behaviour
-(collaborative) vectors (plugin/pipeline/behaviour.py) where both exist in the same version.
+``field_value_factor``. The behaviour terms compare the user's (long- and short-term) and the
+document's behaviour (collaborative) vectors (plugin/pipeline/behaviour.py) where both exist in
+the same version.
 The weights come from plugin/ranking.json, as `make eval` chose them; a user with no
 behaviour vector gets the table tuned without one.
 
 User terms apply to documents that match the query's words, so personalization re-orders what
 the query found. Every vector term covers up to ``personal_candidates`` (1,000) documents
 exactly, nearest first: below that cap no document loses a term because it fell outside a
-top-k (no cliff); past it a document gets the term's smallest value.
+top-k (no cliff); past it a document gets none of that term.
 
 Strategies (one object each in plugin/strategies.py, which builds their requests):
 
-- ``script_score`` (where Painless runs): candidates are the BM25 matches + the kNN top-k of
-  the query vector + the user's nearest matches (kNN clauses wrapped in a zero-boost
-  ``constant_score``, so ``_score`` stays pure BM25); one Painless script whose source is a
-  constant of the engine module scores every candidate exactly on the content terms. Vectors
-  and weights arrive as params. Popularity and behaviour clauses add to the script's score.
+- ``script_score`` (where Painless runs): one Painless script whose source is a constant of
+  the engine module scores every BM25 match on BM25 and the user's content terms, exactly,
+  however many match; vectors and weights arrive as params. The query vector's and the
+  behaviour's kNN clauses, popularity and the seen share are ``knn_linear``'s clauses beside it.
 - ``linear_retriever`` (Elasticsearch 8.18+): one ``linear`` retriever over a BM25 retriever,
   a popularity retriever and one ``knn`` retriever per vector, each min-max normalized over
   its top ``rank_window_size`` hits (calibrated per query) and weighted. No script.
@@ -175,7 +176,8 @@ def vectors_of(user: UserInterest) -> UserVectors:
         return None if vector is None else vector.tolist()
 
     return UserVectors(unit(user.long), unit(user.short), unit(user.behaviour),
-                       user.behaviour_version, tuple(user.seen_ids()))
+                       user.behaviour_version, tuple(user.seen_ids()),
+                       unit(user.behaviour_short))
 
 
 def user_vectors(services: Services, user_id: str) -> UserVectors:
@@ -184,11 +186,11 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
     cached = services.redis.get(key)
     if cached:
         data = json.loads(cached)
-        cached_long, cached_short, cached_behaviour = (
+        long, short, behaviour, behaviour_short = (
             None if data.get(k) is None else _unpack(data[k])
-            for k in ("long", "short", "behaviour"))
-        return UserVectors(cached_long, cached_short, cached_behaviour,
-                           data.get("behaviour_version"), tuple(data.get("seen", ())))
+            for k in ("long", "short", "behaviour", "behaviour_short"))
+        return UserVectors(long, short, behaviour, data.get("behaviour_version"),
+                           tuple(data.get("seen", ())), behaviour_short)
     found = services.engine.get_source(services.settings.interests_alias, user_id,
                                        timeout_s=services.settings.user_vector_budget_ms / 1000)
     vectors = UserVectors() if found is None else vectors_of(UserInterest.from_source(found))
@@ -196,6 +198,8 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
         "long": None if vectors.long is None else _pack(vectors.long),
         "short": None if vectors.short is None else _pack(vectors.short),
         "behaviour": None if vectors.behaviour is None else _pack(vectors.behaviour),
+        "behaviour_short": (None if vectors.behaviour_short is None
+                            else _pack(vectors.behaviour_short)),
         "behaviour_version": vectors.behaviour_version,
         "seen": list(vectors.seen),
     }), ex=int(services.settings.user_cache_ttl_s))
@@ -218,8 +222,9 @@ def behaviour_version(services: Services) -> str | None:
 
 
 def available_strategies(services: Services) -> list[str]:
-    """The strategies this engine can run, best first (BLEND_STRATEGIES' order)."""
-    return strategies.available_strategies(services.engine, services.settings.docs_alias)
+    """The strategies this engine can run, best first (the ranking file's strategy_order)."""
+    offered = strategies.available_strategies(services.engine, services.settings.docs_alias)
+    return sorted(offered, key=services.settings.strategy_order.index)
 
 
 def default_strategy(services: Services) -> str:
@@ -266,9 +271,10 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             user = UserVectors()
             reason = (f"user vectors took {spent_ms:.1f} ms, over the {budget_ms:g} ms budget; "
                       "not personalized")
-    if user.behaviour is not None and user.behaviour_version != behaviour_version(services):
+    if (user.behaviour is not None or user.behaviour_short is not None) and (
+            user.behaviour_version != behaviour_version(services)):
         # Folded in another training run's space (a re-fold is under way): leave it out.
-        user = replace(user, behaviour=None)
+        user = user.without_behaviour()
     weights = replace(params.weights or configured_weights(services, strategy, user),
                       **params.overrides)
     weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))
@@ -276,7 +282,6 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     body = STRATEGIES[strategy].request(QueryContext.for_query(
         services.engine, params.query, params.filters, weights=weights, vector=query_vector,
         max_bm25=max_bm25, user=user, size=params.size, offset=params.offset,
-        candidates=max(window, services.settings.knn_candidates),
         personal_k=max(window, services.settings.personal_candidates),
         seen=held_neutral(services, user)))
     if not params.explain:
@@ -329,7 +334,8 @@ def _hits(services: Services, params: SearchParams, response: JSON, query_vector
                               interest_long=_sim(user.long, embedding),
                               interest_short=_sim(user.short, embedding))
         if behaviour is not None:
-            components["behaviour"] = _sim(user.behaviour, np.asarray(behaviour))
+            components.update(behaviour=_sim(user.behaviour, np.asarray(behaviour)),
+                              behaviour_short=_sim(user.behaviour_short, np.asarray(behaviour)))
         if params.explain:
             raw_bm25 = bm25.get(hit["_id"], 0.0)
             components["bm25"] = round(raw_bm25 / max_bm25, 6) if max_bm25 > 0 else 0.0

@@ -32,6 +32,7 @@ class BlendWeights:
     interest_long: float = 0.0
     interest_short: float = 0.0
     behaviour: float = 0.0
+    behaviour_short: float = 0.0
     # What a document the user already interacted with gets in place of its own user terms
     # (seen_policy "neutral"): this share of the user terms' total weight, a typical boost
     # rather than its own high one, so the personal boost goes to what the user has not seen.
@@ -46,7 +47,8 @@ class BlendWeights:
         documents' boost, a share of them, follows."""
         return replace(self, interest_long=self.interest_long * factor,
                        interest_short=self.interest_short * factor,
-                       behaviour=self.behaviour * factor)
+                       behaviour=self.behaviour * factor,
+                       behaviour_short=self.behaviour_short * factor)
 
 
 @dataclass
@@ -57,10 +59,16 @@ class UserVectors:
     behaviour_version: str | None = None
     # The documents the user interacted with positively, most recent first (bounded).
     seen: tuple[str, ...] = ()
+    behaviour_short: list[float] | None = None
 
     @property
     def empty(self) -> bool:
-        return self.long is None and self.short is None and self.behaviour is None
+        return (self.long is None and self.short is None and self.behaviour is None
+                and self.behaviour_short is None)
+
+    def without_behaviour(self) -> UserVectors:
+        """The content vectors only (behaviour folded in another training run's space)."""
+        return replace(self, behaviour=None, behaviour_short=None)
 
 
 def text_query(query: str, boost: float = 1.0) -> JSON:
@@ -84,7 +92,8 @@ def popularity_clause(weight: float) -> JSON:
 def user_terms(user: UserVectors, w: BlendWeights) -> list[tuple[str, list[float], float]]:
     """(field, vector, weight) of each user term that applies."""
     terms = [("embedding", user.long, w.interest_long), ("embedding", user.short, w.interest_short),
-             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour)]
+             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour),
+             (BEHAVIOUR_FIELD, user.behaviour_short, w.behaviour_short)]
     return [(f, v, weight) for f, v, weight in terms if v is not None and weight > 0]
 
 
@@ -109,7 +118,6 @@ class QueryContext:
     user: UserVectors
     size: int
     offset: int
-    candidates: int  # the query vector's kNN top-k (script_score's recall)
     personal_k: int  # how many documents a vector term covers exactly, nearest first
     # Documents held neutral in the user terms (seen_policy "neutral"; empty: none).
     seen: tuple[str, ...] = ()
@@ -139,14 +147,14 @@ class QueryContext:
     @classmethod
     def for_query(cls, engine: Engine, query: str, filters: Mapping[str, Sequence[str]], *,
                   weights: BlendWeights, vector: list[float], max_bm25: float,
-                  user: UserVectors, size: int, offset: int, candidates: int,
-                  personal_k: int, seen: Sequence[str] = ()) -> QueryContext:
+                  user: UserVectors, size: int, offset: int, personal_k: int,
+                  seen: Sequence[str] = ()) -> QueryContext:
         """The context of an ordinary query: its words on the text fields, with filters."""
         clauses = filter_clauses(filters)
         words = text_query(query)
         return cls(engine, words, {"bool": {"must": [words], "filter": clauses}},
                    {"bool": {"filter": clauses}} if clauses else None, clauses, weights,
-                   vector, max_bm25, user, size, offset, candidates, personal_k, tuple(seen))
+                   vector, max_bm25, user, size, offset, personal_k, tuple(seen))
 
     def words_with_popularity(self, boost: float) -> JSON:
         """The words' BM25 scaled by ``boost``, plus the popularity term on matches."""
@@ -176,8 +184,9 @@ class Strategy(ABC):
 
 
 class ScriptScore(Strategy):
-    """BM25 matches plus the kNN top-k of the query and user vectors as candidates, scored
-    by one Painless script (a constant of the engine module) on the content terms."""
+    """BM25 matches scored by one Painless script (a constant of the engine module) on BM25
+    and the user's content terms, which it scores exactly on every match; the query vector,
+    popularity and behaviour are clauses beside it, as in ``knn_linear``."""
 
     name = "script_score"
     needs = "Painless"
@@ -186,49 +195,46 @@ class ScriptScore(Strategy):
         return engine.has_painless()
 
     def request(self, ctx: QueryContext) -> JSON:
-        engine, w, user, q = ctx.engine, ctx.weights, ctx.user, ctx.vector
-        recall = [engine.knn_query("embedding", q, ctx.candidates)]
-        if user.long is not None:
-            recall.append(engine.knn_query("embedding", user.long, ctx.personal_k,
-                                           filter_query=ctx.personal_scope))
+        engine, w, user = ctx.engine, ctx.weights, ctx.user
         script_params = {
-            "a": w.bm25, "b": w.query, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
-            "q": q,
+            "a": w.bm25, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
             "c": w.interest_long if user.long is not None else 0.0,
-            "ul": user.long if user.long is not None else q,
+            "ul": user.long if user.long is not None else ctx.vector,
             "d": w.interest_short if user.short is not None else 0.0,
-            "us": user.short if user.short is not None else q,
+            "us": user.short if user.short is not None else ctx.vector,
         }
-        candidates: JSON = {"bool": {
-            "should": [ctx.words]
-            + [{"constant_score": {"filter": clause, "boost": 0.0}} for clause in recall],
-            "filter": ctx.filters,
-            "minimum_should_match": 1,
-        }}
+        matches: JSON = {"bool": {"must": [ctx.words], "filter": ctx.filters}}
         script = {"source": engine.blend_script("embedding"), "params": script_params}
-        scored: JSON = {"script_score": {"query": candidates, "script": script}}
+        scored: JSON = {"script_score": {"query": matches, "script": script}}
         if ctx.seen:
             # The same script twice: held-neutral documents score without the user's terms.
             seen = {"ids": {"values": list(ctx.seen)}}
             plain = {**script, "params": {**script_params, "c": 0.0, "d": 0.0}}
             scored = {"bool": {"should": [
-                {"script_score": {"query": {"bool": {"must": [candidates],
+                {"script_score": {"query": {"bool": {"must": [matches],
                                                       "must_not": [seen]}}, "script": script}},
-                {"script_score": {"query": {"bool": {"must": [candidates], "filter": [seen]}},
+                {"script_score": {"query": {"bool": {"must": [matches], "filter": [seen]}},
                                   "script": plain}}]}}
-        # Popularity and behaviour live outside the script (the script reads one vector field
-        # that every document has); their clauses add to the script's score on query matches.
-        extra: list[JSON] = []
+        # Popularity and the seen share add to the script's score on the matches; the query
+        # vector's and the behaviour's kNN clauses are knn_linear's own (the query vector's
+        # may recall documents beyond the words, within the scope).
+        should: list[JSON] = [scored]
         if w.popularity > 0:
-            extra.append({"bool": {"filter": [ctx.matching],
-                                   "should": [popularity_clause(w.popularity)]}})
-        if user.behaviour is not None and w.behaviour > 0:
-            extra.append(engine.knn_query(BEHAVIOUR_FIELD, user.behaviour, ctx.personal_k,
-                                          filter_query=ctx.personal_scope, boost=w.behaviour))
+            should.append({"bool": {"filter": [ctx.matching],
+                                    "should": [popularity_clause(w.popularity)]}})
         if (seen_clause := ctx.seen_clause()) is not None:
-            extra.append(seen_clause)
-        query = {"bool": {"must": [scored], "should": extra}} if extra else scored
-        return {"size": ctx.size, "from": ctx.offset, "query": query}
+            should.append(seen_clause)
+        body: JSON = {"size": ctx.size, "from": ctx.offset,
+                      "query": {"bool": {"should": should, "minimum_should_match": 1}}}
+        k = ctx.personal_k
+        if w.query > 0:
+            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
+                           num_candidates=k, boost=w.query, filter_query=ctx.scope)
+        for field_name, vector, weight in ctx.user_terms:
+            if field_name == BEHAVIOUR_FIELD:  # the content terms are the script's
+                engine.add_knn(body, field_name=field_name, vector=vector, k=k,
+                               num_candidates=k, boost=weight, filter_query=ctx.personal_scope)
+        return body
 
 
 class LinearRetriever(Strategy):
@@ -299,12 +305,12 @@ class KnnLinear(Strategy):
         return body
 
 
-# Best first, in config.BLEND_STRATEGIES' order (the names the ranking file and settings use).
+# In config.BLEND_STRATEGIES' order (the names the ranking file and settings use).
 STRATEGIES: dict[str, Strategy] = {
     s.name: s for s in sorted((ScriptScore(), LinearRetriever(), KnnLinear()),
                               key=lambda s: BLEND_STRATEGIES.index(s.name))}
 
 
 def available_strategies(engine: Engine, index: str) -> list[str]:
-    """The strategies this engine can run, best first."""
+    """The strategies this engine can run (which the search layer prefers: plugin/search.py)."""
     return [name for name, strategy in STRATEGIES.items() if strategy.available(engine, index)]

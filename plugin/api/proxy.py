@@ -134,7 +134,7 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     svc = services()
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):
-        user = replace(user, behaviour=None)
+        user = user.without_behaviour()
     weights = search_service.configured_weights(svc, "knn_linear", user)
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
@@ -151,7 +151,7 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     blend = STRATEGIES["knn_linear"].request(QueryContext(
         engine, words=original, matching=original, scope=original, filters=[],
         weights=weights, vector=vector, max_bm25=float(best["hits"].get("max_score") or 0.0),
-        user=user, size=window, offset=0, candidates=k, personal_k=k,
+        user=user, size=window, offset=0, personal_k=k,
         seen=search_service.held_neutral(svc, user)))
     rewritten = copy.deepcopy(body)
     rewritten["query"] = blend["query"]

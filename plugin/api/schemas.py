@@ -29,6 +29,7 @@ class Weights(BaseModel):
     interest_long: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     interest_short: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     behaviour: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    behaviour_short: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     seen: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     ambiguity: float | None = Field(None, ge=0, le=MAX_WEIGHT)
 

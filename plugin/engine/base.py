@@ -172,18 +172,16 @@ class Engine(ABC):
     def blend_script(self, field_name: str) -> str:
         """The blend's Painless source: a constant per engine and field, never request data.
 
-        Params: a, b, c, d (weights), max_bm25, q, ul, us (query, long, short vectors).
+        Params: a, c, d (weights), max_bm25, ul, us (the user's long and short vectors). It
+        scores the query's matches only: personalization re-orders what the query found.
         """
         def sim(param: str) -> str:
             return f"(1.0 + {self.painless_cosine(param, field_name)}) / 2.0"
 
-        # User terms only for documents that match the query's words (_score > 0: the kNN
-        # recall clauses score 0), as in knn_linear: personalization re-orders what was found.
         return (
-            "double s = params.a * Math.min(1.0, _score / params.max_bm25)"
-            f" + params.b * {sim('q')};"
-            f" if (_score > 0 && params.c > 0) {{ s += params.c * {sim('ul')}; }}"
-            f" if (_score > 0 && params.d > 0) {{ s += params.d * {sim('us')}; }}"
+            "double s = params.a * Math.min(1.0, _score / params.max_bm25);"
+            f" if (params.c > 0) {{ s += params.c * {sim('ul')}; }}"
+            f" if (params.d > 0) {{ s += params.d * {sim('us')}; }}"
             " return s;"
         )
 

@@ -95,7 +95,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """docs/evaluation.md (or the quick run's copy) and its plots, one section at a time."""
     _plots(results, out_dir)
     lines = [*_protocol(results), *_configuration(results["ranking"]),
-             *_seen_policy(results)]
+             *_strategy_order(results), *_seen_policy(results)]
     for res in results["engines"].values():
         lines += _engine_results(res)
     lines += _ablations(results)
@@ -191,6 +191,17 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
                          + " | ".join(f"{weights.get(t, 0.0):g}" for t in WEIGHT_NAMES) + " |")
     lines.append("")
     return lines
+
+
+def _strategy_order(results: dict[str, Any]) -> list[str]:
+    choice = results.get("strategy_choice") or {}
+    validation = choice.get("validation") or {}
+    if not validation:
+        return []
+    return ["`auto` (the default strategy) takes the first of these the engine offers, in the "
+            "order of their personalized default's validation objective (the seen policy's, "
+            "below): " + " > ".join(f"`{s}` {validation[s]:.4f}" for s in choice["order"]
+                                    if s in validation) + ".", ""]
 
 
 def _seen_policy(results: dict[str, Any]) -> list[str]:

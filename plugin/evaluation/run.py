@@ -79,6 +79,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "popularity": (0.0, 0.5, 1.0, 2.0),
     "query": (0.0, 0.5, 1.0),
     "behaviour": (0.0, 0.5, 1.0, 2.0, 4.0),
+    "behaviour_short": (0.0, 0.5, 1.0, 2.0),
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
     "seen": (0.0, 0.25, 0.5, 0.75, 1.0),
@@ -280,7 +281,8 @@ def _controls(dynamic: Profile, queries: Sequence[data.Query]) -> dict[str, Prof
         return (total / np.linalg.norm(total)).tolist()
 
     version = next((p.behaviour_version for p in profiles if p.behaviour_version), None)
-    average = UserVectors(mean("long"), mean("short"), mean("behaviour"), version)
+    average = UserVectors(mean("long"), mean("short"), mean("behaviour"), version,
+                          behaviour_short=mean("behaviour_short"))
     rng = np.random.default_rng(3)
     others = {}
     for q in queries:
@@ -346,6 +348,10 @@ class Tuned:
     # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
     behaviour: dict[str, Any] | None = None
     behaviour_validation: dict[str, float] = field(default_factory=dict)
+    # The strategies by their personalized default's validation objective, best first (the
+    # first engine, where it personalizes every strategy): what `auto` prefers.
+    strategy_order: list[str] = field(default_factory=list)
+    strategy_validation: dict[str, float] = field(default_factory=dict)
 
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
@@ -386,6 +392,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
             _index(services, corpus.docs)
         drift = _replay(services, engine, corpus, half_lives, progress)
         offered = available_strategies(services)
+        if tuned.strategy_order:  # chosen on the first engine
+            offered.sort(key=tuned.strategy_order.index)
         # The quick run personalizes each engine's default strategy only; the comparator
         # always spans every strategy the engine offers.
         strategies = offered[:1 if quick else None]
@@ -411,6 +419,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
+        "strategy_choice": {"order": tuned.strategy_order,
+                            "validation": tuned.strategy_validation},
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
@@ -582,6 +592,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                                 refind_floor=tuned.refind_floor)
         if tuned.seen_policy is None:
             _choose_seen_policy(evaluator, tuning, s, tuned, progress)
+    if first and choose and len(strategies) > 1:
+        strategies = _order_strategies(evaluator, tuning, strategies, tuned, progress)
     # From here the chosen weights and policy are the configured ones: the defaults are
     # measured through the same path as /search (weights=None).
     evaluator = evaluator.using(Services(replace(
@@ -724,6 +736,22 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy
     progress(f"seen policy on validation: {validation}; chosen {tuned.seen_policy}")
 
 
+def _order_strategies(evaluator: Evaluator, tuning: list[data.Query], strategies: list[str],
+                      tuned: Tuned, progress: Callable[[str], None]) -> list[str]:
+    """The strategies by their personalized default's validation objective, best first; the
+    first is the default from here on (its ablations, the leak bound) and what `auto` ships."""
+    policy = tuned.seen_policy or "neutral"
+    tuned.strategy_validation = {
+        s: evaluator.ndcg(Method(f"strategy {s}", tuned.chosen[s][1], "dynamic", s,
+                                 seen_policy=policy), tuning, tuned.refind_floor)
+        for s in strategies}
+    ordered = sorted(strategies, key=lambda s: -tuned.strategy_validation[s])
+    tuned.strategy_order = [*ordered, *(s for s in BLEND_STRATEGIES if s not in ordered)]
+    progress(f"strategies on validation: {tuned.strategy_validation}; `auto` prefers "
+             f"{tuned.strategy_order}")
+    return ordered
+
+
 def _write(results: dict[str, Any], out_dir: Path, ranking_out: Path | None) -> None:
     """evaluation.json (with every arm's per-query ranks), the chosen ranking file, and the
     report with its plots."""
@@ -753,6 +781,8 @@ def _ranking(results: dict[str, Any], tuned: Tuned) -> dict[str, Any]:
         "popularity_half_life_days": results["popularity_half_life_days"],
         "seen_policy": tuned.seen_policy,
         "embed_title_cleanup": results["embed_title_cleanup"],
+        "strategy_order": tuned.strategy_order or shipped.get("strategy_order",
+                                                             list(BLEND_STRATEGIES)),
         **(tuned.behaviour or {}),
         "weights": table("weights", 1),
         "weights_without_behaviour": table("weights_without_behaviour", 0),
@@ -815,8 +845,8 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     """Popularity and the query vector (the non-personalized default; given as ``plain``
     where tuned already), then the content interest terms, the seen documents' weight and
     how specific queries turn them down (the table for users without a behaviour vector),
-    then behaviour, the long-term term, the seen weight, the ambiguity exponent and behaviour
-    again (the table for users with one). Returns (without, with) behaviour.
+    then behaviour, its short-term term, the long-term term, the seen weight, the ambiguity
+    exponent and behaviour again (the table for users with one). Returns (without, with) behaviour.
 
     Under the neutral policy each user term's first step searches the seen weight with it:
     a user term alone pushes what the user knows down, the seen weight alone does nothing
@@ -831,8 +861,8 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     start = replace(plain, seen=0.0)
     content = ascend(start, (("interest_long", "seen"), "interest_short", "seen", "ambiguity",
                              "interest_long"))
-    full = ascend(content, (("behaviour", "seen"), "interest_long", "seen", "ambiguity",
-                            "behaviour"))
+    full = ascend(content, (("behaviour", "seen"), "behaviour_short", "interest_long", "seen",
+                            "ambiguity", "behaviour"))
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
              f"with {full}")
     return content, full
@@ -882,7 +912,8 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
         Method(f"dynamic content profile ({strategy})", replace(
             content, interest_long=content.interest_long or 1.0, interest_short=0.0),
             "dynamic", strategy),
-        Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0),
+        Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0,
+                                                       behaviour_short=full.behaviour_short),
                "dynamic", strategy),
         *other_policy,
         Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),

@@ -38,7 +38,7 @@ def learning(services: Services) -> Iterator[Services]:
     settings = replace(services.settings, index_prefix=services.settings.index_prefix + "-learn",
                        redis_url="redis://127.0.0.1:6379/10",
                        popularity_half_life_s=7 * DAY, behaviour_dims=8,
-                       behaviour_min_interactions=2, knn_candidates=5, personal_candidates=1000)
+                       behaviour_min_interactions=2, personal_candidates=1000)
     yield from isolated_services(settings)
 
 
@@ -252,7 +252,7 @@ def test_popularity_writes_are_rationed_by_change_and_budget(learning: Services)
 
 @pytest.fixture(scope="module")
 def many_matches(learning: Services) -> dict[str, Any]:
-    """120 documents that all match 'gadget', far more than knn_candidates (5); one user who
+    """120 documents that all match 'gadget'; one user who
     liked a few of them; popularity on some."""
     run = uid("cliff")
     topics = ["kitchen", "garden", "music", "travel", "office", "sport"]

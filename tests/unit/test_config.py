@@ -88,3 +88,17 @@ def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Pa
         "tags", "title")
     with pytest.raises(ConfigError, match="EMBED_FIELDS takes a comma-separated list"):
         load_settings({"ES_INTEREST_EMBED_FIELDS": "title,summary"})
+
+
+def test_the_ranking_file_orders_the_strategies_auto_prefers(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    order = ["script_score", "knn_linear", "linear_retriever"]
+    path.write_text(json.dumps({**ranking, "strategy_order": order}))
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}).strategy_order == tuple(order)
+    path.write_text(json.dumps({k: v for k, v in ranking.items() if k != "strategy_order"}))
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}).strategy_order == (
+        "linear_retriever", "knn_linear", "script_score")  # an older file: BLEND_STRATEGIES
+    path.write_text(json.dumps({**ranking, "strategy_order": ["knn_linear", "knn_linear"]}))
+    with pytest.raises(ConfigError, match="strategy_order must list"):
+        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})

@@ -102,6 +102,31 @@ def test_user_interest_round_trips_through_its_source() -> None:
     assert "interest_long" not in source  # derived from the state, never stored
 
 
+def test_behaviour_folds_at_both_horizons_in_one_training_runs_space() -> None:
+    """The behaviour vectors give a long-term and a short-term (recent) vector, each the exact
+    replay at its half-life, and round-trip through the stored source; a vector of another
+    training run is never mixed in."""
+    user = UserInterest.empty("u1", 3)
+    for t, w, e in reversed(EVENTS):  # any arrival order
+        user = user.fold(Contribution(t, w, e, "like", behaviour=e[:2] + 1.0,
+                                      behaviour_version="v1"), 30 * DAY, DAY)
+    for state, half_life in ((user.behaviour, 30 * DAY), (user.behaviour_short, DAY)):
+        exact = replay([(t, w, e[:2] + 1.0) for t, w, e in EVENTS], 2, half_life)
+        assert state is not None
+        np.testing.assert_allclose(state.vector_sum, exact.vector_sum)
+    short = interest_vector(user.behaviour_short)  # type: ignore[arg-type]
+    long = interest_vector(user.behaviour)  # type: ignore[arg-type]
+    assert short is not None and long is not None and not np.allclose(short, long)
+    other = user.fold(Contribution(9e9, 1.0, EVENTS[0][2], "like", behaviour=np.ones(2),
+                                   behaviour_version="v2"), 30 * DAY, DAY)
+    assert other.behaviour_short is user.behaviour_short  # another run's space: left out
+    source = user.to_source(updated_at=2000.0)
+    assert source["vectors"] == ["long", "short", "behaviour", "behaviour_short"]
+    again = UserInterest.from_source(source)
+    assert again.behaviour_short is not None
+    np.testing.assert_allclose(again.behaviour_short.vector_sum, user.behaviour_short.vector_sum)
+
+
 def _stored(n: int, t: float, w: float) -> dict[str, object]:
     """EVENTS[n] as the events index stores it (on document d<n>)."""
     return {"event_id": f"event-{n}", "doc_id": f"d{n}", "type": "like", "weight": w,

@@ -14,9 +14,10 @@ from plugin.engine import ElasticsearchEngine, Engine, EngineKind, OpenSearchEng
 from plugin.strategies import STRATEGIES, BlendWeights, QueryContext, UserVectors
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
-USER = UserVectors(long=[1.0, 0.0], short=[0.0, 1.0], behaviour=[0.5, 0.5])
+USER = UserVectors(long=[1.0, 0.0], short=[0.0, 1.0], behaviour=[0.5, 0.5],
+                   behaviour_short=[0.8, 0.6])
 WEIGHTS = BlendWeights(bm25=1.0, query=0.5, popularity=0.2, interest_long=0.3,
-                       interest_short=0.1, behaviour=0.4)
+                       interest_short=0.1, behaviour=0.4, behaviour_short=0.05)
 
 
 def test_names_have_one_list() -> None:
@@ -39,7 +40,7 @@ def test_personal_scaling_touches_the_user_terms_only() -> None:
 def _context(engine: Engine, **changes: Any) -> QueryContext:
     ctx = QueryContext.for_query(engine, "space opera", {"tags": ["sci-fi"]}, weights=WEIGHTS,
                                  vector=[0.6, 0.8], max_bm25=8.0, user=USER, size=10, offset=0,
-                                 candidates=100, personal_k=1000)
+                                 personal_k=1000)
     return dataclasses.replace(ctx, **changes) if changes else ctx
 
 
@@ -68,7 +69,7 @@ def test_knn_linear_keeps_popularity_out_of_the_bm25_scale(engine: Engine) -> No
     boosts = sorted(round(float(next(iter(c.values()))["boost"]) if engine.kind is
                           EngineKind.OPENSEARCH else float(c["boost"]), 6)
                     for c in _knn_clauses(body))
-    assert boosts == [0.1, 0.3, 0.4, 0.5]  # the query vector and three user terms
+    assert boosts == [0.05, 0.1, 0.3, 0.4, 0.5]  # the query vector and four user terms
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
@@ -89,8 +90,7 @@ def test_a_client_query_bounds_every_vector_term(engine: Engine, name: str) -> N
         clauses = [c for c in clauses if "field" in c]
     filters = [c.get("filter") if "field" in c else next(iter(c.values())).get("filter")
                for c in clauses]
-    recall = 1 if name == "script_score" else 0  # its query-vector recall is unfiltered
-    assert filters.count(client_query) == len(filters) - recall and filters
+    assert filters.count(client_query) == len(filters) and filters
 
 
 def test_without_user_vectors_no_user_term_is_sent() -> None:
@@ -110,7 +110,7 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
     ctx = _context(engine, seen=seen, weights=dataclasses.replace(WEIGHTS, seen=0.25))
     body = STRATEGIES[name].request(ctx)
     excluded = {"ids": {"values": list(seen)}}
-    user_vectors = [USER.long, USER.short, USER.behaviour]
+    user_vectors = [USER.long, USER.short, USER.behaviour, USER.behaviour_short]
     for clause in _knn_clauses(body):
         spec = clause if "field" in clause else next(iter(clause.values()))
         vector = spec.get("query_vector", spec.get("vector"))
@@ -119,14 +119,14 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
         elif vector == ctx.vector:
             assert "must_not" not in json.dumps(spec.get("filter"))
     text = json.dumps(body)
-    # A quarter of the user terms' total weight (0.3 + 0.1 + 0.4).
+    # A quarter of the user terms' total weight (0.3 + 0.1 + 0.4 + 0.05).
     constant = {"constant_score": {"filter": {"bool": {"filter": [ctx.matching, excluded]}},
-                                   "boost": 0.25 * 0.8}}
+                                   "boost": 0.25 * (0.3 + 0.1 + 0.4 + 0.05)}}
     assert text.count(json.dumps(constant)) == 1
     if name == "script_score":
         # The script scores seen documents without the content terms.
         params = [s["script_score"]["script"]["params"]
-                  for s in body["query"]["bool"]["must"][0]["bool"]["should"]]
+                  for s in body["query"]["bool"]["should"][0]["bool"]["should"]]
         assert [(p["c"], p["d"]) for p in params] == [(0.3, 0.1), (0.0, 0.0)]
     # Policy "own" (nothing held neutral) leaves the request as it was.
     assert "must_not" not in json.dumps(STRATEGIES[name].request(_context(engine)))
