@@ -172,7 +172,7 @@ class Evaluator:
             vectors = self.profiles[method.profile](q) if method.profile else None
             result = search(services, SearchParams(
                 q.text, size=SIZE, weights=method.weights, strategy=method.strategy,
-                vectors=vectors))
+                vectors=vectors, ids_only=True))
             return [h["id"] for h in result.hits]
 
         # A few searches in flight: the engine answers one while this process builds the next.

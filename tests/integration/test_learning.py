@@ -296,6 +296,16 @@ def test_script_score_and_knn_linear_rank_alike(learning: Services,
     assert mean_kendall_tau([orders["script_score"]], [orders["knn_linear"]]) >= 0.9
 
 
+def test_an_ids_only_search_ranks_alike_without_fetching_sources(
+        learning: Services, many_matches: dict[str, Any]) -> None:
+    params = SearchParams("gadget", user_id=many_matches["user"], size=50, use_cache=False)
+    full = search(learning, params)
+    bare = search(learning, replace(params, ids_only=True))
+    assert [h["id"] for h in bare.hits] == [h["id"] for h in full.hits]
+    assert bare.request["_source"] is False and all(h["title"] is None for h in bare.hits)
+    assert all(h["title"] for h in full.hits)
+
+
 def test_a_query_cached_by_the_linear_retriever_still_gets_its_best_bm25(
         learning: Services, many_matches: dict[str, Any]) -> None:
     """The linear retriever needs no best BM25 (its min-max scales BM25), so it caches the
