@@ -53,6 +53,11 @@ def ttl(maxsize: int, seconds: float) -> LockedCache[K, V]:
                        if maxsize > 0 and seconds > 0 else None)
 
 
+def content_model_key(settings: Settings) -> str:
+    """The content model a switch moved the deployment to (absent: the configured one)."""
+    return settings.redis_key("content-model")
+
+
 def user_vectors_key(settings: Settings, user_id: str) -> str:
     """Redis cache of a user's unit vectors for the search layer; workers drop it on change."""
     return settings.redis_key("user", user_id)

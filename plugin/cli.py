@@ -258,9 +258,8 @@ def train(no_refold: bool, language_model: bool, out: Path | None, budget_s: flo
     """Learn behaviour (collaborative) vectors from the event log; re-fold every user.
 
     With --model: fine-tune the sentence-transformers model on pairs of documents one user
-    liked close in time (MultipleNegativesRankingLoss). Use the new model by setting
-    ES_INTEREST_MODEL to its folder, then re-ingesting the documents and running
-    `es-interest rebuild`: queries and documents must come from the same model."""
+    liked close in time (MultipleNegativesRankingLoss) into a new model folder; `es-interest
+    model switch FOLDER` moves the running deployment to it."""
     from plugin.progress import progress
     from plugin.services import Services
 
@@ -285,7 +284,27 @@ def train(no_refold: bool, language_model: bool, out: Path | None, budget_s: flo
 
 @main.group()
 def model() -> None:
-    """The sentence-transformers model and its ONNX exports."""
+    """The sentence-transformers model, its ONNX exports, and switching to another."""
+
+
+@model.command("switch")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def model_switch(folder: Path) -> None:
+    """Move the running deployment to the model in FOLDER (e.g. from `train --model`):
+    documents re-embedded into a new index behind the alias, then the deployment's processes
+    embed with it (within seconds), event texts are embedded again and every user is re-folded;
+    until a user is, searches leave their content vectors out. The old index is kept."""
+    from plugin.pipeline import model_switch as switching
+    from plugin.progress import progress
+    from plugin.services import Services
+
+    try:
+        with progress(desc="re-embedding documents", unit="doc") as bar:
+            result = switching.switch(Services(), folder, progress=click.echo,
+                                      counted=bar.update)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(result))
 
 
 @model.command("export")

@@ -9,10 +9,11 @@ copies everything into a new index and moves the alias atomically.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,22 @@ def _wait_readable(engine: Engine, index: str, tries: int = 100) -> None:
             time.sleep(0.05)
 
 
+# Sources go through a migration's ``transform`` this many at a time (a model's batch).
+TRANSFORM_BATCH = 256
+Transform = Callable[[list[JSON]], list[JSON]]
+
+
 def migrate(engine: Engine, spec: IndexSpec, old: str,
-            progress: Callable[[int], None] | None = None) -> str:
+            progress: Callable[[int], None] | None = None, *,
+            transform: Transform | None = None,
+            on_moved: Callable[[], None] | None = None) -> str:
     """Copy ``old`` into a new index for ``spec``, move the alias atomically, catch up.
 
     Scan + bulk rather than _reindex (a module some engine builds lack). Writes that land on
     the old index while the copy runs are copied again after the alias moved (by the spec's
-    change-time field); the old index is kept, so nothing can be lost.
+    change-time field); the old index is kept, so nothing can be lost. ``transform`` rewrites
+    the sources a batch at a time (a model switch re-embeds them); ``on_moved`` runs right
+    after the alias moved.
     """
     client = engine.client
     new = f"{spec.alias}-v{spec.version}-{int(time.time())}"
@@ -201,14 +211,18 @@ def migrate(engine: Engine, spec: IndexSpec, old: str,
     mappings = spec.body["mappings"]
     # A strict mapping refuses fields it dropped (old documents still carry them): leave them out.
     keep = set(mappings.get("properties", {})) if mappings.get("dynamic") == "strict" else None
-    copied = _copy(engine, old, new, {"query": {"match_all": {}}}, progress, keep)
+    copied = copy_documents(engine, old, new, {"query": {"match_all": {}}}, progress, keep,
+                            transform)
     client.indices.update_aliases(body={"actions": [
         {"remove": {"index": old, "alias": spec.alias}},
         {"add": {"index": new, "alias": spec.alias}},
     ]})
+    if on_moved is not None:
+        on_moved()
     engine.refresh(old)
-    late = _copy(engine, old, new,
-                 {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress, keep)
+    late = copy_documents(engine, old, new,
+                 {"query": {"range": {spec.changed_at_field: {"gte": started_ms}}}}, progress, keep,
+                 transform)
     engine.refresh(new)
     old_count, new_count = engine.count(old), engine.count(new)
     if new_count < old_count:
@@ -218,15 +232,26 @@ def migrate(engine: Engine, spec: IndexSpec, old: str,
             f"{old} kept: delete it once satisfied)")
 
 
-def _copy(engine: Engine, old: str, new: str, query: JSON,
-          progress: Callable[[int], None] | None, keep: set[str] | None = None) -> int:
-    """Copy matching documents; with ``keep``, only those top-level fields."""
+def copy_documents(engine: Engine, old: str, new: str, query: JSON,
+                   progress: Callable[[int], None] | None, keep: set[str] | None = None,
+                   transform: Transform | None = None) -> int:
+    """Copy matching documents (``old`` may be ``new``: a rewrite in place); with ``keep``,
+    only those top-level fields; with ``transform``, rewritten a batch at a time."""
     def source(hit: JSON) -> JSON:
         src: JSON = hit["_source"]
         return src if keep is None else {k: v for k, v in src.items() if k in keep}
 
-    actions = ({"_op_type": "index", "_index": new, "_id": hit["_id"], "_source": source(hit)}
-               for hit in engine.scan(old, query))
+    def hits() -> Iterator[tuple[str, JSON]]:
+        if transform is None:
+            yield from ((hit["_id"], source(hit)) for hit in engine.scan(old, query))
+            return
+        scan = iter(engine.scan(old, query))
+        while batch := list(itertools.islice(scan, TRANSFORM_BATCH)):
+            yield from zip([hit["_id"] for hit in batch],
+                           transform([source(hit) for hit in batch]), strict=True)
+
+    actions = ({"_op_type": "index", "_index": new, "_id": doc_id, "_source": src}
+               for doc_id, src in hits())
     outcome = engine.bulk(actions, progress=progress)
     outcome.raise_if_refused(f"documents not copied from {old} to {new}")
     return len(outcome.written)

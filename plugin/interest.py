@@ -195,6 +195,10 @@ class UserInterest:
     seen: Mapping[str, float] = field(default_factory=dict)
     # The same behaviour vectors at the short half-life: what the user is into lately.
     behaviour_short: HorizonState | None = None
+    # The content model its content sums were folded with (services.ContentModel.version;
+    # "" the configured one): after a model switch the search leaves the content vectors out
+    # until a re-fold puts them in the new model's space.
+    content_version: str = ""
 
     @classmethod
     def empty(cls, user_id: str, dims: int) -> UserInterest:
@@ -237,7 +241,7 @@ class UserInterest:
                                    embedding=vector, half_life_s=half_life_short_s)
             version = item.behaviour_version
         return UserInterest(self.user_id, long, short, counts, tags, self.recent, behaviour,
-                            version, self.seen, behaviour_short)
+                            version, self.seen, behaviour_short, self.content_version)
 
     def seen_ids(self) -> list[str]:
         """The documents held neutral in the personal terms, most recent first."""
@@ -267,7 +271,8 @@ class UserInterest:
             "state": {"long": self.long.to_json(), "short": self.short.to_json(),
                       "tag_scores": _key_value_lists(self.tag_scores),
                       "recent": _key_value_lists(self.recent),
-                      "seen": _key_value_lists(self.seen)},
+                      "seen": _key_value_lists(self.seen),
+                      "content_version": self.content_version},
             "event_counts": dict(self.event_counts),
             "event_count": sum(self.event_counts.values()),
             "updated_at": int(updated_at * 1000),
@@ -300,6 +305,7 @@ class UserInterest:
             _read_key_values(state.get("seen")),
             HorizonState.from_json(state["behaviour_short"]) if state.get("behaviour_short")
             else None,
+            str(state.get("content_version") or ""),
         )
 
 
@@ -323,7 +329,7 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
                 docs: Mapping[str, DocVector], half_life_long_s: float,
                 half_life_short_s: float, now: float,
                 after_each: Callable[[Mapping[str, Any], UserInterest], None] | None = None,
-                ) -> tuple[UserInterest | None, list[str]]:
+                content_version: str = "") -> tuple[UserInterest | None, list[str]]:
     """Fold stored events (their documents in ``docs``), in the order given, into a user's
     state (None: a new user); returns the state and the ids newly applied. An event whose id
     the state remembers (applied in the last RECENT_WINDOW_S) is skipped: a redelivered
@@ -332,6 +338,7 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
 
     ``after_each`` sees each applied event with the state right after it (its vectors; the
     remembered ids and the seen documents are set once, at the end): a history in one pass.
+    A new user's state records ``content_version``, the model its vectors come from.
     """
     recent = dict(user.recent) if user is not None else {}
     seen = dict(user.seen) if user is not None else {}
@@ -343,7 +350,8 @@ def fold_events(user: UserInterest | None, user_id: str, events: Iterable[Mappin
             continue
         if user is None:
             # The vectors' own size: folding needs no model in this process.
-            user = UserInterest.empty(user_id, len(items[0].embedding))  # type: ignore[arg-type]
+            user = replace(UserInterest.empty(user_id, len(items[0].embedding)),  # type: ignore[arg-type]
+                           content_version=content_version)
         for n, item in enumerate(items):
             user = user.fold(item, half_life_long_s, half_life_short_s, count=n == 0)
         recent[event_id] = now

@@ -56,8 +56,11 @@ def check_pooling(folder: Path) -> None:
         raise ValueError(f"{folder.name}: modules {kinds} are not Transformer, Pooling"
                          "[, Normalize]; use ES_INTEREST_MODEL_BACKEND=torch")
     pooling = json.loads((folder / modules[1]["path"] / "config.json").read_text())
-    modes = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
-    if modes != ["pooling_mode_mean_tokens"]:
+    # Older sentence-transformers write a flag per mode; 6.x one "pooling_mode" (so does a
+    # model `train --model` saves).
+    modes = ([pooling["pooling_mode"]] if "pooling_mode" in pooling else
+             [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v])
+    if modes not in (["pooling_mode_mean_tokens"], ["mean"]):
         raise ValueError(f"{folder.name}: pooling {modes} is not mean pooling; "
                          "use ES_INTEREST_MODEL_BACKEND=torch")
 

@@ -180,7 +180,7 @@ def vectors_of(user: UserInterest) -> UserVectors:
 
     return UserVectors(unit(user.long), unit(user.short), unit(user.behaviour),
                        user.behaviour_version, tuple(user.seen_ids()),
-                       unit(user.behaviour_short))
+                       unit(user.behaviour_short), user.content_version)
 
 
 def user_vectors(services: Services, user_id: str) -> UserVectors:
@@ -193,7 +193,8 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
             None if data.get(k) is None else _unpack(data[k])
             for k in ("long", "short", "behaviour", "behaviour_short"))
         return UserVectors(long, short, behaviour, data.get("behaviour_version"),
-                           tuple(data.get("seen", ())), behaviour_short)
+                           tuple(data.get("seen", ())), behaviour_short,
+                           str(data.get("content_version") or ""))
     found = services.engine.get_source(services.settings.interests_alias, user_id,
                                        timeout_s=services.settings.user_vector_budget_ms / 1000)
     vectors = UserVectors() if found is None else vectors_of(UserInterest.from_source(found))
@@ -205,6 +206,7 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
                             else _pack(vectors.behaviour_short)),
         "behaviour_version": vectors.behaviour_version,
         "seen": list(vectors.seen),
+        "content_version": vectors.content_version,
     }), ex=int(services.settings.user_cache_ttl_s))
     return vectors
 
@@ -278,6 +280,12 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             user.behaviour_version != behaviour_version(services)):
         # Folded in another training run's space (a re-fold is under way): leave it out.
         user = user.without_behaviour()
+    if user.content_version != services.content_model().version and (
+            user.long is not None or user.short is not None):
+        # Folded with another model (a switch's re-fold is under way): leave them out.
+        user = user.without_content()
+        if user.empty and reason is None:
+            reason = "the user's vectors come from another model (a re-fold is under way)"
     weights = replace(params.weights or configured_weights(services, strategy, user),
                       **params.overrides)
     weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugin import caches
-from plugin.caches import LockedCache
+from plugin.caches import LockedCache, content_model_key
 from plugin.config import Settings, load_settings
 
-BEHAVIOUR_VERSION_TTL_S = 10.0
+# How long a process may go on with a version another process changed (behaviour vectors, the
+# content model): it reads the current one from Redis at most this often.
+VERSION_TTL_S = 10.0
 
 if TYPE_CHECKING:
     import redis
@@ -21,9 +26,21 @@ if TYPE_CHECKING:
     from plugin.interest import DocVector, UserInterest
 
 
+@dataclass(frozen=True)
+class ContentModel:
+    """The model whose vectors the documents and users carry: the configured one (version
+    ""), or the one `es-interest model switch` moved the deployment to (its path and
+    version, kept in Redis)."""
+
+    path: str
+    version: str = ""
+
+
 class Services:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
+        self._embedders: dict[str, Embedder] = {}
+        self._embedder_lock = threading.Lock()
 
     @cached_property
     def engine(self) -> Engine:
@@ -31,13 +48,46 @@ class Services:
 
         return connect(self.settings)
 
-    @cached_property
+    @property
     def embedder(self) -> Embedder:
+        """The content model's embedder (loaded once per model and process)."""
+        return self.embedder_for(self.content_model().path)
+
+    def embedder_for(self, path: str) -> Embedder:
         from plugin.embedding import get_embedder
 
-        s = self.settings
-        return get_embedder(s.model, s.model_device, s.embed_batch_size, s.torch_threads,
-                            s.model_backend, Path(s.model_cache_dir) if s.model_cache_dir else None)
+        with self._embedder_lock:
+            if path not in self._embedders:
+                s = self.settings
+                self._embedders[path] = get_embedder(
+                    path, s.model_device, s.embed_batch_size, s.torch_threads, s.model_backend,
+                    Path(s.model_cache_dir) if s.model_cache_dir else None)
+            return self._embedders[path]
+
+    def content_model(self) -> ContentModel:
+        """The deployment's content model, read from Redis at most every VERSION_TTL_S; the
+        configured one where no switch happened, or while Redis cannot say."""
+        key = content_model_key(self.settings)
+        cached = self.content_models.get_many([key])
+        if key in cached:
+            return cached[key]
+        model = ContentModel(self.settings.model)
+        try:
+            raw = self.redis.get(key)
+        except Exception:  # the last model known stays (or the configured one)
+            return self._last_content_model or model
+        if raw:
+            data = json.loads(raw)
+            model = ContentModel(str(data["path"]), str(data["version"]))
+        self.content_models.put(key, model)
+        self._last_content_model = model
+        return model
+
+    _last_content_model: ContentModel | None = None
+
+    @cached_property
+    def content_models(self) -> LockedCache[str, ContentModel]:
+        return caches.ttl(1, VERSION_TTL_S)
 
     @cached_property
     def user_states(self) -> LockedCache[str, tuple[UserInterest, int, int]]:
@@ -53,7 +103,7 @@ class Services:
     def behaviour_versions(self) -> LockedCache[str, str]:
         """The documents' behaviour-vector version, for seconds ("" for none); a training
         in this process clears it at once, other processes' readers within the TTL."""
-        return caches.ttl(4, BEHAVIOUR_VERSION_TTL_S)
+        return caches.ttl(4, VERSION_TTL_S)
 
     @cached_property
     def celery(self) -> Celery:

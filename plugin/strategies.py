@@ -60,6 +60,8 @@ class UserVectors:
     # The documents the user interacted with positively, most recent first (bounded).
     seen: tuple[str, ...] = ()
     behaviour_short: list[float] | None = None
+    # The content model ``long`` and ``short`` were folded with ("": the configured one).
+    content_version: str = ""
 
     @property
     def empty(self) -> bool:
@@ -69,6 +71,10 @@ class UserVectors:
     def without_behaviour(self) -> UserVectors:
         """The content vectors only (behaviour folded in another training run's space)."""
         return replace(self, behaviour=None, behaviour_short=None)
+
+    def without_content(self) -> UserVectors:
+        """The behaviour vectors only (content folded with another model, before a switch)."""
+        return replace(self, long=None, short=None)
 
 
 def text_query(query: str, boost: float = 1.0) -> JSON:

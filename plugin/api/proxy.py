@@ -135,6 +135,8 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):
         user = user.without_behaviour()
+    if user.content_version != svc.content_model().version:
+        user = user.without_content()
     weights = search_service.configured_weights(svc, "knn_linear", user)
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,

@@ -67,7 +67,8 @@ def update_users(
         for user_id, events in todo.items():
             found = current.get(user_id)
             user, ids = fold_events(found[0] if found else None, user_id, events, docs,
-                                    settings.half_life_long_s, settings.half_life_short_s, now)
+                                    settings.half_life_long_s, settings.half_life_short_s, now,
+                                    content_version=services.content_model().version)
             if not ids or user is None:
                 continue
             action: dict[str, Any] = {"_index": settings.interests_alias, "_id": user_id,
@@ -186,7 +187,8 @@ def rebuild_users(services: Services, user_ids: Sequence[str]) -> dict[str, Any]
                 action.update(if_seq_no=versions[user_id][1],
                               if_primary_term=versions[user_id][2])
             user, _ = fold_events(None, user_id, usable, docs, settings.half_life_long_s,
-                                  settings.half_life_short_s, now)
+                                  settings.half_life_short_s, now,
+                                  content_version=services.content_model().version)
             if user is None:  # no usable event left: nothing left of the user
                 if user_id in versions:
                     actions.append({**action, "_op_type": "delete"})

@@ -75,6 +75,12 @@ def test_a_model_the_export_cannot_reproduce_is_refused(tmp_path: Path) -> None:
     (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     with pytest.raises(ValueError, match=r"not mean pooling.*MODEL_BACKEND=torch"):
         check_pooling(folder)
+    # sentence-transformers 6 writes one mode (as a model `train --model` saves does).
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "cls"}')
+    with pytest.raises(ValueError, match=r"not mean pooling"):
+        check_pooling(folder)
+    (folder / "1_Pooling" / "config.json").write_text('{"pooling_mode": "mean"}')
+    check_pooling(folder)
 
 
 def test_an_onnx_process_never_imports_torch() -> None:

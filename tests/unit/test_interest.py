@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -100,6 +101,11 @@ def test_user_interest_round_trips_through_its_source() -> None:
     assert source["top_tags"] == ["tag-a"]
     assert source["vectors"] == ["long", "short"]
     assert "interest_long" not in source  # derived from the state, never stored
+    assert again.content_version == ""  # the configured model
+    switched = UserInterest.from_source(replace(user, content_version="m2").to_source(2000.0))
+    assert switched.content_version == "m2"  # the model its content sums come from
+    folded = switched.fold(Contribution(3000.0, 1.0, unit(1, 0, 0), "like"), 30 * DAY, DAY)
+    assert folded.content_version == "m2"
 
 
 def test_behaviour_folds_at_both_horizons_in_one_training_runs_space() -> None:
