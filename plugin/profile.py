@@ -175,8 +175,12 @@ def describe_user(services: Services, user_id: str, nearest: int = NEAREST,
         return None
     source: Mapping[str, Any] = found[0]
     user = UserInterest.from_source(source)
-    horizons = {"long": _horizon(services, user.long, "embedding", nearest),
-                "short": _horizon(services, user.short, "embedding", nearest)}
+    model = services.content_model().version
+    # Content sums folded with another model (a switch's re-fold is under way): no neighbours.
+    horizons = {name: {**_horizon(services, state if user.content_version == model else None,
+                                  "embedding", nearest),
+                       "version": user.content_version, "current_version": model}
+                for name, state in (("long", user.long), ("short", user.short))}
     current = behaviour_version(services)
     # A behaviour vector of another training run lives in another space: no neighbours there.
     for name, state in (("behaviour", user.behaviour), ("behaviour_short", user.behaviour_short)):

@@ -53,6 +53,10 @@ class Services:
         """The content model's embedder (loaded once per model and process)."""
         return self.embedder_for(self.content_model().path)
 
+    def loaded_embedder(self) -> Embedder | None:
+        """The content model's embedder where this process loaded it already."""
+        return self._embedders.get(self.content_model().path)
+
     def embedder_for(self, path: str) -> Embedder:
         from plugin.embedding import get_embedder
 

@@ -35,9 +35,13 @@ def _workers(svc: Services) -> dict[str, Any]:
 
 
 def _model(svc: Services) -> dict[str, Any]:
-    if "embedder" not in svc.__dict__:  # not loaded yet: the first search loads it
-        return {"ok": True, "loaded": False}
-    return {"ok": True, "loaded": True, "dims": svc.embedder.dims}
+    model = svc.content_model()
+    # The configured model, or the one `es-interest model switch` moved the deployment to.
+    found: dict[str, Any] = {"ok": True, "version": model.version or "configured"}
+    embedder = svc.loaded_embedder()
+    if embedder is None:  # not loaded yet: the first search loads it
+        return {**found, "loaded": False}
+    return {**found, "loaded": True, "dims": embedder.dims}
 
 
 CHECKS: dict[str, Callable[[Services], dict[str, Any]]] = {

@@ -18,6 +18,7 @@ from plugin.config import LOCAL_ENGINE_URLS, load_settings
 from plugin.documents import parse_document
 from plugin.embedding import default_model_path
 from plugin.pipeline.model_switch import model_version, switch
+from plugin.profile import describe_user
 from plugin.search import SearchParams, search
 from plugin.services import Services
 from tests.conftest import RUN_ID, isolated_services
@@ -113,5 +114,8 @@ def test_a_switch_moves_documents_event_texts_and_users_to_the_new_model(
     svc.user_states.clear()
     stale = search(svc, SearchParams("records", user_id=user, explain=True, use_cache=False))
     assert not stale.personalized and "another model" in (stale.reason or "")
+    page = describe_user(svc, user)  # the inspector says so too
+    assert page is not None and not page["horizons"]["long"]["present"]
+    assert page["horizons"]["long"]["current_version"] == version
     # The same model again: nothing to do.
     assert switch(svc, nudged_model, progress=lambda _: None)["switched"] is False
