@@ -171,9 +171,10 @@ def test_a_user_page_in_a_real_browser(browser: Any, server: str, services: Serv
 
     driver.find_element(By.ID, "q").send_keys("short guide")
     # Whatever the shipped weights give content terms on this engine's default strategy
-    # (behaviour vectors may carry it alone), try this week's interest at weight 1.
+    # (behaviour vectors may carry it alone, and a two-word query damps them), try this
+    # week's interest at weight 8.
     driver.find_element(By.CSS_SELECTOR, "#compare summary").click()
-    driver.find_element(By.ID, "w_interest_short").send_keys("1")
+    driver.find_element(By.ID, "w_interest_short").send_keys("8")
     _submit(driver, driver.find_element(By.ID, "search"))
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"inspector-{engine_name}.png"
@@ -210,8 +211,8 @@ def test_a_user_page_in_a_real_browser(browser: Any, server: str, services: Serv
     assert short_term(mine, "animals") > short_term(mine, "cars")
     used = driver.find_element(By.ID, "weights").text.split(":", 1)[1].split("(")[0]
     weights = {k: float(v) for k, v in (item.split() for item in used.split(","))}
-    assert weights["interest_short"] > 0  # 1, scaled for a two-word query
-    assert driver.find_element(By.ID, "w_interest_short").get_attribute("value") == "1.0"
+    assert weights["interest_short"] > 0  # 8, scaled for a two-word query
+    assert driver.find_element(By.ID, "w_interest_short").get_attribute("value") == "8.0"
 
     revoke_key(services, f"ui-{user['run']}")
     driver.refresh()  # a revoked key stops working at once
