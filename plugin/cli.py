@@ -517,8 +517,12 @@ def dead_letter_purge() -> None:
 @click.option("--choose/--no-choose", default=None,
               help="choose the title cleanup, behaviour model, seen policy and language model "
                    "on validation (default: the full run does, --quick keeps the configured)")
+@click.option("--language-model", type=click.Path(exists=True, file_okay=False,
+                                                 path_type=Path), default=None,
+              help="a model fine-tuned elsewhere on this split's training pairs (bench/gpu.py) "
+                   "to compare on validation instead of fine-tuning here, time-capped")
 def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None,
-             choose: bool | None) -> None:
+             choose: bool | None, language_model: Path | None) -> None:
     """Offline evaluation on MovieLens; writes evaluation.md, JSON, plots and ranking.json.
 
     The full run (no --quick, no --out) also writes the chosen configuration to the shipped
@@ -529,7 +533,7 @@ def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None,
     out = out_dir or (REPO_ROOT / ("bench/results/eval-quick" if quick else "docs"))
     shipped = SHIPPED_RANKING if not quick and out_dir is None else None
     run(quick, users, engines.split(","), out, progress=click.echo, ranking_out=shipped,
-        choose=choose)
+        choose=choose, language_model=language_model)
     click.echo(f"written: {out / 'evaluation.md'}"
                + (f" and {shipped}" if shipped else f"; chosen: {out / 'ranking.json'}"))
 

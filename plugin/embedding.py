@@ -77,7 +77,10 @@ class TorchEmbedder:
         self.model_name = model or default_model_path()
         self.batch_size = batch_size
         self._model = SentenceTransformer(self.model_name, device=device)
-        dims = self._model.get_embedding_dimension()
+        # sentence-transformers 6 renamed the method; setup.cfg allows 3 to 6.
+        dimension = (getattr(self._model, "get_embedding_dimension", None)
+                     or self._model.get_sentence_embedding_dimension)
+        dims = dimension()
         if dims is None:
             raise ValueError(f"model {self.model_name!r} does not report its embedding size")
         self.dims: int = int(dims)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,3 +173,19 @@ def applied_events_query(before_ms: int | None = None) -> dict[str, Any]:
     if before_ms is not None:
         filters.append({"range": {"timestamp": {"lt": before_ms}}})
     return {"bool": {"filter": filters}}
+
+
+def positive_sequences_of(events: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per user, the documents whose events (``user_id``, ``doc_id``, signed ``weight``,
+    ``timestamp``) sum to a positive weight, in the time of their first interaction."""
+    total: dict[tuple[str, str], float] = {}
+    first: dict[tuple[str, str], int] = {}
+    for event in events:
+        key = (str(event["user_id"]), str(event["doc_id"]))
+        total[key] = total.get(key, 0.0) + float(event["weight"])
+        first[key] = min(first.get(key, int(event["timestamp"])), int(event["timestamp"]))
+    out: dict[str, list[str]] = {}
+    for user, doc in sorted((k for k, w in total.items() if w > 0),
+                            key=lambda k: (k[0], first[k], k[1])):
+        out.setdefault(user, []).append(doc)
+    return out

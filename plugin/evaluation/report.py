@@ -296,6 +296,14 @@ def _leak_bound(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _where(report: dict[str, Any]) -> str:
+    """Where the trial's model was fine-tuned."""
+    device = report.get("device", "cpu")
+    if report.get("elsewhere"):
+        return f"another machine's {device} (`es-interest eval --language-model`)"
+    return "this machine's CPU" if device == "cpu" else f"this machine's {device}"
+
+
 def _language_model(results: dict[str, Any]) -> list[str]:
     trial = next((r["language_model"] for r in results["engines"].values()
                   if "language_model" in r), None)
@@ -305,7 +313,7 @@ def _language_model(results: dict[str, Any]) -> list[str]:
     lines = ["", "Language model fine-tuned on the log (`es-interest train --model`: pairs of "
              "movies one user liked close in time, MultipleNegativesRankingLoss, "
              f"{report['pairs_trained']} of {report['pairs']} pairs in {report['steps']} steps, "
-             f"{report['seconds']:g} s on this machine's CPU, capped at "
+             f"{report['seconds']:g} s on {_where(report)}, capped at "
              f"{report['budget_s']:g} s), against the shipped model; each re-embeds the "
              "catalogue in its own index (validation, first engine; tail: "
              f"{trial['tail_queries']} queries):", "",

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from plugin import pipeline
+from plugin import fine_tuning, pipeline
 from plugin.config import (
     BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
@@ -356,11 +356,15 @@ class Tuned:
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         progress: Callable[[str], None] = print,
-        ranking_out: Path | None = None, choose: bool | None = None) -> dict[str, Any]:
+        ranking_out: Path | None = None, choose: bool | None = None,
+        language_model: Path | None = None) -> dict[str, Any]:
     """The whole protocol; ``ranking_out``: where the chosen configuration is written
     (the full run: the shipped plugin/ranking.json). ``choose`` (default: the full run
     only): choose the title cleanup, behaviour model, seen policy and whether to fine-tune
-    the language model on validation; otherwise they stay the configured ones."""
+    the language model on validation; otherwise they stay the configured ones.
+    ``language_model``: a model already fine-tuned on this split's training pairs (e.g. on a
+    GPU, bench/gpu.py), compared on validation in place of the time-capped in-process one,
+    with or without ``choose``."""
     choose = not quick if choose is None else choose
     started = time.time()
     prefix = f"eval-{uuid.uuid4().hex[:6]}"
@@ -404,7 +408,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
                                              offered, strategies, tuned, half_lives, progress,
                                              first=engine == engines[0], quick=quick,
-                                             choose=choose)
+                                             choose=choose, language_model=language_model)
         scored["pipeline_vs_offline_max_abs"] = drift
         results["engines"][engine] = scored
         results["per_query"][engine] = per_query
@@ -545,7 +549,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                      static: dict[str, UserVectors], tuning: list[data.Query],
                      offered: list[str], strategies: list[str], tuned: Tuned,
                      half_lives: tuple[float, float], progress: Callable[[str], None],
-                     first: bool = False, quick: bool = False, choose: bool = True
+                     first: bool = False, quick: bool = False, choose: bool = True,
+                     language_model: Path | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """4-6. Popularity and behaviour from the log, profiles at each query's time, weights
     tuned on validation (what ``tuned`` lacks yet), the comparator, then every arm on the
@@ -556,9 +561,9 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     services, trained = _behaviour(services, corpus, tuning, offered[0], tuned, half_lives,
                                    progress)
     progress(f"{engine}: behaviour vectors {trained}")
-    language_model = _language_model(
+    lm_trial = _language_model(
         services, corpus, tuning, half_lives, FINE_TUNE_BUDGET_S["quick" if quick else "full"],
-        progress) if first and choose else None
+        progress, language_model) if first and (choose or language_model) else None
     docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
     test = corpus.split.test
     dynamic = query_time_profiles(corpus, docs, half_lives, [*tuning, *test])
@@ -605,8 +610,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     scored.update(strategies=strategies, offered=offered, comparator_validation=validation,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
-    if language_model is not None:
-        scored["language_model"] = language_model
+    if lm_trial is not None:
+        scored["language_model"] = lm_trial
     if first:
         scored["leak_bound"], per_query["past_only"] = _leak_bound(
             evaluator, tuned, offered, strategies[0], comparator, corpus, scored, half_lives,
@@ -658,14 +663,21 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
 
 def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query],
                     half_lives: tuple[float, float], budget_s: float,
-                    progress: Callable[[str], None]) -> dict[str, Any]:
+                    progress: Callable[[str], None], trained: Path | None = None
+                    ) -> dict[str, Any]:
     """The model fine-tuned on the log's co-interaction pairs (`es-interest train --model`,
-    time-capped) against the shipped one, on validation: the catalogue and typed tags
-    re-embedded by each in its own index, scored by the query vector alone and with a
-    content profile, overall and on tail targets."""
-    tuned_path = Path(tempfile.mkdtemp(prefix="es-interest-fine-tune-"))
+    time-capped; or ``trained``, fine-tuned elsewhere on the same split) against the shipped
+    one, on validation: the catalogue and typed tags re-embedded by each in its own index,
+    scored by the query vector alone and with a content profile, overall and on tail
+    targets."""
+    tuned_path = trained or Path(tempfile.mkdtemp(prefix="es-interest-fine-tune-"))
     try:
-        report = language_model.train_model(services, tuned_path, budget_s, FINE_TUNE_PAIRS)
+        if trained is None:
+            report = language_model.train_model(services, tuned_path, budget_s,
+                                                FINE_TUNE_PAIRS)
+        else:
+            report = {"trained": True, "path": str(trained), "elsewhere": True,
+                      **json.loads((trained / fine_tuning.REPORT).read_text())}
         progress(f"language model fine-tuned: {report}")
         if not report.get("trained"):
             return {"report": report}
@@ -710,7 +722,8 @@ def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query]
         out["wins"] = total("fine-tuned") > total("shipped")
         return out
     finally:
-        shutil.rmtree(tuned_path, ignore_errors=True)
+        if trained is None:
+            shutil.rmtree(tuned_path, ignore_errors=True)
 
 
 def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy: str,

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from plugin.caches import behaviour_version_key
 from plugin.config import Settings
-from plugin.events import applied_events_query
+from plugin.events import applied_events_query, positive_sequences_of
 from plugin.pipeline.users import rebuild_all
 from plugin.services import Services
 
@@ -170,18 +170,8 @@ def positive_sequences(services: Services, before_ms: int | None = None
     services.engine.refresh(settings.events_alias)
     query = {"query": applied_events_query(before_ms),
              "_source": ["user_id", "doc_id", "weight", "timestamp"]}
-    total: dict[tuple[str, str], float] = {}
-    first: dict[tuple[str, str], int] = {}
-    for hit in services.engine.scan(settings.events_alias, query):
-        src = hit["_source"]
-        key = (str(src["user_id"]), str(src["doc_id"]))
-        total[key] = total.get(key, 0.0) + float(src["weight"])
-        first[key] = min(first.get(key, int(src["timestamp"])), int(src["timestamp"]))
-    out: dict[str, list[str]] = {}
-    for user, doc in sorted((k for k, w in total.items() if w > 0),
-                            key=lambda k: (k[0], first[k], k[1])):
-        out.setdefault(user, []).append(doc)
-    return out
+    return positive_sequences_of(hit["_source"] for hit in services.engine.scan(
+        settings.events_alias, query))
 
 
 def positive_pairs(services: Services) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugin.pipeline.language_model import batches, co_interaction_pairs
+from plugin.fine_tuning import batches, co_interaction_pairs
 
 
 def test_pairs_are_documents_one_user_liked_close_in_time_each_once() -> None:
