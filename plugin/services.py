@@ -41,6 +41,8 @@ class Services:
         self.settings = settings or load_settings()
         self._embedders: dict[str, Embedder] = {}
         self._embedder_lock = threading.Lock()
+        # The last content model Redis named: what stays while Redis cannot say.
+        self._last_content_model: ContentModel | None = None
 
     @cached_property
     def engine(self) -> Engine:
@@ -86,8 +88,6 @@ class Services:
         self.content_models.put(key, model)
         self._last_content_model = model
         return model
-
-    _last_content_model: ContentModel | None = None
 
     @cached_property
     def content_models(self) -> LockedCache[str, ContentModel]:

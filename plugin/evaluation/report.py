@@ -213,7 +213,8 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
     lines = ["## Seen policy (validation NDCG@10, the default strategy tuned under each)", "",
              "The objective: the discovery queries' mean NDCG@10, less any shortfall of the "
              "re-finding queries below the best non-personalized ranking (gain on what is "
-             "new, no harm to what the user knows).", "",
+             "new, no harm to what the user knows). Weights are tuned on the tuning sample; "
+             "this choice and the strategy order are made on every validation query.", "",
              "| policy | objective | " + " | ".join(protocols) + " |",
              "| --- | --- |" + " --- |" * len(protocols)]
     for policy, scores in validation.items():

@@ -342,6 +342,8 @@ class Tuned:
     seen_policy: str | None = None
     # The best non-personalized ranking's re-finding NDCG@10 on validation (first engine).
     refind_floor: float | None = None
+    # The same over every validation query: the floor of the seen policy and strategy order.
+    validation_floor: float | None = None
     # The default strategy tuned under the policy not chosen, and each policy's validation.
     other_policy: dict[str, tuple[BlendWeights, BlendWeights]] = field(default_factory=dict)
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -419,7 +421,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "validation_queries": len(split.validation), "tuning_queries": len(tuning),
         "test_queries": len(split.test), "movies": len(corpus.catalog),
         "popularity_half_life_days": popularity_days,
-        "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation},
+        "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation,
+                        "refind_floor": tuned.validation_floor},
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
@@ -566,7 +569,9 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         progress, language_model) if first and (choose or language_model) else None
     docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
     test = corpus.split.test
-    dynamic = query_time_profiles(corpus, docs, half_lives, [*tuning, *test])
+    # Every validation query, not only the tuning sample: the discrete choices (seen
+    # policy, strategy order) are made on all of them.
+    dynamic = query_time_profiles(corpus, docs, half_lives, [*corpus.split.validation, *test])
     evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
                                      **_controls(dynamic, [*tuning, *test])})
     for s in offered:
@@ -596,9 +601,11 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                                 policy=tuned.seen_policy or "neutral",
                                 refind_floor=tuned.refind_floor)
         if tuned.seen_policy is None:
-            _choose_seen_policy(evaluator, tuning, s, tuned, progress)
+            _choose_seen_policy(evaluator, tuning, corpus.split.validation, offered, s, tuned,
+                                progress)
     if first and choose and len(strategies) > 1:
-        strategies = _order_strategies(evaluator, tuning, strategies, tuned, progress)
+        strategies = _order_strategies(evaluator, corpus.split.validation, offered,
+                                       strategies, tuned, progress)
     # From here the chosen weights and policy are the configured ones: the defaults are
     # measured through the same path as /search (weights=None).
     evaluator = evaluator.using(Services(replace(
@@ -726,37 +733,53 @@ def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query]
             shutil.rmtree(tuned_path, ignore_errors=True)
 
 
-def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+def _validation_floor(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
+                      tuned: Tuned) -> float:
+    """The best non-personalized re-finding NDCG@10 over every validation query: the floor
+    the discrete choices hold the personalized default to."""
+    if tuned.validation_floor is None:
+        tuned.validation_floor = max(_comparator(evaluator, tuned, offered, validation)[
+            "refind"].values())
+    return tuned.validation_floor
+
+
+def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
+                        validation: list[data.Query], offered: list[str], strategy: str,
                         tuned: Tuned, progress: Callable[[str], None]) -> None:
-    """The seen policy: the default strategy tuned under each, compared on validation."""
+    """The seen policy: the default strategy tuned under each (on the tuning sample),
+    compared on every validation query: a sample of a hundred re-finding queries let a
+    policy pass the floor there and fall below it on test."""
     own = _tune(evaluator, tuning, strategy, progress, plain=tuned.plain[strategy],
                 policy="own", refind_floor=tuned.refind_floor)
+    floor = _validation_floor(evaluator, validation, offered, tuned)
     for policy, weights in (("neutral", tuned.chosen[strategy]), ("own", own)):
         method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
-        ndcg = metrics.per_query(evaluator.ranks(method, tuning, f"seen policy {policy}"))[
+        ndcg = metrics.per_query(evaluator.ranks(method, validation, f"seen policy {policy}"))[
             "ndcg@10"]
         tuned.policy_validation[policy] = {
-            "objective": evaluator.ndcg(method, tuning, tuned.refind_floor),
-            **{p: float(np.mean([v for v, q in zip(ndcg, tuning, strict=True)
+            "objective": evaluator.ndcg(method, validation, floor),
+            **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
                                  if q.protocol == p])) for p in data.PROTOCOLS}}
-    validation = tuned.policy_validation
-    tuned.seen_policy = max(validation, key=lambda p: (validation[p]["objective"],
-                                                       p == "neutral"))
+    scores = tuned.policy_validation
+    tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"], p == "neutral"))
     if tuned.seen_policy == "own":
         tuned.chosen[strategy], tuned.other_policy[strategy] = own, tuned.chosen[strategy]
     else:
         tuned.other_policy[strategy] = own
-    progress(f"seen policy on validation: {validation}; chosen {tuned.seen_policy}")
+    progress(f"seen policy on validation: {scores}; chosen {tuned.seen_policy}")
 
 
-def _order_strategies(evaluator: Evaluator, tuning: list[data.Query], strategies: list[str],
-                      tuned: Tuned, progress: Callable[[str], None]) -> list[str]:
-    """The strategies by their personalized default's validation objective, best first; the
-    first is the default from here on (its ablations, the leak bound) and what `auto` ships."""
+def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
+                      strategies: list[str], tuned: Tuned, progress: Callable[[str], None]
+                      ) -> list[str]:
+    """The strategies by their personalized default's objective on every validation query,
+    best first; the first is the default from here on (its ablations, the leak bound) and
+    what `auto` ships."""
     policy = tuned.seen_policy or "neutral"
+    floor = _validation_floor(evaluator, validation, offered, tuned)
     tuned.strategy_validation = {
         s: evaluator.ndcg(Method(f"strategy {s}", tuned.chosen[s][1], "dynamic", s,
-                                 seen_policy=policy), tuning, tuned.refind_floor)
+                                 seen_policy=policy), validation, floor)
         for s in strategies}
     ordered = sorted(strategies, key=lambda s: -tuned.strategy_validation[s])
     tuned.strategy_order = [*ordered, *(s for s in BLEND_STRATEGIES if s not in ordered)]

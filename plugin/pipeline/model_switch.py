@@ -20,9 +20,10 @@ The old documents index is kept (delete it once satisfied), as by ``setup --rein
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from plugin.services import VERSION_TTL_S, ContentModel, Services
 
 # Documents changed this long before the alias moved are embedded again afterwards.
 MARGIN_MS = indices.CATCH_UP_MARGIN_MS
+CATCH_UP_ROUNDS = 5  # rounds of re-reading documents written while they were re-embedded
 
 
 def model_version(folder: Path) -> str:
@@ -63,13 +65,14 @@ def switch(services: Services, folder: Path, progress: Callable[[str], None] = p
                          f"{services.embedder.dims}-d: a switch keeps the size (a fine-tuned "
                          "model does); another size needs new indices (`setup --reindex`)")
 
-    def reembed(sources: list[JSON]) -> list[JSON]:
+    def embed(sources: list[JSON]) -> list[list[float]]:
         texts = [parse_document(s).embedded_text(settings.embed_fields,
                                                  settings.embed_title_cleanup)
                  for s in sources]
-        vectors = embedder.encode(texts)
-        return [{**s, "embedding": [float(x) for x in v]}
-                for s, v in zip(sources, vectors, strict=True)]
+        return [[float(x) for x in v] for v in embedder.encode(texts)]
+
+    def reembed(sources: list[JSON]) -> list[JSON]:
+        return [{**s, "embedding": v} for s, v in zip(sources, embed(sources), strict=True)]
 
     def moved() -> None:
         services.redis.set(content_model_key(settings),
@@ -90,10 +93,8 @@ def switch(services: Services, folder: Path, progress: Callable[[str], None] = p
     progress(f"waiting {wait:g} s for every process to take the new model")
     time.sleep(wait)
     engine.refresh(settings.docs_alias)
-    late = indices.copy_documents(
-        engine, settings.docs_alias, settings.docs_alias,
-        {"query": {"range": {spec.changed_at_field: {"gte": moved_ms - MARGIN_MS}}}},
-        None, transform=reembed)
+    late = _reembed_in_place(services, embed, {"query": {"range": {
+        spec.changed_at_field: {"gte": moved_ms - MARGIN_MS}}}})
     texts = _reembed_event_texts(services, embedder)
     progress(f"{late} documents changed meanwhile and {texts} event texts embedded again")
     services.doc_vectors.clear()
@@ -117,21 +118,57 @@ def switch(services: Services, folder: Path, progress: Callable[[str], None] = p
     return result
 
 
+def _reembed_in_place(services: Services, embed: Callable[[list[JSON]], list[list[float]]],
+                      query: JSON) -> int:
+    """The matching documents' ``embedding`` rewritten from their text, and nothing else of
+    them: a partial update, conditional on the version read, so a concurrent write
+    (popularity, behaviour, a new text) is never reverted; a document written meanwhile is
+    read and embedded again. Returns how many were."""
+    engine, alias = services.engine, services.settings.docs_alias
+    done = 0
+    for _ in range(CATCH_UP_ROUNDS):
+        engine.refresh(alias)
+        outcome = engine.bulk(_embedding_updates(engine, alias, query, embed))
+        outcome.raise_if_refused("documents not embedded again", handled=[404, 409])
+        done += len(outcome.written)
+        if not outcome.conflicts:
+            return done
+        query = {"query": {"ids": {"values": [item.id for item in outcome.conflicts]}}}
+    raise RuntimeError(f"documents kept changing while being embedded again "
+                       f"({CATCH_UP_ROUNDS} rounds): run the switch again")
+
+
+def _embedding_updates(engine: Any, index: str, query: JSON,
+                       embed: Callable[[list[JSON]], list[list[float]]]) -> Iterator[JSON]:
+    """A conditional partial update of ``embedding`` per matching document, a batch of
+    documents embedded at a time."""
+    scan = iter(engine.scan(index, {**query, "seq_no_primary_term": True}))
+    while batch := list(itertools.islice(scan, indices.TRANSFORM_BATCH)):
+        vectors = embed([hit["_source"] for hit in batch])
+        for hit, vector in zip(batch, vectors, strict=True):
+            yield {"_op_type": "update", "_index": hit["_index"], "_id": hit["_id"],
+                   "if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"],
+                   "doc": {"embedding": vector}}
+
+
 def _reembed_event_texts(services: Services, embedder: Any) -> int:
-    """The stored events' texts (queries, comments) embedded with ``embedder``, in place."""
+    """The stored events' texts (queries, comments) embedded with ``embedder``, in place, a
+    batch at a time."""
     index = services.settings.events_alias
     engine = services.engine
     engine.refresh(index)
-    hits = [(h["_id"], h["_source"]["text"]) for h in engine.scan(
-        index, {"query": {"exists": {"field": "text_embedding"}}, "_source": ["text"]})
-        if h["_source"].get("text")]
-    actions = []
-    for start in range(0, len(hits), indices.TRANSFORM_BATCH):
-        batch = hits[start:start + indices.TRANSFORM_BATCH]
-        vectors = embedder.encode([text for _, text in batch])
-        actions += [{"_op_type": "update", "_index": index, "_id": event_id,
-                     "retry_on_conflict": 3, "doc": {"text_embedding": [float(x) for x in v]}}
-                    for (event_id, _), v in zip(batch, vectors, strict=True)]
-    engine.bulk(actions).raise_if_refused("event texts not embedded again", handled=[404])
+
+    def updates() -> Iterator[JSON]:
+        scan = (h for h in engine.scan(index, {"query": {"exists": {
+            "field": "text_embedding"}}, "_source": ["text"]}) if h["_source"].get("text"))
+        while batch := list(itertools.islice(scan, indices.TRANSFORM_BATCH)):
+            vectors = embedder.encode([h["_source"]["text"] for h in batch])
+            for hit, vector in zip(batch, vectors, strict=True):
+                yield {"_op_type": "update", "_index": hit["_index"], "_id": hit["_id"],
+                       "retry_on_conflict": 3,
+                       "doc": {"text_embedding": [float(x) for x in vector]}}
+
+    outcome = engine.bulk(updates())
+    outcome.raise_if_refused("event texts not embedded again", handled=[404])
     engine.refresh(index)
-    return len(actions)
+    return len(outcome.written)
