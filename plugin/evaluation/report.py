@@ -299,10 +299,10 @@ def _leak_bound(res: dict[str, Any]) -> list[str]:
 
 def _where(report: dict[str, Any]) -> str:
     """Where the trial's model was fine-tuned."""
-    device = report.get("device", "cpu")
+    device = "CPU" if report.get("device", "cpu") == "cpu" else "GPU"
     if report.get("elsewhere"):
         return f"another machine's {device} (`es-interest eval --language-model`)"
-    return "this machine's CPU" if device == "cpu" else f"this machine's {device}"
+    return f"this machine's {device}"
 
 
 def _language_model(results: dict[str, Any]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plugin.config import DEFAULT_EVENT_WEIGHTS
-from plugin.events import InvalidEvent, known_fields, parse_event
+from plugin.events import InvalidEvent, known_fields, parse_event, positive_sequences_of
 
 NOW = 1_700_000_000.0
 GOOD = {"event_id": "e1", "user_id": "u1", "doc_id": "d1", "type": "like", "timestamp": NOW}
@@ -64,3 +64,15 @@ def test_an_event_without_id_gets_a_stable_one() -> None:
 def test_unknown_fields_never_reach_the_queue() -> None:
     raw = {**GOOD, "blob": "x" * 1000, "nested": {"a": 1}}
     assert known_fields(raw) == GOOD
+
+
+def test_positive_sequences_sum_each_documents_events_in_first_time_order() -> None:
+    def e(user: str, doc: str, weight: float, ts: int) -> dict[str, object]:
+        return {"user_id": user, "doc_id": doc, "weight": weight, "timestamp": ts}
+
+    sequences = positive_sequences_of([
+        e("u1", "b", 1.0, 20), e("u1", "a", 2.0, 10), e("u1", "c", 1.0, 5),
+        e("u1", "c", -1.5, 30),  # liked, then disliked more: out
+        e("u2", "a", 1.0, 40), e("u1", "b", 1.0, 1),  # b's first time is 1
+    ])
+    assert sequences == {"u1": ["b", "a"], "u2": ["a"]}
