@@ -119,3 +119,32 @@ def test_a_switch_moves_documents_event_texts_and_users_to_the_new_model(
     assert page["horizons"]["long"]["current_version"] == version
     # The same model again: nothing to do.
     assert switch(svc, nudged_model, progress=lambda _: None)["switched"] is False
+
+
+def test_the_catch_up_rewrites_only_the_embedding_and_never_reverts_a_concurrent_write(
+        deployment: Services) -> None:
+    """A write that lands between the catch-up's read and its update (here: inside the
+    embedding step) is kept, and the document is embedded again from what it holds then."""
+    from plugin.pipeline.model_switch import _reembed_in_place
+
+    svc = deployment
+    doc = {"id": f"late-{uuid.uuid4().hex[:6]}", "title": "Bebop jazz record", "tags": ["music"]}
+    assert not pipeline.index_documents(svc, [doc], refresh=True).errors
+    alias, rounds = svc.settings.docs_alias, []
+
+    def embed(sources: list[dict[str, object]]) -> list[list[float]]:
+        rounds.append([s["title"] for s in sources])
+        if len(rounds) == 1:  # a concurrent writer: popularity and a new title
+            svc.engine.client.update(index=alias, id=doc["id"], refresh=True, doc={
+                "popularity": 7.0, "title": "Swing jazz record"})
+        return [_unit(len(rounds), svc.embedder.dims) for _ in sources]
+
+    done = _reembed_in_place(svc, embed, {"query": {"ids": {"values": [doc["id"]]}}})
+    stored = svc.engine.client.get(index=alias, id=doc["id"])["_source"]
+    assert done == 1 and rounds == [["Bebop jazz record"], ["Swing jazz record"]]
+    assert stored["popularity"] == 7.0 and stored["title"] == "Swing jazz record"
+    assert np.allclose(stored["embedding"], _unit(2, svc.embedder.dims), atol=1e-6)
+
+
+def _unit(axis: int, dims: int) -> list[float]:
+    return [1.0 if n == axis else 0.0 for n in range(dims)]
