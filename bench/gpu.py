@@ -64,9 +64,7 @@ def prepare(bundle: Path) -> None:
     save_file({k: v.half() for k, v in weights.items()}, str(model / WEIGHTS))
     split, movies = data.split()
     events = [parse_event(e, DEFAULT_EVENT_WEIGHTS) for e in split.train]
-    sequences = positive_sequences_of(
-        {"user_id": e.user_id, "doc_id": e.doc_id, "weight": e.weight,
-         "timestamp": e.timestamp} for e in events if e.doc_id is not None)
+    sequences = positive_sequences_of(e.source() for e in events if e.doc_id is not None)
     pairs = co_interaction_pairs(sequences)
     (bundle / "movies.json").write_text(json.dumps(movies))
     (bundle / "pairs.json").write_text(json.dumps(pairs))
@@ -74,38 +72,47 @@ def prepare(bundle: Path) -> None:
                f"{len(sequences)} users, {len(pairs)} pairs")
 
 
+def _embedded_text(movie: dict[str, Any]) -> str:
+    """The movie as the shipped defaults embed it (fields, title cleanup)."""
+    from plugin.config import load_settings
+    from plugin.documents import parse_document
+
+    defaults = load_settings({})
+    return parse_document(movie).embedded_text(defaults.embed_fields,
+                                               defaults.embed_title_cleanup)
+
+
 def _document_path(embedder: Any, movies: list[dict[str, Any]]) -> int:
     """What a worker does for a batch of documents before the engine: parse, the embedded
     text, encode, the bulk action's JSON. Returns the bytes it would send."""
-    from plugin.config import EMBED_FIELDS
-    from plugin.documents import parse_document
-
-    parsed = [parse_document(m) for m in movies]
-    vectors = embedder.encode([d.embedded_text(EMBED_FIELDS, "years") for d in parsed])
+    vectors = embedder.encode([_embedded_text(m) for m in movies])
     return sum(len(json.dumps({**m, "embedding": v.tolist()}))
                for m, v in zip(movies, vectors, strict=True))
 
 
 def _timed(fn: Any) -> float:
+    """Seconds ``fn`` takes, the GPU's queued work included."""
     import torch
 
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    def settle() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    settle()
     started = time.perf_counter()
     fn()
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    settle()
     return time.perf_counter() - started
 
 
 def _throughput(model_dir: str, movies: list[dict[str, Any]], texts: int) -> dict[str, Any]:
     import torch
 
-    from plugin.config import EMBED_FIELDS
-    from plugin.documents import parse_document
     from plugin.embedding import TorchEmbedder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU: a trial run
     corpus = (movies * (texts // len(movies) + 1))[:texts]
-    strings = [parse_document(m).embedded_text(EMBED_FIELDS, "years") for m in corpus]
+    strings = [_embedded_text(m) for m in corpus]
     rows: list[dict[str, Any]] = []
     for batch_size in BATCH_SIZES:
         embedder = TorchEmbedder(model_dir, device=device, batch_size=batch_size)
@@ -173,10 +180,7 @@ def run(bundle: Path, out: Path, texts: int, budget_s: float, epochs: int,
         except Exception as exc:  # the fine-tuning below still runs: one lease, one try
             results["throughput_error"] = repr(exc)
         save()
-    from plugin.config import EMBED_FIELDS
-    from plugin.documents import parse_document
-
-    text = {m["id"]: parse_document(m).embedded_text(EMBED_FIELDS, "years") for m in movies}
+    text = {m["id"]: _embedded_text(m) for m in movies}
     pairs = [(text[a], text[b]) for a, b in json.loads((bundle / "pairs.json").read_text())
              if a in text and b in text]
     tuned = Path("/tmp/es-interest-gpu-fine-tuned")

@@ -195,15 +195,19 @@ class Evaluator:
         if key in self.scores:
             return self.scores[key]
         ndcg = metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"]
-        if refind_floor is None:
-            score = float(ndcg.mean())
-        else:
-            refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
-            shortfall = (min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any()
-                         else 0.0)
-            score = float(ndcg[~refind].mean()) + shortfall
-        self.scores[key] = score
+        score = self.scores[key] = objective(ndcg, queries, refind_floor)
         return score
+
+
+def objective(ndcg: np.ndarray, queries: Sequence[data.Query],
+              refind_floor: float | None = None) -> float:
+    """Mean per-query NDCG@10; with ``refind_floor``, the tuning objective (Evaluator.ndcg)."""
+    if refind_floor is None:
+        return float(ndcg.mean())
+    refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
+    shortfall = (min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any()
+                 else 0.0)
+    return float(ndcg[~refind].mean()) + shortfall
 
 
 def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
@@ -757,7 +761,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
         ndcg = metrics.per_query(evaluator.ranks(method, validation, f"seen policy {policy}"))[
             "ndcg@10"]
         tuned.policy_validation[policy] = {
-            "objective": evaluator.ndcg(method, validation, floor),
+            "objective": objective(ndcg, validation, floor),
             **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
                                  if q.protocol == p])) for p in data.PROTOCOLS}}
     scores = tuned.policy_validation

@@ -30,7 +30,7 @@ from typing import Any
 from plugin import indices
 from plugin.caches import content_model_key
 from plugin.documents import parse_document
-from plugin.engine import JSON
+from plugin.engine import JSON, Engine
 from plugin.onnx_export import model_key
 from plugin.pipeline import behaviour
 from plugin.pipeline.users import rebuild_all
@@ -138,7 +138,7 @@ def _reembed_in_place(services: Services, embed: Callable[[list[JSON]], list[lis
                        f"({CATCH_UP_ROUNDS} rounds): run the switch again")
 
 
-def _embedding_updates(engine: Any, index: str, query: JSON,
+def _embedding_updates(engine: Engine, index: str, query: JSON,
                        embed: Callable[[list[JSON]], list[list[float]]]) -> Iterator[JSON]:
     """A conditional partial update of ``embedding`` per matching document, a batch of
     documents embedded at a time."""
