@@ -47,8 +47,10 @@ OPTIONAL_WEIGHTS = ("behaviour_short", "seen", "ambiguity")
 WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
 # What the personal terms give documents the user already interacted with: ``neutral``, the
 # ``seen`` share of their weight instead of their own similarity, so the boost goes to what
-# they have not seen; ``own``, their similarity like any other document.
-SEEN_POLICIES = ("neutral", "own")
+# they have not seen; ``keep``, no boost and exactly their place in the same search without
+# the user (the other places go to the rest, in personalized order); ``own``, their
+# similarity like any other document.
+SEEN_POLICIES = ("neutral", "keep", "own")
 # Behaviour (collaborative) models: PPMI + truncated SVD, item2vec (skip-gram with negative
 # sampling over users' time-ordered likes), implicit-feedback ALS.
 BEHAVIOUR_MODELS = ("ppmi_svd", "item2vec", "als")

@@ -53,7 +53,7 @@ from plugin import strategies
 from plugin.caches import behaviour_version_key, user_vectors_key
 from plugin.config import BLEND_STRATEGIES
 from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
-from plugin.engine import JSON
+from plugin.engine import JSON, EngineError
 from plugin.interest import HorizonState, UserInterest, interest_vector
 from plugin.services import Services
 from plugin.strategies import (
@@ -290,20 +290,40 @@ def search(services: Services, params: SearchParams) -> SearchResult:
                       **params.overrides)
     weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))
     window = params.offset + params.size
-    body = STRATEGIES[strategy].request(QueryContext.for_query(
+    held = held_neutral(services, user)
+    # ``keep``: the seen documents get no boost and take their places in the search without
+    # the user, so both lists cover the whole window.
+    keep = keeps_places(services, user, weights)
+    if keep:
+        weights = replace(weights, seen=0.0)
+    ctx = QueryContext.for_query(
         services.engine, params.query, params.filters, weights=weights, vector=query_vector,
-        max_bm25=max_bm25, user=user, size=params.size, offset=params.offset,
-        personal_k=max(window, services.settings.personal_candidates),
-        seen=held_neutral(services, user)))
-    if params.ids_only:
-        body["_source"] = False
-    elif not params.explain:
-        body["_source"] = {"includes": HIT_FIELDS}
-    response = services.engine.search(services.settings.docs_alias, body)
+        max_bm25=max_bm25, user=user, size=window if keep else params.size,
+        offset=0 if keep else params.offset,
+        personal_k=max(window, services.settings.personal_candidates), seen=held)
+    bodies = [STRATEGIES[strategy].request(ctx)]
+    if keep:
+        bodies.append(STRATEGIES[strategy].request(replace(ctx, user=UserVectors(), seen=())))
+    for body in bodies:
+        if params.ids_only:
+            body["_source"] = False
+        elif not params.explain:
+            body["_source"] = {"includes": HIT_FIELDS}
+    if keep:
+        response, plain = services.engine.msearch(services.settings.docs_alias, bodies)
+        for answer in (response, plain):
+            if "error" in answer:
+                raise EngineError(f"the engine refused the search: {answer['error']}")
+        response["hits"]["hits"] = keep_plain_places(
+            response["hits"]["hits"], plain["hits"]["hits"], set(held),
+            window)[params.offset:window]
+    else:
+        response = services.engine.search(services.settings.docs_alias, bodies[0])
+    body = bodies[0]
     hits = _hits(services, params, response, query_vector, max_bm25, user)
-    held = set(held_neutral(services, user))
     for hit in hits:
-        # Its user terms (shown) did not count: it got the ``seen`` weight instead.
+        # Its user terms (shown) did not count: it got the ``seen`` weight, or its place
+        # without the user (``keep``), instead.
         hit["components"]["seen"] = hit["id"] in held
     total = response["hits"]["total"]
     return SearchResult(hits, int(total["value"] if isinstance(total, dict) else total),
@@ -312,9 +332,35 @@ def search(services: Services, params: SearchParams) -> SearchResult:
 
 
 def held_neutral(services: Services, user: UserVectors) -> tuple[str, ...]:
-    """The documents the user terms hold neutral: the user's seen ones (seen_policy
-    ``neutral``), or none (``own``: they keep their own similarity)."""
-    return user.seen if services.settings.seen_policy == "neutral" else ()
+    """The documents the user terms leave out: the user's seen ones (seen_policy ``neutral``
+    and ``keep``), or none (``own``: they keep their own similarity)."""
+    return () if services.settings.seen_policy == "own" else user.seen
+
+
+def keeps_places(services: Services, user: UserVectors, weights: BlendWeights) -> bool:
+    """Whether this search places the user's seen documents where the search without the
+    user puts them (seen_policy ``keep``, a user with seen documents and a user term)."""
+    return (services.settings.seen_policy == "keep" and bool(user.seen)
+            and bool(strategies.user_terms(user, weights)))
+
+
+def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],
+                      seen: set[str], window: int) -> list[JSON]:
+    """The ``keep`` policy's list: each seen document at its place in the search without
+    the user (``plain``), the other places filled with the unseen documents in personalized
+    order; seen documents past the plain list's window only after the unseen run out."""
+    kept = {place: hit for place, hit in enumerate(plain[:window]) if hit["_id"] in seen}
+    placed = {hit["_id"] for hit in kept.values()}
+    unseen = iter([hit for hit in personalized if hit["_id"] not in seen])
+    rest = iter([hit for hit in personalized
+                 if hit["_id"] in seen and hit["_id"] not in placed])
+    out: list[JSON] = []
+    for place in range(window):
+        hit = kept.get(place) or next(unseen, None) or next(rest, None)
+        if hit is None:
+            break
+        out.append(hit)
+    return out
 
 
 def _sim(vector: list[float] | None, embedding: np.ndarray) -> float | None:

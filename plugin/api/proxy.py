@@ -98,6 +98,8 @@ def proxy_search(index: str) -> ResponseReturnValue:
         return _es_error(403, "security_exception",
                          "this API key may not personalize for that X-User-Id")
     personalized, reason = False, "no X-User-Id"
+    plain: JSON | None = None  # the search without the user, where seen documents keep places
+    seen: tuple[str, ...] = ()
     if user_id and ("sort" in body or "knn" in body):
         reason = "the body sorts or has its own kNN: passed through"
     elif user_id:
@@ -106,19 +108,26 @@ def proxy_search(index: str) -> ResponseReturnValue:
             if user.empty:
                 reason = "user has no interest vector yet"
             else:
-                body = _rewrite(body, user, size + offset)
+                body, plain = _rewrite(body, user, size + offset)
+                seen = user.seen
                 personalized, reason = True, ""
         except Exception as exc:  # a personalization fault never fails the search
             reason = f"user vectors unavailable ({type(exc).__name__})"
     PERSONALIZED.labels("yes" if personalized else "no").inc()
     try:
-        response = svc.engine.search(index, body, **params)
+        if plain is None:
+            response = svc.engine.search(index, body, **params)
+        else:
+            response = _keeping_places(index, body, plain, seen, size, offset, params)
     except Exception as exc:
         refused = svc.engine.api_error(exc)
         if refused is None or svc.engine.is_busy(exc) or refused[0] >= 500:
             raise  # down, stalled or overloaded: errors.py answers 503 with Retry-After
         status, error_body = refused  # the engine's own 4xx, relayed as it is
         return jsonify(error_body), status
+    if "error" in response:  # refused within the multi-search: relayed as it is
+        return jsonify({"error": response["error"], "status": response.get("status", 400)}), \
+            int(response.get("status", 400))
     out = jsonify(response)
     out.headers.update(svc.engine.response_headers)
     out.headers["X-Es-Interest-Personalized"] = "true" if personalized else "false"
@@ -127,10 +136,33 @@ def proxy_search(index: str) -> ResponseReturnValue:
     return out
 
 
-def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
+def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], size: int,
+                    offset: int, params: dict[str, str]) -> JSON:
+    """The blend and the search without the user in one multi-search, each over the whole
+    window; the user's seen documents take their places from the second (``keep``)."""
+    window = size + offset
+    bodies = []
+    for search_body in (body, plain):
+        whole = {**search_body, "size": window, "from": 0}
+        if "track_total_hits" in params:
+            whole["track_total_hits"] = params["track_total_hits"]
+        bodies.append(whole)
+    extra = {k: v for k, v in params.items() if k == "typed_keys"}
+    response, without_user = services().engine.msearch(index, bodies, **extra)
+    if "error" in response or "error" in without_user:
+        return response if "error" in response else without_user
+    response["hits"]["hits"] = search_service.keep_plain_places(
+        response["hits"]["hits"], without_user["hits"]["hits"], set(seen), window)[offset:]
+    response.pop("status", None)  # a multi-search's own field: not in a search's answer
+    return response
+
+
+def _rewrite(body: JSON, user: search_service.UserVectors, window: int
+             ) -> tuple[JSON, JSON | None]:
     """The client's query as the knn_linear blend (plugin/strategies.py) with its shipped
     weights: the query is the words' clause, normalized by its best score, and it also bounds
-    every vector term, so the result set stays the one it asked for."""
+    every vector term, so the result set stays the one it asked for. With seen_policy
+    ``keep``, also the same blend without the user, whose places the seen documents take."""
     svc = services()
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):
@@ -150,15 +182,25 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int) -> JSON:
     else:  # no words to embed: no query-vector term
         weights = replace(weights, query=0.0)
     k = max(window, svc.settings.personal_candidates)
-    blend = STRATEGIES["knn_linear"].request(QueryContext(
+    keep = search_service.keeps_places(svc, user, weights)
+    ctx = QueryContext(
         engine, words=original, matching=original, scope=original, filters=[],
-        weights=weights, vector=vector, max_bm25=float(best["hits"].get("max_score") or 0.0),
+        weights=replace(weights, seen=0.0) if keep else weights, vector=vector,
+        max_bm25=float(best["hits"].get("max_score") or 0.0),
         user=user, size=window, offset=0, personal_k=k,
-        seen=search_service.held_neutral(svc, user)))
-    rewritten = copy.deepcopy(body)
-    rewritten["query"] = blend["query"]
-    if "knn" in blend:
-        rewritten["knn"] = blend["knn"]
-    return rewritten
+        seen=search_service.held_neutral(svc, user))
+
+    def rewritten(blend: JSON) -> JSON:
+        out = copy.deepcopy(body)
+        out["query"] = blend["query"]
+        if "knn" in blend:
+            out["knn"] = blend["knn"]
+        return out
+
+    strategy = STRATEGIES["knn_linear"]
+    plain = (rewritten(strategy.request(replace(ctx, user=search_service.UserVectors(),
+                                                seen=())))
+             if keep else None)
+    return rewritten(strategy.request(ctx)), plain
 
 

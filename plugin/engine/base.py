@@ -8,7 +8,7 @@ import enum
 import importlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -250,6 +250,17 @@ class Engine(ABC):
         """One search within ``search_timeout_s`` (a stalled engine raises a timeout)."""
         return dict(self._call("search", self.search_timeout_s, index=index, body=dict(body),
                                **params))
+
+    def msearch(self, index: str, bodies: Sequence[Mapping[str, Any]],
+                **params: Any) -> list[JSON]:
+        """Several searches in one request (the engine runs them side by side), within
+        ``search_timeout_s``. A search the engine refused comes back as its error body
+        (``error`` and ``status``), as the engine answers it."""
+        lines: list[Mapping[str, Any]] = []
+        for body in bodies:
+            lines += [{}, dict(body)]
+        found = self._call("msearch", self.search_timeout_s, index=index, body=lines, **params)
+        return [dict(r) for r in found["responses"]]
 
     def count(self, index: str, query: JSON | None = None) -> int:
         body = None if query is None else {"query": query}

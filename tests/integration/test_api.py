@@ -158,6 +158,36 @@ def test_seen_documents_get_no_boost_of_their_own(settings: Settings, keys: dict
     assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
+def test_keep_leaves_seen_documents_at_their_places_without_the_user(
+        settings: Settings, keys: dict[str, str], topics: dict[str, str], services: Services,
+        strategy: str) -> None:
+    """seen_policy keep: user A's liked documents (their nearest ones) sit exactly where the
+    search without the user puts them, on every page, while the document they did not see
+    moves up."""
+    if strategy not in strategies(services):
+        pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
+                    f"{STRATEGIES[strategy].needs}")
+    keep = create_app(replace(settings, seen_policy="keep")).test_client()
+    on = {"interest_long": 1.0, "ambiguity": 0.0}
+    mine = search(keep, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+                  size=20)
+    plain = search(keep, keys["read"], strategy=strategy, weights=on, size=20)
+    run = topics["run"]
+    liked = {f"c{i}-{run}" for i in range(3)}
+    mine_at = {h["id"]: n for n, h in enumerate(mine["hits"])}
+    plain_at = {h["id"]: n for n, h in enumerate(plain["hits"])}
+    assert mine["personalized"] and liked <= set(plain_at)
+    assert {doc: mine_at.get(doc) for doc in liked} == {doc: plain_at[doc] for doc in liked}
+    assert all(h["components"]["seen"] is (h["id"] in liked) for h in mine["hits"])
+    unseen = f"c3-{run}"
+    assert mine_at[unseen] < plain_at[unseen]
+    # A page is the same list's slice.
+    page = search(keep, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+                  size=5, **{"from": 3})
+    assert [h["id"] for h in page["hits"]] == [h["id"] for h in mine["hits"][3:8]]
+
+
 def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,
                                                        keys: dict[str, str],
                                                        topics: dict[str, str],
@@ -227,6 +257,31 @@ def test_proxy_answers_the_engines_own_client(server: str, keys: dict[str, str],
     # Same result set (the original query filters every kNN clause), a different order.
     assert {h["_id"] for h in mine["hits"]["hits"]} == {h["_id"] for h in plain["hits"]["hits"]}
     assert [h["_id"] for h in mine["hits"]["hits"]] != [h["_id"] for h in plain["hits"]["hits"]]
+
+
+def test_proxy_under_keep_leaves_seen_documents_at_their_places(
+        settings: Settings, keys: dict[str, str], topics: dict[str, str],
+        services: Services) -> None:
+    keep = create_app(replace(settings, seen_policy="keep")).test_client()
+    path = f"/{services.settings.docs_alias}/_search"
+    body = {"size": 20, "query": {"bool": {
+        "must": [{"match": {"title": QUERY}}],
+        "filter": [{"wildcard": {"doc_id": f"*-{topics['run']}"}}]}}}
+
+    def ids(answer: Any) -> list[str]:
+        assert answer.status_code == 200, answer.json
+        assert "status" not in answer.json  # a search's answer, not a multi-search's
+        return [h["_id"] for h in answer.json["hits"]["hits"]]
+
+    user = {**auth(keys["read"]), "X-User-Id": topics["a"]}
+    mine = keep.post(path, json=body, headers=user)
+    plain = ids(keep.post(path, json=body, headers=auth(keys["read"])))
+    assert mine.headers["X-Es-Interest-Personalized"] == "true"
+    liked = {f"c{i}-{topics['run']}" for i in range(3)}
+    assert liked <= set(plain)
+    assert {d: ids(mine).index(d) for d in liked} == {d: plain.index(d) for d in liked}
+    page = keep.post(path, json={**body, "size": 5, "from": 3}, headers=user)
+    assert ids(page) == ids(mine)[3:8]
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), [

@@ -11,6 +11,7 @@ import pytest
 from plugin.api.schemas import SearchRequest, Weights
 from plugin.config import BLEND_STRATEGIES, WEIGHT_NAMES
 from plugin.engine import ElasticsearchEngine, Engine, EngineKind, OpenSearchEngine
+from plugin.search import keep_plain_places
 from plugin.strategies import STRATEGIES, BlendWeights, QueryContext, UserVectors
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
@@ -130,3 +131,21 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
         assert [(p["c"], p["d"]) for p in params] == [(0.3, 0.1), (0.0, 0.0)]
     # Policy "own" (nothing held neutral) leaves the request as it was.
     assert "must_not" not in json.dumps(STRATEGIES[name].request(_context(engine)))
+
+
+def test_keep_puts_seen_documents_at_their_places_without_the_user() -> None:
+    def hits(*ids: str) -> list[dict[str, Any]]:
+        return [{"_id": i} for i in ids]
+
+    # Without the user: s1 third, s2 fifth. Personalized (seen documents scored without
+    # their own terms): the unseen ones re-ordered, the seen ones pushed down.
+    plain = hits("a", "b", "s1", "c", "s2", "d")
+    personalized = hits("d", "c", "a", "b", "s1", "s2")
+    merged = keep_plain_places(personalized, plain, {"s1", "s2"}, 6)
+    assert [h["_id"] for h in merged] == ["d", "c", "s1", "a", "s2", "b"]
+    # A seen document beyond the window of the list without the user comes after every
+    # unseen one; the list never repeats a document and stops where both run out.
+    merged = keep_plain_places(hits("x", "s3", "y"), hits("x", "y", "s1"), {"s1", "s3"}, 2)
+    assert [h["_id"] for h in merged] == ["x", "y"]
+    merged = keep_plain_places(hits("x", "s3"), hits("x"), {"s3"}, 5)
+    assert [h["_id"] for h in merged] == ["x", "s3"]
