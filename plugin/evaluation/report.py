@@ -210,13 +210,19 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
     if not validation:
         return []
     protocols = [p for p in next(iter(validation.values())) if p != "objective"]
+    floors = seen.get("floors") or {}
     lines = ["## Seen policy (validation NDCG@10, the default strategy tuned under each)", "",
-             "The objective: the discovery queries' mean NDCG@10, less any shortfall of the "
-             "re-finding queries below the best non-personalized ranking (gain on what is "
-             "new, no harm to what the user knows). Weights are tuned on the tuning sample; "
-             "this choice and the strategy order are made on every validation query.", "",
+             "The objective: the discovery queries' mean NDCG@10, less each protocol's "
+             "shortfall below its floor, the best non-personalized ranking on it (gain on "
+             "what is new, no harm to any kind of query or to what the user knows). Weights "
+             "are tuned on the tuning sample; this choice and the strategy order are made "
+             "on every validation query.", "",
              "| policy | objective | " + " | ".join(protocols) + " |",
              "| --- | --- |" + " --- |" * len(protocols)]
+    if floors:
+        lines.append("| floor (best without a user) | - | "
+                     + " | ".join(f"{floors[p]:.4f}" if p in floors else "-" for p in protocols)
+                     + " |")
     for policy, scores in validation.items():
         lines.append(f"| {policy} | {scores['objective']:.4f} | "
                      + " | ".join(f"{scores[p]:.4f}" for p in protocols) + " |")
@@ -236,7 +242,7 @@ def _engine_results(res: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {m['strategy']} | {_fmt(m['ndcg@10'])} | "
                          f"{_fmt(m['mrr'])} | {_fmt(m['recall@100'])} |")
         lines += ["", "| strategy | gain over the comparator | vs comparator | vs mean user "
-                  "(item prior) | vs another user | dynamic vs static | vs other seen policy "
+                  "(item prior) | vs another user | dynamic vs static | vs the other seen policies "
                   "| tail targets | goals |", "| --- |" + " --- |" * 8]
         leak = res.get("leak_bound") or {}
         for strategy, t in block["tests"].items():
@@ -246,9 +252,11 @@ def _engine_results(res: dict[str, Any]) -> list[str]:
                 t = {**t, **{k: past[k] for k in ("relative_gain", "vs_comparator", "harm")}}
             gain = t["relative_gain"]
             cells = [_percent(gain), _p(t["vs_comparator"])]
-            for key in ("vs_item_prior", "vs_other_user", "dynamic_vs_static",
-                        "vs_other_seen_policy"):
+            for key in ("vs_item_prior", "vs_other_user", "dynamic_vs_static"):
                 cells.append(_p(t[key]) if key in t else "-")
+            others = t.get("vs_other_seen_policies") or {}
+            cells.append("; ".join(f"{policy}: {_p(test)}" for policy, test in others.items())
+                         or "-")
             tail = t.get("tail")
             cells.append("-" if tail is None else (
                 f"{tail['queries']} queries: {tail['ours']:.4f} vs {tail['comparator']:.4f}"

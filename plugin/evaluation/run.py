@@ -13,7 +13,7 @@
 4. Tune each strategy's blend weights on validation queries only (every protocol), term by
    term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
-   ``choose``, under each seen policy (neutral or own), keeping the better. The first engine
+   ``choose``, under each seen policy (neutral, keep, own), keeping the best. The first engine
    tunes; the others run the same weights, as the product ships one file.
 5. The comparator: the best non-personalized arm of the engine (BM25, BM25 + popularity or
    the non-personalized default of any strategy) on each protocol's validation queries.
@@ -49,6 +49,7 @@ from plugin.config import (
     BLEND_STRATEGIES,
     LOCAL_ENGINE_URLS,
     REPO_ROOT,
+    SEEN_POLICIES,
     SHIPPED_RANKING,
     WEIGHT_NAMES,
     Settings,
@@ -83,8 +84,12 @@ GRID: dict[str, tuple[float, ...]] = {
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
     "seen": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "ambiguity": (0.0, 0.5, 1.0, 2.0),
+    "ambiguity": (0.0, 0.5, 1.0, 2.0, 3.0),
 }
+# The ambiguity exponent the user terms are first tuned under (the ascent tunes it after
+# them): at 0 a two-word query gets the full personal weight, and the floors on the longer
+# queries would hold every user term back before the exponent could turn them down there.
+START_AMBIGUITY = 1.0
 # Validation queries every tuning step scores, split evenly over the protocols.
 TUNING_QUERIES = {"full": 300, "quick": 150}
 SIZE = 100
@@ -113,6 +118,8 @@ FINE_TUNE_PAIRS = 20_000
 
 # A query's user vectors under one profile (None for the arms without a user).
 Profile = Callable[[data.Query], UserVectors]
+# Each protocol's best NDCG@10 without a user: what the tuning objective holds a blend to.
+Floors = dict[str, float]
 
 
 @dataclass
@@ -185,29 +192,35 @@ class Evaluator:
                 for q, ids in zip(queries, hits, strict=True)]
 
     def ndcg(self, method: Method, queries: Sequence[data.Query],
-             refind_floor: float | None = None) -> float:
-        """Mean NDCG@10; with ``refind_floor``, the tuning objective of the personal terms:
-        the discovery queries' mean, less any shortfall of the re-finding queries' mean
-        below the floor (the best ranking without a user): gain on what is new to the user,
-        no harm to finding again what they know."""
+             floors: Floors | None = None) -> float:
+        """Mean NDCG@10; with ``floors``, the tuning objective of the personal terms (see
+        :func:`objective`)."""
         key = (method.weights, method.profile, method.strategy, method.seen_policy,
-               tuple(map(id, queries)), refind_floor)
+               tuple(map(id, queries)), None if floors is None else tuple(sorted(floors.items())))
         if key in self.scores:
             return self.scores[key]
         ndcg = metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"]
-        score = self.scores[key] = objective(ndcg, queries, refind_floor)
+        score = self.scores[key] = objective(ndcg, queries, floors)
         return score
 
 
 def objective(ndcg: np.ndarray, queries: Sequence[data.Query],
-              refind_floor: float | None = None) -> float:
-    """Mean per-query NDCG@10; with ``refind_floor``, the tuning objective (Evaluator.ndcg)."""
-    if refind_floor is None:
+              floors: Floors | None = None) -> float:
+    """Mean per-query NDCG@10; with ``floors`` (each protocol's best ranking without a user),
+    the tuning objective: the discovery queries' mean, less each protocol's shortfall below
+    its floor. Gain on what is new to the user, no harm to any kind of query: a blend that
+    buys a gain on one-word queries with a loss on longer ones, or on finding again what the
+    user knows, pays for the loss twice."""
+    if floors is None:
         return float(ndcg.mean())
-    refind = np.array([q.protocol not in data.DISCOVERY for q in queries])
-    shortfall = (min(0.0, float(ndcg[refind].mean()) - refind_floor) if refind.any()
-                 else 0.0)
-    return float(ndcg[~refind].mean()) + shortfall
+    protocols = np.array([q.protocol for q in queries])
+    discovery = np.isin(protocols, list(data.DISCOVERY))
+    score = float(ndcg[discovery].mean()) if discovery.any() else 0.0
+    for protocol, floor in floors.items():
+        mine = protocols == protocol
+        if mine.any():
+            score += min(0.0, float(ndcg[mine].mean()) - floor)
+    return score
 
 
 def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
@@ -344,12 +357,14 @@ class Tuned:
     plain: dict[str, BlendWeights] = field(default_factory=dict)  # non-personalized default
     chosen: dict[str, tuple[BlendWeights, BlendWeights]] = field(default_factory=dict)
     seen_policy: str | None = None
-    # The best non-personalized ranking's re-finding NDCG@10 on validation (first engine).
-    refind_floor: float | None = None
-    # The same over every validation query: the floor of the seen policy and strategy order.
-    validation_floor: float | None = None
-    # The default strategy tuned under the policy not chosen, and each policy's validation.
-    other_policy: dict[str, tuple[BlendWeights, BlendWeights]] = field(default_factory=dict)
+    # Each protocol's best non-personalized NDCG@10 on the tuning sample (first engine): the
+    # floors of the tuning objective.
+    floors: Floors | None = None
+    # The same over every validation query: the floors of the seen policy and strategy order.
+    validation_floors: Floors | None = None
+    # The default strategy tuned under each policy not chosen, and each policy's validation.
+    other_policies: dict[str, dict[str, tuple[BlendWeights, BlendWeights]]] = field(
+        default_factory=dict)  # strategy -> policy -> (without, with) behaviour
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
     # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
     behaviour: dict[str, Any] | None = None
@@ -426,7 +441,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "test_queries": len(split.test), "movies": len(corpus.catalog),
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation,
-                        "refind_floor": tuned.validation_floor},
+                        "floors": tuned.validation_floors},
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
@@ -587,8 +602,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     validation = _comparator(evaluator, tuned, offered, tuning)
     comparator = best_arms(validation)
     progress(f"{engine}: best non-personalized on validation: {comparator}")
-    if tuned.refind_floor is None:
-        tuned.refind_floor = validation["refind"][comparator["refind"]]
+    if tuned.floors is None:
+        tuned.floors = {p: validation[p][comparator[p]] for p in data.PROTOCOLS}
     for s in strategies:
         if s in tuned.chosen:
             continue
@@ -603,7 +618,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         # under the policy chosen.
         tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
                                 policy=tuned.seen_policy or "neutral",
-                                refind_floor=tuned.refind_floor)
+                                floors=tuned.floors)
         if tuned.seen_policy is None:
             _choose_seen_policy(evaluator, tuning, corpus.split.validation, offered, s, tuned,
                                 progress)
@@ -737,14 +752,15 @@ def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query]
             shutil.rmtree(tuned_path, ignore_errors=True)
 
 
-def _validation_floor(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
-                      tuned: Tuned) -> float:
-    """The best non-personalized re-finding NDCG@10 over every validation query: the floor
+def _validation_floors(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
+                       tuned: Tuned) -> Floors:
+    """Each protocol's best non-personalized NDCG@10 over every validation query: the floors
     the discrete choices hold the personalized default to."""
-    if tuned.validation_floor is None:
-        tuned.validation_floor = max(_comparator(evaluator, tuned, offered, validation)[
-            "refind"].values())
-    return tuned.validation_floor
+    if tuned.validation_floors is None:
+        tuned.validation_floors = {
+            protocol: max(scores.values())
+            for protocol, scores in _comparator(evaluator, tuned, offered, validation).items()}
+    return tuned.validation_floors
 
 
 def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
@@ -753,23 +769,28 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     """The seen policy: the default strategy tuned under each (on the tuning sample),
     compared on every validation query: a sample of a hundred re-finding queries let a
     policy pass the floor there and fall below it on test."""
-    own = _tune(evaluator, tuning, strategy, progress, plain=tuned.plain[strategy],
-                policy="own", refind_floor=tuned.refind_floor)
-    floor = _validation_floor(evaluator, validation, offered, tuned)
-    for policy, weights in (("neutral", tuned.chosen[strategy]), ("own", own)):
+    first = tuned.seen_policy or "neutral"
+    candidates = {first: tuned.chosen[strategy]}
+    for policy in SEEN_POLICIES:
+        if policy not in candidates:
+            candidates[policy] = _tune(evaluator, tuning, strategy, progress,
+                                       plain=tuned.plain[strategy], policy=policy,
+                                       floors=tuned.floors)
+    floors = _validation_floors(evaluator, validation, offered, tuned)
+    for policy, weights in candidates.items():
         method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
         ndcg = metrics.per_query(evaluator.ranks(method, validation, f"seen policy {policy}"))[
             "ndcg@10"]
         tuned.policy_validation[policy] = {
-            "objective": objective(ndcg, validation, floor),
+            "objective": objective(ndcg, validation, floors),
             **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
                                  if q.protocol == p])) for p in data.PROTOCOLS}}
     scores = tuned.policy_validation
-    tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"], p == "neutral"))
-    if tuned.seen_policy == "own":
-        tuned.chosen[strategy], tuned.other_policy[strategy] = own, tuned.chosen[strategy]
-    else:
-        tuned.other_policy[strategy] = own
+    # Ties go to the policy listed first (config.SEEN_POLICIES).
+    tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"],
+                                                   -SEEN_POLICIES.index(p)))
+    tuned.chosen[strategy] = candidates.pop(tuned.seen_policy)
+    tuned.other_policies[strategy] = candidates
     progress(f"seen policy on validation: {scores}; chosen {tuned.seen_policy}")
 
 
@@ -780,10 +801,10 @@ def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offere
     best first; the first is the default from here on (its ablations, the leak bound) and
     what `auto` ships."""
     policy = tuned.seen_policy or "neutral"
-    floor = _validation_floor(evaluator, validation, offered, tuned)
+    floors = _validation_floors(evaluator, validation, offered, tuned)
     tuned.strategy_validation = {
         s: evaluator.ndcg(Method(f"strategy {s}", tuned.chosen[s][1], "dynamic", s,
-                                 seen_policy=policy), validation, floor)
+                                 seen_policy=policy), validation, floors)
         for s in strategies}
     ordered = sorted(strategies, key=lambda s: -tuned.strategy_validation[s])
     tuned.strategy_order = [*ordered, *(s for s in BLEND_STRATEGIES if s not in ordered)]
@@ -861,7 +882,7 @@ def _popularity_half_life(services: Services, tuning: list[data.Query], strategy
 
 def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
             weights: BlendWeights, terms: Sequence[str | tuple[str, ...]],
-            policy: str | None = None, refind_floor: float | None = None) -> BlendWeights:
+            policy: str | None = None, floors: Floors | None = None) -> BlendWeights:
     """Coordinate ascent on validation: each term (or tuple of terms, searched jointly over
     their grids' product) with the others fixed (``Evaluator.ndcg``'s objective)."""
     for step in terms:
@@ -871,7 +892,7 @@ def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
         for values in itertools.product(*(GRID[n] for n in names)):
             candidate = replace(weights, **dict(zip(names, values, strict=True)))
             score = evaluator.ndcg(Method("+".join(names), candidate, profile, strategy,
-                                          seen_policy=policy), tuning, refind_floor)
+                                          seen_policy=policy), tuning, floors)
             # Ties go to the smaller weights: a term must earn its place.
             scored.append((score, -sum(values), values))
         weights = replace(weights, **dict(zip(names, max(scored)[2], strict=True)))
@@ -880,7 +901,7 @@ def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
 
 def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           progress: Callable[[str], None], plain: BlendWeights | None = None,
-          policy: str = "neutral", refind_floor: float | None = None
+          policy: str = "neutral", floors: Floors | None = None
           ) -> tuple[BlendWeights, BlendWeights]:
     """Popularity and the query vector (the non-personalized default; given as ``plain``
     where tuned already), then the content interest terms, the seen documents' weight and
@@ -895,10 +916,10 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
         if policy != "neutral":  # the seen weight only counts where seen documents are held
             terms = [t if isinstance(t, str) else tuple(n for n in t if n != "seen")
                      for t in terms if t != "seen"]
-        return _ascend(evaluator, tuning, strategy, weights, terms, policy, refind_floor)
+        return _ascend(evaluator, tuning, strategy, weights, terms, policy, floors)
 
     plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
-    start = replace(plain, seen=0.0)
+    start = replace(plain, seen=0.0, ambiguity=START_AMBIGUITY)
     content = ascend(start, (("interest_long", "seen"), "interest_short", "seen", "ambiguity",
                              "interest_long"))
     full = ascend(content, (("behaviour", "seen"), "behaviour_short", "interest_long", "seen",
@@ -933,17 +954,15 @@ def best_arms(validation: dict[str, dict[str, float]]) -> dict[str, str]:
 
 def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
     """The personalized default; on the engine's default strategy also its ablations, the
-    other seen policy and the item-prior controls."""
+    other seen policies and the item-prior controls."""
     methods = [Method(f"{DEFAULT} ({strategy})", None, "dynamic", strategy, keep_hits=True)]
     if not ablations:
         return methods
     content, full = tuned.chosen[strategy]
     plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, seen=0.0)
-    other = "own" if tuned.seen_policy == "neutral" else "neutral"
-    other_policy = [] if strategy not in tuned.other_policy else [
-        Method(f"seen policy {other} ({strategy})", tuned.other_policy[strategy][1], "dynamic",
-               strategy,
-               seen_policy=other)]
+    other_policies = [Method(f"seen policy {policy} ({strategy})", weights[1], "dynamic",
+                             strategy, seen_policy=policy)
+                      for policy, weights in tuned.other_policies.get(strategy, {}).items()]
     return [
         *methods,
         Method(f"static content profile ({strategy})", replace(
@@ -955,7 +974,7 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
         Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0,
                                                        behaviour_short=full.behaviour_short),
                "dynamic", strategy),
-        *other_policy,
+        *other_policies,
         Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
         Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy),
     ]
@@ -996,7 +1015,8 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                 "harm": metrics.paired_test(comp, ours),
             }
             if s == default_strategy:
-                other = next((n for n in per if n.startswith("seen policy ")), None)
+                others = {n.removeprefix("seen policy ").removesuffix(f" ({s})"): n
+                          for n in per if n.startswith("seen policy ")}
                 entry.update({
                     "vs_item_prior": metrics.paired_test(ours, per[f"{ITEM_PRIOR} ({s})"][
                         "ndcg@10"]),
@@ -1007,9 +1027,10 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                         per[f"dynamic content profile ({s})"]["ndcg@10"],
                         per[f"static content profile ({s})"]["ndcg@10"]),
                 })
-                if other is not None:
-                    entry["vs_other_seen_policy"] = metrics.paired_test(ours,
-                                                                        per[other]["ndcg@10"])
+                if others:
+                    entry["vs_other_seen_policies"] = {
+                        policy: metrics.paired_test(ours, per[name]["ndcg@10"])
+                        for policy, name in others.items()}
                 if tail.any():
                     entry["tail"] = {"queries": int(tail.sum()),
                                      "ours": float(ours[tail].mean()),

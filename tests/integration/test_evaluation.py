@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import BLEND_STRATEGIES, LOCAL_ENGINE_URLS, load_ranking
+from plugin.config import BLEND_STRATEGIES, LOCAL_ENGINE_URLS, SEEN_POLICIES, load_ranking
 from plugin.evaluation.data import PROTOCOLS
 from plugin.evaluation.run import run
 
@@ -29,7 +29,10 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
     # The configuration chosen is a ranking file the product can read.
     chosen = load_ranking(tmp_path / "ranking.json")
     assert chosen["weights"]["linear_retriever"]["bm25"] == 1.0
-    assert chosen["seen_policy"] in ("neutral", "own")
+    assert chosen["seen_policy"] in SEEN_POLICIES
+    # Every policy was tuned and held to each protocol's floor on validation.
+    assert set(saved["seen_policy"]["validation"]) == set(SEEN_POLICIES)
+    assert set(saved["seen_policy"]["floors"]) == set(PROTOCOLS)
     assert chosen["embed_title_cleanup"] in ("years", "none")
     for engine in engines:
         res = saved["engines"][engine]

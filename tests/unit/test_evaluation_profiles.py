@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from plugin.evaluation import data
 from plugin.evaluation.run import (
@@ -13,6 +14,7 @@ from plugin.evaluation.run import (
     _controls,
     _stored,
     best_arms,
+    objective,
     query_time_profiles,
     time_buckets,
 )
@@ -87,3 +89,20 @@ def test_time_buckets_cut_the_queries_in_time_order_into_even_parts() -> None:
     assert all(b[0].timestamp <= min(q.timestamp for q in b) for b in buckets)
     assert time_buckets(queries[:2], 4) == [[queries[1]], [queries[0]]]
 
+
+
+def test_the_objective_charges_a_blend_for_harm_on_any_protocol() -> None:
+    queries = [data.Query("u", "m0", "q", 0, protocol) for protocol in
+               ("term", "term", "words", "words", "refind", "refind")]
+    floors = {"term": 0.2, "words": 0.3, "refind": 0.3}
+    # No protocol below its floor: the discovery queries' mean.
+    at_floors = np.array([0.2, 0.4, 0.3, 0.3, 0.3, 0.5])
+    assert objective(at_floors, queries, floors) == pytest.approx(0.3)
+    # A term gain bought with a words loss of the same size scores lower than neither.
+    traded = np.array([0.3, 0.4, 0.2, 0.3, 0.3, 0.5])
+    assert objective(traded, queries, floors) < objective(at_floors, queries, floors)
+    # A re-finding loss costs its shortfall although those queries are not in the mean.
+    refind_loss = np.array([0.2, 0.4, 0.3, 0.3, 0.1, 0.3])
+    assert objective(refind_loss, queries, floors) == pytest.approx(0.3 - 0.1)
+    # Without floors, the plain mean over every query.
+    assert objective(at_floors, queries) == pytest.approx(at_floors.mean())
