@@ -138,8 +138,8 @@ def proxy_search(index: str) -> ResponseReturnValue:
 
 def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], size: int,
                     offset: int, params: dict[str, str]) -> JSON:
-    """The blend and the search without the user in one multi-search, each over the whole
-    window; the user's seen documents take their places from the second (``keep``)."""
+    """The blend and the client's own body in one multi-search, each over the whole window;
+    the user's seen documents take their places from the second (``keep``)."""
     window = size + offset
     bodies = []
     for search_body in (body, plain):
@@ -162,7 +162,7 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
     """The client's query as the knn_linear blend (plugin/strategies.py) with its shipped
     weights: the query is the words' clause, normalized by its best score, and it also bounds
     every vector term, so the result set stays the one it asked for. With seen_policy
-    ``keep``, also the same blend without the user, whose places the seen documents take."""
+    ``keep``, also the client's own body, whose places the seen documents take."""
     svc = services()
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):
@@ -190,17 +190,12 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
         user=user, size=window, offset=0, personal_k=k,
         seen=search_service.held_neutral(svc, user))
 
-    def rewritten(blend: JSON) -> JSON:
-        out = copy.deepcopy(body)
-        out["query"] = blend["query"]
-        if "knn" in blend:
-            out["knn"] = blend["knn"]
-        return out
-
-    strategy = STRATEGIES["knn_linear"]
-    plain = (rewritten(strategy.request(replace(ctx, user=search_service.UserVectors(),
-                                                seen=())))
-             if keep else None)
-    return rewritten(strategy.request(ctx)), plain
+    blend = STRATEGIES["knn_linear"].request(ctx)
+    rewritten = copy.deepcopy(body)
+    rewritten["query"] = blend["query"]
+    if "knn" in blend:
+        rewritten["knn"] = blend["knn"]
+    # Without the header the client gets its own body as it is: the places seen documents keep.
+    return rewritten, copy.deepcopy(body) if keep else None
 
 
