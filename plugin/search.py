@@ -315,16 +315,16 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             if "error" in answer:
                 raise EngineError(f"the engine refused the search: {answer['error']}")
         response["hits"]["hits"] = keep_plain_places(
-            response["hits"]["hits"], plain["hits"]["hits"], set(held),
-            window)[params.offset:window]
+            response["hits"]["hits"], plain["hits"]["hits"], set(held), window)[params.offset:]
     else:
         response = services.engine.search(services.settings.docs_alias, bodies[0])
     body = bodies[0]
     hits = _hits(services, params, response, query_vector, max_bm25, user)
+    held_ids = set(held)
     for hit in hits:
         # Its user terms (shown) did not count: it got the ``seen`` weight, or its place
         # without the user (``keep``), instead.
-        hit["components"]["seen"] = hit["id"] in held
+        hit["components"]["seen"] = hit["id"] in held_ids
     total = response["hits"]["total"]
     return SearchResult(hits, int(total["value"] if isinstance(total, dict) else total),
                         not user.empty, reason, strategy,
