@@ -126,7 +126,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "- **Seen documents**: with the `neutral` policy the personal terms give documents "
         "the user already liked the ranking file's `seen` share of their weight instead of "
         "their own (high) similarity, so the boost goes to what the user has not seen; "
-        "`own` boosts them like any other document.",
+        "`keep` gives them no boost and exactly their place in the same search without the "
+        "user; `own` boosts them like any other document.",
         "",
         "## Protocol",
         "",
