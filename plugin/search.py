@@ -293,9 +293,7 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     held = held_neutral(services, user)
     # ``keep``: the seen documents get no boost and take their places in the search without
     # the user, so both lists cover the whole window.
-    keep = keeps_places(services, user, weights)
-    if keep:
-        weights = replace(weights, seen=0.0)
+    weights, keep = places_kept(services, user, weights)
     ctx = QueryContext.for_query(
         services.engine, params.query, params.filters, weights=weights, vector=query_vector,
         max_bm25=max_bm25, user=user, size=window if keep else params.size,
@@ -337,11 +335,14 @@ def held_neutral(services: Services, user: UserVectors) -> tuple[str, ...]:
     return () if services.settings.seen_policy == "own" else user.seen
 
 
-def keeps_places(services: Services, user: UserVectors, weights: BlendWeights) -> bool:
+def places_kept(services: Services, user: UserVectors, weights: BlendWeights
+                ) -> tuple[BlendWeights, bool]:
     """Whether this search places the user's seen documents where the search without the
-    user puts them (seen_policy ``keep``, a user with seen documents and a user term)."""
-    return (services.settings.seen_policy == "keep" and bool(user.seen)
+    user puts them (seen_policy ``keep``, a user with seen documents and a user term), and
+    the weights for it: no seen share then, as the places replace it."""
+    keep = (services.settings.seen_policy == "keep" and bool(user.seen)
             and bool(strategies.user_terms(user, weights)))
+    return (replace(weights, seen=0.0) if keep else weights), keep
 
 
 def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],

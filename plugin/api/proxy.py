@@ -182,15 +182,12 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
     else:  # no words to embed: no query-vector term
         weights = replace(weights, query=0.0)
     k = max(window, svc.settings.personal_candidates)
-    keep = search_service.keeps_places(svc, user, weights)
-    ctx = QueryContext(
+    weights, keep = search_service.places_kept(svc, user, weights)
+    blend = STRATEGIES["knn_linear"].request(QueryContext(
         engine, words=original, matching=original, scope=original, filters=[],
-        weights=replace(weights, seen=0.0) if keep else weights, vector=vector,
-        max_bm25=float(best["hits"].get("max_score") or 0.0),
+        weights=weights, vector=vector, max_bm25=float(best["hits"].get("max_score") or 0.0),
         user=user, size=window, offset=0, personal_k=k,
-        seen=search_service.held_neutral(svc, user))
-
-    blend = STRATEGIES["knn_linear"].request(ctx)
+        seen=search_service.held_neutral(svc, user)))
     rewritten = copy.deepcopy(body)
     rewritten["query"] = blend["query"]
     if "knn" in blend:
