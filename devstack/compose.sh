@@ -5,7 +5,7 @@
 # docker-compose (1.29) predates the file's syntax (`name:`, `env_file.required`,
 # `depends_on.required`). So this builds Compose v2 from the Go module proxy once
 # (.devstack/bin/docker-compose, a couple of minutes) unless `docker compose` answers, then runs
-# `config` for the external setup and for the bundled profile with .env.example's values.
+# `config` for the external setup and for each profile (bundled, opensearch) with .env.example's values.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPOSE_VERSION=v2.40.3
@@ -31,7 +31,7 @@ if ! docker compose version >/dev/null 2>&1 && [ ! -x "$BIN" ]; then
   rm -rf "$src"
 fi
 compose version
-for profile in "" bundled; do
+for profile in "" bundled opensearch; do
   args=(--env-file .env.example -f docker-compose.yml)
   [ -n "$profile" ] && args+=(--profile "$profile")
   compose "${args[@]}" config --quiet

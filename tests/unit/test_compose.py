@@ -37,12 +37,16 @@ def _documented() -> set[str]:
 
 def test_bundled_and_external_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"elasticsearch", "kibana", "redis", "setup", "worker", "api"}
+    assert set(services) == {"elasticsearch", "opensearch", "kibana", "redis", "setup", "worker",
+                             "api"}
     bundled = {name for name, s in services.items() if "bundled" in s.get("profiles", [])}
     assert bundled == {"elasticsearch", "kibana"}  # without the profile: an external cluster
     # Elasticsearch and Kibana of one version, the newest the client line (8.19) serves.
     versions = {services[n]["image"].rsplit(":", 1)[1] for n in bundled}
     assert versions == {"9.5.3"}
+    # OpenSearch of the line `make up` tests, in a profile of its own.
+    assert services["opensearch"]["profiles"] == ["opensearch"]
+    assert services["opensearch"]["image"] == "opensearchproject/opensearch:3.5.0"
 
 
 def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
@@ -58,8 +62,9 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         assert needs["redis"]["condition"] == "service_healthy"
         assert "ports" not in services["worker"]  # `--scale worker=N` needs no fixed port
     # The setup job waits for a bundled engine, and runs without one (external).
-    engine = services["setup"]["depends_on"]["elasticsearch"]
-    assert engine == {"condition": "service_healthy", "required": False}
+    for name in ("elasticsearch", "opensearch"):
+        engine = services["setup"]["depends_on"][name]
+        assert engine == {"condition": "service_healthy", "required": False}
     assert "--appendonly" in services["redis"]["command"]
 
 
@@ -71,7 +76,7 @@ def test_volumes_are_declared(compose: dict[str, Any]) -> None:
             source = volume.split(":", 1)[0]
             if not source.startswith(("$", ".", "/")):
                 used.add(source)
-    assert used == named == {"esdata", "redisdata", "models"}
+    assert used == named == {"esdata", "osdata", "redisdata", "models"}
 
 
 def test_every_variable_is_documented() -> None:
@@ -100,7 +105,7 @@ def _compose() -> list[str] | None:
     return [str(built)] if built.exists() else None
 
 
-@pytest.mark.parametrize("profile", [None, "bundled"])
+@pytest.mark.parametrize("profile", [None, "bundled", "opensearch"])
 def test_docker_compose_itself_accepts_the_file(profile: str | None) -> None:
     """Compose's own parser, on .env.example's values (what `make compose-check` runs)."""
     command = _compose()
@@ -115,7 +120,8 @@ def test_docker_compose_itself_accepts_the_file(profile: str | None) -> None:
     resolved = json.loads(answer.stdout)
     services = resolved["services"]
     expected = {"redis", "setup", "worker", "api"} | (
-        {"elasticsearch", "kibana"} if profile else set())
+        {"bundled": {"elasticsearch", "kibana"}, "opensearch": {"opensearch"}}.get(profile or "",
+                                                                                  set()))
     assert set(services) == expected
     assert all("healthcheck" in services[s] for s in expected - {"setup"})
     assert services["worker"]["depends_on"]["setup"]["condition"] == (
