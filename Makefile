@@ -21,7 +21,7 @@ $(BIN)/es-interest: setup.cfg pyproject.toml
 
 venv: $(BIN)/es-interest  ## create .venv and install the package with its dev tools
 
-up:  ## start Elasticsearch 9.5.3 :9200, OpenSearch :9201, Elasticsearch 8.19 :9202, Redis :6379 (ENGINES=... to pick)
+up:  ## start Elasticsearch 9.5.3 :9200, OpenSearch 3.5.0 :9201, Elasticsearch 8.19 :9202, OpenSearch 2.19.1 :9203, Redis :6379 (ENGINES=... to pick)
 	devstack/stack.sh up
 
 up-cluster:  ## a three-node Elasticsearch 9.5.3 cluster :9210-9212 (one replica per shard), and Redis

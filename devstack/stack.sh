@@ -8,28 +8,33 @@
 #   devstack/stack.sh kill-node N   SIGKILL node N of that cluster (fault tests)
 #   devstack/stack.sh start-node N  start node N again (it rejoins)
 #
-# Engines (ENGINES picks; default all three):
+# Engines (ENGINES picks; default all four): the primary line of each engine, and the older
+# line kept as a compatibility target.
 #   elasticsearch   Elasticsearch 9.5.3 with Painless   :9200  (Painless from ../shared/engines/es9-painless)
-#   opensearch      OpenSearch 2.19.1 with Painless     :9201
+#   opensearch      OpenSearch 3.5.0 with Painless      :9201
 #   elasticsearch8  Elasticsearch 8.19.21, no Painless  :9202  (a cluster with scripts off)
+#   opensearch2     OpenSearch 2.19.1 with Painless     :9203
 # ENGINE_HEAP (default 1g) sizes each JVM. Build outputs stay in devstack/*/target and Maven's
 # ~/.m2 cache, so a second `up` needs no network; data and logs live in .devstack/ (git-ignored).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=${ES_INTEREST_DEVSTACK_DIR:-$ROOT/.devstack}
-ENGINES=${ENGINES:-elasticsearch opensearch elasticsearch8}
+ENGINES=${ENGINES:-elasticsearch opensearch elasticsearch8 opensearch2}
 HEAP=${ENGINE_HEAP:-1g}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
-# Elasticsearch 9.x needs Java 21+; 8.19 and OpenSearch 2.19 run on the machine's Java 17.
+# Elasticsearch 9.x and OpenSearch 3.x need Java 21+; the older lines run on the machine's Java 17.
 JAVA21_HOME=${JAVA21_HOME:-/usr/lib/jvm/temurin-25-jdk-amd64}
 PAINLESS_TOOL=${ES_INTEREST_PAINLESS_TOOL:-$ROOT/../shared/engines/es9-painless}
 ES9_VERSION=9.5.3
 ES8_VERSION=8.19.21
+OS3_VERSION=3.5.0
+OS2_VERSION=2.19.1
+ALL_ENGINES="elasticsearch opensearch elasticsearch8 opensearch2"
 mkdir -p "$STATE"
 
-http_port() { case $1 in elasticsearch) echo 9200 ;; opensearch) echo 9201 ;; elasticsearch8) echo 9202 ;; esac; }
-transport_port() { case $1 in elasticsearch) echo 9300 ;; opensearch) echo 9301 ;; elasticsearch8) echo 9302 ;; esac; }
+http_port() { case $1 in elasticsearch) echo 9200 ;; opensearch) echo 9201 ;; elasticsearch8) echo 9202 ;; opensearch2) echo 9203 ;; esac; }
+transport_port() { case $1 in elasticsearch) echo 9300 ;; opensearch) echo 9301 ;; elasticsearch8) echo 9302 ;; opensearch2) echo 9303 ;; esac; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -41,9 +46,11 @@ mvn_package() {  # DIR [maven args...]: offline first, so a warm machine needs n
   (cd "$dir" && { mvn -q -B -o "$@" package >/dev/null 2>&1 || mvn -q -B "$@" package; })
 }
 
+needs_java21() { [ "$1" = elasticsearch ] || [ "$1" = opensearch ]; }
+
 java_for() {
-  if [ "$1" = elasticsearch ]; then
-    [ -x "$JAVA21_HOME/bin/java" ] || { echo "error: Elasticsearch $ES9_VERSION needs Java 21+; set JAVA21_HOME (looked in $JAVA21_HOME)" >&2; exit 1; }
+  if needs_java21 "$1"; then
+    [ -x "$JAVA21_HOME/bin/java" ] || { echo "error: $1 needs Java 21+; set JAVA21_HOME (looked in $JAVA21_HOME)" >&2; exit 1; }
     echo "$JAVA21_HOME/bin/java"
   else
     echo java
@@ -65,8 +72,16 @@ engine_command() {
   case $name in
     opensearch)
       dir=$ROOT/devstack/opensearch
-      build_launcher opensearch "$dir" "$dir/target/devstack-opensearch-1.0.jar"
-      echo "-cp $dir/target/devstack-opensearch-1.0.jar:$dir/target/lib/* io.esinterest.devstack.OpenSearchNode $dir/target"
+      target=$dir/target/$OS3_VERSION
+      JAVA_HOME=$JAVA21_HOME build_launcher "opensearch $OS3_VERSION" "$dir" \
+        "$target/devstack-opensearch-1.0.jar" -Pos3
+      echo "-cp $target/devstack-opensearch-1.0.jar:$target/lib/* io.esinterest.devstack.OpenSearchNode $target"
+      ;;
+    opensearch2)
+      dir=$ROOT/devstack/opensearch
+      target=$dir/target/$OS2_VERSION
+      build_launcher "opensearch $OS2_VERSION" "$dir" "$target/devstack-opensearch-1.0.jar"
+      echo "-cp $target/devstack-opensearch-1.0.jar:$target/lib/* io.esinterest.devstack.OpenSearchNode $target"
       ;;
     elasticsearch8)
       target=$dir/target/$ES8_VERSION
@@ -155,7 +170,7 @@ start_engine() {
   local -a argv
   read -r -a argv <<<"$command"
   local extra=() jvm=()
-  [ "$name" = elasticsearch ] && jvm=(--enable-native-access=ALL-UNNAMED)  # Java 21+: Lucene's native code
+  needs_java21 "$name" && jvm=(--enable-native-access=ALL-UNNAMED)  # Java 21+: Lucene's native code
   [[ $command == *painless-port* ]] && extra=(lang-painless=org.elasticsearch.painless.PainlessPlugin)
   mkdir -p "$STATE/$name"
   # argv: -cp CLASSPATH MAIN INSTALL_DIR; the node takes DATA_DIR HTTP TRANSPORT [plugins] after.
@@ -241,7 +256,7 @@ case ${1:-} in
   down)
     # Demo processes first (they talk to the services), then engines, then Redis.
     for p in api worker; do stop_pidfile "$p"; done
-    for e in elasticsearch opensearch elasticsearch8 es-cluster-0 es-cluster-1 es-cluster-2; do
+    for e in $ALL_ENGINES es-cluster-0 es-cluster-1 es-cluster-2; do
       stop_pidfile "$e"
     done
     if alive "$STATE/redis.pid"; then
@@ -252,7 +267,7 @@ case ${1:-} in
     rm -f "$STATE/redis.pid"
     ;;
   status)
-    for s in redis elasticsearch opensearch elasticsearch8 es-cluster-0 es-cluster-1 es-cluster-2 worker api; do
+    for s in redis $ALL_ENGINES es-cluster-0 es-cluster-1 es-cluster-2 worker api; do
       if alive "$STATE/$s.pid"; then echo "$s: running (pid $(cat "$STATE/$s.pid"))"; else echo "$s: stopped"; fi
     done
     ;;

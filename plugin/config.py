@@ -60,8 +60,9 @@ EMBED_FIELDS = ("title", "tags", "body")
 # The engines `make up` starts (devstack/README.md), used by tests, evaluation and benchmarks.
 LOCAL_ENGINE_URLS: dict[str, str] = {
     "elasticsearch": "http://127.0.0.1:9200",  # 9.5.3 with Painless
-    "opensearch": "http://127.0.0.1:9201",  # 2.19.1 with Painless and k-NN
-    "elasticsearch8": "http://127.0.0.1:9202",  # 8.19, no Painless
+    "opensearch": "http://127.0.0.1:9201",  # 3.5.0 with Painless and k-NN
+    "elasticsearch8": "http://127.0.0.1:9202",  # 8.19, no Painless (compatibility)
+    "opensearch2": "http://127.0.0.1:9203",  # 2.19.1 with Painless and k-NN (compatibility)
 }
 
 

@@ -24,32 +24,39 @@ from plugin.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = uuid.uuid4().hex[:8]
-# Every engine `make up` starts: Elasticsearch 9.5.3 (Painless), OpenSearch, Elasticsearch 8.19.
+# Every engine `make up` starts: Elasticsearch 9.5.3 (Painless), OpenSearch 3.5.0, and the
+# compatibility lines Elasticsearch 8.19 and OpenSearch 2.19.1.
 LOCAL_ENGINES = dict(LOCAL_ENGINE_URLS)
 # `make up-cluster`'s three Elasticsearch 9.5.3 nodes (one replica per shard): the tests of
 # CLUSTER_MODULES run there too, and tests/integration/test_cluster.py kills one of its nodes.
 CLUSTER_URL = "http://127.0.0.1:9210"
 CLUSTER_URLS = [f"http://127.0.0.1:{9210 + n}" for n in range(3)]
 CLUSTER_MODULES = {"test_pipeline", "test_engines", "test_api", "test_cluster"}
+# The compatibility lines run the engine, pipeline and search tests; the primary engines
+# (Elasticsearch 9.5.3, OpenSearch 3.5.0) run everything.
+COMPATIBILITY_MODULES = {"test_pipeline", "test_engines", "test_api"}
+ENGINE_MODULES = {"cluster": CLUSTER_MODULES, "elasticsearch8": COMPATIBILITY_MODULES,
+                  "opensearch2": COMPATIBILITY_MODULES}
 # A cluster of the user's (e.g. Elastic's own build) joins the parametrization.
 EXTERNAL_ES = os.environ.get("ES_INTEREST_TEST_ES_URL")
 ENGINE_URLS = {**LOCAL_ENGINES, "cluster": CLUSTER_URL,
                **({"external": EXTERNAL_ES} if EXTERNAL_ES else {})}
-REDIS_DBS = {"elasticsearch": 11, "opensearch": 12, "elasticsearch8": 14, "external": 13,
-             "cluster": 9}
+REDIS_DBS = {"elasticsearch": 11, "opensearch": 12, "elasticsearch8": 14, "opensearch2": 8,
+             "external": 13, "cluster": 9}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The cluster runs the pipeline, engine and search tests; the rest are single-node
-    matters (faults of one process, the inspector, the evaluation) and skip it."""
-    skip = pytest.mark.skip(reason="a single-node matter: the cluster runs "
-                                   f"{', '.join(sorted(CLUSTER_MODULES))}")
+    """The cluster and the compatibility lines run the pipeline, engine and search tests; the
+    rest (faults of one process, the inspector, the evaluation) run on the primary engines."""
     for item in items:
         params = getattr(item, "callspec", None)
-        if params is not None and params.params.get("engine_name") == "cluster" \
-                and item.module is not None and \
-                item.module.__name__.rsplit(".", 1)[-1] not in CLUSTER_MODULES:
-            item.add_marker(skip)
+        engine = params.params.get("engine_name") if params is not None else None
+        modules = ENGINE_MODULES.get(engine) if isinstance(engine, str) else None
+        if modules is not None and item.module is not None and \
+                item.module.__name__.rsplit(".", 1)[-1] not in modules:
+            item.add_marker(pytest.mark.skip(
+                reason=f"{engine} runs {', '.join(sorted(modules))}; the primary engines run "
+                       "the rest"))
 
 
 def _answers(url: str) -> bool:

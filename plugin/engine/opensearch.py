@@ -1,5 +1,5 @@
-"""OpenSearch (2.x) with its k-NN plugin: ``knn_vector`` fields on Lucene's HNSW, and kNN as a
-query clause."""
+"""OpenSearch (2.x and 3.x) with its k-NN plugin: ``knn_vector`` fields on Lucene's HNSW, and
+kNN as a query clause."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ class OpenSearchEngine(Engine):
     client_library = "opensearchpy"
 
     def index_settings(self, knn: bool = True) -> JSON:
-        return {"index.knn": knn}
+        settings: JSON = {"index.knn": knn}
+        if knn and self.version_tuple >= (3, 0):
+            # k-NN 3.x's derived source (vectors left out of the stored _source, rebuilt at fetch)
+            # fails every fetch of a vector field once a scroll over the index has ended
+            # (AlreadyClosedException, devstack/README.md); the product reads vectors back.
+            settings["index.knn.derived_source.enabled"] = False
+        return settings
 
     def vector_field(self, dims: int, *, m: int = 16, ef_construction: int = 100,
                      quantized: bool = False, indexed: bool = True) -> JSON:

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None:
-    engines = list(LOCAL_ENGINE_URLS)
+    # OpenSearch 2.19 adds nothing the other three do not cover here (the same strategies as 3.x).
+    engines = [name for name in LOCAL_ENGINE_URLS if name != "opensearch2"]
     results = run(quick=True, users=12, engines=engines, out_dir=tmp_path,
                   progress=lambda _: None, choose=True)
     report = (tmp_path / "evaluation.md").read_text()

@@ -4,8 +4,6 @@ import org.opensearch.common.logging.LogConfigurator;
 import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
 import org.opensearch.node.Node;
-import org.opensearch.plugins.Plugin;
-import org.opensearch.transport.Netty4Plugin;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -13,19 +11,16 @@ import java.util.List;
 import java.util.concurrent.CountDownLatch;
 
 /**
- * Starts one OpenSearch node in this JVM: netty4 HTTP from the classpath; Painless,
+ * Starts one OpenSearch node ({@link LauncherNode}, one per server line) in this JVM: netty4 HTTP
+ * from the classpath; Painless,
  * analysis-common and k-NN (Lucene engine) as modules from {@code INSTALL_DIR/modules}, since
  * only modules can extend each other (both add functions to Painless).
  *
  * <p>Usage: {@code OpenSearchNode INSTALL_DIR DATA_DIR HTTP_PORT TRANSPORT_PORT}. Runs until the
  * process receives SIGTERM, then closes the node cleanly.
  */
-public final class OpenSearchNode extends Node {
-    private static final List<Class<? extends Plugin>> PLUGINS = List.of(Netty4Plugin.class);
-
-    private OpenSearchNode(Environment environment) {
-        super(environment, PLUGINS, true);
-    }
+public final class OpenSearchNode {
+    private OpenSearchNode() {}
 
     public static void main(String[] args) throws Exception {
         Path install = Path.of(args[0]).toAbsolutePath();
@@ -49,7 +44,7 @@ public final class OpenSearchNode extends Node {
             .build();
         LogConfigurator.registerErrorListener();
         LogConfigurator.configureWithoutConfig(settings);
-        Node node = new OpenSearchNode(new Environment(settings, data.resolve("config")));
+        Node node = new LauncherNode(new Environment(settings, data.resolve("config")));
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             try {
