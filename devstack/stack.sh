@@ -70,17 +70,14 @@ build_launcher() {
 engine_command() {
   local name=$1 dir=$ROOT/devstack/elasticsearch target
   case $name in
-    opensearch)
+    opensearch|opensearch2)
+      # One launcher project, two lines: 3.x (-Pos3, Java 21+) and 2.19 (the default build).
       dir=$ROOT/devstack/opensearch
-      target=$dir/target/$OS3_VERSION
-      JAVA_HOME=$JAVA21_HOME build_launcher "opensearch $OS3_VERSION" "$dir" \
-        "$target/devstack-opensearch-1.0.jar" -Pos3
-      echo "-cp $target/devstack-opensearch-1.0.jar:$target/lib/* io.esinterest.devstack.OpenSearchNode $target"
-      ;;
-    opensearch2)
-      dir=$ROOT/devstack/opensearch
-      target=$dir/target/$OS2_VERSION
-      build_launcher "opensearch $OS2_VERSION" "$dir" "$target/devstack-opensearch-1.0.jar"
+      local version=$OS2_VERSION java_home=${JAVA_HOME:-} profile=()
+      [ "$name" = opensearch ] && { version=$OS3_VERSION java_home=$JAVA21_HOME profile=(-Pos3); }
+      target=$dir/target/$version
+      JAVA_HOME=$java_home build_launcher "opensearch $version" "$dir" \
+        "$target/devstack-opensearch-1.0.jar" "${profile[@]}"
       echo "-cp $target/devstack-opensearch-1.0.jar:$target/lib/* io.esinterest.devstack.OpenSearchNode $target"
       ;;
     elasticsearch8)

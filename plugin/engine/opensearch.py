@@ -17,8 +17,8 @@ class OpenSearchEngine(Engine):
         settings: JSON = {"index.knn": knn}
         if knn and self.version_tuple >= (3, 0):
             # k-NN 3.x's derived source (vectors left out of the stored _source, rebuilt at fetch)
-            # fails every fetch of a vector field once a scroll over the index has ended
-            # (AlreadyClosedException, devstack/README.md); the product reads vectors back.
+            # failed every fetch of a vector field once a scroll over the index had ended
+            # (devstack/README.md); the product reads vectors back.
             settings["index.knn.derived_source.enabled"] = False
         return settings
 
