@@ -150,16 +150,16 @@ def process_tree_rss_mb(pid: int) -> float:
 
 
 class RssSampler(threading.Thread):
-    """Peak resident memory of a process tree, in total and of its largest process."""
+    """Peak resident memory of process trees, in total and of their largest process."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, *pids: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self.peak_process = pid, 0.0, 0.0
+        self.pids, self.peak, self.peak_process = set(pids), 0.0, 0.0
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
-            each = process_rss_mb({self.pid} | child_pids(self.pid))
+            each = process_rss_mb(self.pids.union(*(child_pids(p) for p in self.pids)))
             self.peak = max(self.peak, sum(each.values()))
             self.peak_process = max(self.peak_process, *each.values(), 0.0)
             time.sleep(0.5)

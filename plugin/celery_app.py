@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ import redis
 from celery import Celery
 from kombu.transport import redis as kombu_redis
 
+from plugin import partitions
 from plugin.config import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ def make_celery(settings: Settings) -> Celery:
         dead_letter_key=settings.redis_key("dead-letter"),
         worker_hijack_root_logger=False,
         # Embedding documents is CPU-bound, folding events is I/O-bound: separate queues let
-        # each get the pool that suits it (README, Workers). Other tasks use the default queue.
+        # each get the pool that suits it (README, Workers); events go to their users'
+        # partition queues (plugin/partitions.py). Other tasks use the default queue.
         # `es-interest worker --beat` runs these: behaviour vectors retrained from the event
         # log, and a popularity flush now and then (workers schedule one after each change).
         beat_schedule={
@@ -97,12 +100,42 @@ def make_celery(settings: Settings) -> Celery:
                                 "schedule": settings.behaviour_train_interval_s},
             "flush-popularity": {"task": "es_interest.flush_popularity", "schedule": 60.0},
         },
-        task_routes={
-            "es_interest.index_documents": {"queue": "documents"},
-            "es_interest.ingest_events": {"queue": "events"},
-        },
+        task_routes=[{"es_interest.index_documents": {"queue": "documents"}},
+                     EventPartitionRouter(settings.event_partitions)],
+        event_partitions=settings.event_partitions,
     )
     return celery
+
+
+class EventPartitionRouter:
+    """A batch of events goes to its first event's user's partition queue. Senders split
+    batches by partition (``send_events``), so every event of a batch shares it; a retry or a
+    replayed dead letter is routed the same way again."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __call__(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+                 options: Mapping[str, Any], task: Any = None, **_: Any) -> dict[str, str] | None:
+        if name != "es_interest.ingest_events":
+            return None
+        events = args[0] if args else (kwargs or {}).get("events")
+        return {"queue": partitions.queue_name(partitions.batch_partition(
+            events if isinstance(events, list) else [], self.count))}
+
+
+def send_events(app: Celery, events: Sequence[Mapping[str, Any]], batch_size: int,
+                kwargs: Mapping[str, Any] | None = None) -> list[tuple[int, Any]]:
+    """Queue events for the workers: split by partition, then in batches of at most
+    ``batch_size``; returns each batch's size and its AsyncResult."""
+    sent = []
+    groups = partitions.split_by_partition(events, int(app.conf.event_partitions))
+    for _, group in sorted(groups.items()):
+        for start in range(0, len(group), batch_size):
+            batch = list(group[start:start + batch_size])
+            sent.append((len(batch), app.send_task("es_interest.ingest_events", args=[batch],
+                                                   kwargs=dict(kwargs or {}))))
+    return sent
 
 
 def scrub_results(app: Celery, redis_client: redis.Redis, item_ids: set[str]) -> int:

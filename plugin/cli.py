@@ -35,39 +35,68 @@ def setup(reindex: bool) -> None:
     """Create or upgrade the documents, events and interests indices (idempotent)."""
     from plugin.deployment import DeploymentConflict, adopt_legacy_keys, claim
     from plugin.indices import IncompatibleMapping, setup_indices
+    from plugin.partitions import PartitionMismatch, check_count
     from plugin.progress import progress
     from plugin.services import Services
 
     services = Services()
     try:
         claim(services)
+        check_count(services.engine, services.settings)
         with progress(desc="copying", unit="doc", disable=not reindex) as bar:
             lines = setup_indices(services.engine, services.settings, services.embedder.dims,
                                   reindex=reindex, progress=bar.update)
-    except (IncompatibleMapping, DeploymentConflict) as exc:
+        # (An interests index set up before partitions existed takes the configured count.)
+        partitions = check_count(services.engine, services.settings, store=True)
+    except (IncompatibleMapping, DeploymentConflict, PartitionMismatch) as exc:
         raise click.ClickException(str(exc)) from None
+    lines.append(f"events: {partitions} partitions (queues events.0-{partitions - 1})")
     lines += adopt_legacy_keys(services)
     for line in lines:
         click.echo(line)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--queues", "-Q", default="documents,events,celery", show_default=True,
-              help="queues to consume: documents (embedding), events (folding), celery (rest)")
-@click.option("--pool", "-P", type=click.Choice(["prefork", "threads", "solo"]),
-              default="prefork", show_default=True,
-              help="threads suits the documents queue (one model, I/O overlaps encoding)")
+@click.option("--queues", "-Q", default=None,
+              help="queues to consume: documents (embedding), events (folding; every partition, "
+                   "or those of --partitions), celery (rest)  [default: documents,events,celery; "
+                   "with --partitions: events]")
+@click.option("--partitions", default=None, metavar="SPEC",
+              help="own these event partitions (0-1, 2,3 or all): one process consumes them and "
+                   "keeps their users in memory, its threads folding different partitions side "
+                   "by side; run one such worker per core, the partitions spread over them "
+                   "(docs/operations.md, Partitions)")
+@click.option("--pool", "-P", type=click.Choice(["prefork", "threads", "solo"]), default=None,
+              help="threads suits the documents queue (one model, I/O overlaps encoding)  "
+                   "[default: prefork; with --partitions: threads]")
 @click.option("--concurrency", "-c", default=2, show_default=True, help="processes or threads")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.option("--beat", is_flag=True,
               help="also run the schedule (behaviour retraining, popularity flushes); "
                    "in one worker of a deployment only")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
-           celery_args: tuple[str, ...]) -> None:
+def worker(queues: str | None, partitions: str | None, pool: str | None, concurrency: int,
+           loglevel: str, beat: bool, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to Celery's own `worker` command)."""
     import os
 
+    from plugin.partitions import PartitionMismatch, check_count, parse_spec, queue_name
+
+    settings = load_settings()
+    pool = pool or ("threads" if partitions else "prefork")
+    if partitions and pool == "prefork" and concurrency > 1:
+        raise click.UsageError("an owner of partitions is one process (its users' states live "
+                               "in its memory): use --pool threads or solo, and one worker "
+                               "per partition range to use more cores")
+    try:
+        owned = parse_spec(partitions or "all", settings.event_partitions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--partitions") from None
+    names = [q.strip() for q in (queues or ("events" if partitions else
+                                            "documents,events,celery")).split(",") if q.strip()]
+    # "events" stands for this worker's partition queues.
+    names = [n for q in names for n in ([queue_name(p) for p in owned] if q == "events"
+                                        else [q])]
     if not os.environ.get("ES_INTEREST_TORCH_THREADS"):
         # Each task that embeds at once gets its share of the cores, processes of a prefork
         # pool and threads alike: two encodes at once that each asked for every core kept
@@ -81,19 +110,21 @@ def worker(queues: str, pool: str, concurrency: int, loglevel: str, beat: bool,
     from plugin.services import Services
     from plugin.supervision import supervise
 
-    services = Services()
+    services = Services(settings)
     app = services.celery  # its tasks (workers.tasks) are loaded by the worker itself
     try:
         claim(services)
-    except DeploymentConflict as exc:
+        check_count(services.engine, settings)
+    except (DeploymentConflict, PartitionMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # the engine or Redis is not up yet: start anyway
         click.echo(f"warning: the deployment's claim was not checked ({type(exc).__name__}); "
                    "`es-interest setup` checks it too", err=True)
     asked_to_stop: list[object] = []
     worker_shutting_down.connect(lambda **_: asked_to_stop.append(True), weak=False)
-    argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}", *(["--beat"] if beat else []), *celery_args]
+    argv = ["worker", f"--queues={','.join(names)}", f"--pool={pool}",
+            f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+            *(["--beat"] if beat else []), *celery_args]
 
     def run() -> int:
         try:
@@ -143,6 +174,7 @@ def ingest() -> None:
 
 
 def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path | None) -> None:
+    from plugin.celery_app import send_events
     from plugin.ingest_files import InvalidLine, count_lines, read_records
     from plugin.progress import progress
     from plugin.services import Services
@@ -153,7 +185,10 @@ def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path 
     results = []
 
     def send(batch: list[dict[str, object]]) -> None:
-        results.append((len(batch), app.send_task(task_name, args=[batch])))
+        if task_name == "es_interest.ingest_events":  # by partition: one owner per user
+            results.extend(send_events(app, batch, batch_size))
+        else:
+            results.append((len(batch), app.send_task(task_name, args=[batch])))
 
     batch: list[dict[str, object]] = []
     for record in read_records(path):

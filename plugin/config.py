@@ -155,6 +155,10 @@ class Settings:
     # exceed the longest retry countdown (workers/tasks.py), or a waiting retry would be
     # delivered twice.
     task_visibility_s: float = 120.0
+    # Users' events go to this many partition queues by a stable hash of the user id, so one
+    # consumer owns each user (plugin/partitions.py). Fixed at setup and stored with the
+    # interests index: setup and workers refuse a different value.
+    event_partitions: int = 4
     # An erased user's tombstone: events it covers that arrive later are dropped this long.
     erase_tombstone_s: float = 30 * 86400.0
     # Per worker process: users' interest states last written here (checked by the engine on
@@ -326,7 +330,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
            "erase_tombstone_s": 0.0, "behaviour_item2vec_window": 1.0,
-           "behaviour_item2vec_epochs": 1.0}
+           "behaviour_item2vec_epochs": 1.0, "event_partitions": 1.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 

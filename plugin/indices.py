@@ -20,6 +20,7 @@ from typing import Any
 
 from plugin.config import Settings
 from plugin.engine import JSON, Engine
+from plugin.partitions import META_KEY as PARTITIONS_META_KEY
 
 KINDS = ("documents", "events", "interests")
 # Documents changed this long before a copy started are caught up after the alias moved.
@@ -84,6 +85,8 @@ def load_spec(settings: Settings, engine: Engine, kind: str, dims: int) -> Index
                      **engine.index_settings(knn=_has_indexed_vector(raw["mappings"]))},
         "mappings": _resolve_vectors(raw["mappings"], vector),
     }
+    if kind == "interests":  # the partition count lives with the users it partitions
+        body["mappings"]["_meta"] = {PARTITIONS_META_KEY: settings.event_partitions}
     return IndexSpec(kind, alias_for(settings, kind), int(raw["version"]),
                      str(raw["changed_at_field"]), body)
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import redis
 from celery import current_app, shared_task
 
-from plugin import dead_letter, pipeline
+from plugin import dead_letter, partitions, pipeline
 from plugin.dead_letter import DeadLetterTask
 from plugin.engine import EngineBusy, transient_errors
 from plugin.pipeline import behaviour, popularity
@@ -50,6 +50,8 @@ RETRY = {
     "max_retries": 20,
     "default_retry_delay": 10,
 }
+# A threads pool folds different partitions at once, one batch per partition at a time.
+PARTITION_LOCKS = partitions.PartitionLocks()
 # After a task succeeded (the engine answers), letters an outage left are sent again: this
 # many at a time, at most once a minute, and each at most this many times.
 AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX = 100, 3
@@ -100,8 +102,10 @@ def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[s
 @busy_is_transient
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
                   accepted_at_ms: int | None = None) -> dict[str, Any]:
-    report = pipeline.ingest_events(services(), events, refresh=refresh,
-                                    accepted_at_ms=accepted_at_ms)
+    count = services().settings.event_partitions
+    with PARTITION_LOCKS(partitions.batch_partition(events, count)):
+        report = pipeline.ingest_events(services(), events, refresh=refresh,
+                                        accepted_at_ms=accepted_at_ms)
     _schedule_popularity_flush()
     _replay_dead_letters()
     if behaviour.training_due(services()):

@@ -16,6 +16,7 @@ from plugin.api.context import services
 from plugin.api.errors import ApiError
 from plugin.api.json_body import request_json
 from plugin.api.schemas import DocumentsRequest, EventsRequest
+from plugin.celery_app import send_events
 from plugin.documents import InvalidDocument, parse_document
 from plugin.events import InvalidEvent, parse_event
 
@@ -36,7 +37,8 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
            invalid: type[Exception], id_key: str, keep: Callable[[Any], dict[str, Any]],
            options: dict[str, Any] | None = None) -> ResponseReturnValue:
     celery = services().celery
-    errors, valid = [], []
+    errors: list[dict[str, Any]] = []
+    valid: list[dict[str, Any]] = []
     for position, item in enumerate(items):
         try:
             check(item)
@@ -45,8 +47,12 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
             errors.append({"position": position, "id": item_id, "error": str(exc)})
         else:
             valid.append(keep(item))
-    task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]], kwargs=options or {}).id
-                for i in range(0, len(valid), TASK_BATCH)]
+    if task == "es_interest.ingest_events":  # each user's events to its owner's partition
+        task_ids = [result.id for _, result in send_events(celery, valid, TASK_BATCH, options)]
+    else:
+        task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]],
+                                     kwargs=options or {}).id
+                    for i in range(0, len(valid), TASK_BATCH)]
     return jsonify({"accepted": len(valid), "task_ids": task_ids, "errors": errors}), 202
 
 

@@ -74,7 +74,7 @@ def ingest_events(
                      "happened or was accepted: it is not applied")
         del sources[event_id]
     ready_sources = [s for s in sources.values() if s["status"] == APPLIED]
-    fold_into_users(services, ready_sources, docs)
+    fold_into_users(services, ready_sources, docs, report.users)
     stamp_applied(ready_sources)
     created = _store(services, sources, positions, report, refresh)
     report.done += [s["event_id"] for s in ready_sources if s["event_id"] in created]
@@ -88,7 +88,7 @@ def ingest_events(
         services.engine.refresh(settings.events_alias)
         docs.update(fetch_doc_vectors(services, {s["doc_id"] for s in waiting}))
         arrived = [s for s in waiting if s["doc_id"] in docs]
-        _apply_stored(services, arrived, docs)
+        _apply_stored(services, arrived, docs, report)
         report.done += [s["event_id"] for s in arrived]
         report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
     return report
@@ -130,10 +130,11 @@ def apply_pending_events(services: Services, doc_ids: Iterable[str]) -> int:
 
 
 def _apply_stored(services: Services, sources: Sequence[Mapping[str, Any]],
-                  docs: Mapping[str, DocVector]) -> list[str]:
+                  docs: Mapping[str, DocVector], report: BatchReport | None = None
+                  ) -> list[str]:
     """Fold stored pending events whose documents arrived, then mark them applied; returns
     the ids newly folded. Whichever call marks an event counts it."""
-    applied = fold_into_users(services, sources, docs)
+    applied = fold_into_users(services, sources, docs, report.users if report else None)
     moved = mark_applied(services, sources)
     _count_applied(services, [s for s in sources if s["event_id"] in moved])
     return applied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,9 @@ class BatchReport:
     duplicates: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    # Users read from the engine, written, and writes the engine refused (another writer
+    # got there first): what one owner per user saves shows here.
+    users: Counter[str] = field(default_factory=Counter)
 
     def error(self, position: int, item_id: str | None, reason: str) -> None:
         self.errors.append({"position": position, "id": item_id, "error": reason})
@@ -25,6 +29,7 @@ class BatchReport:
             "duplicates": self.duplicates,
             "pending": self.pending,
             "notes": self.notes,
+            "users": {k: self.users[k] for k in ("read", "written", "refused")},
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -31,9 +32,11 @@ class ConcurrentUpdateError(RuntimeError):
 
 def update_users(
     services: Services, events_by_user: Mapping[str, Sequence[Mapping[str, Any]]],
-    docs: Mapping[str, DocVector],
+    docs: Mapping[str, DocVector], counts: Counter[str] | None = None,
 ) -> list[str]:
     """Fold stored events into their users' documents; returns the event ids applied.
+    ``counts`` (when given) adds the users ``read`` from the engine, ``written`` and
+    ``refused`` (a write another writer beat).
 
     Users come from this process's cache unless another process wrote them since (its version
     hint in Redis says so); one real-time mget reads the others with ``_seq_no``/``_primary_term``;
@@ -46,6 +49,7 @@ def update_users(
     engine = services.engine
     todo = dict(events_by_user)
     applied: list[str] = []
+    counts = Counter() if counts is None else counts
     for _ in range(MAX_UPDATE_ATTEMPTS):
         if not todo:
             return applied
@@ -57,6 +61,7 @@ def update_users(
             del current[user_id]
             services.user_states.discard(user_id)
         missing = [u for u in todo if u not in current]
+        counts["read"] += len(missing)
         # The whole source: filtering it out in the engine (a v1 document's unit vectors)
         # costs the engine more than the read itself; the reader ignores them.
         for user_id, (source, seq_no, term) in engine.mget_versioned(
@@ -83,6 +88,8 @@ def update_users(
         versions: dict[str, tuple[int, int]] = {}
         try:
             outcome = engine.bulk(actions)
+            counts["written"] += len(outcome.written)
+            counts["refused"] += len(outcome.conflicts)
             for item in outcome.written:
                 applied += applied_by_user[item.id]
                 versions[item.id] = int(item.info["_seq_no"]), int(item.info["_primary_term"])
@@ -99,13 +106,14 @@ def update_users(
 
 
 def fold_into_users(
-    services: Services, events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector]
+    services: Services, events: Sequence[Mapping[str, Any]], docs: Mapping[str, DocVector],
+    counts: Counter[str] | None = None,
 ) -> list[str]:
     """Group events by user and fold each group; returns the ids newly applied."""
     by_user: dict[str, list[Mapping[str, Any]]] = {}
     for event in events:
         by_user.setdefault(event["user_id"], []).append(event)
-    return update_users(services, by_user, docs)
+    return update_users(services, by_user, docs, counts)
 
 
 # -- rebuild -----------------------------------------------------------------------------------

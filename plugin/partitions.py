@@ -1,0 +1,126 @@
+"""Event partitions: each user's events go to one of N queues, so one consumer owns the user.
+
+A stable hash of the user id picks the partition (the same in every process and on every
+machine, unlike Python's ``hash``); senders split batches by partition and Celery routes a
+batch by its first event's user (``plugin.celery_app``). A worker started with
+``--partitions`` consumes only those queues in one process, keeps its users' states in memory
+and never finds them changed by another consumer. Correctness does not rest on this: every
+user write is still conditional on the version it read, so a second consumer of a partition
+costs refused writes and re-reads, never a lost or doubled event.
+
+N is fixed when the deployment is set up and stored in the interests index's ``_meta``:
+changing it moves users between owners while their events are queued, so setup and workers
+refuse a configuration that differs (docs/operations.md says how to change it).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from plugin.config import Settings
+from plugin.engine import Engine
+
+T = TypeVar("T", bound=Mapping[str, Any])
+META_KEY = "event_partitions"
+
+
+class PartitionMismatch(RuntimeError):
+    """The configured partition count differs from the one the deployment was set up with."""
+
+
+def partition_of(user_id: object, count: int) -> int:
+    """The partition of a user: CRC-32 of its id (as text) modulo ``count``."""
+    return zlib.crc32(str(user_id).encode("utf-8")) % count
+
+
+def batch_partition(events: Sequence[Any], count: int) -> int:
+    """The partition a batch was routed to: its first event's user's (the router's rule)."""
+    first = events[0] if events else None
+    user_id = first.get("user_id") if isinstance(first, Mapping) else None
+    return 0 if user_id is None else partition_of(user_id, count)
+
+
+class PartitionLocks:
+    """One lock per partition in a process: threads of an owner fold different partitions
+    side by side, never two batches of one partition (they would race for the same users
+    and one write would be refused)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, partition: int) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(partition, threading.Lock())
+
+
+def queue_name(partition: int) -> str:
+    return f"events.{partition}"
+
+
+def all_queues(count: int) -> list[str]:
+    return [queue_name(p) for p in range(count)]
+
+
+def split_by_partition(events: Iterable[T], count: int) -> dict[int, list[T]]:
+    """Events grouped by their user's partition, each group in its original order (an event
+    without a user id goes with partition 0, whose worker rejects it with its reason)."""
+    groups: dict[int, list[T]] = {}
+    for event in events:
+        user_id = event.get("user_id") if isinstance(event, Mapping) else None
+        part = 0 if user_id is None else partition_of(user_id, count)
+        groups.setdefault(part, []).append(event)
+    return groups
+
+
+def parse_spec(spec: str, count: int) -> list[int]:
+    """``all``, or partitions and ranges such as ``0-3`` or ``0,2,5-7``, each below ``count``."""
+    if spec.strip().lower() == "all":
+        return list(range(count))
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        found = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+        if found is None:
+            raise ValueError(f"'{part.strip()}' is not a partition or a range such as 0-3")
+        low, high = int(found[1]), int(found[2] or found[1])
+        if not 0 <= low <= high < count:
+            raise ValueError(f"partitions run from 0 to {count - 1} "
+                             f"(ES_INTEREST_EVENT_PARTITIONS={count}); got '{part.strip()}'")
+        chosen.update(range(low, high + 1))
+    return sorted(chosen)
+
+
+def stored_count(engine: Engine, settings: Settings) -> int | None:
+    """The partition count stored with the interests index (None: not set up yet)."""
+    client = engine.client
+    if not client.indices.exists_alias(name=settings.interests_alias):
+        return None
+    mappings = client.indices.get_mapping(index=settings.interests_alias)
+    for index in mappings.values():
+        value = (index.get("mappings", {}).get("_meta") or {}).get(META_KEY)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def check_count(engine: Engine, settings: Settings, store: bool = False) -> int:
+    """The deployment's partition count; raises :class:`PartitionMismatch` when the
+    configuration says otherwise. With ``store``, an index that has none gets this one."""
+    stored = stored_count(engine, settings)
+    wanted = settings.event_partitions
+    if stored is None:
+        if store and engine.client.indices.exists_alias(name=settings.interests_alias):
+            engine.client.indices.put_mapping(index=settings.interests_alias,
+                                              body={"_meta": {META_KEY: wanted}})
+        return wanted
+    if stored != wanted:
+        raise PartitionMismatch(
+            f"this deployment was set up with {stored} event partitions, and "
+            f"ES_INTEREST_EVENT_PARTITIONS is {wanted}: set it to {stored} (changing the count "
+            "moves users between owners while their events wait in queues; "
+            "docs/operations.md, Partitions, says how)")
+    return stored
