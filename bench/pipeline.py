@@ -40,7 +40,7 @@ from bench.common import (
 from plugin.celery_app import make_celery, send_events
 from plugin.indices import setup_indices
 from plugin.movielens import movie_documents
-from plugin.pipeline import popularity
+from plugin.pipeline import behaviour, popularity
 from plugin.progress import progress
 from plugin.services import Services
 
@@ -240,6 +240,9 @@ def table(results: dict[str, Any]) -> str:
          f"goal: 0 refused; baseline {shared['refused_user_writes']} / {shared['users_read']}"),
         ("CPU per event, owners (median run): worker + engine + Redis", cpu(owners),
          f"baseline {cpu(shared)}"),
+        ("behaviour training and re-fold of every user, before the measured runs",
+         f"{owners['training']['seconds']} s", f"{owners['training']['users_refolded']} users, "
+         f"{owners['training']['documents']} documents; automatic, then at most hourly"),
         ("popularity flush (partial updates, vectors re-indexed)",
          f"{results['popularity']['docs_per_s']} docs/s",
          f"{results['popularity']['documents']} documents; workers flush each changed "
@@ -280,6 +283,15 @@ def start_events_workers(settings: Any, celery: Any, args: list[list[str]],
         wait_for_worker(celery, queue=queue_name(parse_spec(spec, settings.event_partitions)[0]),
                         load_model=False)
     return workers
+
+
+def fresh_event_indices(services: Services) -> None:
+    """No events, no users, an empty broker: a deployment's start (the documents stay)."""
+    settings = services.settings
+    for alias in (settings.events_alias, settings.interests_alias):
+        services.engine.delete_indices(f"{alias}-*")
+    services.redis.flushdb()
+    setup_indices(services.engine, settings, services.embedder.dims)
 
 
 def stop(workers: list[Any]) -> None:
@@ -335,22 +347,31 @@ def main(docs: int, event_count: int, users: int, runs: int, rate: int,
         doc_ids = [m["id"] for m in movies]
         results["events"] = {"users": users, "partitions": settings.event_partitions,
                              "goal_median": 5000, "goal_min": 4000}
-        # The baseline first: the owners then start from the users it left, as after a
-        # deployment moved to partitions.
+        # Each deployment from the same start (no users, no events, the same streams), so
+        # neither measures the other's history; the baseline first.
         for kind in ("shared", "owners"):
+            fresh_event_indices(services)
             events_workers = start_events_workers(settings, celery, deployments[kind])
             pids = [w.pid for w in events_workers]
             if kind == "owners":
                 samplers["events"] = RssSampler(*pids)
                 samplers["events"].start()
-            # Unmeasured: the owners load their users once (then they hold them).
+            # Unmeasured: a history, the behaviour training it makes due (run here, at once,
+            # rather than inside a measured run; the next one is an hour away), then a
+            # warm-up in which the owners load their users once (then they hold them).
             bench_event_throughput(services, celery, pids, doc_ids, users, 2 * users, 1000,
                                    seed=100)
+            started = time.perf_counter()
+            trained = behaviour.train(services)
+            training = {"seconds": round(time.perf_counter() - started, 1),
+                        **{k: trained.get(k) for k in ("documents", "users_refolded")}}
+            bench_event_throughput(services, celery, pids, doc_ids, users, 2 * users, 1000,
+                                   seed=101)
             measured = [bench_event_throughput(services, celery, pids, doc_ids, users,
                                                event_count, 1000, seed=run + 1)
                         for run in range(runs)]
             results["events"][kind] = {
-                **summarize(measured),
+                **summarize(measured), "training": training,
                 "deployment": " and ".join(f"`es-interest worker {' '.join(a)}`"
                                            for a in deployments[kind])}
             if kind == "owners":

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,13 +140,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, name: str, concurrency: int = 1) -> None:
+    def __init__(self, settings: Settings, name: str, concurrency: int = 1,
+                 args: Sequence[str] = ()) -> None:
         self.log_path = ROOT / ".devstack" / f"test-worker-{name}-{RUN_ID}.log"
         self.log_path.parent.mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "plugin.cli", "worker", f"--concurrency={concurrency}",
-             "--loglevel=info", "-n", f"{name}-{RUN_ID}@%h", "--without-gossip",
+             "--loglevel=info", *args, "-n", f"{name}-{RUN_ID}@%h", "--without-gossip",
              "--without-mingle"],
             cwd=ROOT, env=settings_env(settings), stdout=self.log, stderr=subprocess.STDOUT,
         )

@@ -388,3 +388,76 @@ def pipeline_index(services: Services, doc: dict[str, Any]) -> list[Any]:
     from plugin.pipeline import index_documents
 
     return index_documents(services, [doc], refresh=True).errors
+
+
+def test_an_owner_killed_and_a_consumer_joining_under_load_lose_nothing(
+        settings: Settings, services: Services, engine_name: str) -> None:
+    """Issue 22: events routed by partition while a second consumer of the same partitions
+    joins under load and the first owner is then SIGKILLed mid-stream: every event is stored
+    and folded exactly once (counts per user), and each user equals a rebuild from the log."""
+    if engine_name != "elasticsearch":
+        pytest.skip("a Celery fault, independent of the engine: checked on elasticsearch")
+    import base64
+
+    import numpy as np
+
+    from plugin import pipeline
+    from plugin.celery_app import make_celery, send_events
+    from plugin.pipeline import rebuild_users
+
+    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
+    celery = make_celery(fast)
+    Services(fast).redis.flushdb()
+    run = uuid.uuid4().hex[:6]
+    docs = [{"id": f"own-{run}-{d}", "title": title, "tags": ["cars"]} for d, title in
+            enumerate(["Winter tires", "Snow chains", "Roof racks", "Engine oil"])]
+    assert not pipeline.index_documents(services, docs, refresh=True).errors
+    users = [f"owned-{run}-{u}" for u in range(40)]
+    start = time.time() - 100_000
+    events = [{"event_id": f"own-{i}-{run}", "user_id": users[i % len(users)],
+               "doc_id": docs[i % 3]["id"], "type": ("like", "click", "dislike")[i % 3],
+               "timestamp": start + i} for i in range(4000)]
+    first = WorkerProcess(fast, f"owner-{run}", concurrency=2, args=["--partitions", "0-3"])
+    second = None
+    try:
+        first.wait_ready()
+        sent = send_events(celery, events, 25)
+        assert {r.id for _, r in sent}  # split by partition: 160+ batches
+        deadline = time.monotonic() + 120
+        while first.log_path.read_text().count("succeeded in") < 10:
+            assert time.monotonic() < deadline, "the owner never folded a batch"
+            time.sleep(0.05)
+        # A second consumer of the same partitions joins under load...
+        second = WorkerProcess(fast, f"joiner-{run}", concurrency=2,
+                               args=["--partitions", "0-3"])
+        second.wait_ready()
+        # ...and the first owner dies mid-stream, holding batches it took.
+        for pid in child_pids(first.process.pid) | {first.process.pid}:
+            os.kill(pid, signal.SIGKILL)
+        reports = [result.get(timeout=240) for _, result in sent]
+        assert "succeeded in" in second.log_path.read_text()  # the joiner did its share
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        Services(fast).redis.flushdb()
+    settled = sorted(i for r in reports for i in r["done"] + r["duplicates"])
+    assert settled == sorted(e["event_id"] for e in events)
+    alias = services.settings.events_alias
+    services.engine.client.indices.refresh(index=alias)
+    assert services.engine.count(alias, {"terms": {"user_id": users}}) == len(events)
+    folded = {u: src for u, (src, _, _) in services.engine.mget_versioned(
+        services.settings.interests_alias, users).items()}
+    for user in users:  # exactly once: each user counts its own events, no more
+        assert folded[user]["event_count"] == sum(e["user_id"] == user for e in events)
+    assert not rebuild_users(services, users)["deferred"]
+    rebuilt = {u: src for u, (src, _, _) in services.engine.mget_versioned(
+        services.settings.interests_alias, users).items()}
+
+    def long_sum(source: dict[str, Any]) -> Any:
+        return np.frombuffer(base64.b64decode(source["state"]["long"]["sum"]), dtype="<f8")
+
+    for user in users:
+        assert rebuilt[user]["event_count"] == folded[user]["event_count"]
+        np.testing.assert_allclose(long_sum(folded[user]), long_sum(rebuilt[user]),
+                                   rtol=1e-5, atol=1e-7)

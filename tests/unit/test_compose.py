@@ -17,7 +17,7 @@ from plugin.config import PREFIX, REPO_ROOT, variables
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
-LONG_RUNNING = ("elasticsearch", "kibana", "redis", "worker", "api")
+LONG_RUNNING = ("elasticsearch", "kibana", "redis", "worker", "events-a", "events-b", "api")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def _documented() -> set[str]:
 def test_bundled_and_external_profiles(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {"elasticsearch", "opensearch", "kibana", "redis", "setup", "worker",
-                             "api"}
+                             "events-a", "events-b", "api"}
     bundled = {name for name, s in services.items() if "bundled" in s.get("profiles", [])}
     assert bundled == {"elasticsearch", "kibana"}  # without the profile: an external cluster
     # Elasticsearch and Kibana of one version, the newest the client line (8.19) serves.
@@ -56,7 +56,7 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         assert check["test"] and check["retries"] > 0, name
     assert services["setup"]["command"] == ["es-interest", "setup"]
     assert services["setup"]["restart"] == "no"
-    for name in ("worker", "api"):
+    for name in ("worker", "events-a", "events-b", "api"):
         needs = services[name]["depends_on"]
         assert needs["setup"]["condition"] == "service_completed_successfully"
         assert needs["redis"]["condition"] == "service_healthy"
@@ -66,6 +66,19 @@ def test_health_checks_and_start_order(compose: dict[str, Any]) -> None:
         engine = services["setup"]["depends_on"][name]
         assert engine == {"condition": "service_healthy", "required": False}
     assert "--appendonly" in services["redis"]["command"]
+
+
+def test_every_event_partition_has_an_owner(compose: dict[str, Any]) -> None:
+    from plugin.config import load_settings
+    from plugin.partitions import parse_spec
+
+    count = load_settings({}).event_partitions
+    owned: list[int] = []
+    for service in compose["services"].values():
+        command = service.get("command", [])
+        if "--partitions" in command:
+            owned += parse_spec(command[command.index("--partitions") + 1], count)
+    assert sorted(owned) == list(range(count))  # each exactly once
 
 
 def test_volumes_are_declared(compose: dict[str, Any]) -> None:
@@ -119,7 +132,7 @@ def test_docker_compose_itself_accepts_the_file(profile: str | None) -> None:
     assert answer.returncode == 0, answer.stderr
     resolved = json.loads(answer.stdout)
     services = resolved["services"]
-    expected = {"redis", "setup", "worker", "api"} | (
+    expected = {"redis", "setup", "worker", "events-a", "events-b", "api"} | (
         {"bundled": {"elasticsearch", "kibana"}, "opensearch": {"opensearch"}}.get(profile or "",
                                                                                   set()))
     assert set(services) == expected
