@@ -33,6 +33,11 @@ class LockedCache(Generic[K, V]):
             with self._lock:
                 self._cache[key] = value
 
+    def put_many(self, items: Mapping[K, V]) -> None:
+        if self._cache is not None:
+            with self._lock:
+                self._cache.update(items)
+
     def discard(self, key: K) -> None:
         if self._cache is not None:
             with self._lock:

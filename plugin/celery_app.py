@@ -124,6 +124,22 @@ class EventPartitionRouter:
             events if isinstance(events, list) else [], self.count))}
 
 
+def waiting_event_batches(app: Celery, redis_client: redis.Redis, count: int) -> int:
+    """Batches in the ``count`` partition queues, queued or delivered and not acknowledged."""
+    prefix = app.conf.broker_transport_options["global_keyprefix"]
+    queued = sum(int(redis_client.llen(prefix + partitions.queue_name(p)))
+                 for p in range(count))
+    names = {partitions.queue_name(p) for p in range(count)}
+    held = 0
+    for raw in redis_client.hvals(prefix + "unacked"):
+        try:
+            _, _, queue = json.loads(raw)
+        except (ValueError, TypeError):
+            continue
+        held += queue in names
+    return queued + held
+
+
 def send_events(app: Celery, events: Sequence[Mapping[str, Any]], batch_size: int,
                 kwargs: Mapping[str, Any] | None = None) -> list[tuple[int, Any]]:
     """Queue events for the workers: split by partition, then in batches of at most

@@ -31,8 +31,12 @@ def main(quiet: bool) -> None:
 @main.command()
 @click.option("--reindex", is_flag=True,
               help="migrate an index whose mapping changed incompatibly into a new one")
-def setup(reindex: bool) -> None:
+@click.option("--repartition", is_flag=True,
+              help="store ES_INTEREST_EVENT_PARTITIONS as the new partition count, once the "
+                   "old partitions' queues are drained (docs/operations.md, Partitions)")
+def setup(reindex: bool, repartition: bool) -> None:
     """Create or upgrade the documents, events and interests indices (idempotent)."""
+    from plugin.celery_app import waiting_event_batches
     from plugin.deployment import DeploymentConflict, adopt_legacy_keys, claim
     from plugin.indices import IncompatibleMapping, setup_indices
     from plugin.partitions import PartitionMismatch, check_count
@@ -42,7 +46,9 @@ def setup(reindex: bool) -> None:
     services = Services()
     try:
         claim(services)
-        check_count(services.engine, services.settings)
+        check_count(services.engine, services.settings, waiting=(
+            (lambda old: waiting_event_batches(services.celery, services.redis, old))
+            if repartition else None))
         with progress(desc="copying", unit="doc", disable=not reindex) as bar:
             lines = setup_indices(services.engine, services.settings, services.embedder.dims,
                                   reindex=reindex, progress=bar.update)

@@ -163,18 +163,33 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
     return f"{spec.alias} -> {current} ({replicas or 'up to date'})"
 
 
+# Dynamic settings the mapping files set, which setup keeps in step on a live index.
+SYNCED_SETTINGS = ("auto_expand_replicas", "merge")
+
+
+def _flat(settings: JSON, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
 def _sync_replicas(engine: Engine, index: str, spec: IndexSpec) -> str:
-    """Replicas follow the mapping file in place (a dynamic setting): one per shard on a
-    cluster, none on a single node (``auto_expand_replicas``)."""
-    wanted = spec.body.get("settings", {}).get("auto_expand_replicas")
-    if wanted is None:
+    """Dynamic settings follow the mapping file in place: replicas (one per shard on a
+    cluster, none on a single node: ``auto_expand_replicas``) and the merge policy."""
+    wanted = _flat({k: v for k, v in spec.body.get("settings", {}).items()
+                    if k in SYNCED_SETTINGS})
+    if not wanted:
         return ""
-    live = engine.client.indices.get_settings(index=index)[index]["settings"]["index"]
-    if live.get("auto_expand_replicas") == wanted:
+    live = _flat(engine.client.indices.get_settings(index=index)[index]["settings"]["index"])
+    changed = {k: v for k, v in wanted.items() if live.get(k) != v}
+    if not changed:
         return ""
-    engine.client.indices.put_settings(index=index,
-                                       body={"index": {"auto_expand_replicas": wanted}})
-    return f"replicas: auto_expand_replicas {wanted}"
+    engine.client.indices.put_settings(index=index, body={"index": changed})
+    return "settings: " + ", ".join(f"{k} {v}" for k, v in sorted(changed.items()))
 
 
 def _wait_readable(engine: Engine, index: str, tries: int = 100) -> None:

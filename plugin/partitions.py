@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import threading
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from plugin.config import Settings
@@ -107,20 +107,33 @@ def stored_count(engine: Engine, settings: Settings) -> int | None:
     return None
 
 
-def check_count(engine: Engine, settings: Settings, store: bool = False) -> int:
+def check_count(engine: Engine, settings: Settings, store: bool = False,
+                waiting: Callable[[int], int] | None = None) -> int:
     """The deployment's partition count; raises :class:`PartitionMismatch` when the
-    configuration says otherwise. With ``store``, an index that has none gets this one."""
+    configuration says otherwise. With ``store``, an index that has none gets this one; with
+    ``waiting`` (how many batches the old count's queues still hold), a different count is
+    stored once those queues are drained."""
     stored = stored_count(engine, settings)
     wanted = settings.event_partitions
-    if stored is None:
-        if store and engine.client.indices.exists_alias(name=settings.interests_alias):
-            engine.client.indices.put_mapping(index=settings.interests_alias,
-                                              body={"_meta": {META_KEY: wanted}})
+    if stored is None or stored == wanted:
+        if stored is None and store and engine.client.indices.exists_alias(
+                name=settings.interests_alias):
+            _store_count(engine, settings, wanted)
         return wanted
-    if stored != wanted:
+    if waiting is None:
         raise PartitionMismatch(
             f"this deployment was set up with {stored} event partitions, and "
-            f"ES_INTEREST_EVENT_PARTITIONS is {wanted}: set it to {stored} (changing the count "
-            "moves users between owners while their events wait in queues; "
-            "docs/operations.md, Partitions, says how)")
-    return stored
+            f"ES_INTEREST_EVENT_PARTITIONS is {wanted}: set it to {stored}, or change the "
+            "count with `es-interest setup --repartition` (docs/operations.md, Partitions)")
+    left = waiting(stored)
+    if left:
+        raise PartitionMismatch(
+            f"{left} batches still wait in the {stored} partition queues (or are being "
+            "folded): stop the senders and let the owners drain them first")
+    _store_count(engine, settings, wanted)
+    return wanted
+
+
+def _store_count(engine: Engine, settings: Settings, count: int) -> None:
+    engine.client.indices.put_mapping(index=settings.interests_alias,
+                                      body={"_meta": {META_KEY: count}})

@@ -104,6 +104,10 @@ def _store(
                for event_id, source in sources.items())
     outcome = services.engine.bulk(actions, refresh=refresh, chunk_size=1000)
     report.duplicates += [item.id for item in outcome.conflicts]  # the same event sent twice
+    # Stored as applied by this call: folded already, so a redelivery finds it done. (Not a
+    # pending one: a fold of it that died before marking it applied must stay remembered.)
+    services.stored_events.put_many({item.id: True for item in outcome.written
+                                     if sources[item.id]["status"] == APPLIED})
     for item in outcome.missing + outcome.failed:
         report.error(positions.get(item.id, -1), item.id, item.reason)
     # Folded but not stored: the retried task stores them (the folds are remembered).

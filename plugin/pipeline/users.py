@@ -71,6 +71,8 @@ def update_users(
         actions, applied_by_user, written = [], {}, {}
         for user_id, events in todo.items():
             found = current.get(user_id)
+            if found is not None and found[0].recent:
+                found = (_forget_stored(services, found[0]), found[1], found[2])
             user, ids = fold_events(found[0] if found else None, user_id, events, docs,
                                     settings.half_life_long_s, settings.half_life_short_s, now,
                                     content_version=services.content_model().version)
@@ -103,6 +105,16 @@ def update_users(
         outcome.raise_if_refused("users' interests not written", handled=[409])
         todo = {item.id: todo[item.id] for item in outcome.conflicts}
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
+
+
+def _forget_stored(services: Services, user: UserInterest) -> UserInterest:
+    """The user without remembered ids of events known stored: they are there to count an
+    event once whose store had not happened yet (a redelivery finds a stored one in the log),
+    and each costs the user's every write. An owner stored nearly all of them itself."""
+    stored = services.stored_events.get_many(user.recent)
+    if not stored:
+        return user
+    return replace(user, recent={k: v for k, v in user.recent.items() if k not in stored})
 
 
 def fold_into_users(

@@ -1,0 +1,67 @@
+"""Issue 22: the partition count is fixed at setup, stored with the interests index, and
+changed only once the old partitions' queues are drained."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from plugin.celery_app import make_celery, send_events, waiting_event_batches
+from plugin.config import Settings
+from plugin.partitions import partition_of, stored_count
+from plugin.services import Services
+from tests.conftest import ROOT, settings_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_partition_count_is_stored_checked_and_changed_after_a_drain(
+        settings: Settings, engine_name: str) -> None:
+    if engine_name != "elasticsearch":
+        pytest.skip("a setup and broker matter, independent of the engine: elasticsearch")
+    own = replace(settings, index_prefix=f"{settings.index_prefix}-part-{uuid.uuid4().hex[:6]}",
+                  redis_url="redis://127.0.0.1:6379/15")
+    services = Services(own)
+    services.redis.flushdb()
+
+    def cli(*args: str, partitions: int = 4) -> subprocess.CompletedProcess[str]:
+        env = {**settings_env(own), "ES_INTEREST_EVENT_PARTITIONS": str(partitions)}
+        return subprocess.run([sys.executable, "-m", "plugin.cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    try:
+        made = cli("setup")
+        assert made.returncode == 0, made.stderr
+        assert "events: 4 partitions" in made.stdout
+        assert stored_count(services.engine, own) == 4
+        # A worker or setup configured otherwise is refused, with what to do.
+        for args in (("setup",), ("worker", "--partitions", "0-1")):
+            refused = cli(*args, partitions=8)
+            assert refused.returncode != 0
+            assert "set up with 4 event partitions" in refused.stderr
+            assert "--repartition" in refused.stderr
+        # A batch waits in an old partition: no change yet.
+        celery = make_celery(own)
+        user = next(f"u{i}" for i in range(100) if partition_of(f"u{i}", 4) == 1)
+        send_events(celery, [{"event_id": "e1", "user_id": user, "type": "like",
+                              "doc_id": "d"}], 10)
+        assert waiting_event_batches(celery, services.redis, 4) == 1
+        waiting = cli("setup", "--repartition", partitions=8)
+        assert waiting.returncode != 0 and "1 batches still wait" in waiting.stderr
+        assert stored_count(services.engine, own) == 4
+        # Drained: the new count is stored, and the old one is refused from then on.
+        prefix = celery.conf.broker_transport_options["global_keyprefix"]
+        services.redis.delete(f"{prefix}events.1")
+        assert waiting_event_batches(celery, services.redis, 4) == 0
+        changed = cli("setup", "--repartition", partitions=8)
+        assert changed.returncode == 0, changed.stderr
+        assert "events: 8 partitions" in changed.stdout
+        assert stored_count(services.engine, own) == 8
+        assert cli("setup").returncode != 0
+    finally:
+        services.redis.flushdb()
+        services.engine.client.indices.delete(index=f"{own.index_prefix}-*")
