@@ -72,7 +72,7 @@ def update_users(
         for user_id, events in todo.items():
             found = current.get(user_id)
             if found is not None and found[0].recent:
-                found = (_forget_stored(services, found[0]), found[1], found[2])
+                found = (_forget_stored(services, found[0], now), found[1], found[2])
             user, ids = fold_events(found[0] if found else None, user_id, events, docs,
                                     settings.half_life_long_s, settings.half_life_short_s, now,
                                     content_version=services.content_model().version)
@@ -107,11 +107,15 @@ def update_users(
     raise ConcurrentUpdateError(f"users' interests kept changing ({MAX_UPDATE_ATTEMPTS} tries)")
 
 
-def _forget_stored(services: Services, user: UserInterest) -> UserInterest:
-    """The user without remembered ids of events known stored: they are there to count an
-    event once whose store had not happened yet (a redelivery finds a stored one in the log),
-    and each costs the user's every write. An owner stored nearly all of them itself."""
-    stored = services.stored_events.get_many(user.recent)
+def _forget_stored(services: Services, user: UserInterest, now: float) -> UserInterest:
+    """The user without the remembered ids of events this process stored as applied, once
+    no task that could still fold them again is running: an id is there to count an event
+    once until its store (a redelivery finds a stored one in the log), or while a task that
+    read the log before that store may still fold (none outlives the visibility timeout),
+    and each id costs the user's every write. An owner stored nearly all of them itself."""
+    settled = now - services.settings.task_visibility_s
+    old = [k for k, at in user.recent.items() if at < settled]
+    stored = services.stored_events.get_many(old) if old else {}
     if not stored:
         return user
     return replace(user, recent={k: v for k, v in user.recent.items() if k not in stored})
