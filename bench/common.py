@@ -36,7 +36,9 @@ def isolated_settings(name: str, redis_db: int = 9) -> Settings:
 def child_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "ES_INTEREST_ENGINE_URL": settings.engine_url,
             "ES_INTEREST_REDIS_URL": settings.redis_url,
-            "ES_INTEREST_INDEX_PREFIX": settings.index_prefix, "HF_HUB_OFFLINE": "1"}
+            "ES_INTEREST_INDEX_PREFIX": settings.index_prefix, "HF_HUB_OFFLINE": "1",
+            "ES_INTEREST_BEHAVIOUR_FIRST_TRAINING_EVENTS": str(
+                settings.behaviour_first_training_events)}
 
 
 def start_worker(settings: Settings, args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -318,7 +319,9 @@ def main(docs: int, event_count: int, users: int, runs: int, rate: int,
     and one events owner per core (`--partitions`, half of the partitions each), real
     processes on the real broker; the event runs are repeated with the baseline deployment.
     """
-    settings = isolated_settings("pipeline")
+    # The workers never start a behaviour training on their own here: each deployment's one
+    # training runs at a known point, before the measured runs, instead of in one of them.
+    settings = replace(isolated_settings("pipeline"), behaviour_first_training_events=10**9)
     services = Services(settings)
     services.redis.flushdb()
     setup_indices(services.engine, settings, services.embedder.dims)
@@ -356,9 +359,9 @@ def main(docs: int, event_count: int, users: int, runs: int, rate: int,
             if kind == "owners":
                 samplers["events"] = RssSampler(*pids)
                 samplers["events"].start()
-            # Unmeasured: a history, the behaviour training it makes due (run here, at once,
-            # rather than inside a measured run; the next one is an hour away), then a
-            # warm-up in which the owners load their users once (then they hold them).
+            # Unmeasured: a history, a behaviour training (automatic in service once 1,000
+            # events are applied, then at most hourly; here at a known point), then a warm-up
+            # in which the owners load their users once (then they hold them).
             bench_event_throughput(services, celery, pids, doc_ids, users, 2 * users, 1000,
                                    seed=100)
             started = time.perf_counter()

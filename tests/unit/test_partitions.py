@@ -58,3 +58,24 @@ def test_the_partition_count_is_configured_and_checked() -> None:
     assert load_settings({"ES_INTEREST_EVENT_PARTITIONS": "8"}).event_partitions == 8
     with pytest.raises(Exception, match="at least 1"):
         load_settings({"ES_INTEREST_EVENT_PARTITIONS": "0"})
+
+
+def test_a_user_forgets_ids_only_of_events_stored_and_settled() -> None:
+    """The remembered ids that count an event once shrink to what a redelivery or a racing
+    task could still fold: not the ids stored by this process and older than the visibility
+    timeout; an id not known stored, or too recent, stays."""
+    from dataclasses import replace
+
+    from plugin.interest import UserInterest
+    from plugin.pipeline.users import _forget_stored
+    from plugin.services import Services
+
+    services = Services(load_settings({}))
+    now = 1_000_000.0
+    old, fresh = now - services.settings.task_visibility_s - 1, now - 5
+    user = replace(UserInterest.empty("u", 4), recent={"stored-old": old, "stored-fresh": fresh,
+                                                       "unstored-old": old})
+    services.stored_events.put_many({"stored-old": True, "stored-fresh": True})
+    kept = _forget_stored(services, user, now)
+    assert set(kept.recent) == {"stored-fresh", "unstored-old"}
+    assert _forget_stored(services, kept, now) is kept  # nothing more to forget
