@@ -160,17 +160,23 @@ def test_events_survive_an_engine_refusing_for_load(services: Services, celery_c
     assert after["state"]["long"]["weight"] == pytest.approx(before["long"]["weight"], rel=1e-9)
 
 
+def fast_broker(settings: Settings) -> tuple[Settings, Any]:
+    """These settings on an empty Redis database of their own, with a 30 s visibility
+    timeout (a killed worker's batch comes back that soon), and their Celery app."""
+    from plugin.celery_app import make_celery
+
+    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
+    Services(fast).redis.flushdb()
+    return fast, make_celery(fast)
+
+
 def test_a_killed_worker_loses_no_event(settings: Settings, services: Services,
                                         engine_name: str) -> None:
     """Finding 6: a worker SIGKILLed mid-batch; another worker gets the batch once the
     visibility timeout passes, and every event is stored and folded exactly once."""
     if engine_name != "elasticsearch":
         pytest.skip("a Celery fault, independent of the engine: checked on elasticsearch")
-    from plugin.celery_app import make_celery
-
-    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
-    celery = make_celery(fast)
-    Services(fast).redis.flushdb()
+    fast, celery = fast_broker(settings)
     run = uuid.uuid4().hex[:6]
     users = [f"killed-{run}-{u}" for u in range(10)]
     # Texts to embed make the batch take seconds, so the kill lands inside it.
@@ -402,12 +408,10 @@ def test_an_owner_killed_and_a_consumer_joining_under_load_lose_nothing(
     import numpy as np
 
     from plugin import pipeline
-    from plugin.celery_app import make_celery, send_events
+    from plugin.celery_app import send_events
     from plugin.pipeline import rebuild_users
 
-    fast = replace(settings, redis_url="redis://127.0.0.1:6379/15", task_visibility_s=30.0)
-    celery = make_celery(fast)
-    Services(fast).redis.flushdb()
+    fast, celery = fast_broker(settings)
     run = uuid.uuid4().hex[:6]
     docs = [{"id": f"own-{run}-{d}", "title": title, "tags": ["cars"]} for d, title in
             enumerate(["Winter tires", "Snow chains", "Roof racks", "Engine oil"])]
