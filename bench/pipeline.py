@@ -268,7 +268,11 @@ def events_deployments(partitions: int) -> dict[str, list[list[str]]]:
     its threads pool folds its partitions side by side) and the baseline (one prefork pool
     of 2 consuming every partition)."""
     half = max(1, partitions // 2)
-    ranges = [f"0-{half - 1}"] + ([f"{half}-{partitions - 1}"] if half < partitions else [])
+
+    def span(low: int, high: int) -> str:
+        return str(low) if low == high else f"{low}-{high}"
+
+    ranges = [span(0, half - 1)] + ([span(half, partitions - 1)] if half < partitions else [])
     return {"owners": [["--partitions", r] for r in ranges],
             "shared": [["--queues=events", "--pool=prefork", "-c", "2"]]}
 

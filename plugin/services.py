@@ -102,7 +102,7 @@ class Services:
     def stored_events(self) -> LockedCache[str, bool]:
         """Ids of events this process stored (or found stored): a user's state need not
         remember them to count them once, since a redelivery finds them in the log."""
-        return caches.lru(4 * self.settings.user_cache_size)
+        return caches.lru(self.settings.user_cache_size)
 
     @cached_property
     def doc_vectors(self) -> LockedCache[str, DocVector]:
