@@ -75,14 +75,17 @@ def setup(reindex: bool, repartition: bool) -> None:
 @click.option("--pool", "-P", type=click.Choice(["prefork", "threads", "solo"]), default=None,
               help="threads suits the documents queue (one model, I/O overlaps encoding)  "
                    "[default: prefork; with --partitions: threads]")
-@click.option("--concurrency", "-c", default=2, show_default=True, help="processes or threads")
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="processes or threads  [default: 2; an owner of partitions: 8, threads "
+                   "that mostly wait for their partition's fold and join the next one]")
 @click.option("--loglevel", "-l", default="info", show_default=True)
 @click.option("--beat", is_flag=True,
               help="also run the schedule (behaviour retraining, popularity flushes); "
                    "in one worker of a deployment only")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(queues: str | None, partitions: str | None, pool: str | None, concurrency: int,
-           loglevel: str, beat: bool, celery_args: tuple[str, ...]) -> None:
+def worker(queues: str | None, partitions: str | None, pool: str | None,
+           concurrency: int | None, loglevel: str, beat: bool,
+           celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to Celery's own `worker` command)."""
     import os
 
@@ -90,6 +93,7 @@ def worker(queues: str | None, partitions: str | None, pool: str | None, concurr
 
     settings = load_settings()
     pool = pool or ("threads" if partitions else "prefork")
+    concurrency = concurrency or (8 if partitions and pool == "threads" else 2)
     if partitions and pool == "prefork" and concurrency > 1:
         raise click.UsageError("an owner of partitions is one process (its users' states live "
                                "in its memory): use --pool threads or solo, and one worker "

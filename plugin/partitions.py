@@ -19,12 +19,15 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
 
 from plugin.config import Settings
 from plugin.engine import Engine
 
 T = TypeVar("T", bound=Mapping[str, Any])
+P = TypeVar("P")
+R = TypeVar("R")
 META_KEY = "event_partitions"
 
 
@@ -44,18 +47,39 @@ def batch_partition(events: Sequence[Any], count: int) -> int:
     return 0 if user_id is None else partition_of(user_id, count)
 
 
-class PartitionLocks:
-    """One lock per partition in a process: threads of an owner fold different partitions
-    side by side, never two batches of one partition (they would race for the same users
-    and one write would be refused)."""
+class GroupCommit(Generic[P, R]):
+    """Batches of one partition folded together: threads of an owner fold different
+    partitions side by side, never two folds of one partition at once (they would race for
+    the same users), and the batches that arrive while a partition is being folded wait and
+    are folded together next, by whichever of them gets the partition first. A fold's fixed
+    cost (engine writes, round trips) is then paid once for all of them. Every batch's task
+    returns only once its own fold is done, so its message is acknowledged no sooner than
+    alone; a fold that fails fails each batch in it, and each is retried on its own."""
 
-    def __init__(self) -> None:
-        self._locks: dict[int, threading.Lock] = {}
+    def __init__(self, fold: Callable[[list[P]], list[R]]) -> None:
+        self._fold = fold
         self._guard = threading.Lock()
+        self._busy: dict[int, threading.Lock] = {}
+        self._waiting: dict[int, list[tuple[P, Future[R]]]] = {}
 
-    def __call__(self, partition: int) -> threading.Lock:
+    def __call__(self, partition: int, payload: P) -> R:
+        mine: Future[R] = Future()
         with self._guard:
-            return self._locks.setdefault(partition, threading.Lock())
+            busy = self._busy.setdefault(partition, threading.Lock())
+            self._waiting.setdefault(partition, []).append((payload, mine))
+        with busy:
+            if not mine.done():  # nobody folded it while this thread waited: fold all waiting
+                with self._guard:
+                    taken, self._waiting[partition] = self._waiting[partition], []
+                try:
+                    results = self._fold([p for p, _ in taken])
+                except BaseException as exc:
+                    for _, future in taken:
+                        future.set_exception(exc)
+                else:
+                    for (_, future), result in zip(taken, results, strict=True):
+                        future.set_result(result)
+        return mine.result()
 
 
 def queue_name(partition: int) -> str:

@@ -50,8 +50,21 @@ RETRY = {
     "max_retries": 20,
     "default_retry_delay": 10,
 }
-# A threads pool folds different partitions at once, one batch per partition at a time.
-PARTITION_LOCKS = partitions.PartitionLocks()
+
+
+def _fold_batches(calls: list[tuple[list[dict[str, Any]], bool, int | None]]
+                  ) -> list[dict[str, Any]]:
+    """Batches of one partition that waited for it, folded as one; a report each."""
+    reports = pipeline.ingest_event_batches(
+        services(), [events for events, _, _ in calls],
+        refresh=any(refresh for _, refresh, _ in calls),
+        accepted_at_ms=min((a for _, _, a in calls if a is not None), default=None))
+    return [report.as_dict() for report in reports]
+
+
+# A threads pool folds different partitions at once, and the batches of a partition that
+# arrive during its fold together next (partitions.GroupCommit).
+PARTITION_FOLDS = partitions.GroupCommit(_fold_batches)
 # After a task succeeded (the engine answers), letters an outage left are sent again: this
 # many at a time, at most once a minute, and each at most this many times.
 AUTO_REPLAY_LIMIT, AUTO_REPLAY_MAX = 100, 3
@@ -102,15 +115,13 @@ def index_documents(docs: list[dict[str, Any]], refresh: bool = False) -> dict[s
 @busy_is_transient
 def ingest_events(events: list[dict[str, Any]], refresh: bool = False,
                   accepted_at_ms: int | None = None) -> dict[str, Any]:
-    count = services().settings.event_partitions
-    with PARTITION_LOCKS(partitions.batch_partition(events, count)):
-        report = pipeline.ingest_events(services(), events, refresh=refresh,
-                                        accepted_at_ms=accepted_at_ms)
+    partition = partitions.batch_partition(events, services().settings.event_partitions)
+    report = PARTITION_FOLDS(partition, (events, refresh, accepted_at_ms))
     _schedule_popularity_flush()
     _replay_dead_letters()
     if behaviour.training_due(services()):
         train_behaviour.apply_async(countdown=services().settings.behaviour_training_delay_s)
-    return {**report.as_dict(), "worker_pid": os.getpid()}
+    return {**report, "worker_pid": os.getpid()}
 
 
 def _replay_dead_letters() -> None:

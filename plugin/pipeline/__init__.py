@@ -9,7 +9,7 @@
 """
 
 from plugin.pipeline.documents import index_documents
-from plugin.pipeline.events import ingest_events
+from plugin.pipeline.events import ingest_event_batches, ingest_events
 from plugin.pipeline.report import BatchReport
 from plugin.pipeline.users import (
     ConcurrentUpdateError,
@@ -29,6 +29,7 @@ __all__ = [
     "all_user_ids",
     "erase_user",
     "index_documents",
+    "ingest_event_batches",
     "ingest_events",
     "rebuild_all",
     "rebuild_user",

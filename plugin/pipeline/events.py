@@ -8,6 +8,7 @@ the ids it applied recently, so they count once. An event already stored is a du
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -92,6 +93,42 @@ def ingest_events(
         report.done += [s["event_id"] for s in arrived]
         report.pending += [s["event_id"] for s in waiting if s["doc_id"] not in docs]
     return report
+
+
+def ingest_event_batches(
+    services: Services, batches: Sequence[Sequence[Mapping[str, Any]]], refresh: bool = False,
+    accepted_at_ms: int | None = None,
+) -> list[BatchReport]:
+    """Several batches as one (one read of the log, one write per user, one store), each
+    with its own report: positions within it, and each event id reported to the batch it
+    came in (an id sent in two of them: ``done`` to the first, ``duplicates`` to the next)."""
+    combined = [event for batch in batches for event in batch]
+    whole = ingest_events(services, combined, refresh=refresh, accepted_at_ms=accepted_at_ms)
+    if len(batches) == 1:
+        return [whole]
+    starts = list(itertools.accumulate((len(b) for b in batches), initial=0))
+    batch_at = [i for i, batch in enumerate(batches) for _ in batch]
+    holders: dict[str, list[int]] = {}  # event id -> the batches it came in, in order
+    for position, event in enumerate(combined):
+        event_id = raw_id(event, "event_id")
+        if event_id is not None:
+            holders.setdefault(event_id, []).append(batch_at[position])
+    reports = [BatchReport() for _ in batches]
+    reports[0].users, reports[0].notes = whole.users, whole.notes
+
+    def holder(event_id: str) -> int:
+        queue = holders.get(event_id) or [0]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    for kind in ("done", "pending", "duplicates"):
+        for event_id in getattr(whole, kind):
+            getattr(reports[holder(event_id)], kind).append(event_id)
+    for error in whole.errors:
+        position = int(error["position"])
+        index = batch_at[position] if position >= 0 else holder(str(error["id"]))
+        reports[index].errors.append({**error, "position": position - starts[index]
+                                      if position >= 0 else position})
+    return reports
 
 
 def _store(

@@ -65,3 +65,28 @@ def test_the_partition_count_is_stored_checked_and_changed_after_a_drain(
     finally:
         services.redis.flushdb()
         services.engine.client.indices.delete(index=f"{own.index_prefix}-*")
+
+
+def test_batches_folded_together_report_each_batch_on_its_own(services: Services) -> None:
+    """An owner folds the batches that waited for a partition as one; each task still gets
+    its own report: its positions, its ids (one sent in two batches: done in the first, a
+    duplicate in the second), and every event counted once."""
+    from plugin import pipeline
+
+    run = uuid.uuid4().hex[:6]
+    doc = {"id": f"gc-{run}", "title": "Snow chains and winter tires", "tags": ["cars"]}
+    assert not pipeline.index_documents(services, [doc], refresh=True).errors
+    user = f"grouped-{run}"
+
+    def event(n: int) -> dict[str, object]:
+        return {"event_id": f"gc-{n}-{run}", "user_id": user, "doc_id": doc["id"],
+                "type": "like", "timestamp": 1_700_000_000 + n}
+
+    first = [event(1), event(2)]
+    second = [{"user_id": user, "type": "like"}, event(2), event(3)]  # no event_id: rejected
+    reports = pipeline.ingest_event_batches(services, [first, second])
+    assert sorted(reports[0].done) == [f"gc-1-{run}", f"gc-2-{run}"]
+    assert reports[1].done == [f"gc-3-{run}"] and reports[1].duplicates == [f"gc-2-{run}"]
+    assert [e["position"] for e in reports[1].errors] == [0] and not reports[0].errors
+    found = services.engine.get_versioned(services.settings.interests_alias, user)
+    assert found is not None and found[0]["event_count"] == 3

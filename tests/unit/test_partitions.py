@@ -79,3 +79,47 @@ def test_a_user_forgets_ids_only_of_events_stored_and_settled() -> None:
     kept = _forget_stored(services, user, now)
     assert set(kept.recent) == {"stored-fresh", "unstored-old"}
     assert _forget_stored(services, kept, now) is kept  # nothing more to forget
+
+
+def test_batches_of_a_partition_that_wait_are_folded_together() -> None:
+    import threading
+
+    from plugin.partitions import GroupCommit
+
+    folds: list[list[int]] = []
+    first_running, release = threading.Event(), threading.Event()
+
+    def fold(batch: list[int]) -> list[int]:
+        folds.append(batch)
+        if batch == [1]:
+            first_running.set()
+            release.wait(5)
+        if 13 in batch:
+            raise RuntimeError("the engine refused")
+        return [x * 10 for x in batch]
+
+    commit: GroupCommit[int, int] = GroupCommit(fold)
+    results: dict[int, object] = {}
+
+    def run(partition: int, x: int) -> None:
+        try:
+            results[x] = commit(partition, x)
+        except RuntimeError as exc:
+            results[x] = str(exc)
+
+    leader = threading.Thread(target=run, args=(0, 1))
+    leader.start()
+    first_running.wait(5)
+    others = [threading.Thread(target=run, args=(0, x)) for x in (2, 3)]
+    other_partition = threading.Thread(target=run, args=(1, 7))
+    for t in [*others, other_partition]:
+        t.start()
+    other_partition.join(5)
+    assert results[7] == 70  # another partition never waits for this one
+    release.set()
+    for t in [leader, *others]:
+        t.join(5)
+    assert results == {1: 10, 2: 20, 3: 30, 7: 70}
+    assert sorted(map(sorted, folds)) == [[1], [2, 3], [7]]  # 2 and 3 waited: one fold
+    run(0, 13)  # a failed fold fails its batches, each with the error
+    assert results[13] == "the engine refused"
