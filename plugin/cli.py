@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -87,13 +88,13 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
            concurrency: int | None, loglevel: str, beat: bool,
            celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to Celery's own `worker` command)."""
-    import os
-
     from plugin.partitions import PartitionMismatch, check_count, parse_spec, queue_name
 
     settings = load_settings()
     pool = pool or ("threads" if partitions else "prefork")
     concurrency = concurrency or (8 if partitions and pool == "threads" else 2)
+    if pool == "threads":
+        _fewer_malloc_arenas()
     if partitions and pool == "prefork" and concurrency > 1:
         raise click.UsageError("an owner of partitions is one process (its users' states live "
                                "in its memory): use --pool threads or solo, and one worker "
@@ -146,6 +147,20 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
     # A worker that stopped on its own (an unrecoverable broker error, say) starts again;
     # one asked to stop (SIGTERM, Ctrl-C) stops.
     sys.exit(supervise(run, stopping=lambda: bool(asked_to_stop)))
+
+
+def _fewer_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates at once an arena of its own, and each keeps its
+    freed memory: eight threads of an owner held twice the resident memory of two. Capped as
+    MALLOC_ARENA_MAX would (read only at start-up, so set here, before any thread runs)."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to cap
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)
 
 
 @main.command()
