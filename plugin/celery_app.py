@@ -140,18 +140,26 @@ def waiting_event_batches(app: Celery, redis_client: redis.Redis, count: int) ->
     return queued + held
 
 
+def send_documents(app: Celery, docs: Sequence[Mapping[str, Any]], batch_size: int,
+                   kwargs: Mapping[str, Any] | None = None) -> list[tuple[int, Any]]:
+    """Queue documents for the workers in batches of at most ``batch_size``; returns each
+    batch's size and its AsyncResult."""
+    return _send(app, "es_interest.index_documents", docs, batch_size, kwargs)
+
+
 def send_events(app: Celery, events: Sequence[Mapping[str, Any]], batch_size: int,
                 kwargs: Mapping[str, Any] | None = None) -> list[tuple[int, Any]]:
-    """Queue events for the workers: split by partition, then in batches of at most
-    ``batch_size``; returns each batch's size and its AsyncResult."""
-    sent = []
+    """Queue events for the workers: split by partition (one owner per user), then as
+    ``send_documents``."""
     groups = partitions.split_by_partition(events, int(app.conf.event_partitions))
-    for _, group in sorted(groups.items()):
-        for start in range(0, len(group), batch_size):
-            batch = list(group[start:start + batch_size])
-            sent.append((len(batch), app.send_task("es_interest.ingest_events", args=[batch],
-                                                   kwargs=dict(kwargs or {}))))
-    return sent
+    return [sent for _, group in sorted(groups.items())
+            for sent in _send(app, "es_interest.ingest_events", group, batch_size, kwargs)]
+
+
+def _send(app: Celery, task: str, items: Sequence[Mapping[str, Any]], batch_size: int,
+          kwargs: Mapping[str, Any] | None) -> list[tuple[int, Any]]:
+    batches = [list(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
+    return [(len(b), app.send_task(task, args=[b], kwargs=dict(kwargs or {}))) for b in batches]
 
 
 def scrub_results(app: Celery, redis_client: redis.Redis, item_ids: set[str]) -> int:

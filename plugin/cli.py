@@ -6,7 +6,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -198,8 +200,8 @@ def ingest() -> None:
     """Send documents or events from a file (JSON Lines, or CSV with a header) to the workers."""
 
 
-def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path | None) -> None:
-    from plugin.celery_app import send_events
+def _ingest_file(path: Path, send: Callable[..., list[tuple[int, Any]]], batch_size: int,
+                 report_path: Path | None) -> None:
     from plugin.ingest_files import InvalidLine, count_lines, read_records
     from plugin.progress import progress
     from plugin.services import Services
@@ -207,14 +209,7 @@ def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path 
     app = Services().celery
     totals = {"done": 0, "duplicates": 0, "pending": 0, "errors": 0}
     errors: list[dict[str, object]] = []
-    results = []
-
-    def send(batch: list[dict[str, object]]) -> None:
-        if task_name == "es_interest.ingest_events":  # by partition: one owner per user
-            results.extend(send_events(app, batch, batch_size))
-        else:
-            results.append((len(batch), app.send_task(task_name, args=[batch])))
-
+    results: list[tuple[int, Any]] = []
     batch: list[dict[str, object]] = []
     for record in read_records(path):
         if isinstance(record, InvalidLine):
@@ -222,10 +217,10 @@ def _ingest_file(path: Path, task_name: str, batch_size: int, report_path: Path 
             continue
         batch.append(record)
         if len(batch) >= batch_size:
-            send(batch)
+            results += send(app, batch, batch_size)
             batch = []
     if batch:
-        send(batch)
+        results += send(app, batch, batch_size)
     with progress(total=count_lines(path), desc=f"ingesting {path.name}", unit="item") as bar:
         bar.update(len(errors))
         for size, result in results:
@@ -256,7 +251,9 @@ REPORT = click.option("--report", "report_path", type=click.Path(path_type=Path)
 @REPORT
 def ingest_documents(path: Path, batch_size: int, report_path: Path | None) -> None:
     """Index documents: id, title, body, tags (a list, or '|'-separated in CSV), metadata."""
-    _ingest_file(path, "es_interest.index_documents", batch_size, report_path)
+    from plugin.celery_app import send_documents
+
+    _ingest_file(path, send_documents, batch_size, report_path)
 
 
 @ingest.command("events")
@@ -265,7 +262,9 @@ def ingest_documents(path: Path, batch_size: int, report_path: Path | None) -> N
 @REPORT
 def ingest_events(path: Path, batch_size: int, report_path: Path | None) -> None:
     """Ingest events: event_id, user_id, doc_id, type, weight, timestamp, text, dwell_s."""
-    _ingest_file(path, "es_interest.ingest_events", batch_size, report_path)
+    from plugin.celery_app import send_events
+
+    _ingest_file(path, send_events, batch_size, report_path)
 
 
 @main.command()

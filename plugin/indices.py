@@ -152,7 +152,7 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
         raise IncompatibleMapping(
             f"{current} cannot take mapping v{spec.version} in place ({'; '.join(conflicts)}); "
             "run `es-interest setup --reindex` to copy it into a new index behind the alias")
-    replicas = _sync_replicas(engine, current, spec)
+    synced = _sync_settings(engine, current, spec)
     missing = set(spec.body["mappings"].get("properties", {})) - set(live.get("properties", {}))
     if missing:
         wanted = spec.body["mappings"]["properties"]
@@ -160,7 +160,7 @@ def ensure_index(engine: Engine, spec: IndexSpec, reindex: bool = False,
                                    body={"properties": {k: wanted[k] for k in sorted(missing)}})
         _wait_readable(engine, current)
         return f"{spec.alias} -> {current} (added fields: {', '.join(sorted(missing))})"
-    return f"{spec.alias} -> {current} ({replicas or 'up to date'})"
+    return f"{spec.alias} -> {current} ({synced or 'up to date'})"
 
 
 # Dynamic settings the mapping files set, which setup keeps in step on a live index.
@@ -177,7 +177,7 @@ def _flat(settings: JSON, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _sync_replicas(engine: Engine, index: str, spec: IndexSpec) -> str:
+def _sync_settings(engine: Engine, index: str, spec: IndexSpec) -> str:
     """Dynamic settings follow the mapping file in place: replicas (one per shard on a
     cluster, none on a single node: ``auto_expand_replicas``) and the merge policy."""
     wanted = _flat({k: v for k, v in spec.body.get("settings", {}).items()

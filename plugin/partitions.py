@@ -40,11 +40,16 @@ def partition_of(user_id: object, count: int) -> int:
     return zlib.crc32(str(user_id).encode("utf-8")) % count
 
 
-def batch_partition(events: Sequence[Any], count: int) -> int:
-    """The partition a batch was routed to: its first event's user's (the router's rule)."""
-    first = events[0] if events else None
-    user_id = first.get("user_id") if isinstance(first, Mapping) else None
+def event_partition(event: Any, count: int) -> int:
+    """An event's user's partition; 0 for one without a user id (its worker rejects it with
+    the reason)."""
+    user_id = event.get("user_id") if isinstance(event, Mapping) else None
     return 0 if user_id is None else partition_of(user_id, count)
+
+
+def batch_partition(events: Sequence[Any], count: int) -> int:
+    """The partition a batch was routed to: its first event's (the router's rule)."""
+    return event_partition(events[0] if events else None, count)
 
 
 class GroupCommit(Generic[P, R]):
@@ -91,13 +96,10 @@ def all_queues(count: int) -> list[str]:
 
 
 def split_by_partition(events: Iterable[T], count: int) -> dict[int, list[T]]:
-    """Events grouped by their user's partition, each group in its original order (an event
-    without a user id goes with partition 0, whose worker rejects it with its reason)."""
+    """Events grouped by their user's partition, each group in its original order."""
     groups: dict[int, list[T]] = {}
     for event in events:
-        user_id = event.get("user_id") if isinstance(event, Mapping) else None
-        part = 0 if user_id is None else partition_of(user_id, count)
-        groups.setdefault(part, []).append(event)
+        groups.setdefault(event_partition(event, count), []).append(event)
     return groups
 
 

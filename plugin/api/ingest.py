@@ -16,7 +16,7 @@ from plugin.api.context import services
 from plugin.api.errors import ApiError
 from plugin.api.json_body import request_json
 from plugin.api.schemas import DocumentsRequest, EventsRequest
-from plugin.celery_app import send_events
+from plugin.celery_app import send_documents, send_events
 from plugin.documents import InvalidDocument, parse_document
 from plugin.events import InvalidEvent, parse_event
 
@@ -33,10 +33,10 @@ def _body(key: str) -> dict[str, Any]:
     return raw
 
 
-def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
-           invalid: type[Exception], id_key: str, keep: Callable[[Any], dict[str, Any]],
+def _queue(send: Callable[..., list[tuple[int, Any]]], items: Sequence[Any],
+           check: Callable[[Any], object], invalid: type[Exception], id_key: str,
+           keep: Callable[[Any], dict[str, Any]],
            options: dict[str, Any] | None = None) -> ResponseReturnValue:
-    celery = services().celery
     errors: list[dict[str, Any]] = []
     valid: list[dict[str, Any]] = []
     for position, item in enumerate(items):
@@ -47,12 +47,7 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
             errors.append({"position": position, "id": item_id, "error": str(exc)})
         else:
             valid.append(keep(item))
-    if task == "es_interest.ingest_events":  # each user's events to its owner's partition
-        task_ids = [result.id for _, result in send_events(celery, valid, TASK_BATCH, options)]
-    else:
-        task_ids = [celery.send_task(task, args=[valid[i:i + TASK_BATCH]],
-                                     kwargs=options or {}).id
-                    for i in range(0, len(valid), TASK_BATCH)]
+    task_ids = [result.id for _, result in send(services().celery, valid, TASK_BATCH, options)]
     return jsonify({"accepted": len(valid), "task_ids": task_ids, "errors": errors}), 202
 
 
@@ -60,7 +55,7 @@ def _queue(task: str, items: Sequence[Any], check: Callable[[Any], object],
 @require("write")
 def documents() -> ResponseReturnValue:
     req = DocumentsRequest.model_validate(_body("documents"))
-    return _queue("es_interest.index_documents", req.documents, parse_document,
+    return _queue(send_documents, req.documents, parse_document,
                   InvalidDocument, "id", document_fields.known_fields)
 
 
@@ -77,5 +72,5 @@ def events() -> ResponseReturnValue:
         return event
 
     # When the layer accepted them: the events keep it, to measure the interest-update lag.
-    return _queue("es_interest.ingest_events", req.events, check, InvalidEvent, "event_id",
+    return _queue(send_events, req.events, check, InvalidEvent, "event_id",
                   event_fields.known_fields, {"accepted_at_ms": int(time.time() * 1000)})
