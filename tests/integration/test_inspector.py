@@ -31,7 +31,10 @@ ANIMALS = ["Training a puppy to sit", "Caring for an old cat", "Horse riding for
            "Feeding pet rabbits", "Keeping goldfish healthy", "Walking two dogs at once"]
 CARS = ["Changing the oil in a car engine", "Choosing winter tires", "Charging an electric car",
         "Repairing a motorcycle gearbox", "Washing a car by hand", "Replacing brake pads"]
-UNSEEN = [("Teaching a parrot to talk", "animals"), ("Grooming a long-haired dog", "animals"),
+# Close to this week's likes: under the neutral seen policy the liked documents get a 0.75
+# share of the user terms' weight, so an unseen document moves up only where its similarity
+# score is clearly above that (a distant title sits at the share and may not move at all).
+UNSEEN = [("Walking three dogs at once", "animals"), ("Keeping pet goldfish healthy", "animals"),
           ("Jump-starting a flat car battery", "cars")]
 DAY = 86400.0
 NONE = "\u2013"  # the page's en dash: no such component
