@@ -43,7 +43,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -124,8 +124,9 @@ class QueryInputs:
         return float(max(1, self.words) ** -exponent) if exponent > 0 else 1.0
 
 
-# Requests sent while this thread does other work (a few at a time per process).
-_BACKGROUND = ThreadPoolExecutor(max_workers=8, thread_name_prefix="es-interest-search")
+# Requests sent while this thread encodes the query: up to two per search, so as many
+# threads as two for each of the API's request threads (gunicorn.conf.py's 16).
+_BACKGROUND = ThreadPoolExecutor(max_workers=32, thread_name_prefix="es-interest-search")
 
 
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
@@ -211,6 +212,13 @@ def user_vectors(services: Services, user_id: str) -> UserVectors:
     return vectors
 
 
+def _timed(load: Callable[[Services, str], UserVectors], services: Services,
+           user_id: str) -> tuple[UserVectors, float]:
+    """What ``load`` returned, and the milliseconds it took (its own, not a queue's wait)."""
+    started = time.perf_counter()
+    return load(services, user_id), (time.perf_counter() - started) * 1000
+
+
 def behaviour_version(services: Services) -> str | None:
     """The documents' behaviour-vector version (cached for seconds per ``Services``)."""
     key = behaviour_version_key(services.settings)
@@ -255,6 +263,9 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     if strategy not in available:
         raise ValueError(f"strategy {strategy!r} needs {STRATEGIES[strategy].needs}, which "
                          f"this engine lacks; available here: {', '.join(available)}")
+    # The user's vectors load while the model encodes the query: neither needs the other.
+    loading = (_BACKGROUND.submit(_timed, user_vectors, services, params.user_id)
+               if params.vectors is None and params.user_id else None)
     # Explain reports BM25 over the best score whatever the strategy.
     inputs = query_inputs(services, params.query, params.filters, params.use_cache,
                           need_max_bm25=STRATEGIES[strategy].needs_max_bm25 or params.explain)
@@ -263,15 +274,14 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     reason: str | None = "no user_id"
     if params.vectors is not None:
         user, reason = params.vectors, None if not params.vectors.empty else "empty vectors"
-    elif params.user_id:
+    elif loading is not None:
         budget_ms = services.settings.user_vector_budget_ms
-        loading = time.perf_counter()
+        spent_ms = 0.0
         try:
-            user = user_vectors(services, params.user_id)
+            user, spent_ms = loading.result()
             reason = "user has no interest vector yet" if user.empty else None
         except Exception as exc:  # a personalization fault must never fail the search
             reason = f"user vectors unavailable ({type(exc).__name__}); not personalized"
-        spent_ms = (time.perf_counter() - loading) * 1000
         if reason is None and spent_ms > budget_ms:
             user = UserVectors()
             reason = (f"user vectors took {spent_ms:.1f} ms, over the {budget_ms:g} ms budget; "
