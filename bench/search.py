@@ -141,8 +141,10 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
         # The parts of an uncached personalized search, each on its own: the model's encode of
         # the query (the floor no layer goes under), the best-BM25 request (the strategies
         # that divide by it send it alongside the encode) and the user's cached vectors.
+        query_model = Services(settings, serving=True).embedder  # as the API loads it
+
         def encode(job: dict[str, Any]) -> None:
-            services.embedder.encode_one(job["q"])
+            query_model.encode_one(job["q"])
 
         def best_bm25(job: dict[str, Any]) -> None:
             body = {"size": 1, "_source": False, "track_total_hits": False,

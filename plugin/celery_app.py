@@ -19,6 +19,15 @@ from plugin.config import Settings
 
 log = logging.getLogger(__name__)
 
+DOCUMENTS_QUEUE = "documents"
+DEFAULT_QUEUE = "celery"  # Celery's own default: the other tasks (training, flushes)
+
+
+def deployment_queues(partition_count: int) -> list[str]:
+    """Every queue some worker of the deployment must consume: documents, the default one
+    and each event partition's."""
+    return [DOCUMENTS_QUEUE, DEFAULT_QUEUE, *partitions.all_queues(partition_count)]
+
 
 class _QoS(kombu_redis.QoS):
     def restore_unacked(self, client: Any = None) -> Any:
@@ -100,7 +109,7 @@ def make_celery(settings: Settings) -> Celery:
                                 "schedule": settings.behaviour_train_interval_s},
             "flush-popularity": {"task": "es_interest.flush_popularity", "schedule": 60.0},
         },
-        task_routes=[{"es_interest.index_documents": {"queue": "documents"}},
+        task_routes=[{"es_interest.index_documents": {"queue": DOCUMENTS_QUEUE}},
                      EventPartitionRouter(settings.event_partitions)],
         event_partitions=settings.event_partitions,
     )

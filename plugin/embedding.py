@@ -110,7 +110,7 @@ class OnnxEmbedder:
     """The exported model under ONNX Runtime, with the model folder's ``tokenizer.json``."""
 
     def __init__(self, model: str = "", batch_size: int = 64, threads: int = 0,
-                 int8: bool = False, cache_dir: Path | None = None) -> None:
+                 int8: bool = False, cache_dir: Path | None = None, spin: bool = True) -> None:
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -141,6 +141,11 @@ class OnnxEmbedder:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spin:
+            # Spinning threads keep the cores busy for a while after each run: faster
+            # back-to-back batches, but a slower engine on the same cores right after a
+            # query's encode (docs/benchmarks.md, Search latency).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(path), options,
                                                      providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
@@ -176,8 +181,9 @@ class OnnxEmbedder:
 @lru_cache(maxsize=4)
 def get_embedder(model: str = "", device: str = "cpu", batch_size: int = 64,
                  threads: int = 0, backend: str = "torch",
-                 cache_dir: Path | None = None) -> Embedder:
-    """One loaded model per process and configuration."""
+                 cache_dir: Path | None = None, spin: bool = True) -> Embedder:
+    """One loaded model per process and configuration (``spin`` False: ONNX Runtime's threads
+    sleep between runs, for a process that encodes one query at a time)."""
     if backend == "torch":
         return TorchEmbedder(model, device, batch_size, threads)
     if backend not in BACKENDS:
@@ -186,4 +192,4 @@ def get_embedder(model: str = "", device: str = "cpu", batch_size: int = 64,
         raise ValueError(f"the {backend} backend runs on the CPU; use the torch backend "
                          f"for device {device!r}")
     return OnnxEmbedder(model, batch_size, threads, int8=backend == "onnx-int8",
-                        cache_dir=cache_dir)
+                        cache_dir=cache_dir, spin=spin)

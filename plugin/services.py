@@ -37,8 +37,11 @@ class ContentModel:
 
 
 class Services:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, serving: bool = False) -> None:
+        """``serving``: a process that answers searches (the API), whose model encodes one
+        query at a time between engine requests on the same cores."""
         self.settings = settings or load_settings()
+        self.serving = serving
         self._embedders: dict[str, Embedder] = {}
         self._embedder_lock = threading.Lock()
         # The last content model Redis named: what stays while Redis cannot say.
@@ -67,7 +70,8 @@ class Services:
                 s = self.settings
                 self._embedders[path] = get_embedder(
                     path, s.model_device, s.embed_batch_size, s.torch_threads, s.model_backend,
-                    Path(s.model_cache_dir) if s.model_cache_dir else None)
+                    Path(s.model_cache_dir) if s.model_cache_dir else None,
+                    spin=not self.serving)
             return self._embedders[path]
 
     def content_model(self) -> ContentModel:

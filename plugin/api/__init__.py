@@ -14,7 +14,7 @@ from plugin.services import Services
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    services = Services(settings)
+    services = Services(settings, serving=True)
     app = Flask("es_interest")
     app.json = RequestJsonProvider(app)
     app.extensions["es_interest"] = services

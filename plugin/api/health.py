@@ -1,4 +1,5 @@
-"""GET /health: whether the engine, Redis, the workers and the model answer, within ~2 s."""
+"""GET /health: whether the engine, Redis, the workers and the model answer, within ~2 s, and
+whether every queue of the deployment has a worker consuming it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from plugin.api.context import services
+from plugin.celery_app import deployment_queues
 from plugin.services import Services
 
 bp = Blueprint("health", __name__)
@@ -30,8 +32,13 @@ def _redis(svc: Services) -> dict[str, Any]:
 
 
 def _workers(svc: Services) -> dict[str, Any]:
-    replies = svc.celery.control.ping(timeout=0.5) or []
-    return {"ok": bool(replies), "count": len(replies)}
+    """The workers that answer, and the deployment's queues none of them consumes (an event
+    partition without an owner: its users' feedback waits until one starts)."""
+    answers = svc.celery.control.inspect(timeout=0.5).active_queues() or {}
+    consumed = {queue["name"] for queues in answers.values() for queue in queues or ()}
+    idle = [q for q in deployment_queues(svc.settings.event_partitions) if q not in consumed]
+    return {"ok": bool(answers) and not idle, "count": len(answers),
+            "queues_without_consumer": idle}
 
 
 def _model(svc: Services) -> dict[str, Any]:

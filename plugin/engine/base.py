@@ -128,6 +128,8 @@ class Engine(ABC):
     # The cluster's identity (`GET /`): which deployment a Redis namespace belongs to.
     cluster_uuid: str = ""
     _capabilities: dict[str, bool] = field(default_factory=dict, repr=False)
+    # Clients bound to a request timeout, by timeout step (where binding one builds a client).
+    _timeout_clients: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
     def version_tuple(self) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -14,6 +15,8 @@ class ElasticsearchEngine(Engine):
     eland_readable = True
     # Elasticsearch's clients check for this header on every response.
     response_headers: ClassVar[dict[str, str]] = {"X-Elastic-Product": "Elasticsearch"}
+    TIMEOUT_STEP_S: ClassVar[float] = 0.05
+    MAX_TIMEOUT_CLIENTS: ClassVar[int] = 256
 
     def index_settings(self, knn: bool = True) -> JSON:
         if self.version_tuple >= (9, 2):
@@ -88,7 +91,17 @@ class ElasticsearchEngine(Engine):
         return True
 
     def _with_timeout(self, timeout_s: float) -> tuple[Any, JSON]:
-        return self.client.options(request_timeout=timeout_s), {}
+        """``options()`` builds a whole client (every API namespace), about a millisecond on
+        each search: one is kept per step of ``TIMEOUT_STEP_S``, and a deadline may run up to
+        a step late."""
+        step = max(1, math.ceil(timeout_s / self.TIMEOUT_STEP_S))
+        client = self._timeout_clients.get(step)
+        if client is None:
+            if len(self._timeout_clients) >= self.MAX_TIMEOUT_CLIENTS:
+                self._timeout_clients.clear()
+            client = self.client.options(request_timeout=step * self.TIMEOUT_STEP_S)
+            self._timeout_clients[step] = client
+        return client, {}
 
     def api_error(self, exc: Exception) -> tuple[int, Any] | None:
         import elasticsearch

@@ -487,6 +487,7 @@ def test_user_endpoints(client: FlaskClient, keys: dict[str, str],
 def test_health_metrics_and_openapi(client: FlaskClient, worker: Any) -> None:
     health = client.get("/health")
     assert health.status_code == 200 and health.json["workers"]["count"] >= 1
+    assert health.json["workers"]["queues_without_consumer"] == []
     assert health.json["model"]["version"] == "configured"  # no `model switch` here
     metrics = client.get("/metrics").get_data(as_text=True)
     assert "es_interest_http_requests_total" in metrics

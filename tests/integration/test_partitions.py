@@ -90,3 +90,36 @@ def test_batches_folded_together_report_each_batch_on_its_own(services: Services
     assert [e["position"] for e in reports[1].errors] == [0] and not reports[0].errors
     found = services.engine.get_versioned(services.settings.interests_alias, user)
     assert found is not None and found[0]["event_count"] == 3
+
+
+def test_health_names_the_queues_no_worker_consumes(settings: Settings,
+                                                    engine_name: str) -> None:
+    """An event partition without an owner holds its users' feedback back: /health says which
+    queues lack a consumer, and is healthy once every queue has one."""
+    if engine_name != "elasticsearch":
+        pytest.skip("workers and the broker matter, independent of the engine: elasticsearch")
+    from plugin.api import create_app
+    from tests.conftest import WorkerProcess
+
+    own = replace(settings, index_prefix=f"{settings.index_prefix}-hq-{uuid.uuid4().hex[:6]}",
+                  redis_url="redis://127.0.0.1:6379/15", event_partitions=4)
+    services = Services(own)
+    services.redis.flushdb()
+    client = create_app(own).test_client()
+    workers = [WorkerProcess(own, f"hq-a-{uuid.uuid4().hex[:4]}", args=["--partitions", "0-1"])]
+    try:
+        workers[0].wait_ready()
+        health = client.get("/health")
+        assert health.status_code == 503 and not health.json["workers"]["ok"]
+        assert health.json["workers"]["count"] == 1
+        assert health.json["workers"]["queues_without_consumer"] == [
+            "documents", "celery", "events.2", "events.3"]
+        workers.append(WorkerProcess(own, f"hq-b-{uuid.uuid4().hex[:4]}",
+                                     args=["--partitions", "2-3", "-Q", "documents,events,celery"]))
+        workers[1].wait_ready()
+        health = client.get("/health")
+        assert health.json["workers"] == {"ok": True, "count": 2, "queues_without_consumer": []}
+    finally:
+        for worker in workers:
+            worker.stop()
+        services.redis.flushdb()
