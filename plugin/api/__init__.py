@@ -6,7 +6,6 @@ import logging
 
 from flask import Flask
 from flask_cors import CORS
-from flask_limiter import Limiter
 
 from plugin.api.json_body import RequestJsonProvider
 from plugin.config import Settings
@@ -38,13 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(auth.identify)  # before the limiter's hook: limits are per key
     if services.settings.cors_origins:
         CORS(app, origins=list(services.settings.cors_origins))
-    # headers_enabled: a 429 says when to come back (Retry-After) and what is left.
-    limiter = Limiter(auth.rate_key, app=app, storage_uri=services.settings.redis_url,
-                      key_prefix=services.settings.redis_key("rate"), strategy="fixed-window",
-                      headers_enabled=True,
-                      # A Redis outage is answered by the key check (503), not by the limiter.
-                      swallow_errors=True)
-    limited = limiter.shared_limit(auth.rate_limit, scope="api")
+    limited = auth.install_rate_limits(app, services)
     for bp in (search_bp, proxy_bp, ingest_bp, users_bp, ui_bp):
         limited(bp)  # per API key, or per address for requests without a valid key
     for bp in (search_bp, proxy_bp, ingest_bp, users_bp):

@@ -8,11 +8,13 @@ import functools
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import g, request, session
+from flask import Flask, Response, g, request, session
+from flask_limiter import Limiter
 
 from plugin.api.context import services
 from plugin.api.errors import ApiError
@@ -140,3 +142,26 @@ def rate_key() -> str:
 def rate_limit() -> str:
     key = g.get("api_key")
     return key.rate if key else services().settings.api_default_rate
+
+
+def install_rate_limits(app: Flask, svc: Services) -> Callable[..., Any]:
+    """Per-key rate limits in Redis (fixed windows); returns the decorator that applies them
+    to a blueprint. Only a refusal (429) carries the limit's headers: reading the window for
+    them costs Redis round trips, which every answer paid before."""
+    limiter = Limiter(rate_key, app=app, storage_uri=svc.settings.redis_url,
+                      key_prefix=svc.settings.redis_key("rate"), strategy="fixed-window",
+                      headers_enabled=False,
+                      # A Redis outage is answered by the key check (503), not by the limiter.
+                      swallow_errors=True)
+
+    @app.after_request
+    def refusal_headers(response: Response) -> Response:
+        if response.status_code == 429 and (limit := limiter.current_limit) is not None:
+            reset_at = limit.reset_at
+            response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = "0"
+            response.headers["X-RateLimit-Reset"] = str(reset_at)
+            response.headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
+        return response
+
+    return limiter.shared_limit(rate_limit, scope="api")

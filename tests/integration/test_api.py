@@ -431,8 +431,12 @@ def test_keys_scopes_and_rate_limits(app: Flask, services: Services) -> None:
     answers = [client.get("/search?q=tips", headers=auth(reader)) for _ in range(4)]
     assert [a.status_code for a in answers[:2]] == [200, 200]
     assert answers[-1].status_code == 429
-    # Issue 9, finding 13: a refused client is told when to come back.
+    # Issue 9, finding 13: a refused client is told when to come back, and what its limit is
+    # (only a refusal carries these: each costs a Redis read).
     assert int(answers[-1].headers["Retry-After"]) > 0
+    assert answers[-1].headers["X-RateLimit-Limit"] == "3"
+    assert answers[-1].headers["X-RateLimit-Remaining"] == "0"
+    assert "X-RateLimit-Limit" not in answers[0].headers
 
 
 def test_tenant_keys_reach_only_their_users(client: FlaskClient, services: Services,
