@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -113,23 +113,35 @@ def _plain(query: str) -> JSON:
             "query": {"multi_match": {"query": query, "fields": ["title^2", "tags.text", "body"]}}}
 
 
-def time_variants(session: requests.Session, url: str, bodies: dict[tuple[str, str], JSON],
-                  vectors: dict[str, list[float]], rounds: int) -> dict[str, float]:
-    """p50 ms per variant (and plain BM25), every variant's n-th request in one shuffled turn."""
-    latencies: dict[str, list[float]] = {"plain BM25": [], **{name: [] for name in VARIANTS}}
-    rng = random.Random(1)
-    names = list(latencies)
+def _interleaved(bodies: dict[tuple[str, str], JSON], names: list[str], rounds: int,
+                 seed: int) -> Iterator[tuple[bool, str, JSON, str]]:
+    """(measured, query, body, name): every name's turn on each body in a shuffled order, so a
+    drift of the machine shifts them all alike; the first round (unmeasured) warms up."""
+    rng = random.Random(seed)
+    names = list(names)
     for n in range(rounds):
         for (query, _), body in bodies.items():
             rng.shuffle(names)
             for name in names:
-                request = (_plain(query) if name == "plain BM25"
-                           else VARIANTS[name](copy.deepcopy(body), vectors[query]))
-                started = time.perf_counter()
-                session.post(url, json=request, timeout=30).raise_for_status()
-                if n:  # the first round warms the engine
-                    latencies[name].append((time.perf_counter() - started) * 1000)
-    return {name: round(float(np.percentile(v, 50)), 2) for name, v in latencies.items()}
+                yield n > 0, query, body, name
+
+
+def _p50(values: list[float]) -> float:
+    return round(float(np.percentile(values, 50)), 2)
+
+
+def time_variants(session: requests.Session, url: str, bodies: dict[tuple[str, str], JSON],
+                  vectors: dict[str, list[float]], rounds: int) -> dict[str, float]:
+    """p50 ms per variant (and plain BM25), interleaved."""
+    latencies: dict[str, list[float]] = {"plain BM25": [], **{name: [] for name in VARIANTS}}
+    for measured, query, body, name in _interleaved(bodies, list(latencies), rounds, 1):
+        request = (_plain(query) if name == "plain BM25"
+                   else VARIANTS[name](copy.deepcopy(body), vectors[query]))
+        started = time.perf_counter()
+        session.post(url, json=request, timeout=30).raise_for_status()
+        if measured:
+            latencies[name].append((time.perf_counter() - started) * 1000)
+    return {name: _p50(v) for name, v in latencies.items()}
 
 
 def time_encode_then_request(session: requests.Session, url: str,
@@ -140,24 +152,18 @@ def time_encode_then_request(session: requests.Session, url: str,
               for threads in (0, 1) for spin in (True, False)}
     timed: dict[str, dict[str, list[float]]] = {
         name: {"encode": [], "request after": [], "both": []} for name in models}
-    rng = random.Random(2)
-    names = list(models)
-    for n in range(rounds):
-        for (query, _), body in bodies.items():
-            rng.shuffle(names)
-            for name in names:
-                time.sleep(0.005)  # as between requests in service
-                started = time.perf_counter()
-                models[name].encode_one(query)
-                encoded = time.perf_counter()
-                session.post(url, json=body, timeout=30).raise_for_status()
-                done = time.perf_counter()
-                if n:
-                    for part, ms in (("encode", encoded - started), ("request after",
-                                     done - encoded), ("both", done - started)):
-                        timed[name][part].append(ms * 1000)
-    return {name: {part: round(float(np.percentile(v, 50)), 2) for part, v in parts.items()}
-            for name, parts in timed.items()}
+    for measured, query, body, name in _interleaved(bodies, list(models), rounds, 2):
+        time.sleep(0.005)  # as between requests in service
+        started = time.perf_counter()
+        models[name].encode_one(query)
+        encoded = time.perf_counter()
+        session.post(url, json=body, timeout=30).raise_for_status()
+        done = time.perf_counter()
+        if measured:
+            for part, seconds in (("encode", encoded - started),
+                                  ("request after", done - encoded), ("both", done - started)):
+                timed[name][part].append(seconds * 1000)
+    return {name: {part: _p50(v) for part, v in parts.items()} for name, parts in timed.items()}
 
 
 def table(results: JSON) -> str:
