@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -124,9 +126,16 @@ class QueryInputs:
         return float(max(1, self.words) ** -exponent) if exponent > 0 else 1.0
 
 
+T = TypeVar("T")
+
 # Requests sent while this thread encodes the query: up to two per search, so as many
 # threads as two for each of the API's request threads (gunicorn.conf.py's 16).
 _BACKGROUND = ThreadPoolExecutor(max_workers=32, thread_name_prefix="es-interest-search")
+
+
+def _in_background(call: Callable[..., T], *args: Any) -> Future[T]:
+    """``call(*args)`` on the background pool, in this request's context (its deadline)."""
+    return _BACKGROUND.submit(contextvars.copy_context().run, call, *args)
 
 
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
@@ -157,7 +166,7 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
         text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
         body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
         # The engine answers while the model encodes: an uncached query waits for the slower.
-        best = _BACKGROUND.submit(services.engine.search, settings.docs_alias, body)
+        best = _in_background(services.engine.search, settings.docs_alias, body)
     if vector is None:
         vector = services.embedder.encode_one(query).tolist()
     if best is not None:
@@ -264,7 +273,7 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         raise ValueError(f"strategy {strategy!r} needs {STRATEGIES[strategy].needs}, which "
                          f"this engine lacks; available here: {', '.join(available)}")
     # The user's vectors load while the model encodes the query: neither needs the other.
-    loading = (_BACKGROUND.submit(_timed, user_vectors, services, params.user_id)
+    loading = (_in_background(_timed, user_vectors, services, params.user_id)
                if params.vectors is None and params.user_id else None)
     # Explain reports BM25 over the best score whatever the strategy.
     inputs = query_inputs(services, params.query, params.filters, params.use_cache,
