@@ -35,6 +35,7 @@ from plugin.embedding import OnnxEmbedder
 from plugin.indices import setup_indices
 from plugin.search import SearchParams, search
 from plugin.services import Services
+from plugin.strategies import TEXT_FIELDS
 
 JSON = dict[str, Any]
 Variant = Callable[[JSON, list[float]], JSON]
@@ -110,7 +111,7 @@ VARIANTS: dict[str, Variant] = {
 
 def _plain(query: str) -> JSON:
     return {"size": 10, "_source": False,
-            "query": {"multi_match": {"query": query, "fields": ["title^2", "tags.text", "body"]}}}
+            "query": {"multi_match": {"query": query, "fields": TEXT_FIELDS}}}
 
 
 def _interleaved(bodies: dict[tuple[str, str], JSON], names: list[str], rounds: int,

@@ -41,6 +41,7 @@ from plugin.progress import progress
 from plugin.search import (
     SearchParams,
     available_strategies,
+    best_bm25_request,
     default_strategy,
     search,
     user_vectors,
@@ -147,9 +148,8 @@ def bench_engine(name: str, url: str, movies: int, users: int, requests_per_cell
             query_model.encode_one(job["q"])
 
         def best_bm25(job: dict[str, Any]) -> None:
-            body = {"size": 1, "_source": False, "track_total_hits": False,
-                    "query": {"multi_match": {"query": job["q"], "fields": TEXT_FIELDS}}}
-            plain_session.post(f"{url}/{settings.docs_alias}/_search", json=body,
+            plain_session.post(f"{url}/{settings.docs_alias}/_search",
+                               json=best_bm25_request(job["q"], {}),
                                timeout=30).raise_for_status()
 
         def cached_user(job: dict[str, Any]) -> None:

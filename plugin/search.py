@@ -138,6 +138,12 @@ def _in_background(call: Callable[..., T], *args: Any) -> Future[T]:
     return _BACKGROUND.submit(contextvars.copy_context().run, call, *args)
 
 
+def best_bm25_request(query: str, filters: Mapping[str, Sequence[str]]) -> JSON:
+    """The one-hit request whose ``max_score`` is the query's best BM25 score."""
+    text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
+    return {"size": 1, "_source": False, "track_total_hits": False, "query": text}
+
+
 def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[str]],
                  use_cache: bool = True, need_max_bm25: bool = True) -> QueryInputs:
     """The query's embedding and best BM25 score (from Redis when cached), and its length.
@@ -163,10 +169,9 @@ def query_inputs(services: Services, query: str, filters: Mapping[str, Sequence[
                 return QueryInputs(vector, float(max_bm25 or 0.0), _words(query))
     best = None
     if need_max_bm25:
-        text = {"bool": {"must": [text_query(query)], "filter": filter_clauses(filters)}}
-        body: JSON = {"size": 1, "_source": False, "track_total_hits": False, "query": text}
         # The engine answers while the model encodes: an uncached query waits for the slower.
-        best = _in_background(services.engine.search, settings.docs_alias, body)
+        best = _in_background(services.engine.search, settings.docs_alias,
+                              best_bm25_request(query, filters))
     if vector is None:
         vector = services.embedder.encode_one(query).tolist()
     if best is not None:
