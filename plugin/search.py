@@ -310,14 +310,9 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         user = user.without_content()
         if user.empty and reason is None:
             reason = "the user's vectors come from another model (a re-fold is under way)"
-    weights = replace(params.weights or configured_weights(services, strategy, user),
-                      **params.overrides)
-    weights = weights.personal_scaled(inputs.personal_scale(weights.ambiguity))
+    weights, held, keep = blend_plan(services, strategy, user, inputs,
+                                     params.weights, params.overrides)
     window = params.offset + params.size
-    held = held_neutral(services, user)
-    # ``keep``: the seen documents get no boost and take their places in the search without
-    # the user, so both lists cover the whole window.
-    weights, keep = places_kept(services, user, weights)
     ctx = QueryContext.for_query(
         services.engine, params.query, params.filters, weights=weights, vector=query_vector,
         max_bm25=max_bm25, user=user, size=window if keep else params.size,
@@ -351,6 +346,20 @@ def search(services: Services, params: SearchParams) -> SearchResult:
     return SearchResult(hits, int(total["value"] if isinstance(total, dict) else total),
                         not user.empty, reason, strategy,
                         (time.perf_counter() - started) * 1000.0, body, weights)
+
+
+def blend_plan(services: Services, strategy: str, user: UserVectors, inputs: QueryInputs,
+               weights: BlendWeights | None = None,
+               overrides: Mapping[str, float] | None = None
+               ) -> tuple[BlendWeights, tuple[str, ...], bool]:
+    """What a search of ``user`` blends: the weights (the shipped ones unless given, with
+    ``overrides``; the user terms scaled for the query's length), the documents held neutral,
+    and whether the seen documents take their places in the search without the user
+    (``keep``: then both lists cover the whole window)."""
+    chosen = replace(weights or configured_weights(services, strategy, user), **(overrides or {}))
+    chosen = chosen.personal_scaled(inputs.personal_scale(chosen.ambiguity))
+    chosen, keep = places_kept(services, user, chosen)
+    return chosen, held_neutral(services, user), keep
 
 
 def held_neutral(services: Services, user: UserVectors) -> tuple[str, ...]:

@@ -95,12 +95,21 @@ def popularity_clause(weight: float) -> JSON:
         "boost_mode": "replace", "boost": weight}}
 
 
-def user_terms(user: UserVectors, w: BlendWeights) -> list[tuple[str, list[float], float]]:
-    """(field, vector, weight) of each user term that applies."""
-    terms = [("embedding", user.long, w.interest_long), ("embedding", user.short, w.interest_short),
-             (BEHAVIOUR_FIELD, user.behaviour, w.behaviour),
-             (BEHAVIOUR_FIELD, user.behaviour_short, w.behaviour_short)]
-    return [(f, v, weight) for f, v, weight in terms if v is not None and weight > 0]
+@dataclass(frozen=True)
+class UserTerm:
+    name: str  # its weight's name (BlendWeights)
+    field: str
+    vector: list[float]
+    weight: float
+
+
+def user_terms(user: UserVectors, w: BlendWeights) -> list[UserTerm]:
+    """Each user term that applies: a vector the user has, with a weight above 0."""
+    terms = [("interest_long", "embedding", user.long), ("interest_short", "embedding", user.short),
+             ("behaviour", BEHAVIOUR_FIELD, user.behaviour),
+             ("behaviour_short", BEHAVIOUR_FIELD, user.behaviour_short)]
+    return [UserTerm(name, f, v, getattr(w, name)) for name, f, v in terms
+            if v is not None and getattr(w, name) > 0]
 
 
 @dataclass(frozen=True)
@@ -129,7 +138,7 @@ class QueryContext:
     seen: tuple[str, ...] = ()
 
     @property
-    def user_terms(self) -> list[tuple[str, list[float], float]]:
+    def user_terms(self) -> list[UserTerm]:
         return user_terms(self.user, self.weights)
 
     @property
@@ -144,7 +153,7 @@ class QueryContext:
         """The held-neutral documents among the matches, each scored ``weights.seen`` times
         the applied user terms' total weight (None where nothing is held neutral, no user
         term applies, or the share is 0)."""
-        boost = self.weights.seen * sum(weight for _, _, weight in self.user_terms)
+        boost = self.weights.seen * sum(t.weight for t in self.user_terms)
         if not self.seen or boost <= 0:
             return None
         return {"constant_score": {"filter": {"bool": {"filter": [
@@ -236,10 +245,11 @@ class ScriptScore(Strategy):
         if w.query > 0:
             engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
                            num_candidates=k, boost=w.query, filter_query=ctx.scope)
-        for field_name, vector, weight in ctx.user_terms:
-            if field_name == BEHAVIOUR_FIELD:  # the content terms are the script's
-                engine.add_knn(body, field_name=field_name, vector=vector, k=k,
-                               num_candidates=k, boost=weight, filter_query=ctx.personal_scope)
+        for term in ctx.user_terms:
+            if term.field == BEHAVIOUR_FIELD:  # the content terms are the script's
+                engine.add_knn(body, field_name=term.field, vector=term.vector, k=k,
+                               num_candidates=k, boost=term.weight,
+                               filter_query=ctx.personal_scope)
         return body
 
 
@@ -254,30 +264,37 @@ class LinearRetriever(Strategy):
     def available(self, engine: Engine, index: str) -> bool:
         return engine.has_linear_retriever(index)
 
-    def request(self, ctx: QueryContext) -> JSON:
+    def terms(self, ctx: QueryContext) -> list[tuple[str, JSON, float]]:
+        """(name, retriever, weight) of each min-max normalized term with a weight above 0:
+        ``bm25``, ``query``, ``popularity`` and the user terms, each a weight's name."""
         engine, w = ctx.engine, ctx.weights
         window = ctx.personal_k
         text = {"bool": {"must": [ctx.words], "filter": ctx.filters}}
-        terms: list[tuple[JSON, float]] = [({"standard": {"query": text}}, w.bm25)]
+        terms: list[tuple[str, JSON, float]] = [("bm25", {"standard": {"query": text}}, w.bm25)]
         if w.query > 0:
-            terms.append((engine.knn_retriever("embedding", ctx.vector, window,
-                                               filter_query=ctx.scope), w.query))
+            terms.append(("query", engine.knn_retriever("embedding", ctx.vector, window,
+                                                        filter_query=ctx.scope), w.query))
         if w.popularity > 0:
-            terms.append(({"standard": {"query": {"bool": {
+            terms.append(("popularity", {"standard": {"query": {"bool": {
                 "filter": [ctx.matching], "should": [popularity_clause(1.0)]}}}},
                 w.popularity))
-        for field_name, vector, weight in ctx.user_terms:
-            terms.append((engine.knn_retriever(field_name, vector, window,
-                                               filter_query=ctx.personal_scope), weight))
+        for term in ctx.user_terms:
+            terms.append((term.name, engine.knn_retriever(term.field, term.vector, window,
+                                                          filter_query=ctx.personal_scope),
+                          term.weight))
+        return terms
+
+    def request(self, ctx: QueryContext) -> JSON:
         retrievers = [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
-                      for retriever, weight in terms]
+                      for _, retriever, weight in self.terms(ctx)]
         if (seen_clause := ctx.seen_clause()) is not None:
             # A constant, not min-max normalized: the weight is the seen documents' share.
             retrievers.append({"retriever": {"standard": {"query": seen_clause}},
                                "weight": 1.0, "normalizer": "none"})
         return {
             "size": ctx.size, "from": ctx.offset,
-            "retriever": {"linear": {"retrievers": retrievers, "rank_window_size": window}},
+            "retriever": {"linear": {"retrievers": retrievers,
+                                     "rank_window_size": ctx.personal_k}},
         }
 
 
@@ -303,9 +320,9 @@ class KnnLinear(Strategy):
         if w.query > 0:
             engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
                            num_candidates=k, boost=w.query, filter_query=ctx.scope)
-        for field_name, vector, weight in ctx.user_terms:
-            engine.add_knn(body, field_name=field_name, vector=vector, k=k, num_candidates=k,
-                           boost=weight, filter_query=ctx.personal_scope)
+        for term in ctx.user_terms:
+            engine.add_knn(body, field_name=term.field, vector=term.vector, k=k,
+                           num_candidates=k, boost=term.weight, filter_query=ctx.personal_scope)
         if (seen_clause := ctx.seen_clause()) is not None:
             body["query"]["bool"]["should"].append(seen_clause)
         return body

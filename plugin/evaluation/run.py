@@ -57,6 +57,8 @@ from plugin.config import (
 )
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
+from plugin.evaluation.offline_blend import STRATEGY as OFFLINE_STRATEGY
+from plugin.evaluation.offline_blend import OfflineBlend
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
@@ -85,6 +87,17 @@ GRID: dict[str, tuple[float, ...]] = {
     "interest_short": (0.0, 0.5),
     "seen": (0.0, 0.25, 0.5, 0.75, 1.0),
     "ambiguity": (0.0, 0.5, 1.0, 2.0, 3.0),
+}
+# Where the blend is scored offline a candidate costs no search: finer steps, wider range.
+OFFLINE_GRID: dict[str, tuple[float, ...]] = {
+    "popularity": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
+    "query": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+    "behaviour": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+    "behaviour_short": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+    "interest_long": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
+    "interest_short": (0.0, 0.25, 0.5, 1.0),
+    "seen": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0),
+    "ambiguity": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
 }
 # The ambiguity exponent the user terms are first tuned under (the ascent tunes it after
 # them): at 0 a two-word query gets the full personal weight, and the floors on the longer
@@ -161,19 +174,28 @@ class Evaluator:
     policies: dict[str, Services] = field(default_factory=dict)
     # Scores already measured: coordinate ascent revisits its current point at every step.
     scores: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    # Where set, tuning scores the ``linear_retriever`` blend in this process from each
+    # query's terms, fetched once (offline_blend.py); ``ranks`` always asks the engine.
+    offline: OfflineBlend | None = None
 
     def using(self, services: Services) -> Evaluator:
         """The same profiles on another configuration (other weights, another half-life)."""
-        return replace(self, services=services, policies={}, scores={})
+        return replace(self, services=services, policies={}, scores={}, offline=None)
+
+    def tunes_offline(self, strategy: str) -> bool:
+        return self.offline is not None and strategy == OFFLINE_STRATEGY
+
+    def for_policy(self, policy: str | None) -> Services:
+        services = self.services
+        if policy not in (None, services.settings.seen_policy):
+            if policy not in self.policies:
+                self.policies[policy] = Services(replace(services.settings, seen_policy=policy))
+            services = self.policies[policy]
+        return services
 
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
-        services = self.services
-        if method.seen_policy not in (None, services.settings.seen_policy):
-            if method.seen_policy not in self.policies:
-                self.policies[method.seen_policy] = Services(replace(
-                    services.settings, seen_policy=method.seen_policy))
-            services = self.policies[method.seen_policy]
+        services = self.for_policy(method.seen_policy)
 
         def one(q: data.Query) -> list[str]:
             vectors = self.profiles[method.profile](q) if method.profile else None
@@ -199,7 +221,13 @@ class Evaluator:
                tuple(map(id, queries)), None if floors is None else tuple(sorted(floors.items())))
         if key in self.scores:
             return self.scores[key]
-        ndcg = metrics.per_query(self.ranks(method, queries, "tuning"))["ndcg@10"]
+        if self.offline is not None and self.tunes_offline(method.strategy):
+            ranks = self.offline.ranks(
+                self.for_policy(method.seen_policy), method.weights, method.profile,
+                self.profiles[method.profile] if method.profile else None, queries)
+        else:
+            ranks = self.ranks(method, queries, "tuning")
+        ndcg = metrics.per_query(ranks)["ndcg@10"]
         score = self.scores[key] = objective(ndcg, queries, floors)
         return score
 
@@ -373,6 +401,8 @@ class Tuned:
     # first engine, where it personalizes every strategy): what `auto` prefers.
     strategy_order: list[str] = field(default_factory=list)
     strategy_validation: dict[str, float] = field(default_factory=dict)
+    # The offline blend's NDCG@10 and ranks against the engine's (every validation query).
+    offline_agreement: dict[str, float] = field(default_factory=dict)
 
 
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
@@ -447,6 +477,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                              "validation": tuned.behaviour_validation},
         "strategy_choice": {"order": tuned.strategy_order,
                             "validation": tuned.strategy_validation},
+        "offline_agreement": tuned.offline_agreement,
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
@@ -592,18 +623,25 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     # policy, strategy order) are made on all of them.
     dynamic = query_time_profiles(corpus, docs, half_lives, [*corpus.split.validation, *test])
     evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
-                                     **_controls(dynamic, [*tuning, *test])})
+                                     **_controls(dynamic, [*tuning, *test])},
+                          offline=OfflineBlend(services.settings.personal_candidates, SIZE))
+    validation = corpus.split.validation
+
+    def tuning_for(strategy: str) -> list[data.Query]:
+        """Where the blend is scored offline, tuning takes every validation query."""
+        return validation if evaluator.tunes_offline(strategy) else tuning
+
     for s in offered:
         if s not in tuned.plain:
-            tuned.bm25_popularity[s] = _ascend(evaluator, tuning, s, BlendWeights(1.0),
+            tuned.bm25_popularity[s] = _ascend(evaluator, tuning_for(s), s, BlendWeights(1.0),
                                                ("popularity",))
-            tuned.plain[s] = _ascend(evaluator, tuning, s, BlendWeights(1.0),
+            tuned.plain[s] = _ascend(evaluator, tuning_for(s), s, BlendWeights(1.0),
                                      ("popularity", "query"))
-    validation = _comparator(evaluator, tuned, offered, tuning)
-    comparator = best_arms(validation)
+    sampled = _comparator(evaluator, tuned, offered, tuning)
+    comparator = best_arms(sampled)
     progress(f"{engine}: best non-personalized on validation: {comparator}")
     if tuned.floors is None:
-        tuned.floors = {p: validation[p][comparator[p]] for p in data.PROTOCOLS}
+        tuned.floors = {p: sampled[p][comparator[p]] for p in data.PROTOCOLS}
     for s in strategies:
         if s in tuned.chosen:
             continue
@@ -616,12 +654,16 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             continue
         # The first strategy tunes under each seen policy and chooses it; the others tune
         # under the policy chosen.
-        tuned.chosen[s] = _tune(evaluator, tuning, s, progress, plain=tuned.plain[s],
-                                policy=tuned.seen_policy or "neutral",
-                                floors=tuned.floors)
+        floors = (_validation_floors(evaluator, validation, offered, tuned)
+                  if evaluator.tunes_offline(s) else tuned.floors)
+        tuned.chosen[s] = _tune(evaluator, tuning_for(s), s, progress, plain=tuned.plain[s],
+                                policy=tuned.seen_policy or "neutral", floors=floors)
         if tuned.seen_policy is None:
-            _choose_seen_policy(evaluator, tuning, corpus.split.validation, offered, s, tuned,
-                                progress)
+            _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
+                                floors, progress)
+        if evaluator.tunes_offline(s) and not tuned.offline_agreement:
+            tuned.offline_agreement = _offline_agreement(evaluator, validation, s, tuned)
+            progress(f"offline blend against the engine: {tuned.offline_agreement}")
     if first and choose and len(strategies) > 1:
         strategies = _order_strategies(evaluator, corpus.split.validation, offered,
                                        strategies, tuned, progress)
@@ -633,7 +675,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         blend_weights_without_behaviour={s: asdict(w[0]) for s, w in tuned.chosen.items()})))
     scored, per_query = _score(evaluator, tuned, offered, strategies, comparator, corpus,
                                progress)
-    scored.update(strategies=strategies, offered=offered, comparator_validation=validation,
+    scored.update(strategies=strategies, offered=offered, comparator_validation=sampled,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
     if lm_trial is not None:
@@ -765,7 +807,8 @@ def _validation_floors(evaluator: Evaluator, validation: list[data.Query], offer
 
 def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                         validation: list[data.Query], offered: list[str], strategy: str,
-                        tuned: Tuned, progress: Callable[[str], None]) -> None:
+                        tuned: Tuned, tuning_floors: Floors | None,
+                        progress: Callable[[str], None]) -> None:
     """The seen policy: the default strategy tuned under each (on the tuning sample),
     compared on every validation query: a sample of a hundred re-finding queries let a
     policy pass the floor there and fall below it on test."""
@@ -775,7 +818,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
         if policy not in candidates:
             candidates[policy] = _tune(evaluator, tuning, strategy, progress,
                                        plain=tuned.plain[strategy], policy=policy,
-                                       floors=tuned.floors)
+                                       floors=tuning_floors)
     floors = _validation_floors(evaluator, validation, offered, tuned)
     for policy, weights in candidates.items():
         method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
@@ -794,6 +837,22 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     progress(f"seen policy on validation: {scores}; chosen {tuned.seen_policy}")
 
 
+def _offline_agreement(evaluator: Evaluator, validation: list[data.Query], strategy: str,
+                       tuned: Tuned) -> dict[str, float]:
+    """The tuned personalized default on every validation query, offline and through the
+    engine: how far tuning's figures are from the engine's."""
+    assert evaluator.offline is not None
+    method = Method("offline agreement", tuned.chosen[strategy][1], "dynamic", strategy,
+                    seen_policy=tuned.seen_policy or "neutral")
+    engine = evaluator.ranks(method, validation, "offline agreement")
+    offline = evaluator.offline.ranks(evaluator.for_policy(method.seen_policy), method.weights,
+                                      "dynamic", evaluator.profiles["dynamic"], validation)
+    return {"queries": len(validation),
+            "same_rank": float(np.mean([a == b for a, b in zip(engine, offline, strict=True)])),
+            "engine_ndcg@10": float(metrics.per_query(engine)["ndcg@10"].mean()),
+            "offline_ndcg@10": float(metrics.per_query(offline)["ndcg@10"].mean())}
+
+
 def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
                       strategies: list[str], tuned: Tuned, progress: Callable[[str], None]
                       ) -> list[str]:
@@ -802,9 +861,11 @@ def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offere
     what `auto` ships."""
     policy = tuned.seen_policy or "neutral"
     floors = _validation_floors(evaluator, validation, offered, tuned)
+    # The engine's answers, not the offline blend's: the strategies are compared as served.
     tuned.strategy_validation = {
-        s: evaluator.ndcg(Method(f"strategy {s}", tuned.chosen[s][1], "dynamic", s,
-                                 seen_policy=policy), validation, floors)
+        s: objective(metrics.per_query(evaluator.ranks(Method(
+            f"strategy {s}", tuned.chosen[s][1], "dynamic", s, seen_policy=policy),
+            validation, f"strategy {s}"))["ndcg@10"], validation, floors)
         for s in strategies}
     ordered = sorted(strategies, key=lambda s: -tuned.strategy_validation[s])
     tuned.strategy_order = [*ordered, *(s for s in BLEND_STRATEGIES if s not in ordered)]
@@ -885,11 +946,12 @@ def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
             policy: str | None = None, floors: Floors | None = None) -> BlendWeights:
     """Coordinate ascent on validation: each term (or tuple of terms, searched jointly over
     their grids' product) with the others fixed (``Evaluator.ndcg``'s objective)."""
+    grid = OFFLINE_GRID if evaluator.tunes_offline(strategy) else GRID
     for step in terms:
         names = (step,) if isinstance(step, str) else step
         profile = None if set(names) <= {"popularity", "query"} else "dynamic"
         scored = []
-        for values in itertools.product(*(GRID[n] for n in names)):
+        for values in itertools.product(*(grid[n] for n in names)):
             candidate = replace(weights, **dict(zip(names, values, strict=True)))
             score = evaluator.ndcg(Method("+".join(names), candidate, profile, strategy,
                                           seen_policy=policy), tuning, floors)

@@ -1,0 +1,215 @@
+"""The ``linear`` retriever's blend recomputed in this process, for tuning.
+
+Tuning scores hundreds of weight candidates on the validation queries. Through the engine
+that is one search per candidate and query, which is why tuning once scored a sample of 300.
+Here each query's terms are fetched once, each term's retriever on its own (its hits and
+scores over the window, as the ``linear`` retriever receives them), and a candidate's blend
+is then the retriever's own arithmetic: each term min-max normalized over its hits,
+weighted and summed, plus the seen share on the held-neutral matches (``keep``: the seen
+documents at their places in the blend without the user). The query's inputs, the weights
+a user gets and the documents held neutral come from the search layer's own functions.
+
+The engine's ranks and these agree up to ties and the kNN search's approximation; the
+evaluation reports the agreement on every validation query, and every figure it publishes
+comes from the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from plugin.evaluation import data
+from plugin.progress import progress as progress_bar
+from plugin.search import (
+    BlendWeights,
+    QueryInputs,
+    UserVectors,
+    blend_plan,
+    held_neutral,
+    keep_plain_places,
+    query_inputs,
+)
+from plugin.services import Services
+from plugin.strategies import LinearRetriever, QueryContext, user_terms
+
+STRATEGY = LinearRetriever.name
+# Every min-max normalized term, each a weight's name (LinearRetriever.terms).
+TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
+         "behaviour_short")
+PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
+# The engine's min-max normalizer keeps a term's scores where they are all equal.
+EPSILON = 1e-6
+UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0))
+FETCH_THREADS = 4
+
+
+@dataclass
+class QueryTerms:
+    """One query's terms for one user: each document any term returned (and the held-neutral
+    matches), with each term's normalized score (0 where it missed the document)."""
+
+    inputs: QueryInputs
+    user: UserVectors
+    ids: list[str]
+    scores: npt.NDArray[np.float32]  # (documents, TERMS)
+    present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
+    seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
+
+
+def normalized(scores: Sequence[float]) -> npt.NDArray[np.float64]:
+    """The ``linear`` retriever's min-max normalizer over one term's hits."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    return values if high - low < EPSILON else (values - low) / (high - low)
+
+
+def blend(terms: QueryTerms, weights: BlendWeights
+          ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """Which documents the blend under ``weights`` (the plan's: user terms already scaled)
+    holds, and their scores. A term of weight 0 is not in the request, so it recalls none."""
+    weight = np.array([getattr(weights, t) for t in TERMS])
+    candidates = terms.present[:, weight > 0].any(axis=1)
+    score = terms.scores @ weight
+    boost = weights.seen * sum(t.weight for t in user_terms(terms.user, weights))
+    if boost > 0:
+        candidates = candidates | terms.seen
+        score = score + terms.seen * boost
+    return candidates, score
+
+
+def top_ids(terms: QueryTerms, weights: BlendWeights, size: int) -> list[str]:
+    """The first ``size`` documents of the blend, best first (ties in the order fetched)."""
+    candidates, score = blend(terms, weights)
+    index = np.flatnonzero(candidates)
+    order = index[np.argsort(-score[index], kind="stable")][:size]
+    return [terms.ids[i] for i in order]
+
+
+def rank_of(terms: QueryTerms, weights: BlendWeights, doc: str, size: int) -> int | None:
+    """``doc``'s 1-based place in the blend (None past ``size``), without sorting it."""
+    try:
+        at = terms.ids.index(doc)
+    except ValueError:
+        return None
+    candidates, score = blend(terms, weights)
+    if not candidates[at]:
+        return None
+    ahead = candidates & (score > score[at])
+    ties = candidates[:at] & (score[:at] == score[at])
+    rank = 1 + int(ahead.sum()) + int(ties.sum())
+    return rank if rank <= size else None
+
+
+@dataclass
+class OfflineBlend:
+    """Each query's terms, fetched once per user profile and seen policy, and the blend's
+    ranks for any weights (the ``linear_retriever`` strategy only)."""
+
+    window: int  # the retrievers' window (settings.personal_candidates)
+    size: int  # how many hits a ranked list keeps
+    # Per query text: the terms without a user, shared by every user's fetch of that text.
+    plain: dict[str, dict[str, tuple[list[str], npt.NDArray[np.float64]]]] = field(
+        default_factory=dict)
+    cached: dict[tuple[object, ...], QueryTerms] = field(default_factory=dict)
+
+    def _fetch(self, services: Services, query: data.Query, user: UserVectors,
+               held: tuple[str, ...]) -> QueryTerms:
+        engine, settings = services.engine, services.settings
+        inputs = query_inputs(services, query.text, {}, need_max_bm25=False)
+        ctx = QueryContext.for_query(engine, query.text, {}, weights=UNIT, vector=inputs.vector,
+                                     max_bm25=0.0, user=user, size=self.size, offset=0,
+                                     personal_k=self.window, seen=held)
+        lists = dict(self.plain.get(query.text, {}))
+        wanted = [(name, r) for name, r, _ in LinearRetriever().terms(ctx) if name not in lists]
+        bodies = [{"size": self.window, "_source": False, "retriever": r} for _, r in wanted]
+        if held:
+            bodies.append({"size": len(held), "_source": False, "query": {"bool": {
+                "filter": [ctx.matching, {"ids": {"values": list(held)}}]}}})
+        answers = engine.msearch(settings.docs_alias, bodies) if bodies else []
+        for answer in answers:
+            if "error" in answer:
+                raise RuntimeError(f"the engine refused a term's search: {answer['error']}")
+        for (name, _), answer in zip(wanted, answers, strict=False):
+            found = answer["hits"]["hits"]
+            lists[name] = ([h["_id"] for h in found],
+                           normalized([float(h["_score"]) for h in found]))
+        self.plain.setdefault(query.text, {n: v for n, v in lists.items() if n in PLAIN_TERMS})
+        seen_ids = {h["_id"] for h in answers[-1]["hits"]["hits"]} if held else set()
+        ids: dict[str, int] = {}
+        for found, _ in lists.values():
+            for doc in found:
+                ids.setdefault(doc, len(ids))
+        for doc in sorted(seen_ids):
+            ids.setdefault(doc, len(ids))
+        scores = np.zeros((len(ids), len(TERMS)), dtype=np.float32)
+        present = np.zeros((len(ids), len(TERMS)), dtype=bool)
+        for name, (found, values) in lists.items():
+            rows = [ids[doc] for doc in found]
+            scores[rows, TERMS.index(name)] = values
+            present[rows, TERMS.index(name)] = True
+        seen = np.array([doc in seen_ids for doc in ids], dtype=bool)
+        return QueryTerms(inputs, user, list(ids), scores, present, seen)
+
+    def terms(self, services: Services, query: data.Query, profile: str | None,
+              user: UserVectors) -> QueryTerms:
+        held = held_neutral(services, user)
+        key = _key(query, profile, held)
+        if key not in self.cached:
+            self.cached[key] = self._fetch(services, query, user, held)
+        return self.cached[key]
+
+    def prefetch(self, services: Services, queries: Sequence[data.Query], profile: str | None,
+                 vectors: Callable[[data.Query], UserVectors] | None) -> None:
+        """Every query's terms, a few fetches in flight (a query's plain terms first, which
+        later users of the same text reuse)."""
+        missing = [q for q in queries
+                   if not self._has(services, q, profile, vectors(q) if vectors else None)]
+        if not missing:
+            return
+        first = {q.text: q for q in missing}  # one per text first: its plain terms are shared
+        rest = [q for q in missing if first[q.text] is not q]
+
+        def one(q: data.Query) -> None:
+            self.terms(services, q, profile, vectors(q) if vectors else UserVectors())
+
+        with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+            for batch in (list(first.values()), rest):
+                list(progress_bar(pool.map(one, batch), total=len(batch),
+                                  desc="fetching terms", unit="query", leave=False))
+
+    def _has(self, services: Services, query: data.Query, profile: str | None,
+             user: UserVectors | None) -> bool:
+        return _key(query, profile, held_neutral(services, user or UserVectors())) in self.cached
+
+    def ranks(self, services: Services, weights: BlendWeights | None, profile: str | None,
+              vectors: Callable[[data.Query], UserVectors] | None,
+              queries: Sequence[data.Query]) -> list[int | None]:
+        """Each query's target rank (1-based; None past ``size``) in the blend ``search``
+        would send with these ``weights`` (None: the configured ones) and profile."""
+        self.prefetch(services, queries, profile, vectors)
+        out: list[int | None] = []
+        for q in queries:
+            user = vectors(q) if vectors else UserVectors()
+            terms = self.terms(services, q, profile, user)
+            plan, held, keep = blend_plan(services, STRATEGY, user, terms.inputs, weights)
+            if not keep:
+                out.append(rank_of(terms, plan, q.movie_id, self.size))
+                continue
+            no_user = replace(plan, **dict.fromkeys(TERMS[len(PLAIN_TERMS):], 0.0), seen=0.0)
+            ranked = [h["_id"] for h in keep_plain_places(
+                [{"_id": i} for i in top_ids(terms, plan, self.size)],
+                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size)]
+            out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
+        return out
+
+
+def _key(query: data.Query, profile: str | None, held: tuple[str, ...]) -> tuple[object, ...]:
+    """A query's fetch: its user's profile, and whether the user terms leave out the seen."""
+    return (query.user_id, query.movie_id, query.text, query.timestamp, profile, bool(held))
