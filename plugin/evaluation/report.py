@@ -235,7 +235,8 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
              "The objective: the discovery queries' mean NDCG@10, less each protocol's "
              "shortfall below its floor, the best non-personalized ranking on it (gain on "
              "what is new, no harm to any kind of query or to what the user knows). Weights "
-             "are tuned on the tuning sample; this choice and the strategy order are made "
+             "are tuned on the tuning sample (`linear_retriever`: on every validation query, "
+             "offline); this choice and the strategy order are made "
              "on every validation query.", "",
              "| policy | objective | " + " | ".join(protocols) + " |",
              "| --- | --- |" + " --- |" * len(protocols)]

@@ -10,7 +10,9 @@
    popularity's half-life on validation; train the behaviour vectors (with ``choose``: each
    model, then the text map, on validation) and re-fold the users, as `es-interest train`
    does. With ``choose``, the language model fine-tuned on the log against the shipped one.
-4. Tune each strategy's blend weights on validation queries only (every protocol), term by
+4. Tune each strategy's blend weights on validation queries only (every protocol; a sample,
+   except ``linear_retriever``, whose blend is recomputed offline from each query's terms
+   fetched once, so it tunes on every validation query on a finer grid), term by
    term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
    ``choose``, under each seen policy (neutral, keep, own), keeping the best. The first engine
@@ -809,7 +811,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                         validation: list[data.Query], offered: list[str], strategy: str,
                         tuned: Tuned, tuning_floors: Floors | None,
                         progress: Callable[[str], None]) -> None:
-    """The seen policy: the default strategy tuned under each (on the tuning sample),
+    """The seen policy: the default strategy tuned under each (on ``tuning``),
     compared on every validation query: a sample of a hundred re-finding queries let a
     policy pass the floor there and fall below it on test."""
     first = tuned.seen_policy or "neutral"

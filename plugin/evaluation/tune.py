@@ -5,7 +5,8 @@ in it becomes a
 query (one of the document's tags that does not name it, as `make eval` does) whose answer
 is that document; users' profiles are folded, with the workers' own functions, from their
 events before their cut only. Half of the users fit (half-lives, then the weights term by
-term, as the evaluation does); the other half measures the fitted personalized ranking
+term, as the evaluation does; ``linear_retriever`` scored offline, offline_blend.py); the
+other half measures the fitted personalized ranking
 against the same request without a user, with a bootstrap interval and paired tests. The
 result is a ranking file (plugin/ranking.json's shape) that the API and workers read through
 ES_INTEREST_RANKING_FILE.
@@ -29,10 +30,12 @@ from typing import Any
 
 from plugin.config import WEIGHT_NAMES
 from plugin.evaluation import data, metrics
+from plugin.evaluation.offline_blend import OfflineBlend
 from plugin.evaluation.run import (
     DAY,
     DEFAULT,
     HALF_LIVES,
+    SIZE,
     Evaluator,
     Method,
     _tune,
@@ -136,13 +139,15 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
     scored = []
     for half_lives in dict.fromkeys([current, *HALF_LIVES]):
         evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
-                                                                      half_lives))})
+                                                                      half_lives))},
+                              offline=OfflineBlend(settings.personal_candidates, SIZE))
         score = evaluator.ndcg(Method("half-lives", None, "dynamic", strategy), fit)
         scored.append((score, half_lives))
         progress(f"half-lives {half_lives}: NDCG@10 {score:.4f}")
     half_lives = max(scored)[1]
     evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
-                                                                  half_lives))})
+                                                                  half_lives))},
+                          offline=OfflineBlend(settings.personal_candidates, SIZE))
     without, with_behaviour = _tune(evaluator, fit, strategy, progress)
     evaluator = evaluator.using(Services(replace(
         settings, blend_weights={**settings.blend_weights, strategy: asdict(with_behaviour)},

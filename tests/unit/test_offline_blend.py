@@ -1,0 +1,67 @@
+"""The offline blend's arithmetic: the linear retriever's min-max and weighted sum, the seen
+share, and the target's rank without a sort (the engine agreement: test_evaluation.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugin.evaluation.offline_blend import TERMS, QueryTerms, normalized, rank_of, top_ids
+from plugin.search import BlendWeights, QueryInputs, UserVectors
+
+
+def _terms(seed: int, documents: int = 40, with_user: bool = True) -> QueryTerms:
+    rng = np.random.default_rng(seed)
+    present = rng.random((documents, len(TERMS))) < 0.6
+    scores = np.where(present, rng.random((documents, len(TERMS))), 0.0).astype(np.float32)
+    seen = np.zeros(documents, dtype=bool)
+    seen[rng.choice(documents, size=5, replace=False)] = True
+    user = UserVectors(long=[1.0, 0.0], behaviour=[0.0, 1.0]) if with_user else UserVectors()
+    return QueryTerms(QueryInputs([1.0, 0.0], 0.0, 1), user, [f"d{i}" for i in range(documents)],
+                      scores, present, seen)
+
+
+def test_min_max_over_a_terms_hits_keeps_equal_scores() -> None:
+    assert normalized([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
+    assert normalized([0.7, 0.7]).tolist() == [0.7, 0.7]
+    assert normalized([]).size == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_targets_rank_is_its_place_in_the_sorted_blend(seed: int) -> None:
+    terms = _terms(seed)
+    weights = BlendWeights(1.0, query=0.5, popularity=2.0, interest_long=1.0, behaviour=4.0,
+                           seen=0.5)
+    ranked = top_ids(terms, weights, size=len(terms.ids))
+    for place, doc in enumerate(ranked, 1):
+        assert rank_of(terms, weights, doc, size=len(terms.ids)) == place
+    # Past ``size``, or recalled by no term with a weight: no rank.
+    assert rank_of(terms, weights, ranked[-1], size=len(ranked) - 1) is None
+    assert rank_of(terms, weights, "not fetched", size=100) is None
+
+
+def test_a_term_of_weight_zero_recalls_nothing() -> None:
+    terms = _terms(7)
+    only_bm25 = BlendWeights(1.0)
+    recalled = set(top_ids(terms, only_bm25, size=100))
+    assert recalled == {terms.ids[i] for i in np.flatnonzero(terms.present[:, 0])}
+
+
+def test_seen_matches_get_the_share_of_the_applied_user_terms() -> None:
+    terms = _terms(3)
+    weights = BlendWeights(1.0, interest_long=1.0, behaviour=3.0, seen=0.5)
+    without_share = BlendWeights(1.0, interest_long=1.0, behaviour=3.0)
+    seen = int(np.flatnonzero(terms.seen)[0])
+    base = float(terms.scores[seen] @ np.array([getattr(without_share, t) for t in TERMS]))
+    ranked = top_ids(terms, weights, size=len(terms.ids))
+    rank = rank_of(terms, weights, terms.ids[seen], size=len(terms.ids))
+    assert rank is not None and ranked[rank - 1] == terms.ids[seen]
+    # Its score rose by 0.5 x (1 + 3): everything it passed scores between the two.
+    scores = terms.scores.astype(np.float64) @ np.array(
+        [getattr(without_share, t) for t in TERMS])
+    passed = [i for i in range(len(terms.ids)) if base < scores[i] < base + 2.0]
+    assert all(ranked.index(terms.ids[i]) > rank - 1 for i in passed
+               if terms.ids[i] in ranked and not terms.seen[i])
+    # A user without vectors has no user terms, so no share either.
+    no_user = _terms(3, with_user=False)
+    assert top_ids(no_user, weights, size=100) == top_ids(no_user, without_share, size=100)
