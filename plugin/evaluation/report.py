@@ -233,8 +233,11 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
     floors = seen.get("floors") or {}
     lines = ["## Seen policy (validation NDCG@10, the default strategy tuned under each)", "",
              "The objective: the discovery queries' mean NDCG@10, less each protocol's "
-             "shortfall below its floor, the best non-personalized ranking on it (gain on "
-             "what is new, no harm to any kind of query or to what the user knows). Weights "
+             "shortfall below its floor, the best non-personalized ranking on it, plus "
+             f"{seen.get('margin_se', 0):g} standard error(s) of the blend's own mean there "
+             "(gain on what is new, no harm to any kind of query or to what the user knows, "
+             "with a margin: a floor met only just on validation is missed on about half of "
+             "any fresh sample). Weights "
              "are tuned on the tuning sample (`linear_retriever`: on every validation query, "
              "offline); this choice and the strategy order are made "
              "on every validation query.", "",

@@ -97,12 +97,26 @@ def test_the_objective_charges_a_blend_for_harm_on_any_protocol() -> None:
     floors = {"term": 0.2, "words": 0.3, "refind": 0.3}
     # No protocol below its floor: the discovery queries' mean.
     at_floors = np.array([0.2, 0.4, 0.3, 0.3, 0.3, 0.5])
-    assert objective(at_floors, queries, floors) == pytest.approx(0.3)
+    assert objective(at_floors, queries, floors, margin_se=0) == pytest.approx(0.3)
     # A term gain bought with a words loss of the same size scores lower than neither.
     traded = np.array([0.3, 0.4, 0.2, 0.3, 0.3, 0.5])
     assert objective(traded, queries, floors) < objective(at_floors, queries, floors)
     # A re-finding loss costs its shortfall although those queries are not in the mean.
     refind_loss = np.array([0.2, 0.4, 0.3, 0.3, 0.1, 0.3])
-    assert objective(refind_loss, queries, floors) == pytest.approx(0.3 - 0.1)
+    assert objective(refind_loss, queries, floors, margin_se=0) == pytest.approx(0.3 - 0.1)
     # Without floors, the plain mean over every query.
     assert objective(at_floors, queries) == pytest.approx(at_floors.mean())
+
+
+def test_a_floor_counts_as_met_only_a_standard_error_above_it() -> None:
+    queries = [data.Query("u", "m0", "q", 0, protocol) for protocol in
+               ("term", "term", "refind", "refind")]
+    floors = {"term": 0.0, "refind": 0.3}
+    # Re-finding's mean 0.35 is above its floor, but its standard error is 0.05 x 1: charged
+    # 0.35 - 0.3 - 0.1 = -0.05 at 2 errors, nothing at 1.
+    ndcg = np.array([0.2, 0.2, 0.3, 0.4])
+    assert objective(ndcg, queries, floors, margin_se=1.0) == pytest.approx(0.2)
+    assert objective(ndcg, queries, floors, margin_se=2.0) == pytest.approx(0.2 - 0.05)
+    # An identical blend with less spread there clears it.
+    steady = np.array([0.2, 0.2, 0.35, 0.35])
+    assert objective(steady, queries, floors, margin_se=2.0) == pytest.approx(0.2)
