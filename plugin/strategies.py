@@ -112,6 +112,12 @@ def user_terms(user: UserVectors, w: BlendWeights) -> list[UserTerm]:
             if v is not None and getattr(w, name) > 0]
 
 
+def seen_boost(user: UserVectors, w: BlendWeights) -> float:
+    """What a held-neutral document gets in place of its own user terms: ``w.seen`` times
+    the applied user terms' total weight."""
+    return w.seen * sum(t.weight for t in user_terms(user, w))
+
+
 @dataclass(frozen=True)
 class QueryContext:
     """One search as a request builder sees it.
@@ -153,7 +159,7 @@ class QueryContext:
         """The held-neutral documents among the matches, each scored ``weights.seen`` times
         the applied user terms' total weight (None where nothing is held neutral, no user
         term applies, or the share is 0)."""
-        boost = self.weights.seen * sum(t.weight for t in self.user_terms)
+        boost = seen_boost(self.user, self.weights)
         if not self.seen or boost <= 0:
             return None
         return {"constant_score": {"filter": {"bool": {"filter": [

@@ -35,7 +35,7 @@ from plugin.search import (
     query_inputs,
 )
 from plugin.services import Services
-from plugin.strategies import LinearRetriever, QueryContext, user_terms
+from plugin.strategies import LinearRetriever, QueryContext, seen_boost
 
 STRATEGY = LinearRetriever.name
 # Every min-max normalized term, each a weight's name (LinearRetriever.terms).
@@ -44,7 +44,8 @@ TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "beha
 PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
 # The engine's min-max normalizer keeps a term's scores where they are all equal.
 EPSILON = 1e-6
-UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0))
+# Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
+UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0), seen=1.0)
 FETCH_THREADS = 4
 
 
@@ -77,7 +78,7 @@ def blend(terms: QueryTerms, weights: BlendWeights
     weight = np.array([getattr(weights, t) for t in TERMS])
     candidates = terms.present[:, weight > 0].any(axis=1)
     score = terms.scores @ weight
-    boost = weights.seen * sum(t.weight for t in user_terms(terms.user, weights))
+    boost = seen_boost(terms.user, weights)
     if boost > 0:
         candidates = candidates | terms.seen
         score = score + terms.seen * boost
@@ -129,9 +130,10 @@ class OfflineBlend:
         lists = dict(self.plain.get(query.text, {}))
         wanted = [(name, r) for name, r, _ in LinearRetriever().terms(ctx) if name not in lists]
         bodies = [{"size": self.window, "_source": False, "retriever": r} for _, r in wanted]
-        if held:
-            bodies.append({"size": len(held), "_source": False, "query": {"bool": {
-                "filter": [ctx.matching, {"ids": {"values": list(held)}}]}}})
+        # The seen clause's matches (none where no user term applies: then no share either).
+        seen_clause = ctx.seen_clause()
+        if seen_clause is not None:
+            bodies.append({"size": len(held), "_source": False, "query": seen_clause})
         answers = engine.msearch(settings.docs_alias, bodies) if bodies else []
         for answer in answers:
             if "error" in answer:
@@ -141,7 +143,8 @@ class OfflineBlend:
             lists[name] = ([h["_id"] for h in found],
                            normalized([float(h["_score"]) for h in found]))
         self.plain.setdefault(query.text, {n: v for n, v in lists.items() if n in PLAIN_TERMS})
-        seen_ids = {h["_id"] for h in answers[-1]["hits"]["hits"]} if held else set()
+        seen_ids = ({h["_id"] for h in answers[-1]["hits"]["hits"]} if seen_clause is not None
+                    else set())
         ids: dict[str, int] = {}
         for found, _ in lists.values():
             for doc in found:

@@ -218,6 +218,14 @@ class Evaluator:
         return [next((n for n, h in enumerate(ids, 1) if h == q.movie_id), None)
                 for q, ids in zip(queries, hits, strict=True)]
 
+    def offline_ranks(self, method: Method, queries: Sequence[data.Query]) -> list[int | None]:
+        """``ranks`` from the offline blend (where ``tunes_offline``), without a search each."""
+        assert self.offline is not None
+        return self.offline.ranks(self.for_policy(method.seen_policy), method.weights,
+                                  method.profile,
+                                  self.profiles[method.profile] if method.profile else None,
+                                  queries)
+
     def ndcg(self, method: Method, queries: Sequence[data.Query],
              floors: Floors | None = None) -> float:
         """Mean NDCG@10; with ``floors``, the tuning objective of the personal terms (see
@@ -226,12 +234,8 @@ class Evaluator:
                tuple(map(id, queries)), None if floors is None else tuple(sorted(floors.items())))
         if key in self.scores:
             return self.scores[key]
-        if self.offline is not None and self.tunes_offline(method.strategy):
-            ranks = self.offline.ranks(
-                self.for_policy(method.seen_policy), method.weights, method.profile,
-                self.profiles[method.profile] if method.profile else None, queries)
-        else:
-            ranks = self.ranks(method, queries, "tuning")
+        ranks = (self.offline_ranks(method, queries) if self.tunes_offline(method.strategy)
+                 else self.ranks(method, queries, "tuning"))
         ndcg = metrics.per_query(ranks)["ndcg@10"]
         score = self.scores[key] = objective(ndcg, queries, floors)
         return score
@@ -849,12 +853,10 @@ def _offline_agreement(evaluator: Evaluator, validation: list[data.Query], strat
                        tuned: Tuned) -> dict[str, float]:
     """The tuned personalized default on every validation query, offline and through the
     engine: how far tuning's figures are from the engine's."""
-    assert evaluator.offline is not None
     method = Method("offline agreement", tuned.chosen[strategy][1], "dynamic", strategy,
                     seen_policy=tuned.seen_policy or "neutral")
     engine = evaluator.ranks(method, validation, "offline agreement")
-    offline = evaluator.offline.ranks(evaluator.for_policy(method.seen_policy), method.weights,
-                                      "dynamic", evaluator.profiles["dynamic"], validation)
+    offline = evaluator.offline_ranks(method, validation)
     return {"queries": len(validation),
             "same_rank": float(np.mean([a == b for a, b in zip(engine, offline, strict=True)])),
             "engine_ndcg@10": float(metrics.per_query(engine)["ndcg@10"].mean()),
