@@ -400,6 +400,17 @@ def _goals(t: dict[str, Any], protocol: str) -> list[str]:
     return goals
 
 
+def _phase_seconds(results: dict[str, Any]) -> list[str]:
+    """Where the run's time went (a phase repeated per engine is summed)."""
+    phases = results.get("phase_seconds") or {}
+    if not phases:
+        return []
+    return ["", f"## Where the {results['seconds']:.0f} s went", "",
+            "| phase | seconds | share |", "| --- | --- | --- |",
+            *(f"| {name} | {seconds:.0f} | {seconds / results['seconds']:.0%} |"
+              for name, seconds in sorted(phases.items(), key=lambda kv: -kv[1]))]
+
+
 def _ablations(results: dict[str, Any]) -> list[str]:
     lines = ["## Half-life ablation (validation, content profile)", "",
               "| long (days) | short (days) | NDCG@10 |", "| --- | --- | --- |"]
@@ -433,6 +444,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]
     lines += _language_model(results)
+    lines += _phase_seconds(results)
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",
               "![NDCG@10 against half-life](ndcg_vs_half_life.png)", "",
               "![Interest drift](interest_drift.png)", ""]

@@ -37,8 +37,9 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -209,10 +210,17 @@ class Evaluator:
                 vectors=vectors, ids_only=True))
             return [h["id"] for h in result.hits]
 
+        # Without a user a query's hits depend on its words alone: one search per text.
+        asked = (list({q.text: q for q in queries}.values()) if method.profile is None
+                 else list(queries))
         # A few searches in flight: the engine answers one while this process builds the next.
         with ThreadPoolExecutor(max_workers=QUERY_THREADS) as pool:
-            hits = list(progress_bar(pool.map(one, queries), total=len(queries),
-                                     desc=label or method.name, unit="query", leave=False))
+            found = list(progress_bar(pool.map(one, asked), total=len(asked),
+                                      desc=label or method.name, unit="query", leave=False))
+        hits = found
+        if method.profile is None:
+            by_text = dict(zip((q.text for q in asked), found, strict=True))
+            hits = [by_text[q.text] for q in queries]
         if method.keep_hits:
             method.hits.extend(hits)
         return [next((n for n, h in enumerate(ids, 1) if h == q.movie_id), None)
@@ -417,6 +425,25 @@ class Tuned:
     offline_agreement: dict[str, float] = field(default_factory=dict)
 
 
+class PhaseClock:
+    """Wall-clock seconds per phase of a run (summed where a phase recurs, e.g. per engine):
+    where an evaluation's time goes, published with its figures."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {name: round(seconds, 1) for name, seconds in self.seconds.items()}
+
+
 def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         progress: Callable[[str], None] = print,
         ranking_out: Path | None = None, choose: bool | None = None,
@@ -433,17 +460,22 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     prefix = f"eval-{uuid.uuid4().hex[:6]}"
     first = _services(engines[0], HALF_LIVES[1], prefix)
     first.redis.flushdb()
-    corpus = _corpus(first, quick, users if users is not None else (40 if quick else None),
-                     progress)
+    clock = PhaseClock()
+    with clock.phase("split and embeddings"):
+        corpus = _corpus(first, quick, users if users is not None else (40 if quick else None),
+                         progress)
     tuning = _tuning_queries(corpus.split, quick)
     text_ablation: list[dict[str, Any]] = []
     cleanup = first.settings.embed_title_cleanup
     if choose:
-        corpus, text_ablation = _embedded_text(first, corpus, tuning, prefix, progress)
+        with clock.phase("embedded text (choice)"):
+            corpus, text_ablation = _embedded_text(first, corpus, tuning, prefix, progress)
         cleanup = next(a["cleanup"] for a in text_ablation if a["chosen"])
-    setup_indices(first.engine, first.settings, first.embedder.dims)
-    _index(first, corpus.docs)
-    half_lives, ablation = _half_lives(first, corpus, tuning, progress)
+    with clock.phase("indexing"):
+        setup_indices(first.engine, first.settings, first.embedder.dims)
+        _index(first, corpus.docs)
+    with clock.phase("half-lives"):
+        half_lives, ablation = _half_lives(first, corpus, tuning, progress)
     results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives,
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned()
@@ -455,9 +487,11 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     for engine in engines:
         services = _services(engine, half_lives, prefix, popularity_days)
         if engine != engines[0]:
-            setup_indices(services.engine, services.settings, first.embedder.dims)
-            _index(services, corpus.docs)
-        drift = _replay(services, engine, corpus, half_lives, progress)
+            with clock.phase("indexing"):
+                setup_indices(services.engine, services.settings, first.embedder.dims)
+                _index(services, corpus.docs)
+        with clock.phase("event replay"):
+            drift = _replay(services, engine, corpus, half_lives, progress)
         offered = available_strategies(services)
         if tuned.strategy_order:  # chosen on the first engine
             offered.sort(key=tuned.strategy_order.index)
@@ -465,13 +499,15 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         # always spans every strategy the engine offers.
         strategies = offered[:1 if quick else None]
         if engine == engines[0]:
-            popularity_days, results["popularity_ablation"] = _popularity_half_life(
-                services, tuning, strategies[0], progress)
+            with clock.phase("popularity half-life"):
+                popularity_days, results["popularity_ablation"] = _popularity_half_life(
+                    services, tuning, strategies[0], progress)
             services = _services(engine, half_lives, prefix, popularity_days)
         scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
                                              offered, strategies, tuned, half_lives, progress,
-                                             first=engine == engines[0], quick=quick,
-                                             choose=choose, language_model=language_model)
+                                             clock, first=engine == engines[0],
+                                             quick=quick, choose=choose,
+                                             language_model=language_model)
         scored["pipeline_vs_offline_max_abs"] = drift
         results["engines"][engine] = scored
         results["per_query"][engine] = per_query
@@ -491,6 +527,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                             "validation": tuned.strategy_validation},
         "offline_agreement": tuned.offline_agreement,
         "commit": _commit(), "seconds": round(time.time() - started, 1),
+        "phase_seconds": clock.rounded(),
         "drift_user": _drift(split, corpus.doc_vectors, corpus.text_vectors, half_lives),
     })
     results["ranking"] = _ranking(results, tuned)
@@ -614,26 +651,32 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                      static: dict[str, UserVectors], tuning: list[data.Query],
                      offered: list[str], strategies: list[str], tuned: Tuned,
                      half_lives: tuple[float, float], progress: Callable[[str], None],
-                     first: bool = False, quick: bool = False, choose: bool = True,
-                     language_model: Path | None = None
+                     clock: PhaseClock, first: bool = False, quick: bool = False,
+                     choose: bool = True, language_model: Path | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any]]:
     """4-6. Popularity and behaviour from the log, profiles at each query's time, weights
     tuned on validation (what ``tuned`` lacks yet), the comparator, then every arm on the
     test queries. On the ``first`` engine also the language model fine-tuned on the log
     (validation; where it ``choose``s), and the leak bound: the default and the comparator
     again with popularity and behaviour learned from the past only."""
-    popularity.rebuild(services)
-    services, trained = _behaviour(services, corpus, tuning, offered[0], tuned, half_lives,
-                                   progress)
+    with clock.phase("behaviour (model choice and training)"):
+        popularity.rebuild(services)
+        services, trained = _behaviour(services, corpus, tuning, offered[0], tuned,
+                                       half_lives, progress)
     progress(f"{engine}: behaviour vectors {trained}")
-    lm_trial = _language_model(
-        services, corpus, tuning, half_lives, FINE_TUNE_BUDGET_S["quick" if quick else "full"],
-        progress, language_model) if first and (choose or language_model) else None
-    docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
-    test = corpus.split.test
-    # Every validation query, not only the tuning sample: the discrete choices (seen
-    # policy, strategy order) are made on all of them.
-    dynamic = query_time_profiles(corpus, docs, half_lives, [*corpus.split.validation, *test])
+    lm_trial = None
+    if first and (choose or language_model):
+        with clock.phase("language model trial"):
+            lm_trial = _language_model(
+                services, corpus, tuning, half_lives,
+                FINE_TUNE_BUDGET_S["quick" if quick else "full"], progress, language_model)
+    with clock.phase("profiles at query time"):
+        docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
+        test = corpus.split.test
+        # Every validation query, not only the tuning sample: the discrete choices (seen
+        # policy, strategy order) are made on all of them.
+        dynamic = query_time_profiles(corpus, docs, half_lives,
+                                      [*corpus.split.validation, *test])
     evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
                                      **_controls(dynamic, [*tuning, *test])},
                           offline=OfflineBlend(services.settings.personal_candidates, SIZE))
@@ -645,11 +688,13 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
 
     for s in offered:
         if s not in tuned.plain:
-            tuned.bm25_popularity[s] = _ascend(evaluator, tuning_for(s), s, BlendWeights(1.0),
-                                               ("popularity",))
-            tuned.plain[s] = _ascend(evaluator, tuning_for(s), s, BlendWeights(1.0),
-                                     ("popularity", "query"))
-    sampled = _comparator(evaluator, tuned, offered, tuning)
+            with clock.phase(f"tuning {s} without a user"):
+                tuned.bm25_popularity[s] = _ascend(evaluator, tuning_for(s), s,
+                                                   BlendWeights(1.0), ("popularity",))
+                tuned.plain[s] = _ascend(evaluator, tuning_for(s), s, BlendWeights(1.0),
+                                         ("popularity", "query"))
+    with clock.phase("comparator on validation"):
+        sampled = _comparator(evaluator, tuned, offered, tuning)
     comparator = best_arms(sampled)
     progress(f"{engine}: best non-personalized on validation: {comparator}")
     if tuned.floors is None:
@@ -666,36 +711,44 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             continue
         # The first strategy tunes under each seen policy and chooses it; the others tune
         # under the policy chosen.
-        floors = (_validation_floors(evaluator, validation, offered, tuned)
-                  if evaluator.tunes_offline(s) else tuned.floors)
-        tuned.chosen[s] = _tune(evaluator, tuning_for(s), s, progress, plain=tuned.plain[s],
-                                policy=tuned.seen_policy or "neutral", floors=floors)
+        with clock.phase("comparator on validation"):
+            floors = (_validation_floors(evaluator, validation, offered, tuned)
+                      if evaluator.tunes_offline(s) else tuned.floors)
+        with clock.phase(f"tuning {s}"):
+            tuned.chosen[s] = _tune(evaluator, tuning_for(s), s, progress,
+                                    plain=tuned.plain[s],
+                                    policy=tuned.seen_policy or "neutral", floors=floors)
         if tuned.seen_policy is None:
-            _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
-                                floors, progress)
+            with clock.phase("seen policy (choice)"):
+                _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
+                                    floors, progress)
         if evaluator.tunes_offline(s) and not tuned.offline_agreement:
-            tuned.offline_agreement = _offline_agreement(evaluator, validation, s, tuned)
+            with clock.phase("offline agreement"):
+                tuned.offline_agreement = _offline_agreement(evaluator, validation, s, tuned)
             progress(f"offline blend against the engine: {tuned.offline_agreement}")
     if first and choose and len(strategies) > 1:
-        strategies = _order_strategies(evaluator, corpus.split.validation, offered,
-                                       strategies, tuned, progress)
+        with clock.phase("strategy order (choice)"):
+            strategies = _order_strategies(evaluator, corpus.split.validation, offered,
+                                           strategies, tuned, progress)
     # From here the chosen weights and policy are the configured ones: the defaults are
     # measured through the same path as /search (weights=None).
     evaluator = evaluator.using(Services(replace(
         services.settings, seen_policy=tuned.seen_policy or "neutral",
         blend_weights={s: asdict(w[1]) for s, w in tuned.chosen.items()},
         blend_weights_without_behaviour={s: asdict(w[0]) for s, w in tuned.chosen.items()})))
-    scored, per_query = _score(evaluator, tuned, offered, strategies, comparator, corpus,
-                               progress)
+    with clock.phase("test queries"):
+        scored, per_query = _score(evaluator, tuned, offered, strategies, comparator, corpus,
+                                   progress)
     scored.update(strategies=strategies, offered=offered, comparator_validation=sampled,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
     if lm_trial is not None:
         scored["language_model"] = lm_trial
     if first:
-        scored["leak_bound"], per_query["past_only"] = _leak_bound(
-            evaluator, tuned, offered, strategies[0], comparator, corpus, scored, half_lives,
-            progress)
+        with clock.phase("leak bound"):
+            scored["leak_bound"], per_query["past_only"] = _leak_bound(
+                evaluator, tuned, offered, strategies[0], comparator, corpus, scored,
+                half_lives, progress)
     return scored, per_query
 
 
