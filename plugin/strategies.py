@@ -87,12 +87,14 @@ def filter_clauses(filters: Mapping[str, Sequence[str]]) -> list[JSON]:
 
 def popularity_clause(weight: float) -> JSON:
     """``weight * log10(1 + popularity)``, 0 for documents without: script-free on every
-    engine (field_value_factor is core; rank_feature needs a module not every build has)."""
+    engine (field_value_factor is core; rank_feature needs a module not every build has).
+    The weight is the function's: under ``boost_mode: replace`` both engines drop the
+    function_score query's own ``boost`` with the query score it replaces."""
     return {"function_score": {
         "query": {"exists": {"field": POPULARITY_FIELD}},
         "functions": [{"field_value_factor": {"field": POPULARITY_FIELD, "modifier": "log1p",
-                                              "missing": 0}}],
-        "boost_mode": "replace", "boost": weight}}
+                                              "missing": 0}, "weight": weight}],
+        "boost_mode": "replace"}}
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,21 @@ def seen_boost(user: UserVectors, w: BlendWeights) -> float:
     """What a held-neutral document gets in place of its own user terms: ``w.seen`` times
     the applied user terms' total weight."""
     return w.seen * sum(t.weight for t in user_terms(user, w))
+
+
+@dataclass(frozen=True)
+class KnnClause:
+    """One weighted kNN clause of ``knn_linear``: its ``personal_k`` nearest in ``scope``."""
+
+    name: str  # its weight's name (BlendWeights)
+    field: str
+    vector: list[float]
+    weight: float
+    scope: JSON | None
+
+    def add_to(self, body: JSON, ctx: QueryContext, boost: float) -> None:
+        ctx.engine.add_knn(body, field_name=self.field, vector=self.vector, k=ctx.personal_k,
+                           num_candidates=ctx.personal_k, boost=boost, filter_query=self.scope)
 
 
 @dataclass(frozen=True)
@@ -314,24 +331,42 @@ class KnnLinear(Strategy):
     def available(self, engine: Engine, index: str) -> bool:
         return True
 
+    def knn_clauses(self, ctx: QueryContext) -> list[KnnClause]:
+        """Each kNN clause with a weight above 0: the query vector over the scope, each user
+        term over the personal scope."""
+        clauses = [KnnClause("query", "embedding", ctx.vector, ctx.weights.query, ctx.scope)]
+        clauses += [KnnClause(t.name, t.field, t.vector, t.weight, ctx.personal_scope)
+                    for t in ctx.user_terms]
+        return [c for c in clauses if c.weight > 0]
+
     def request(self, ctx: QueryContext) -> JSON:
-        engine, w = ctx.engine, ctx.weights
+        w = ctx.weights
         text = ctx.words_with_popularity(w.bm25 / ctx.max_bm25 if ctx.max_bm25 > 0 else w.bm25)
         body: JSON = {
             "size": ctx.size, "from": ctx.offset,
             "query": {"bool": {"should": [text], "filter": ctx.filters,
                                "minimum_should_match": 1}},
         }
-        k = ctx.personal_k
-        if w.query > 0:
-            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
-                           num_candidates=k, boost=w.query, filter_query=ctx.scope)
-        for term in ctx.user_terms:
-            engine.add_knn(body, field_name=term.field, vector=term.vector, k=k,
-                           num_candidates=k, boost=term.weight, filter_query=ctx.personal_scope)
+        for clause in self.knn_clauses(ctx):
+            clause.add_to(body, ctx, clause.weight)
         if (seen_clause := ctx.seen_clause()) is not None:
             body["query"]["bool"]["should"].append(seen_clause)
         return body
+
+    def term_searches(self, ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
+        """(name, search) of each term on its own at weight 1, whose scores ``request`` adds
+        up (the evaluation recomputes the sum from them): the words' BM25 and popularity over
+        up to ``matches`` matches, each kNN clause over its k."""
+        searches: list[tuple[str, JSON]] = [
+            ("bm25", {"size": matches, "query": {"bool": {"must": [ctx.words],
+                                                          "filter": ctx.filters}}}),
+            ("popularity", {"size": matches, "query": {"bool": {
+                "filter": [ctx.matching], "should": [popularity_clause(1.0)]}}})]
+        for clause in self.knn_clauses(ctx):
+            body: JSON = {"size": ctx.personal_k}
+            clause.add_to(body, ctx, 1.0)
+            searches.append((clause.name, body))
+        return searches
 
 
 # In config.BLEND_STRATEGIES' order (the names the ranking file and settings use).

@@ -1,13 +1,19 @@
-"""The ``linear`` retriever's blend recomputed in this process, for tuning.
+"""The script-free strategies' blends recomputed in this process, for tuning.
 
 Tuning scores hundreds of weight candidates on the validation queries. Through the engine
 that is one search per candidate and query, which is why tuning once scored a sample of 300.
-Here each query's terms are fetched once, each term's retriever on its own (its hits and
-scores over the window, as the ``linear`` retriever receives them), and a candidate's blend
-is then the retriever's own arithmetic: each term min-max normalized over its hits,
-weighted and summed, plus the seen share on the held-neutral matches (``keep``: the seen
-documents at their places in the blend without the user). The query's inputs, the weights
-a user gets and the documents held neutral come from the search layer's own functions.
+Here each query's terms are fetched once, each term's search on its own at weight 1, and a
+candidate's blend is then the strategy's own arithmetic:
+
+- ``linear_retriever``: each retriever's hits and scores over the window, as the ``linear``
+  retriever receives them, min-max normalized, weighted and summed;
+- ``knn_linear``: BM25 over the query's best score and popularity on every match, and each
+  kNN clause's similarity on its k nearest, weighted and summed as the engine adds clauses;
+
+plus the seen share on the held-neutral matches (``keep``: the seen documents at their
+places in the blend without the user). The query's inputs, the weights a user gets and the
+documents held neutral come from the search layer's own functions, each term's search from
+the strategy's own (``LinearRetriever.terms``, ``KnnLinear.term_searches``).
 
 The engine's ranks and these agree up to ties and the kNN search's approximation; the
 evaluation reports the agreement on every validation query, and every figure it publishes
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from plugin.engine import JSON
 from plugin.evaluation import data
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -35,9 +42,13 @@ from plugin.search import (
     query_inputs,
 )
 from plugin.services import Services
-from plugin.strategies import LinearRetriever, QueryContext, seen_boost
+from plugin.strategies import STRATEGIES as BUILDERS
+from plugin.strategies import KnnLinear, LinearRetriever, QueryContext, seen_boost
 
-STRATEGY = LinearRetriever.name
+STRATEGIES = (LinearRetriever.name, KnnLinear.name)
+# knn_linear's words clause scores every match: each of them is fetched (the engine's
+# default result window; more raises).
+MATCHES = 10_000
 # Every min-max normalized term, each a weight's name (LinearRetriever.terms).
 TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
          "behaviour_short")
@@ -52,7 +63,9 @@ FETCH_THREADS = 4
 @dataclass
 class QueryTerms:
     """One query's terms for one user: each document any term returned (and the held-neutral
-    matches), with each term's normalized score (0 where it missed the document)."""
+    matches), with each term's score as the blend weighs it (``linear_retriever``: min-max
+    normalized; ``knn_linear``: BM25 over the best score, the others as the engine scores
+    them), 0 where it missed the document."""
 
     inputs: QueryInputs
     user: UserVectors
@@ -62,7 +75,7 @@ class QueryTerms:
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
 
 
-def normalized(scores: Sequence[float]) -> npt.NDArray[np.float64]:
+def normalized(scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """The ``linear`` retriever's min-max normalizer over one term's hits."""
     values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
@@ -74,9 +87,12 @@ def normalized(scores: Sequence[float]) -> npt.NDArray[np.float64]:
 def blend(terms: QueryTerms, weights: BlendWeights
           ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
     """Which documents the blend under ``weights`` (the plan's: user terms already scaled)
-    holds, and their scores. A term of weight 0 is not in the request, so it recalls none."""
+    holds, and their scores. A term of weight 0 is not in the request, so it recalls none;
+    the words are always in it."""
     weight = np.array([getattr(weights, t) for t in TERMS])
-    candidates = terms.present[:, weight > 0].any(axis=1)
+    recall = weight > 0
+    recall[TERMS.index("bm25")] = True
+    candidates = terms.present[:, recall].any(axis=1)
     score = terms.scores @ weight
     boost = seen_boost(terms.user, weights)
     if boost > 0:
@@ -110,26 +126,28 @@ def rank_of(terms: QueryTerms, weights: BlendWeights, doc: str, size: int) -> in
 
 @dataclass
 class OfflineBlend:
-    """Each query's terms, fetched once per user profile and seen policy, and the blend's
-    ranks for any weights (the ``linear_retriever`` strategy only)."""
+    """Each query's terms, fetched once per strategy, user profile and seen policy, and the
+    blend's ranks for any weights (the ``STRATEGIES`` only)."""
 
-    window: int  # the retrievers' window (settings.personal_candidates)
+    window: int  # the vector terms' window (settings.personal_candidates)
     size: int  # how many hits a ranked list keeps
-    # Per query text: the terms without a user, shared by every user's fetch of that text.
-    plain: dict[str, dict[str, tuple[list[str], npt.NDArray[np.float64]]]] = field(
+    # Per strategy and query text: the terms without a user, shared by every user's fetch.
+    plain: dict[tuple[str, str], dict[str, tuple[list[str], npt.NDArray[np.float64]]]] = field(
         default_factory=dict)
     cached: dict[tuple[object, ...], QueryTerms] = field(default_factory=dict)
 
-    def _fetch(self, services: Services, query: data.Query, user: UserVectors,
+    def _fetch(self, services: Services, strategy: str, query: data.Query, user: UserVectors,
                held: tuple[str, ...]) -> QueryTerms:
         engine, settings = services.engine, services.settings
-        inputs = query_inputs(services, query.text, {}, need_max_bm25=False)
+        inputs = query_inputs(services, query.text, {},
+                              need_max_bm25=BUILDERS[strategy].needs_max_bm25)
         ctx = QueryContext.for_query(engine, query.text, {}, weights=UNIT, vector=inputs.vector,
-                                     max_bm25=0.0, user=user, size=self.size, offset=0,
-                                     personal_k=self.window, seen=held)
-        lists = dict(self.plain.get(query.text, {}))
-        wanted = [(name, r) for name, r, _ in LinearRetriever().terms(ctx) if name not in lists]
-        bodies = [{"size": self.window, "_source": False, "retriever": r} for _, r in wanted]
+                                     max_bm25=inputs.max_bm25, user=user, size=self.size,
+                                     offset=0, personal_k=self.window, seen=held)
+        lists = dict(self.plain.get((strategy, query.text), {}))
+        wanted = [(name, body) for name, body in _term_searches(strategy, ctx, self.window)
+                  if name not in lists]
+        bodies = [{**body, "_source": False} for _, body in wanted]
         # The seen clause's matches (none where no user term applies: then no share either).
         seen_clause = ctx.seen_clause()
         if seen_clause is not None:
@@ -138,11 +156,18 @@ class OfflineBlend:
         for answer in answers:
             if "error" in answer:
                 raise RuntimeError(f"the engine refused a term's search: {answer['error']}")
-        for (name, _), answer in zip(wanted, answers, strict=False):
+        for (name, body), answer in zip(wanted, answers, strict=False):
             found = answer["hits"]["hits"]
-            lists[name] = ([h["_id"] for h in found],
-                           normalized([float(h["_score"]) for h in found]))
-        self.plain.setdefault(query.text, {n: v for n, v in lists.items() if n in PLAIN_TERMS})
+            if len(found) >= MATCHES and body.get("size") == MATCHES:
+                raise RuntimeError(f"more than {MATCHES} documents match {query.text!r}")
+            values = np.array([float(h["_score"]) for h in found])
+            if strategy == LinearRetriever.name:
+                values = normalized(values)
+            elif name == "bm25" and inputs.max_bm25 > 0:
+                values = values / inputs.max_bm25
+            lists[name] = ([h["_id"] for h in found], values)
+        self.plain.setdefault((strategy, query.text),
+                              {n: v for n, v in lists.items() if n in PLAIN_TERMS})
         seen_ids = ({h["_id"] for h in answers[-1]["hits"]["hits"]} if seen_clause is not None
                     else set())
         ids: dict[str, int] = {}
@@ -160,48 +185,51 @@ class OfflineBlend:
         seen = np.array([doc in seen_ids for doc in ids], dtype=bool)
         return QueryTerms(inputs, user, list(ids), scores, present, seen)
 
-    def terms(self, services: Services, query: data.Query, profile: str | None,
+    def terms(self, services: Services, strategy: str, query: data.Query, profile: str | None,
               user: UserVectors) -> QueryTerms:
         held = held_neutral(services, user)
-        key = _key(query, profile, held)
+        key = _key(strategy, query, profile, held)
         if key not in self.cached:
-            self.cached[key] = self._fetch(services, query, user, held)
+            self.cached[key] = self._fetch(services, strategy, query, user, held)
         return self.cached[key]
 
-    def prefetch(self, services: Services, queries: Sequence[data.Query], profile: str | None,
+    def prefetch(self, services: Services, strategy: str, queries: Sequence[data.Query],
+                 profile: str | None,
                  vectors: Callable[[data.Query], UserVectors] | None) -> None:
         """Every query's terms, a few fetches in flight (a query's plain terms first, which
         later users of the same text reuse)."""
-        missing = [q for q in queries
-                   if not self._has(services, q, profile, vectors(q) if vectors else None)]
+        missing = [q for q in queries if not self._has(
+            services, strategy, q, profile, vectors(q) if vectors else None)]
         if not missing:
             return
         first = {q.text: q for q in missing}  # one per text first: its plain terms are shared
         rest = [q for q in missing if first[q.text] is not q]
 
         def one(q: data.Query) -> None:
-            self.terms(services, q, profile, vectors(q) if vectors else UserVectors())
+            self.terms(services, strategy, q, profile, vectors(q) if vectors else UserVectors())
 
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
             for batch in (list(first.values()), rest):
                 list(progress_bar(pool.map(one, batch), total=len(batch),
                                   desc="fetching terms", unit="query", leave=False))
 
-    def _has(self, services: Services, query: data.Query, profile: str | None,
+    def _has(self, services: Services, strategy: str, query: data.Query, profile: str | None,
              user: UserVectors | None) -> bool:
-        return _key(query, profile, held_neutral(services, user or UserVectors())) in self.cached
+        held = held_neutral(services, user or UserVectors())
+        return _key(strategy, query, profile, held) in self.cached
 
-    def ranks(self, services: Services, weights: BlendWeights | None, profile: str | None,
-              vectors: Callable[[data.Query], UserVectors] | None,
+    def ranks(self, services: Services, strategy: str, weights: BlendWeights | None,
+              profile: str | None, vectors: Callable[[data.Query], UserVectors] | None,
               queries: Sequence[data.Query]) -> list[int | None]:
         """Each query's target rank (1-based; None past ``size``) in the blend ``search``
-        would send with these ``weights`` (None: the configured ones) and profile."""
-        self.prefetch(services, queries, profile, vectors)
+        would send with this ``strategy``, these ``weights`` (None: the configured ones) and
+        profile."""
+        self.prefetch(services, strategy, queries, profile, vectors)
         out: list[int | None] = []
         for q in queries:
             user = vectors(q) if vectors else UserVectors()
-            terms = self.terms(services, q, profile, user)
-            plan, held, keep = blend_plan(services, STRATEGY, user, terms.inputs, weights)
+            terms = self.terms(services, strategy, q, profile, user)
+            plan, held, keep = blend_plan(services, strategy, user, terms.inputs, weights)
             if not keep:
                 out.append(rank_of(terms, plan, q.movie_id, self.size))
                 continue
@@ -213,6 +241,19 @@ class OfflineBlend:
         return out
 
 
-def _key(query: data.Query, profile: str | None, held: tuple[str, ...]) -> tuple[object, ...]:
-    """A query's fetch: its user's profile, and whether the user terms leave out the seen."""
-    return (query.user_id, query.movie_id, query.text, query.timestamp, profile, bool(held))
+def _term_searches(strategy: str, ctx: QueryContext, window: int) -> list[tuple[str, JSON]]:
+    """(name, search) of each of ``strategy``'s terms on its own, at the context's weights."""
+    if strategy == LinearRetriever.name:
+        return [(name, {"size": window, "retriever": retriever})
+                for name, retriever, _ in LinearRetriever().terms(ctx)]
+    if strategy == KnnLinear.name:
+        return KnnLinear().term_searches(ctx, MATCHES)
+    raise ValueError(f"{strategy} is not recomputed offline (only {', '.join(STRATEGIES)})")
+
+
+def _key(strategy: str, query: data.Query, profile: str | None, held: tuple[str, ...]
+         ) -> tuple[object, ...]:
+    """A query's fetch: the strategy, the user's profile, and whether the user terms leave
+    out the seen."""
+    return (strategy, query.user_id, query.movie_id, query.text, query.timestamp, profile,
+            bool(held))

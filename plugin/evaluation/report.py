@@ -154,7 +154,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f" The measure is the rank of the target among the top {100}. Validation: "
         f"{results['validation_queries']} queries ({results['tuning_queries']} sampled for "
         f"tuning the strategies scored through the engine, evenly over the protocols; "
-        f"`linear_retriever` tunes on all of them, offline: below); test: "
+        f"`linear_retriever` and `knn_linear` tune on all of them, offline: below); test: "
         f"{results['test_queries']}.",
         "- Every weight, half-life, policy and the comparator were chosen on validation only "
         "(the first engine tunes; the other engines run the same weights, as the product ships"
@@ -198,19 +198,26 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
 
 
 def _offline_agreement(results: dict[str, Any]) -> list[str]:
-    agreement = results.get("offline_agreement") or {}
-    if not agreement:
+    agreements = results.get("offline_agreement") or {}
+    if not agreements:
         return []
-    return [
-        "`linear_retriever` is tuned offline: each validation query's terms are fetched once "
-        "(each retriever on its own, over the window) and every weight candidate's blend is "
-        "recomputed in the evaluation's process with the retriever's own min-max arithmetic "
-        "(`plugin/evaluation/offline_blend.py`), so tuning scores all "
-        f"{agreement['queries']} validation queries. The chosen weights on them: validation "
-        f"NDCG@10 {agreement['offline_ndcg@10']:.4f} offline, "
-        f"{agreement['engine_ndcg@10']:.4f} through the engine; the target's rank agrees on "
-        f"{agreement['same_rank']:.1%} of queries (the rest: ties and the kNN search's "
-        "approximation). Every figure below comes from the engine.", ""]
+    names = " and ".join(f"`{s}`" for s in agreements)
+    queries = next(iter(agreements.values()))["queries"]
+    lines = [
+        f"{names} are tuned offline: each validation query's terms are fetched once (each "
+        "term's search on its own: `linear_retriever`'s retrievers over the window, "
+        "`knn_linear`'s words over every match and its kNN clauses over their k) and every "
+        "weight candidate's blend is recomputed in the evaluation's process with the "
+        "strategy's own arithmetic (`plugin/evaluation/offline_blend.py`), so tuning scores "
+        f"all {queries} validation queries. Their weights on them, offline and through the "
+        "engine (the rest of the ranks: ties and the kNN search's approximation); every "
+        "figure below comes from the engine:", "",
+        "| strategy | weights | NDCG@10 offline | NDCG@10 engine | same rank |",
+        "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {s} | {a.get('weights', 'tuned')} | {a['offline_ndcg@10']:.4f} | "
+              f"{a['engine_ndcg@10']:.4f} | {a['same_rank']:.1%} |"
+              for s, a in agreements.items()]
+    return [*lines, ""]
 
 
 def _strategy_order(results: dict[str, Any]) -> list[str]:
@@ -238,8 +245,8 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
              "(gain on what is new, no harm to any kind of query or to what the user knows, "
              "with a margin: a floor met only just on validation is missed on about half of "
              "any fresh sample). Weights "
-             "are tuned on the tuning sample (`linear_retriever`: on every validation query, "
-             "offline); this choice and the strategy order are made "
+             "are tuned on the tuning sample (`linear_retriever` and `knn_linear`: on every "
+             "validation query, offline); this choice and the strategy order are made "
              "on every validation query.", "",
              "| policy | objective | " + " | ".join(protocols) + " |",
              "| --- | --- |" + " --- |" * len(protocols)]

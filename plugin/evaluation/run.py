@@ -11,8 +11,9 @@
    model, then the text map, on validation) and re-fold the users, as `es-interest train`
    does. With ``choose``, the language model fine-tuned on the log against the shipped one.
 4. Tune each strategy's blend weights on validation queries only (every protocol; a sample,
-   except ``linear_retriever``, whose blend is recomputed offline from each query's terms
-   fetched once, so it tunes on every validation query on a finer grid), term by
+   except ``linear_retriever`` and ``knn_linear``, whose blends are recomputed offline from
+   each query's terms fetched once, so they tune on every validation query on a finer grid),
+   term by
    term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
    ``choose``, under each seen policy (neutral, keep, own), keeping the best. The first engine
@@ -60,7 +61,7 @@ from plugin.config import (
 )
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
-from plugin.evaluation.offline_blend import STRATEGY as OFFLINE_STRATEGY
+from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
 from plugin.evaluation.offline_blend import OfflineBlend
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
@@ -180,7 +181,7 @@ class Evaluator:
     policies: dict[str, Services] = field(default_factory=dict)
     # Scores already measured: coordinate ascent revisits its current point at every step.
     scores: dict[tuple[Any, ...], float] = field(default_factory=dict)
-    # Where set, tuning scores the ``linear_retriever`` blend in this process from each
+    # Where set, tuning scores the offline strategies' blends in this process from each
     # query's terms, fetched once (offline_blend.py); ``ranks`` always asks the engine.
     offline: OfflineBlend | None = None
 
@@ -189,7 +190,7 @@ class Evaluator:
         return replace(self, services=services, policies={}, scores={}, offline=None)
 
     def tunes_offline(self, strategy: str) -> bool:
-        return self.offline is not None and strategy == OFFLINE_STRATEGY
+        return self.offline is not None and strategy in OFFLINE_STRATEGIES
 
     def for_policy(self, policy: str | None) -> Services:
         services = self.services
@@ -229,7 +230,9 @@ class Evaluator:
     def offline_ranks(self, method: Method, queries: Sequence[data.Query]) -> list[int | None]:
         """``ranks`` from the offline blend (where ``tunes_offline``), without a search each."""
         assert self.offline is not None
-        return self.offline.ranks(self.for_policy(method.seen_policy), method.weights,
+        assert method.strategy is not None
+        return self.offline.ranks(self.for_policy(method.seen_policy), method.strategy,
+                                  method.weights,
                                   method.profile,
                                   self.profiles[method.profile] if method.profile else None,
                                   queries)
@@ -421,8 +424,9 @@ class Tuned:
     # first engine, where it personalizes every strategy): what `auto` prefers.
     strategy_order: list[str] = field(default_factory=list)
     strategy_validation: dict[str, float] = field(default_factory=dict)
-    # The offline blend's NDCG@10 and ranks against the engine's (every validation query).
-    offline_agreement: dict[str, float] = field(default_factory=dict)
+    # Per strategy scored offline, its blend's NDCG@10 and ranks against the engine's (every
+    # validation query).
+    offline_agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class PhaseClock:
@@ -722,10 +726,18 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             with clock.phase("seen policy (choice)"):
                 _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
                                     floors, progress)
-        if evaluator.tunes_offline(s) and not tuned.offline_agreement:
-            with clock.phase("offline agreement"):
-                tuned.offline_agreement = _offline_agreement(evaluator, validation, s, tuned)
-            progress(f"offline blend against the engine: {tuned.offline_agreement}")
+    if first:
+        # Each strategy scored offline, at its tuned weights (or the configured ones where
+        # this run tuned none), on every validation query: offline and through the engine.
+        with clock.phase("offline agreement"):
+            for s in filter(evaluator.tunes_offline, offered):
+                weights = (tuned.chosen[s][1] if s in tuned.chosen
+                           else BlendWeights(**services.settings.blend_weights[s]))
+                tuned.offline_agreement[s] = _offline_agreement(
+                    evaluator, validation, s, weights, tuned.seen_policy or "neutral",
+                    tuned=s in tuned.chosen)
+                progress(f"offline blend against the engine ({s}): "
+                         f"{tuned.offline_agreement[s]}")
     if first and choose and len(strategies) > 1:
         with clock.phase("strategy order (choice)"):
             strategies = _order_strategies(evaluator, corpus.split.validation, offered,
@@ -903,14 +915,13 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
 
 
 def _offline_agreement(evaluator: Evaluator, validation: list[data.Query], strategy: str,
-                       tuned: Tuned) -> dict[str, float]:
-    """The tuned personalized default on every validation query, offline and through the
-    engine: how far tuning's figures are from the engine's."""
-    method = Method("offline agreement", tuned.chosen[strategy][1], "dynamic", strategy,
-                    seen_policy=tuned.seen_policy or "neutral")
-    engine = evaluator.ranks(method, validation, "offline agreement")
+                       weights: BlendWeights, policy: str, tuned: bool) -> dict[str, Any]:
+    """The personalized ``strategy`` at ``weights`` on every validation query, offline and
+    through the engine: how far tuning's figures are from the engine's."""
+    method = Method("offline agreement", weights, "dynamic", strategy, seen_policy=policy)
+    engine = evaluator.ranks(method, validation, f"offline agreement ({strategy})")
     offline = evaluator.offline_ranks(method, validation)
-    return {"queries": len(validation),
+    return {"queries": len(validation), "weights": "tuned" if tuned else "configured",
             "same_rank": float(np.mean([a == b for a, b in zip(engine, offline, strict=True)])),
             "engine_ndcg@10": float(metrics.per_query(engine)["ndcg@10"].mean()),
             "offline_ndcg@10": float(metrics.per_query(offline)["ndcg@10"].mean())}

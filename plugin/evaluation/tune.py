@@ -5,7 +5,8 @@ in it becomes a
 query (one of the document's tags that does not name it, as `make eval` does) whose answer
 is that document; users' profiles are folded, with the workers' own functions, from their
 events before their cut only. Half of the users fit (half-lives, then the weights term by
-term, as the evaluation does; ``linear_retriever`` scored offline, offline_blend.py); the
+term, as the evaluation does; ``linear_retriever`` and ``knn_linear`` scored offline,
+offline_blend.py); the
 other half measures the fitted personalized ranking
 against the same request without a user, with a bootstrap interval and paired tests. The
 result is a ranking file (plugin/ranking.json's shape) that the API and workers read through

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import elasticsearch
 import pytest
 
+from plugin.documents import POPULARITY_FIELD
 from plugin.engine import EngineKind
 from plugin.services import Services
+from plugin.strategies import popularity_clause
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,23 @@ def test_document_vectors_are_deliberately_mapped_and_kept(services: Services) -
         assert stored == pytest.approx(vector, abs=1e-6)
         hit = engine.search(alias, {"query": {"ids": {"values": [doc_id]}}})["hits"]["hits"][0]
         assert hit["_source"]["embedding"] == pytest.approx(vector, abs=1e-6)
+    finally:
+        engine.client.delete(index=alias, id=doc_id, refresh=True)
+
+
+def test_the_popularity_terms_weight_scales_it(services: Services) -> None:
+    """``knn_linear`` and ``script_score`` add ``weight * log10(1 + popularity)``: the weight
+    must reach the score (a function_score query's own boost does not, under replace)."""
+    engine, alias = services.engine, services.settings.docs_alias
+    doc_id = f"popular-{uuid.uuid4().hex[:6]}"
+    engine.client.index(index=alias, id=doc_id, refresh=True,
+                        body={"doc_id": doc_id, "title": "popular", POPULARITY_FIELD: 99.0})
+    try:
+        for weight in (0.5, 1.0, 3.0):
+            hits = engine.search(alias, {"query": {"bool": {
+                "filter": [{"ids": {"values": [doc_id]}}],
+                "should": [popularity_clause(weight)]}}})["hits"]["hits"]
+            assert hits[0]["_score"] == pytest.approx(weight * 2.0, rel=1e-5)
     finally:
         engine.client.delete(index=alias, id=doc_id, refresh=True)
 

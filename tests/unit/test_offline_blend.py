@@ -40,11 +40,15 @@ def test_a_targets_rank_is_its_place_in_the_sorted_blend(seed: int) -> None:
     assert rank_of(terms, weights, "not fetched", size=100) is None
 
 
-def test_a_term_of_weight_zero_recalls_nothing() -> None:
+def test_a_term_of_weight_zero_recalls_nothing_but_the_words_always_do() -> None:
     terms = _terms(7)
     only_bm25 = BlendWeights(1.0)
     recalled = set(top_ids(terms, only_bm25, size=100))
     assert recalled == {terms.ids[i] for i in np.flatnonzero(terms.present[:, 0])}
+    # The words' clause is in every request, whatever its weight.
+    words_at_zero = BlendWeights(0.0, popularity=1.0)
+    recalled = set(top_ids(terms, words_at_zero, size=100))
+    assert recalled == {terms.ids[i] for i in np.flatnonzero(terms.present[:, [0, 2]].any(1))}
 
 
 def test_seen_matches_get_the_share_of_the_applied_user_terms() -> None:

@@ -12,7 +12,13 @@ from plugin.api.schemas import SearchRequest, Weights
 from plugin.config import BLEND_STRATEGIES, WEIGHT_NAMES
 from plugin.engine import ElasticsearchEngine, Engine, EngineKind, OpenSearchEngine
 from plugin.search import keep_plain_places
-from plugin.strategies import STRATEGIES, BlendWeights, QueryContext, UserVectors
+from plugin.strategies import (
+    STRATEGIES,
+    BlendWeights,
+    KnnLinear,
+    QueryContext,
+    UserVectors,
+)
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
 USER = UserVectors(long=[1.0, 0.0], short=[0.0, 1.0], behaviour=[0.5, 0.5],
@@ -66,7 +72,7 @@ def test_knn_linear_keeps_popularity_out_of_the_bm25_scale(engine: Engine) -> No
     words = body["query"]["bool"]["should"][0]["bool"]
     # BM25 over the best score, and the popularity term at its own weight beside it.
     assert words["must"][0]["bool"]["boost"] == pytest.approx(1.0 / 8.0)
-    assert words["should"][0]["function_score"]["boost"] == 0.2
+    assert words["should"][0]["function_score"]["functions"][0]["weight"] == 0.2
     boosts = sorted(round(float(next(iter(c.values()))["boost"]) if engine.kind is
                           EngineKind.OPENSEARCH else float(c["boost"]), 6)
                     for c in _knn_clauses(body))
@@ -149,3 +155,32 @@ def test_keep_puts_seen_documents_at_their_places_without_the_user() -> None:
     assert [h["_id"] for h in merged] == ["x", "y"]
     merged = keep_plain_places(hits("x", "s3"), hits("x"), {"s3"}, 5)
     assert [h["_id"] for h in merged] == ["x", "s3"]
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
+def test_knn_linears_term_searches_are_its_clauses_at_weight_one(engine: Engine) -> None:
+    """What the evaluation adds up offline (offline_blend.py) is the request's own clauses:
+    the words and popularity over every match, each kNN clause with its field, vector and
+    scope, each at weight 1."""
+    ctx = _context(engine, seen=("d1",))
+    strategy = KnnLinear()
+    searches = dict(strategy.term_searches(ctx, matches=5000))
+    assert list(searches) == ["bm25", "popularity", "query", "interest_long",
+                              "interest_short", "behaviour", "behaviour_short"]
+    assert searches["bm25"]["size"] == searches["popularity"]["size"] == 5000
+    assert searches["bm25"]["query"]["bool"]["must"] == [ctx.words]
+    request = _knn_clauses(strategy.request(ctx))
+    for name, body in searches.items():
+        if name in ("bm25", "popularity"):
+            continue
+        (clause,) = _knn_clauses(body)
+        # The request's clause for this term, up to its weight.
+        inner = next(iter(clause.values())) if engine.kind is EngineKind.OPENSEARCH else clause
+        assert float(inner["boost"]) == 1.0
+        assert any({k: v for k, v in (next(iter(c.values())) if engine.kind is
+                                      EngineKind.OPENSEARCH else c).items() if k != "boost"}
+                   == {k: v for k, v in inner.items() if k != "boost"} for c in request)
+        assert body["size"] == ctx.personal_k
+    # A weight of 0 leaves its clause out of both.
+    no_query = dataclasses.replace(ctx, weights=dataclasses.replace(WEIGHTS, query=0.0))
+    assert "query" not in dict(strategy.term_searches(no_query, 5000))
