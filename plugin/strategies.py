@@ -121,14 +121,11 @@ def seen_boost(user: UserVectors, w: BlendWeights) -> float:
 
 
 @dataclass(frozen=True)
-class KnnClause:
-    """One weighted kNN clause of ``knn_linear``: its ``personal_k`` nearest in ``scope``."""
+class KnnClause(UserTerm):
+    """One weighted kNN clause of ``knn_linear`` (a user term's or the query vector's): its
+    ``personal_k`` nearest in ``scope``."""
 
-    name: str  # its weight's name (BlendWeights)
-    field: str
-    vector: list[float]
-    weight: float
-    scope: JSON | None
+    scope: JSON | None = None
 
     def add_to(self, body: JSON, ctx: QueryContext, boost: float) -> None:
         ctx.engine.add_knn(body, field_name=self.field, vector=self.vector, k=ctx.personal_k,

@@ -13,8 +13,7 @@
 4. Tune each strategy's blend weights on validation queries only (every protocol; a sample,
    except ``linear_retriever`` and ``knn_linear``, whose blends are recomputed offline from
    each query's terms fetched once, so they tune on every validation query on a finer grid),
-   term by
-   term (coordinate ascent): popularity and the query vector first (the non-personalized
+   term by term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
    ``choose``, under each seen policy (neutral, keep, own), keeping the best. The first engine
    tunes; the others run the same weights, as the product ships one file.
