@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import BLEND_STRATEGIES, LOCAL_ENGINE_URLS, SEEN_POLICIES, load_ranking
+from plugin.config import (
+    BLEND_STRATEGIES,
+    LOCAL_ENGINE_URLS,
+    SEEN_POLICIES,
+    load_ranking,
+    load_settings,
+)
 from plugin.evaluation.data import PROTOCOLS
 from plugin.evaluation.run import run
 
@@ -80,5 +86,12 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
     assert trial["report"]["trained"] and trial["report"]["steps"] > 0
     assert set(trial["models"]) == {"shipped", "fine-tuned"}
     assert "Language model fine-tuned on the log" in report
-    assert saved["engines"]["opensearch"]["strategies"] == ["knn_linear"]
-    assert saved["engines"]["elasticsearch8"]["strategies"] == ["linear_retriever"]
+    # The quick run personalizes each engine's default: the first strategy it offers in the
+    # shipped strategy_order.
+    order = load_settings().strategy_order
+    for engine in engines:
+        res = saved["engines"][engine]
+        assert res["offered"] == sorted(res["offered"], key=order.index)
+        assert res["strategies"] == res["offered"][:1]
+    assert "linear_retriever" not in saved["engines"]["opensearch"]["offered"]
+    assert "linear_retriever" in saved["engines"]["elasticsearch8"]["offered"]
