@@ -53,6 +53,7 @@ MATCHES = 10_000
 TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
          "behaviour_short")
 PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
+USER_TERMS = TERMS[len(PLAIN_TERMS):]
 # The engine's min-max normalizer keeps a term's scores where they are all equal.
 EPSILON = 1e-6
 # Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
@@ -233,7 +234,7 @@ class OfflineBlend:
             if not keep:
                 out.append(rank_of(terms, plan, q.movie_id, self.size))
                 continue
-            no_user = replace(plan, **dict.fromkeys(TERMS[len(PLAIN_TERMS):], 0.0), seen=0.0)
+            no_user = replace(plan, **dict.fromkeys(USER_TERMS, 0.0), seen=0.0)
             ranked = [h["_id"] for h in keep_plain_places(
                 [{"_id": i} for i in top_ids(terms, plan, self.size)],
                 [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size)]

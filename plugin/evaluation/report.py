@@ -178,7 +178,11 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
         "`ambiguity`: the user terms are scaled by words^-ambiguity (the query's distinct "
         "words): a longer, more specific query turns personalization down. `seen`: the share "
         "of the user terms' total weight a document the user already liked gets in place of "
-        "its own personal terms.",
+        "its own personal terms. Each table is tuned term by term on validation: the "
+        "query vector and popularity without a user (the non-personalized default, which a "
+        "search without a user runs: the table without a behaviour vector keeps them), then "
+        "the user terms; beside behaviour the query vector and popularity are tuned again, "
+        "so a user with a behaviour vector may get them weighed differently.",
         "",
         f"Half-lives: interests long {ranking['half_life_long_days']:g} d, short "
         f"{ranking['half_life_short_days']:g} d; popularity "
@@ -238,7 +242,10 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
         return []
     protocols = [p for p in next(iter(validation.values())) if p != "objective"]
     floors = seen.get("floors") or {}
-    lines = ["## Seen policy (validation NDCG@10, the default strategy tuned under each)", "",
+    strategy = seen.get("strategy")
+    lines = ["## Seen policy (validation NDCG@10, "
+             + (f"`{strategy}`" if strategy else "the default strategy")
+             + " tuned under each)", "",
              "The objective: the discovery queries' mean NDCG@10, less each protocol's "
              "shortfall below its floor, the best non-personalized ranking on it, plus "
              f"{seen.get('margin_se', 0):g} standard error(s) of the blend's own mean there "
@@ -247,7 +254,8 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
              "any fresh sample). Weights "
              "are tuned on the tuning sample (`linear_retriever` and `knn_linear`: on every "
              "validation query, offline); this choice and the strategy order are made "
-             "on every validation query.", "",
+             "on every validation query (the policies of a strategy tuned offline compared "
+             "offline, the strategies through the engine).", "",
              "| policy | objective | " + " | ".join(protocols) + " |",
              "| --- | --- |" + " --- |" * len(protocols)]
     if floors:

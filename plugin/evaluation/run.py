@@ -61,7 +61,7 @@ from plugin.config import (
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
-from plugin.evaluation.offline_blend import OfflineBlend
+from plugin.evaluation.offline_blend import USER_TERMS, OfflineBlend
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
@@ -95,11 +95,11 @@ GRID: dict[str, tuple[float, ...]] = {
 OFFLINE_GRID: dict[str, tuple[float, ...]] = {
     "popularity": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
     "query": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
-    "behaviour": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+    "behaviour": (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0),
     "behaviour_short": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "interest_long": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "interest_short": (0.0, 0.25, 0.5, 1.0),
-    "seen": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0),
+    "seen": (0.0, 0.25, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0),
     "ambiguity": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
 }
 # The ambiguity exponent the user terms are first tuned under (the ascent tunes it after
@@ -416,6 +416,7 @@ class Tuned:
     other_policies: dict[str, dict[str, tuple[BlendWeights, BlendWeights]]] = field(
         default_factory=dict)  # strategy -> policy -> (without, with) behaviour
     policy_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    policy_strategy: str | None = None  # the strategy the seen policy was chosen on
     # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
     behaviour: dict[str, Any] | None = None
     behaviour_validation: dict[str, float] = field(default_factory=dict)
@@ -522,6 +523,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "test_queries": len(split.test), "movies": len(corpus.catalog),
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation,
+                        "strategy": tuned.policy_strategy,
                         "floors": tuned.validation_floors, "margin_se": FLOOR_MARGIN_SE},
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
@@ -887,7 +889,8 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                         progress: Callable[[str], None]) -> None:
     """The seen policy: the default strategy tuned under each (on ``tuning``),
     compared on every validation query: a sample of a hundred re-finding queries let a
-    policy pass the floor there and fall below it on test."""
+    policy pass the floor there and fall below it on test. A strategy tuned offline is
+    compared offline too (the agreement check measures that against the engine)."""
     first = tuned.seen_policy or "neutral"
     candidates = {first: tuned.chosen[strategy]}
     for policy in SEEN_POLICIES:
@@ -898,8 +901,10 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     floors = _validation_floors(evaluator, validation, offered, tuned)
     for policy, weights in candidates.items():
         method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
-        ndcg = metrics.per_query(evaluator.ranks(method, validation, f"seen policy {policy}"))[
-            "ndcg@10"]
+        ranks = (evaluator.offline_ranks(method, validation)
+                 if evaluator.tunes_offline(strategy)
+                 else evaluator.ranks(method, validation, f"seen policy {policy}"))
+        ndcg = metrics.per_query(ranks)["ndcg@10"]
         tuned.policy_validation[policy] = {
             "objective": objective(ndcg, validation, floors),
             **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
@@ -908,6 +913,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     # Ties go to the policy listed first (config.SEEN_POLICIES).
     tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"],
                                                    -SEEN_POLICIES.index(p)))
+    tuned.policy_strategy = strategy
     tuned.chosen[strategy] = candidates.pop(tuned.seen_policy)
     tuned.other_policies[strategy] = candidates
     progress(f"seen policy on validation: {scores}; chosen {tuned.seen_policy}")
@@ -1022,7 +1028,9 @@ def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     grid = OFFLINE_GRID if evaluator.tunes_offline(strategy) else GRID
     for step in terms:
         names = (step,) if isinstance(step, str) else step
-        profile = None if set(names) <= {"popularity", "query"} else "dynamic"
+        # Without a user while no user term is weighed (the non-personalized default).
+        personal = any(getattr(weights, t) for t in USER_TERMS if t not in names)
+        profile = None if set(names) <= {"popularity", "query"} and not personal else "dynamic"
         scored = []
         for values in itertools.product(*(grid[n] for n in names)):
             candidate = replace(weights, **dict(zip(names, values, strict=True)))
@@ -1040,9 +1048,15 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           ) -> tuple[BlendWeights, BlendWeights]:
     """Popularity and the query vector (the non-personalized default; given as ``plain``
     where tuned already), then the content interest terms, the seen documents' weight and
-    how specific queries turn them down (the table for users without a behaviour vector),
-    then behaviour, its short-term term, the long-term term, the seen weight, the ambiguity
-    exponent and behaviour again (the table for users with one). Returns (without, with) behaviour.
+    how specific queries turn them down (the table for users without a behaviour vector,
+    which searches without a user also take: its query vector and popularity stay the
+    non-personalized default's), then behaviour, its short-term term, the long-term term, the
+    seen weight, the ambiguity exponent, behaviour, the query vector and popularity (the
+    table for users with one). Returns (without, with) behaviour.
+
+    The query vector and popularity are tuned again beside behaviour because their best
+    weights next to it need not be their best without a user (the controls, which share
+    these weights, tell a better blend from personalization).
 
     Under the neutral policy each user term's first step searches the seen weight with it:
     a user term alone pushes what the user knows down, the seen weight alone does nothing
@@ -1058,7 +1072,7 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     content = ascend(start, (("interest_long", "seen"), "interest_short", "seen", "ambiguity",
                              "interest_long"))
     full = ascend(content, (("behaviour", "seen"), "behaviour_short", "interest_long", "seen",
-                            "ambiguity", "behaviour"))
+                            "ambiguity", "behaviour", "query", "popularity"))
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
              f"with {full}")
     return content, full

@@ -40,6 +40,8 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
     # Every policy was tuned and held to each protocol's floor on validation.
     assert set(saved["seen_policy"]["validation"]) == set(SEEN_POLICIES)
     assert set(saved["seen_policy"]["floors"]) == set(PROTOCOLS)
+    # ... on the first engine's default strategy (scored offline where it tunes offline).
+    assert saved["seen_policy"]["strategy"] == saved["engines"][engines[0]]["strategies"][0]
     assert chosen["embed_title_cleanup"] in ("years", "none")
     # linear_retriever and knn_linear are tuned offline on every validation query; each
     # blend recomputed in the process ranks the targets where the engine does (ties and kNN
