@@ -217,6 +217,34 @@ class Strategy(ABC):
     def request(self, ctx: QueryContext) -> JSON:
         """The engine request (size and from included) for this search."""
 
+    # Whether its blend is a weighted sum of terms the engine can score one at a time
+    # (``term_searches``, ``term_scores``): the evaluation then recomputes it offline.
+    sums_terms: ClassVar[bool] = False
+
+    def term_searches(self, ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
+        """(name, search) of each term on its own at weight 1 (a weight's name each); a
+        search over every match asks for up to ``matches``."""
+        raise NotImplementedError(f"{self.name} is not a sum of terms searched one at a time")
+
+    def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
+                    ) -> list[float]:
+        """One term's hits' scores (in the order returned) as the blend weighs them."""
+        return list(scores)
+
+
+# The ``linear`` retriever's min-max normalizer keeps a term's scores where all are equal.
+MIN_MAX_EPSILON = 1e-6
+
+
+def min_max(scores: Sequence[float]) -> list[float]:
+    """The ``linear`` retriever's min-max normalizer over one term's hits."""
+    if not scores:
+        return []
+    low, high = min(scores), max(scores)
+    if high - low < MIN_MAX_EPSILON:
+        return list(scores)
+    return [(v - low) / (high - low) for v in scores]
+
 
 class ScriptScore(Strategy):
     """BM25 matches scored by one Painless script (a constant of the engine module) on BM25
@@ -304,6 +332,18 @@ class LinearRetriever(Strategy):
                           term.weight))
         return terms
 
+    sums_terms = True
+
+    def term_searches(self, ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
+        """Each retriever of ``terms`` on its own, over the window (``matches`` unused: the
+        ``linear`` retriever sees each term's window only)."""
+        return [(name, {"size": ctx.personal_k, "retriever": retriever})
+                for name, retriever, _ in self.terms(ctx)]
+
+    def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
+                    ) -> list[float]:
+        return min_max(scores)
+
     def request(self, ctx: QueryContext) -> JSON:
         retrievers = [{"retriever": retriever, "weight": weight, "normalizer": "minmax"}
                       for _, retriever, weight in self.terms(ctx)]
@@ -350,10 +390,12 @@ class KnnLinear(Strategy):
             body["query"]["bool"]["should"].append(seen_clause)
         return body
 
+    sums_terms = True
+
     def term_searches(self, ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
-        """(name, search) of each term on its own at weight 1, whose scores ``request`` adds
-        up (the evaluation recomputes the sum from them): the words' BM25 and popularity over
-        up to ``matches`` matches, each kNN clause over its k."""
+        """The terms ``request`` adds up: the words' BM25 and popularity over up to
+        ``matches`` matches (any match may enter the blend's top), each kNN clause over its
+        k."""
         searches: list[tuple[str, JSON]] = [
             ("bm25", {"size": matches, "query": {"bool": {"must": [ctx.words],
                                                           "filter": ctx.filters}}}),
@@ -364,6 +406,13 @@ class KnnLinear(Strategy):
             clause.add_to(body, ctx, 1.0)
             searches.append((clause.name, body))
         return searches
+
+    def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
+                    ) -> list[float]:
+        """BM25 over the query's best score, as ``request`` weighs it; the rest as scored."""
+        if name == "bm25" and ctx.max_bm25 > 0:
+            return [v / ctx.max_bm25 for v in scores]
+        return list(scores)
 
 
 # In config.BLEND_STRATEGIES' order (the names the ranking file and settings use).

@@ -1,4 +1,4 @@
-"""The script-free strategies' blends recomputed in this process, for tuning.
+"""The blends that are sums of terms recomputed in this process, for tuning.
 
 Tuning scores hundreds of weight candidates on the validation queries. Through the engine
 that is one search per candidate and query, which is why tuning once scored a sample of 300.
@@ -12,8 +12,9 @@ candidate's blend is then the strategy's own arithmetic:
 
 plus the seen share on the held-neutral matches (``keep``: the seen documents at their
 places in the blend without the user). The query's inputs, the weights a user gets and the
-documents held neutral come from the search layer's own functions, each term's search from
-the strategy's own (``LinearRetriever.terms``, ``KnnLinear.term_searches``).
+documents held neutral come from the search layer's own functions, each term's search and
+how its scores are weighed from the strategy's own (``Strategy.term_searches``,
+``Strategy.term_scores``).
 
 The engine's ranks and these agree up to ties and the kNN search's approximation; the
 evaluation reports the agreement on every validation query, and every figure it publishes
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from plugin.engine import JSON
 from plugin.evaluation import data
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -43,19 +43,17 @@ from plugin.search import (
 )
 from plugin.services import Services
 from plugin.strategies import STRATEGIES as BUILDERS
-from plugin.strategies import KnnLinear, LinearRetriever, QueryContext, seen_boost
+from plugin.strategies import QueryContext, seen_boost
 
-STRATEGIES = (LinearRetriever.name, KnnLinear.name)
-# knn_linear's words clause scores every match: each of them is fetched (the engine's
-# default result window; more raises).
+STRATEGIES = tuple(name for name, strategy in BUILDERS.items() if strategy.sums_terms)
+# A term scored on every match (knn_linear's words) fetches each of them (the engine's default
+# result window; more raises).
 MATCHES = 10_000
-# Every min-max normalized term, each a weight's name (LinearRetriever.terms).
+# Every term, each a weight's name.
 TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
          "behaviour_short")
 PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
 USER_TERMS = TERMS[len(PLAIN_TERMS):]
-# The engine's min-max normalizer keeps a term's scores where they are all equal.
-EPSILON = 1e-6
 # Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
 UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0), seen=1.0)
 FETCH_THREADS = 4
@@ -74,15 +72,6 @@ class QueryTerms:
     scores: npt.NDArray[np.float32]  # (documents, TERMS)
     present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
-
-
-def normalized(scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """The ``linear`` retriever's min-max normalizer over one term's hits."""
-    values = np.asarray(scores, dtype=np.float64)
-    if values.size == 0:
-        return values
-    low, high = float(values.min()), float(values.max())
-    return values if high - low < EPSILON else (values - low) / (high - low)
 
 
 def blend(terms: QueryTerms, weights: BlendWeights
@@ -146,7 +135,11 @@ class OfflineBlend:
                                      max_bm25=inputs.max_bm25, user=user, size=self.size,
                                      offset=0, personal_k=self.window, seen=held)
         lists = dict(self.plain.get((strategy, query.text), {}))
-        wanted = [(name, body) for name, body in _term_searches(strategy, ctx, self.window)
+        builder = BUILDERS[strategy]
+        if not builder.sums_terms:
+            raise ValueError(f"{strategy} is not recomputed offline "
+                             f"(only {', '.join(STRATEGIES)})")
+        wanted = [(name, body) for name, body in builder.term_searches(ctx, MATCHES)
                   if name not in lists]
         bodies = [{**body, "_source": False} for _, body in wanted]
         # The seen clause's matches (none where no user term applies: then no share either).
@@ -161,11 +154,8 @@ class OfflineBlend:
             found = answer["hits"]["hits"]
             if len(found) >= MATCHES and body.get("size") == MATCHES:
                 raise RuntimeError(f"more than {MATCHES} documents match {query.text!r}")
-            values = np.array([float(h["_score"]) for h in found])
-            if strategy == LinearRetriever.name:
-                values = normalized(values)
-            elif name == "bm25" and inputs.max_bm25 > 0:
-                values = values / inputs.max_bm25
+            values = np.array(builder.term_scores(name, [float(h["_score"]) for h in found],
+                                                  ctx))
             lists[name] = ([h["_id"] for h in found], values)
         self.plain.setdefault((strategy, query.text),
                               {n: v for n, v in lists.items() if n in PLAIN_TERMS})
@@ -240,16 +230,6 @@ class OfflineBlend:
                 [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size)]
             out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
         return out
-
-
-def _term_searches(strategy: str, ctx: QueryContext, window: int) -> list[tuple[str, JSON]]:
-    """(name, search) of each of ``strategy``'s terms on its own, at the context's weights."""
-    if strategy == LinearRetriever.name:
-        return [(name, {"size": window, "retriever": retriever})
-                for name, retriever, _ in LinearRetriever().terms(ctx)]
-    if strategy == KnnLinear.name:
-        return KnnLinear().term_searches(ctx, MATCHES)
-    raise ValueError(f"{strategy} is not recomputed offline (only {', '.join(STRATEGIES)})")
 
 
 def _key(strategy: str, query: data.Query, profile: str | None, held: tuple[str, ...]

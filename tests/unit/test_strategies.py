@@ -16,8 +16,11 @@ from plugin.strategies import (
     STRATEGIES,
     BlendWeights,
     KnnLinear,
+    LinearRetriever,
     QueryContext,
+    ScriptScore,
     UserVectors,
+    min_max,
 )
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
@@ -155,6 +158,28 @@ def test_keep_puts_seen_documents_at_their_places_without_the_user() -> None:
     assert [h["_id"] for h in merged] == ["x", "y"]
     merged = keep_plain_places(hits("x", "s3"), hits("x"), {"s3"}, 5)
     assert [h["_id"] for h in merged] == ["x", "s3"]
+
+
+def test_min_max_over_a_terms_hits_keeps_equal_scores() -> None:
+    assert min_max([2.0, 4.0, 3.0]) == [0.0, 1.0, 0.5]
+    assert min_max([0.7, 0.7]) == [0.7, 0.7]
+    assert min_max([]) == []
+
+
+def test_each_term_is_weighed_as_its_strategy_blends_it() -> None:
+    """knn_linear divides BM25 by the query's best score and adds the rest as scored;
+    linear_retriever min-max normalizes every term over its hits; script_score is no sum of
+    terms searched one at a time."""
+    ctx = dataclasses.replace(_context(ElasticsearchEngine(None, "9.5.3")), max_bm25=4.0)
+    assert KnnLinear().term_scores("bm25", [4.0, 2.0], ctx) == [1.0, 0.5]
+    assert KnnLinear().term_scores("behaviour", [0.8, 0.6], ctx) == [0.8, 0.6]
+    assert LinearRetriever().term_scores("bm25", [4.0, 2.0, 3.0], ctx) == [1.0, 0.0, 0.5]
+    searches = dict(LinearRetriever().term_searches(ctx, matches=5000))
+    assert list(searches) == [name for name, _, _ in LinearRetriever().terms(ctx)]
+    assert {body["size"] for body in searches.values()} == {ctx.personal_k}
+    assert not ScriptScore().sums_terms
+    with pytest.raises(NotImplementedError):
+        ScriptScore().term_searches(ctx, 5000)
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
