@@ -180,13 +180,16 @@ class Evaluator:
     policies: dict[str, Services] = field(default_factory=dict)
     # Scores already measured: coordinate ascent revisits its current point at every step.
     scores: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    # Ranks the engine already gave (the agreement check and the strategy order ask alike).
+    answered: dict[tuple[Any, ...], list[int | None]] = field(default_factory=dict)
     # Where set, tuning scores the offline strategies' blends in this process from each
     # query's terms, fetched once (offline_blend.py); ``ranks`` always asks the engine.
     offline: OfflineBlend | None = None
 
     def using(self, services: Services) -> Evaluator:
         """The same profiles on another configuration (other weights, another half-life)."""
-        return replace(self, services=services, policies={}, scores={}, offline=None)
+        return replace(self, services=services, policies={}, scores={}, answered={},
+                       offline=None)
 
     def tunes_offline(self, strategy: str) -> bool:
         return self.offline is not None and strategy in OFFLINE_STRATEGIES
@@ -202,6 +205,10 @@ class Evaluator:
     def ranks(self, method: Method, queries: Sequence[data.Query],
               label: str = "") -> list[int | None]:
         services = self.for_policy(method.seen_policy)
+        key = (method.weights, method.profile, method.strategy, services.settings.seen_policy,
+               tuple(map(id, queries)))
+        if key in self.answered and not method.keep_hits:
+            return self.answered[key]
 
         def one(q: data.Query) -> list[str]:
             vectors = self.profiles[method.profile](q) if method.profile else None
@@ -223,8 +230,9 @@ class Evaluator:
             hits = [by_text[q.text] for q in queries]
         if method.keep_hits:
             method.hits.extend(hits)
-        return [next((n for n, h in enumerate(ids, 1) if h == q.movie_id), None)
-                for q, ids in zip(queries, hits, strict=True)]
+        ranks = self.answered[key] = [next((n for n, h in enumerate(ids, 1) if h == q.movie_id),
+                                           None) for q, ids in zip(queries, hits, strict=True)]
+        return ranks
 
     def offline_ranks(self, method: Method, queries: Sequence[data.Query]) -> list[int | None]:
         """``ranks`` from the offline blend (where ``tunes_offline``), without a search each."""
