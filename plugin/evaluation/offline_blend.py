@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from plugin.config import BLEND_TERMS
 from plugin.evaluation import data
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -49,9 +50,8 @@ STRATEGIES = tuple(name for name, strategy in BUILDERS.items() if strategy.sums_
 # A term scored on every match (knn_linear's words) fetches each of them (the engine's default
 # result window; more raises).
 MATCHES = 10_000
-# Every term, each a weight's name.
-TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
-         "behaviour_short")
+# Every term, each a weight's name (a column of QueryTerms.scores).
+TERMS = BLEND_TERMS
 PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
 USER_TERMS = TERMS[len(PLAIN_TERMS):]
 # Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
@@ -135,10 +135,7 @@ class OfflineBlend:
                                      max_bm25=inputs.max_bm25, user=user, size=self.size,
                                      offset=0, personal_k=self.window, seen=held)
         lists = dict(self.plain.get((strategy, query.text), {}))
-        builder = BUILDERS[strategy]
-        if not builder.sums_terms:
-            raise ValueError(f"{strategy} is not recomputed offline "
-                             f"(only {', '.join(STRATEGIES)})")
+        builder = BUILDERS[strategy]  # term_searches raises where it is no sum of terms
         wanted = [(name, body) for name, body in builder.term_searches(ctx, MATCHES)
                   if name not in lists]
         bodies = [{**body, "_source": False} for _, body in wanted]

@@ -244,6 +244,14 @@ class Evaluator:
                                   self.profiles[method.profile] if method.profile else None,
                                   queries)
 
+    def choice_ranks(self, method: Method, queries: Sequence[data.Query],
+                     label: str) -> list[int | None]:
+        """The ranks a choice on validation scores: offline where the strategy tunes
+        offline, else the engine's."""
+        if self.tunes_offline(method.strategy):
+            return self.offline_ranks(method, queries)
+        return self.ranks(method, queries, label)
+
     def ndcg(self, method: Method, queries: Sequence[data.Query],
              floors: Floors | None = None) -> float:
         """Mean NDCG@10; with ``floors``, the tuning objective of the personal terms (see
@@ -252,9 +260,7 @@ class Evaluator:
                tuple(map(id, queries)), None if floors is None else tuple(sorted(floors.items())))
         if key in self.scores:
             return self.scores[key]
-        ranks = (self.offline_ranks(method, queries) if self.tunes_offline(method.strategy)
-                 else self.ranks(method, queries, "tuning"))
-        ndcg = metrics.per_query(ranks)["ndcg@10"]
+        ndcg = metrics.per_query(self.choice_ranks(method, queries, "tuning"))["ndcg@10"]
         score = self.scores[key] = objective(ndcg, queries, floors)
         return score
 
@@ -909,10 +915,8 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     floors = _validation_floors(evaluator, validation, offered, tuned)
     for policy, weights in candidates.items():
         method = Method(policy, weights[1], "dynamic", strategy, seen_policy=policy)
-        ranks = (evaluator.offline_ranks(method, validation)
-                 if evaluator.tunes_offline(strategy)
-                 else evaluator.ranks(method, validation, f"seen policy {policy}"))
-        ndcg = metrics.per_query(ranks)["ndcg@10"]
+        ndcg = metrics.per_query(evaluator.choice_ranks(method, validation,
+                                                        f"seen policy {policy}"))["ndcg@10"]
         tuned.policy_validation[policy] = {
             "objective": objective(ndcg, validation, floors),
             **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
