@@ -13,6 +13,8 @@ from plugin.storable import MAX_ID_BYTES, storable_json, storable_text
 
 # What a document may carry; anything else is dropped before it is queued.
 FIELDS = ("id", "doc_id", "title", "body", "tags", "metadata", "embedding")
+# The id as a keyword with doc values: what a search that wants ids only reads.
+DOC_ID_FIELD = "doc_id"
 # Written by the workers, never by clients: decayed interactions (plugin/pipeline/popularity.py).
 POPULARITY_FIELD = "popularity"
 # Written by `es-interest train`: the behaviour (collaborative) vector and its version.
@@ -52,7 +54,7 @@ class Document:
 
     def source(self) -> dict[str, Any]:
         return {
-            "doc_id": self.doc_id,
+            DOC_ID_FIELD: self.doc_id,
             "title": self.title,
             "body": self.body,
             "tags": list(self.tags),

@@ -40,6 +40,9 @@ def bootstrap_ci(values: npt.NDArray[np.float64], samples: int = 2000, seed: int
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
+EXACT_WILCOXON_MAX = 13
+
+
 def paired_test(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],
                 samples: int = 5000, seed: int = 0) -> dict[str, float]:
     """Is mean(a) > mean(b)? Paired bootstrap (one-sided) and Wilcoxon signed-rank p-values."""
@@ -51,7 +54,11 @@ def paired_test(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64],
     boot = diff[idx].mean(axis=1)
     p_boot = float((np.sum(boot <= 0) + 1) / (samples + 1))
     nonzero = diff[diff != 0]
-    p_wilcoxon = (float(wilcoxon(nonzero, alternative="greater").pvalue)
+    # scipy's "auto" runs a permutation test on 13 or fewer differences with ties, seconds
+    # each; "exact" is its conservative null distribution for ties (and no p below 0.01 is
+    # within reach of so few queries anyway).
+    method = "exact" if len(nonzero) <= EXACT_WILCOXON_MAX else "auto"
+    p_wilcoxon = (float(wilcoxon(nonzero, alternative="greater", method=method).pvalue)
                   if len(nonzero) > 0 else 1.0)
     return {"mean_diff": float(diff.mean()), "p_bootstrap": p_boot, "p_wilcoxon": p_wilcoxon}
 

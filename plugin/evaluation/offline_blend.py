@@ -34,12 +34,14 @@ from plugin.config import BLEND_TERMS
 from plugin.evaluation import data
 from plugin.progress import progress as progress_bar
 from plugin.search import (
+    IDS_FROM_DOC_VALUES,
     BlendWeights,
     QueryInputs,
     UserVectors,
     blend_plan,
     held_neutral,
     keep_plain_places,
+    named_hits,
     query_inputs,
 )
 from plugin.services import Services
@@ -138,25 +140,25 @@ class OfflineBlend:
         builder = BUILDERS[strategy]  # term_searches raises where it is no sum of terms
         wanted = [(name, body) for name, body in builder.term_searches(ctx, MATCHES)
                   if name not in lists]
-        bodies = [{**body, "_source": False} for _, body in wanted]
+        bodies = [{**body, **IDS_FROM_DOC_VALUES} for _, body in wanted]
         # The seen clause's matches (none where no user term applies: then no share either).
         seen_clause = ctx.seen_clause()
         if seen_clause is not None:
-            bodies.append({"size": len(held), "_source": False, "query": seen_clause})
+            bodies.append({"size": len(held), **IDS_FROM_DOC_VALUES, "query": seen_clause})
         answers = engine.msearch(settings.docs_alias, bodies) if bodies else []
         for answer in answers:
             if "error" in answer:
                 raise RuntimeError(f"the engine refused a term's search: {answer['error']}")
         for (name, body), answer in zip(wanted, answers, strict=False):
-            found = answer["hits"]["hits"]
-            if len(found) >= MATCHES and body.get("size") == MATCHES:
+            hits = named_hits(answer)
+            if len(hits) >= MATCHES and body.get("size") == MATCHES:
                 raise RuntimeError(f"more than {MATCHES} documents match {query.text!r}")
-            values = np.array(builder.term_scores(name, [float(h["_score"]) for h in found],
+            values = np.array(builder.term_scores(name, [float(h["_score"]) for h in hits],
                                                   ctx))
-            lists[name] = ([h["_id"] for h in found], values)
+            lists[name] = ([h["_id"] for h in hits], values)
         self.plain.setdefault((strategy, query.text),
                               {n: v for n, v in lists.items() if n in PLAIN_TERMS})
-        seen_ids = ({h["_id"] for h in answers[-1]["hits"]["hits"]} if seen_clause is not None
+        seen_ids = ({h["_id"] for h in named_hits(answers[-1])} if seen_clause is not None
                     else set())
         ids: dict[str, int] = {}
         for found, _ in lists.values():

@@ -298,12 +298,16 @@ def test_script_score_and_knn_linear_rank_alike(learning: Services,
 
 def test_an_ids_only_search_ranks_alike_without_fetching_sources(
         learning: Services, many_matches: dict[str, Any]) -> None:
-    params = SearchParams("gadget", user_id=many_matches["user"], size=50, use_cache=False)
-    full = search(learning, params)
-    bare = search(learning, replace(params, ids_only=True))
-    assert [h["id"] for h in bare.hits] == [h["id"] for h in full.hits]
-    assert bare.request["_source"] is False and all(h["title"] is None for h in bare.hits)
-    assert all(h["title"] for h in full.hits)
+    for strategy in available_strategies(learning):
+        params = SearchParams("gadget", user_id=many_matches["user"], size=50,
+                              strategy=strategy, use_cache=False)
+        full = search(learning, params)
+        bare = search(learning, replace(params, ids_only=True))
+        assert [h["id"] for h in bare.hits] == [h["id"] for h in full.hits], strategy
+        # Named from the doc_id doc values: no stored field (not even _id) is read.
+        assert bare.request["stored_fields"] == "_none_"
+        assert all(h["title"] is None for h in bare.hits)
+        assert all(h["title"] for h in full.hits)
 
 
 def test_a_query_cached_by_the_linear_retriever_still_gets_its_best_bm25(

@@ -24,3 +24,12 @@ def test_bootstrap_and_paired_test() -> None:
     better = paired_test(a + 0.05, a)
     assert better["mean_diff"] == pytest.approx(0.05) and better["p_wilcoxon"] < 1e-6
     assert paired_test(a, a + 0.05)["p_bootstrap"] > 0.9
+
+
+def test_paired_test_on_a_few_tied_differences() -> None:
+    # Ten queries, ties among the differences: scipy's conservative exact null, which for
+    # "all ten better" gives 1/1024, and for an even split nothing near significance.
+    better = paired_test(np.full(10, 0.5), np.full(10, 0.25))
+    assert better["p_wilcoxon"] == pytest.approx(1 / 1024)
+    mixed = paired_test(np.array([0.5] * 5 + [0.0] * 5), np.array([0.0] * 5 + [0.5] * 5))
+    assert mixed["p_wilcoxon"] > 0.4

@@ -11,7 +11,7 @@ import pytest
 from plugin.api.schemas import SearchRequest, Weights
 from plugin.config import BLEND_STRATEGIES, WEIGHT_NAMES
 from plugin.engine import ElasticsearchEngine, Engine, EngineKind, OpenSearchEngine
-from plugin.search import keep_plain_places
+from plugin.search import IDS_FROM_DOC_VALUES, keep_plain_places, named_hits
 from plugin.strategies import (
     STRATEGIES,
     BlendWeights,
@@ -140,6 +140,15 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
         assert [(p["c"], p["d"]) for p in params] == [(0.3, 0.1), (0.0, 0.0)]
     # Policy "own" (nothing held neutral) leaves the request as it was.
     assert "must_not" not in json.dumps(STRATEGIES[name].request(_context(engine)))
+
+
+def test_hits_named_from_doc_values() -> None:
+    # A search asked for ids only reads no stored field, so its hits carry no _id.
+    assert IDS_FROM_DOC_VALUES["stored_fields"] == "_none_"
+    response = {"hits": {"hits": [{"_score": 2.0, "fields": {"doc_id": ["m1"]}},
+                                  {"_id": "m2", "_score": 1.0}]}}
+    assert [h["_id"] for h in named_hits(response)] == ["m1", "m2"]
+    assert response["hits"]["hits"][0]["_id"] == "m1"
 
 
 def test_keep_puts_seen_documents_at_their_places_without_the_user() -> None:
