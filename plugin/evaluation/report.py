@@ -229,10 +229,20 @@ def _strategy_order(results: dict[str, Any]) -> list[str]:
     validation = choice.get("validation") or {}
     if not validation:
         return []
-    return ["`auto` (the default strategy) takes the first of these the engine offers, in the "
-            "order of their personalized default's validation objective (the seen policy's, "
-            "below): " + " > ".join(f"`{s}` {validation[s]:.4f}" for s in choice["order"]
-                                    if s in validation) + ".", ""]
+    lines = ["`auto` (the default strategy) takes the first of these the engine offers: "
+             + ", ".join(f"`{s}` {validation[s]:.4f}" for s in choice["order"]
+                         if s in validation)
+             + " (each personalized default's validation objective, the seen policy's below)."]
+    overtakes = choice.get("overtakes")
+    if overtakes is not None:
+        confidence, resamples = choice.get("confidence", 0.95), choice.get("resamples", 2000)
+        lines += ["The order starts from the shipped one (the ranking file's), and a strategy "
+                  "moves ahead of the one before it only where its objective is the better in "
+                  f"at least {confidence:.0%} of {resamples} bootstrap resamples of "
+                  "the validation queries, so near ties do not swap the default on a rerun's "
+                  "noise. Share of resamples in which the first beat the second: "
+                  + "; ".join(f"{pair} {share:.1%}" for pair, share in overtakes.items()) + "."]
+    return [*lines, ""]
 
 
 def _seen_policy(results: dict[str, Any]) -> list[str]:

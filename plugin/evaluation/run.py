@@ -127,6 +127,11 @@ ITEM2VEC_GRID: dict[str, tuple[Any, ...]] = {
 }
 BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *ITEM2VEC_GRID)
 TAIL_USERS = 3  # a target with fewer training users than this is a tail target
+# A strategy overtakes the shipped order (the ranking file's) only where it beats the one
+# ahead of it in this share of bootstrap resamples of the validation queries: two near-tied
+# strategies would otherwise swap places on a rerun's noise, and the default with them.
+ORDER_CONFIDENCE = 0.95
+ORDER_RESAMPLES = 2000
 # The leak bound: test queries in this many time buckets, popularity and behaviour vectors
 # for each learned from the events before the bucket's first query only.
 LEAK_BUCKETS = 4
@@ -276,7 +281,11 @@ def objective(ndcg: np.ndarray, queries: Sequence[data.Query],
     only just on validation is missed on about half of any fresh sample (the test's)."""
     if floors is None:
         return float(ndcg.mean())
-    protocols = np.array([q.protocol for q in queries])
+    return _objective(ndcg, np.array([q.protocol for q in queries]), floors, margin_se)
+
+
+def _objective(ndcg: np.ndarray, protocols: np.ndarray, floors: Floors,
+               margin_se: float = FLOOR_MARGIN_SE) -> float:
     discovery = np.isin(protocols, list(data.DISCOVERY))
     score = float(ndcg[discovery].mean()) if discovery.any() else 0.0
     for protocol, floor in floors.items():
@@ -438,6 +447,8 @@ class Tuned:
     # first engine, where it personalizes every strategy): what `auto` prefers.
     strategy_order: list[str] = field(default_factory=list)
     strategy_validation: dict[str, float] = field(default_factory=dict)
+    # "a > b": the share of resamples in which a's objective beat b's (b ahead of it).
+    strategy_overtakes: dict[str, float] = field(default_factory=dict)
     # Per strategy scored offline, its blend's NDCG@10 and ranks against the engine's (every
     # validation query).
     offline_agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -543,7 +554,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
         "strategy_choice": {"order": tuned.strategy_order,
-                            "validation": tuned.strategy_validation},
+                            "validation": tuned.strategy_validation,
+                            "overtakes": tuned.strategy_overtakes,
+                            "confidence": ORDER_CONFIDENCE, "resamples": ORDER_RESAMPLES},
         "offline_agreement": tuned.offline_agreement,
         "commit": _commit(), "seconds": round(time.time() - started, 1),
         "phase_seconds": clock.rounded(),
@@ -947,22 +960,60 @@ def _offline_agreement(evaluator: Evaluator, validation: list[data.Query], strat
 def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offered: list[str],
                       strategies: list[str], tuned: Tuned, progress: Callable[[str], None]
                       ) -> list[str]:
-    """The strategies by their personalized default's objective on every validation query,
-    best first; the first is the default from here on (its ablations, the leak bound) and
-    what `auto` ships."""
+    """The strategies in the shipped order, each moved ahead where its personalized
+    default's objective on every validation query beats the one ahead of it surely
+    (``stable_order``); the first is the default from here on (its ablations, the leak bound)
+    and what `auto` ships."""
     policy = tuned.seen_policy or "neutral"
     floors = _validation_floors(evaluator, validation, offered, tuned)
     # The engine's answers, not the offline blend's: the strategies are compared as served.
-    tuned.strategy_validation = {
-        s: objective(metrics.per_query(evaluator.ranks(Method(
-            f"strategy {s}", tuned.chosen[s][1], "dynamic", s, seen_policy=policy),
-            validation, f"strategy {s}"))["ndcg@10"], validation, floors)
-        for s in strategies}
-    ordered = sorted(strategies, key=lambda s: -tuned.strategy_validation[s])
+    ndcg = {s: metrics.per_query(evaluator.ranks(Method(
+        f"strategy {s}", tuned.chosen[s][1], "dynamic", s, seen_policy=policy),
+        validation, f"strategy {s}"))["ndcg@10"] for s in strategies}
+    tuned.strategy_validation = {s: objective(v, validation, floors) for s, v in ndcg.items()}
+    protocols = np.array([q.protocol for q in validation])
+    shipped = [s for s in evaluator.services.settings.strategy_order if s in ndcg]
+    ordered, tuned.strategy_overtakes = stable_order(
+        [*shipped, *(s for s in strategies if s not in shipped)],
+        lambda a, b: overtake_share(ndcg[a], ndcg[b], protocols, floors))
     tuned.strategy_order = [*ordered, *(s for s in BLEND_STRATEGIES if s not in ordered)]
-    progress(f"strategies on validation: {tuned.strategy_validation}; `auto` prefers "
-             f"{tuned.strategy_order}")
+    progress(f"strategies on validation: {tuned.strategy_validation}; overtakes "
+             f"{tuned.strategy_overtakes}; `auto` prefers {tuned.strategy_order}")
     return ordered
+
+
+def overtake_share(challenger: np.ndarray, incumbent: np.ndarray, protocols: np.ndarray,
+                   floors: Floors, samples: int = ORDER_RESAMPLES, seed: int = 0) -> float:
+    """The share of bootstrap resamples of the queries (paired) in which ``challenger``'s
+    per-query NDCG@10 makes a better objective than ``incumbent``'s."""
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for _ in range(samples):
+        idx = rng.integers(0, len(protocols), len(protocols))
+        wins += (_objective(challenger[idx], protocols[idx], floors)
+                 > _objective(incumbent[idx], protocols[idx], floors))
+    return wins / samples
+
+
+def stable_order(start: Sequence[str], share: Callable[[str, str], float],
+                 confidence: float = ORDER_CONFIDENCE) -> tuple[list[str], dict[str, float]]:
+    """``start`` (the shipped order), each strategy moved ahead of the one before it where it
+    beats it in at least ``confidence`` of the resamples (``share(challenger, incumbent)``);
+    also each share asked, as "challenger > incumbent"."""
+    order, asked = list(start), {}
+    for _ in range(len(order) ** 2):  # enough passes to sort; a cycle cannot run on
+        moved = False
+        for i in range(len(order) - 1):
+            ahead, behind = order[i], order[i + 1]
+            key = f"{behind} > {ahead}"
+            if key not in asked:
+                asked[key] = share(behind, ahead)
+            if asked[key] >= confidence:
+                order[i], order[i + 1] = behind, ahead
+                moved = True
+        if not moved:
+            break
+    return order, asked
 
 
 def _write(results: dict[str, Any], out_dir: Path, ranking_out: Path | None) -> None:

@@ -15,7 +15,9 @@ from plugin.evaluation.run import (
     _stored,
     best_arms,
     objective,
+    overtake_share,
     query_time_profiles,
+    stable_order,
     time_buckets,
 )
 from plugin.interest import DocVector, fold_events
@@ -120,3 +122,24 @@ def test_a_floor_counts_as_met_only_a_standard_error_above_it() -> None:
     # An identical blend with less spread there clears it.
     steady = np.array([0.2, 0.2, 0.35, 0.35])
     assert objective(steady, queries, floors, margin_se=2.0) == pytest.approx(0.2)
+
+
+def test_a_strategy_overtakes_the_shipped_order_only_surely() -> None:
+    rng = np.random.default_rng(3)
+    protocols = np.array(["term", "words", "refind"] * 200)
+    floors = {"term": 0.0, "words": 0.0, "refind": 0.0}
+    base = rng.uniform(0.0, 1.0, protocols.size)
+    # A near tie (a few queries' worth): not sure either way.
+    tie = base.copy()
+    tie[:3] += 0.05
+    assert 0.05 < overtake_share(tie, base, protocols, floors) < 0.95
+    # Better on every discovery query: sure.
+    better = np.where(protocols == "refind", base, base + 0.1)
+    assert overtake_share(better, base, protocols, floors) == 1.0
+    shares = {("b", "a"): 0.6, ("c", "b"): 0.99, ("c", "a"): 0.97, ("a", "c"): 0.0,
+              ("b", "c"): 0.0, ("a", "b"): 0.4}
+    order, asked = stable_order(["a", "b", "c"], lambda x, y: shares[(x, y)])
+    # c surely beats both and leads; b's 60% over a does not move it.
+    assert order == ["c", "a", "b"]
+    assert asked["b > a"] == 0.6 and asked["c > a"] == 0.97
+    assert stable_order(["a", "b"], lambda x, y: shares[(x, y)])[0] == ["a", "b"]
