@@ -425,12 +425,20 @@ def _goals(t: dict[str, Any], protocol: str) -> list[str]:
     return goals
 
 
+# The issue's goals for a run's time on this machine: `make eval`, `make eval-quick`.
+TIME_GOAL_S = {"full": 1800.0, "quick": 300.0}
+
+
 def _phase_seconds(results: dict[str, Any]) -> list[str]:
     """Where the run's time went (a phase repeated per engine is summed)."""
     phases = results.get("phase_seconds") or {}
     if not phases:
         return []
+    goal = TIME_GOAL_S["quick" if results.get("quick") else "full"]
+    met = "met" if results["seconds"] <= goal else "NOT met"
     return ["", f"## Where the {results['seconds']:.0f} s went", "",
+            f"Goal: this run under {goal / 60:g} minutes here: {met} "
+            f"({results['seconds'] / 60:.1f} minutes).", "",
             "| phase | seconds | share |", "| --- | --- | --- |",
             *(f"| {name} | {seconds:.0f} | {seconds / results['seconds']:.0%} |"
               for name, seconds in sorted(phases.items(), key=lambda kv: -kv[1]))]
