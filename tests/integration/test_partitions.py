@@ -3,6 +3,7 @@ changed only once the old partitions' queues are drained."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -50,11 +51,14 @@ def test_the_partition_count_is_stored_checked_and_changed_after_a_drain(
         send_events(celery, [{"event_id": "e1", "user_id": user, "type": "like",
                               "doc_id": "d"}], 10)
         assert waiting_event_batches(celery, services.redis, 4) == 1
+        prefix = celery.conf.broker_transport_options["global_keyprefix"]
+        message = json.loads(services.redis.lindex(f"{prefix}events.1", 0))
+        # Its readable copy of the arguments (monitors, task logs) names the count only.
+        assert message["headers"]["argsrepr"] == "[1 items]"
         waiting = cli("setup", "--repartition", partitions=8)
         assert waiting.returncode != 0 and "1 batches still wait" in waiting.stderr
         assert stored_count(services.engine, own) == 4
         # Drained: the new count is stored, and the old one is refused from then on.
-        prefix = celery.conf.broker_transport_options["global_keyprefix"]
         services.redis.delete(f"{prefix}events.1")
         assert waiting_event_batches(celery, services.redis, 4) == 0
         changed = cli("setup", "--repartition", partitions=8)
