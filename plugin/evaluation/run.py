@@ -443,8 +443,8 @@ class Tuned:
     # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
     behaviour: dict[str, Any] | None = None
     behaviour_validation: dict[str, float] = field(default_factory=dict)
-    # The strategies by their personalized default's validation objective, best first (the
-    # first engine, where it personalizes every strategy): what `auto` prefers.
+    # The strategies in the order `auto` prefers: the shipped one, where validation surely
+    # says otherwise changed (``stable_order``; the first engine, which personalizes each).
     strategy_order: list[str] = field(default_factory=list)
     strategy_validation: dict[str, float] = field(default_factory=dict)
     # "a > b": the share of resamples in which a's objective beat b's (b ahead of it).
