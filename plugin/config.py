@@ -41,10 +41,11 @@ SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
 BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
                "behaviour_short")
 # A ranking file's weights per strategy: one per term, the share of the user terms' weight
-# documents the user already interacted with get (``seen``) and how specific queries damp the
-# user's terms. These may be missing (0: a file from before they existed):
-OPTIONAL_WEIGHTS = ("behaviour_short", "seen", "ambiguity")
-WEIGHT_NAMES = (*BLEND_TERMS, "seen", "ambiguity")
+# documents the user already interacted with get (``seen``), how knowing many of them turns
+# that share down (``seen_crowding``) and how specific queries damp the user's terms. These
+# may be missing (0: a file from before they existed):
+OPTIONAL_WEIGHTS = ("behaviour_short", "seen", "seen_crowding", "ambiguity")
+WEIGHT_NAMES = (*BLEND_TERMS, "seen", "seen_crowding", "ambiguity")
 # What the personal terms give documents the user already interacted with: ``neutral``, the
 # ``seen`` share of their weight instead of their own similarity, so the boost goes to what
 # they have not seen; ``keep``, no boost and exactly their place in the same search without

@@ -37,6 +37,11 @@ class BlendWeights:
     # (seen_policy "neutral"): this share of the user terms' total weight, a typical boost
     # rather than its own high one, so the personal boost goes to what the user has not seen.
     seen: float = 0.0
+    # How much knowing many documents turns a user's seen share down: the share is scaled by
+    # (n / SEEN_FEW)^-seen_crowding for a user with n > SEEN_FEW seen documents. Many of them
+    # match any query, and each lifted one takes a place a new document could have. 0: every
+    # user alike.
+    seen_crowding: float = 0.0
     # How much a specific query turns personalization down: the user terms are scaled by
     # words^-ambiguity (query length, the classic sign of specificity: "comedy" leaves the
     # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
@@ -114,10 +119,23 @@ def user_terms(user: UserVectors, w: BlendWeights) -> list[UserTerm]:
             if v is not None and getattr(w, name) > 0]
 
 
+# Up to this many seen documents a user's seen share is whole (BlendWeights.seen_crowding):
+# so few rarely crowd a query's first page.
+SEEN_FEW = 20
+
+
+def seen_share(seen: int, w: BlendWeights) -> float:
+    """The seen share of a user with ``seen`` seen documents: ``w.seen``, turned down by
+    ``w.seen_crowding`` beyond SEEN_FEW of them."""
+    if seen <= SEEN_FEW or w.seen_crowding <= 0:
+        return w.seen
+    return w.seen * float((seen / SEEN_FEW) ** -w.seen_crowding)
+
+
 def seen_boost(user: UserVectors, w: BlendWeights) -> float:
-    """What a held-neutral document gets in place of its own user terms: ``w.seen`` times
-    the applied user terms' total weight."""
-    return w.seen * sum(t.weight for t in user_terms(user, w))
+    """What a held-neutral document gets in place of its own user terms: the user's seen
+    share (``seen_share``) of the applied user terms' total weight."""
+    return seen_share(len(user.seen), w) * sum(t.weight for t in user_terms(user, w))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class Weights(BaseModel):
     behaviour: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     behaviour_short: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     seen: float | None = Field(None, ge=0, le=MAX_WEIGHT)
+    seen_crowding: float | None = Field(None, ge=0, le=MAX_WEIGHT)
     ambiguity: float | None = Field(None, ge=0, le=MAX_WEIGHT)
 
 

@@ -10,6 +10,7 @@ import matplotlib
 
 from plugin.config import WEIGHT_NAMES
 from plugin.evaluation.data import DISCOVERY
+from plugin.strategies import SEEN_FEW
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -178,7 +179,10 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
         "`ambiguity`: the user terms are scaled by words^-ambiguity (the query's distinct "
         "words): a longer, more specific query turns personalization down. `seen`: the share "
         "of the user terms' total weight a document the user already liked gets in place of "
-        "its own personal terms. Each table is tuned term by term on validation: the "
+        "its own personal terms; `seen_crowding`: for a user with n seen documents beyond "
+        f"{SEEN_FEW}, that share is scaled by (n / {SEEN_FEW})^-seen_crowding (a user who knows "
+        "many documents has many among any query's matches, each taking a place a new one "
+        "could have). Each table is tuned term by term on validation: the "
         "query vector and popularity without a user (the non-personalized default, which a "
         "search without a user runs: the table without a behaviour vector keeps them), then "
         "the user terms; beside behaviour the query vector and popularity are tuned again, "

@@ -89,6 +89,7 @@ GRID: dict[str, tuple[float, ...]] = {
     "interest_long": (0.0, 0.5, 1.0, 2.0),
     "interest_short": (0.0, 0.5),
     "seen": (0.0, 0.25, 0.5, 0.75, 1.0),
+    "seen_crowding": (0.0, 0.5, 1.0),
     "ambiguity": (0.0, 0.5, 1.0, 2.0, 3.0),
 }
 # Where the blend is scored offline a candidate costs no search: finer steps, wider range.
@@ -100,12 +101,15 @@ OFFLINE_GRID: dict[str, tuple[float, ...]] = {
     "interest_long": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
     "interest_short": (0.0, 0.25, 0.5, 1.0),
     "seen": (0.0, 0.25, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0),
+    "seen_crowding": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
     "ambiguity": (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
 }
 # The ambiguity exponent the user terms are first tuned under (the ascent tunes it after
 # them): at 0 a two-word query gets the full personal weight, and the floors on the longer
 # queries would hold every user term back before the exponent could turn them down there.
 START_AMBIGUITY = 1.0
+# The weights that say what seen documents get (seen_policy "neutral" only).
+SEEN_WEIGHTS = ("seen", "seen_crowding")
 # How many standard errors of its own mean a blend must clear each protocol's floor by, on
 # validation, before the objective stops charging it (objective()).
 FLOOR_MARGIN_SE = 1.0
@@ -1110,11 +1114,12 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           policy: str = "neutral", floors: Floors | None = None
           ) -> tuple[BlendWeights, BlendWeights]:
     """Popularity and the query vector (the non-personalized default; given as ``plain``
-    where tuned already), then the content interest terms, the seen documents' weight and
-    how specific queries turn them down (the table for users without a behaviour vector,
-    which searches without a user also take: its query vector and popularity stay the
+    where tuned already), then the content interest terms, the seen documents' weight, how
+    knowing many of them turns it down (and the weight again, under that) and how specific
+    queries turn the user terms down (the table for users without a behaviour vector, which
+    searches without a user also take: its query vector and popularity stay the
     non-personalized default's), then behaviour, its short-term term, the long-term term, the
-    seen weight, the ambiguity exponent, behaviour, the query vector and popularity (the
+    seen weights, the ambiguity exponent, behaviour, the query vector and popularity (the
     table for users with one). Returns (without, with) behaviour.
 
     The query vector and popularity are tuned again beside behaviour because their best
@@ -1125,17 +1130,18 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     a user term alone pushes what the user knows down, the seen weight alone does nothing
     while no user term applies, so one at a time neither would ever be taken."""
     def ascend(weights: BlendWeights, terms: Sequence[str | tuple[str, ...]]) -> BlendWeights:
-        if policy != "neutral":  # the seen weight only counts where seen documents are held
-            terms = [t if isinstance(t, str) else tuple(n for n in t if n != "seen")
-                     for t in terms if t != "seen"]
+        if policy != "neutral":  # the seen weights only count where seen documents are held
+            terms = [t if isinstance(t, str) else tuple(n for n in t if n not in SEEN_WEIGHTS)
+                     for t in terms if t not in SEEN_WEIGHTS]
         return _ascend(evaluator, tuning, strategy, weights, terms, policy, floors)
 
     plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
     start = replace(plain, seen=0.0, ambiguity=START_AMBIGUITY)
-    content = ascend(start, (("interest_long", "seen"), "interest_short", "seen", "ambiguity",
-                             "interest_long"))
+    content = ascend(start, (("interest_long", "seen"), "interest_short", "seen",
+                             "seen_crowding", "seen", "ambiguity", "interest_long"))
     full = ascend(content, (("behaviour", "seen"), "behaviour_short", "interest_long", "seen",
-                            "ambiguity", "behaviour", "query", "popularity"))
+                            "seen_crowding", "seen", "ambiguity", "behaviour", "query",
+                            "popularity"))
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
              f"with {full}")
     return content, full

@@ -21,6 +21,8 @@ from plugin.strategies import (
     ScriptScore,
     UserVectors,
     min_max,
+    seen_boost,
+    seen_share,
 )
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
@@ -140,6 +142,23 @@ def test_seen_documents_get_the_seen_weight_not_their_own_terms(engine: Engine,
         assert [(p["c"], p["d"]) for p in params] == [(0.3, 0.1), (0.0, 0.0)]
     # Policy "own" (nothing held neutral) leaves the request as it was.
     assert "must_not" not in json.dumps(STRATEGIES[name].request(_context(engine)))
+
+
+def test_a_user_who_knows_many_documents_gets_a_smaller_seen_share() -> None:
+    w = dataclasses.replace(WEIGHTS, seen=0.5, seen_crowding=1.0)
+    # Up to SEEN_FEW (20) seen documents the share is whole; beyond, (n / 20)^-crowding.
+    assert seen_share(1, w) == seen_share(20, w) == 0.5
+    assert seen_share(40, w) == pytest.approx(0.25)
+    assert seen_share(80, dataclasses.replace(w, seen_crowding=0.5)) == pytest.approx(0.25)
+    assert seen_share(300, dataclasses.replace(w, seen_crowding=0.0)) == 0.5
+    # The boost every strategy (and the evaluation's offline blend) gives a held-neutral
+    # document follows: 40 seen documents, a quarter of the user terms' total weight.
+    heavy = dataclasses.replace(USER, seen=tuple(f"m{i}" for i in range(40)))
+    assert seen_boost(heavy, w) == pytest.approx(0.25 * (0.3 + 0.1 + 0.4 + 0.05))
+    ctx = _context(ENGINES[0], seen=heavy.seen, weights=w, user=heavy)
+    clause = ctx.seen_clause()
+    assert clause is not None
+    assert clause["constant_score"]["boost"] == pytest.approx(0.25 * 0.85)
 
 
 def test_hits_named_from_doc_values() -> None:
