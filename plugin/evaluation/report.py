@@ -146,8 +146,11 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "- **Profiles are current at query time**: each query's profile folds every event "
         "of the user before it (for a test query, the validation period's too), with the "
         "workers' own fold, as the service would hold it. (The pipeline's replay is checked "
-        "against the same fold.) The static profile is the mean of the training history, "
-        "computed once.",
+        "against the same fold.) **Dynamic vs static** compares the personalized default "
+        "with the same blend on each user's profile *frozen* when training ended (the same "
+        "fold, every term, the validation period and the test's earlier events left out): "
+        "what keeping the profile current is worth. The static content profile (an "
+        "ablation) is the mean of the training history, computed once.",
         "- Three query protocols, reported separately. Discovery (the target is new to the "
         "user): **term**, one genre or tag of a held-out liked movie; **words**, two of "
         "them; none shares a word with its title. Re-finding: **refind**, one term of a movie "

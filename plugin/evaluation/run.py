@@ -123,6 +123,9 @@ NON_PERSONALIZED = "non-personalized default"
 BM25_POPULARITY = "BM25 + popularity"
 ITEM_PRIOR = "control: mean user's vectors"
 OTHER_USER = "control: another user's vectors"
+# The personalized default with each user's profile as it stood when training ended (the
+# validation period and the test's earlier events left out): what keeping it current is worth.
+FROZEN = "profile frozen at training's end"
 # item2vec's settings, searched one at a time where it is the best model.
 ITEM2VEC_GRID: dict[str, tuple[Any, ...]] = {
     "behaviour_item2vec_window": (5, 20, 50),
@@ -342,6 +345,21 @@ def query_time_profiles(corpus: Corpus, docs: dict[str, DocVector],
             folded = upto
             out[(user, t)] = UserVectors() if state is None else vectors_of(state)
     return lambda q: out.get((q.user_id, q.timestamp), UserVectors())
+
+
+def frozen_profiles(corpus: Corpus, docs: dict[str, DocVector],
+                    half_lives: tuple[float, float]) -> Profile:
+    """Each user's profile as the service held it when training ended: the training events
+    only, by the workers' fold (every term, behaviour included where ``docs`` carry it), the
+    same at every later query."""
+    long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
+    out: dict[str, UserVectors] = {}
+    for user, events in corpus.split.static_events.items():
+        state, _ = fold_events(None, user, [_stored(e, corpus.text_vectors) for e in events
+                                            if e["doc_id"] in docs], docs, long_s, short_s, 0.0)
+        if state is not None:
+            out[user] = vectors_of(state)
+    return by_user(out)
 
 
 def static_profiles(split: data.Split, doc_vectors: dict[str, Any]) -> dict[str, UserVectors]:
@@ -714,6 +732,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         dynamic = query_time_profiles(corpus, docs, half_lives,
                                       [*corpus.split.validation, *test])
     evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
+                                     "frozen": frozen_profiles(corpus, docs, half_lives),
                                      **_controls(dynamic, [*tuning, *test])},
                           offline=OfflineBlend(services.settings.personal_candidates, SIZE))
     validation = corpus.split.validation
@@ -1192,6 +1211,7 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
         Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0,
                                                        behaviour_short=full.behaviour_short),
                "dynamic", strategy),
+        Method(f"{FROZEN} ({strategy})", None, "frozen", strategy),
         *other_policies,
         Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
         Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy),
@@ -1241,7 +1261,11 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                     "gain_vs_item_prior": _gain(ours, per[f"{ITEM_PRIOR} ({s})"]["ndcg@10"]),
                     "vs_other_user": metrics.paired_test(ours, per[f"{OTHER_USER} ({s})"][
                         "ndcg@10"]),
-                    "dynamic_vs_static": metrics.paired_test(
+                    # The product's profile, current at each query, against the same
+                    # blend with the profile frozen when training ended.
+                    "dynamic_vs_static": metrics.paired_test(ours, per[f"{FROZEN} ({s})"][
+                        "ndcg@10"]),
+                    "content_dynamic_vs_static": metrics.paired_test(
                         per[f"dynamic content profile ({s})"]["ndcg@10"],
                         per[f"static content profile ({s})"]["ndcg@10"]),
                 })

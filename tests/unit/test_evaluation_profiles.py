@@ -14,6 +14,7 @@ from plugin.evaluation.run import (
     _controls,
     _stored,
     best_arms,
+    frozen_profiles,
     objective,
     overtake_share,
     query_time_profiles,
@@ -51,6 +52,22 @@ def test_a_profile_at_query_time_holds_exactly_the_events_before_it() -> None:
         got = profile(query)
         assert got.seen == expected.seen == tuple(f"m{i}" for i in reversed(range(before)))
         np.testing.assert_allclose(got.long or [], expected.long or [])
+
+
+def test_a_frozen_profile_holds_the_training_events_at_every_later_query() -> None:
+    history = {"u": [_like("u", "m0", 100), _like("u", "m1", 200), _like("u", "m2", 300)]}
+    split = data.Split([], [], [], {"u": history["u"][:2]}, history)  # type: ignore[arg-type]
+    corpus = Corpus(split, [], [], DOCS, {}, [])
+    frozen = frozen_profiles(corpus, DOCS, (365.0, 7.0))
+    # As the query-time profile stood right after the training cut (the second like)...
+    at_cut = query_time_profiles(corpus, DOCS, (365.0, 7.0), [data.Query("u", "m3", "q", 201)])
+    expected = at_cut(data.Query("u", "m3", "q", 201))
+    for t in (201, 301, 10_000):
+        got = frozen(data.Query("u", "m3", "q", t))
+        # ...and the same later: the third like, after the cut, never enters it.
+        assert got.seen == expected.seen == ("m1", "m0")
+        np.testing.assert_allclose(got.long or [], expected.long or [])
+    assert frozen(data.Query("nobody", "m3", "q", 1)).empty
 
 
 def test_the_controls_use_no_vector_of_the_user_but_keep_their_seen_documents() -> None:
