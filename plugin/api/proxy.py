@@ -30,7 +30,9 @@ from plugin.strategies import STRATEGIES, QueryContext
 bp = Blueprint("proxy", __name__)
 
 TEXT_QUERIES = ("match", "match_phrase", "multi_match", "query_string", "simple_query_string")
-PASSED_PARAMS = ("size", "from", "track_total_hits", "typed_keys")
+# ``preference`` routes a client's searches to the same shard copies (the same BM25
+# statistics), so two searches, or a search and the places ``keep`` takes, rank alike.
+PASSED_PARAMS = ("size", "from", "track_total_hits", "typed_keys", "preference")
 
 
 def _es_error(status: int, kind: str, reason: str) -> ResponseReturnValue:
@@ -148,7 +150,9 @@ def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], 
             whole["track_total_hits"] = params["track_total_hits"]
         bodies.append(whole)
     extra = {k: v for k, v in params.items() if k == "typed_keys"}
-    response, without_user = services().engine.msearch(index, bodies, **extra)
+    # A multi-search takes the routing preference per search, in its header line.
+    header = {"preference": params["preference"]} if "preference" in params else None
+    response, without_user = services().engine.msearch(index, bodies, header=header, **extra)
     if "error" in response or "error" in without_user:
         return response if "error" in response else without_user
     response["hits"]["hits"] = search_service.keep_plain_places(

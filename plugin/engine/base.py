@@ -254,13 +254,14 @@ class Engine(ABC):
                                **params))
 
     def msearch(self, index: str, bodies: Sequence[Mapping[str, Any]],
-                **params: Any) -> list[JSON]:
+                header: Mapping[str, Any] | None = None, **params: Any) -> list[JSON]:
         """Several searches in one request (the engine runs them side by side), within
-        ``search_timeout_s``. A search the engine refused comes back as its error body
-        (``error`` and ``status``), as the engine answers it."""
+        ``search_timeout_s``; ``header``: each search's header line (e.g. a ``preference``).
+        A search the engine refused comes back as its error body (``error`` and ``status``),
+        as the engine answers it."""
         lines: list[Mapping[str, Any]] = []
         for body in bodies:
-            lines += [{}, dict(body)]
+            lines += [dict(header or {}), dict(body)]
         found = self._call("msearch", self.search_timeout_s, index=index, body=lines, **params)
         return [dict(r) for r in found["responses"]]
 
