@@ -94,7 +94,9 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
     # happen after the erase above (an erase drops later-arriving events from before it).
     liked = [d for d in docs if {"Animation", "Children"} <= set(d["metadata"]["genres"])][:6]
     now = time.time()
-    events = [{"event_id": f"demo-{d['id']}", "user_id": DEMO_USER, "doc_id": d["id"],
+    # Ids of this run's own: the ids of an earlier run's events are remembered as applied
+    # (a redelivery must not fold twice), and the erase removed what they had folded.
+    events = [{"event_id": f"demo-{int(now)}-{d['id']}", "user_id": DEMO_USER, "doc_id": d["id"],
                "type": "like", "timestamp": now + i} for i, d in enumerate(liked)]
     click.echo(f"\n{DEMO_USER} likes: " + "; ".join(d["title"] for d in liked))
     report = celery.send_task("es_interest.ingest_events", args=[events]).get(timeout=120)
