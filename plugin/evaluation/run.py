@@ -352,14 +352,7 @@ def frozen_profiles(corpus: Corpus, docs: dict[str, DocVector],
     """Each user's profile as the service held it when training ended: the training events
     only, by the workers' fold (every term, behaviour included where ``docs`` carry it), the
     same at every later query."""
-    long_s, short_s = half_lives[0] * DAY, half_lives[1] * DAY
-    out: dict[str, UserVectors] = {}
-    for user, events in corpus.split.static_events.items():
-        state, _ = fold_events(None, user, [_stored(e, corpus.text_vectors) for e in events
-                                            if e["doc_id"] in docs], docs, long_s, short_s, 0.0)
-        if state is not None:
-            out[user] = vectors_of(state)
-    return by_user(out)
+    return by_user(offline_profiles(corpus.split, docs, corpus.text_vectors, half_lives))
 
 
 def static_profiles(split: data.Split, doc_vectors: dict[str, Any]) -> dict[str, UserVectors]:
