@@ -58,7 +58,22 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _Channel
 
 
+class WithheldTaskResults(logging.Filter):
+    """A worker logs each task's result at info level: a batch's report lists the ids users
+    sent (events, documents, error reasons). The line keeps the task, its id and its time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict) and "return_value" in record.args:
+            record.args = {**record.args, "return_value": "(withheld: see the task's result)"}
+        return True
+
+
+WITHHELD_TASK_RESULTS = WithheldTaskResults()
+
+
 def make_celery(settings: Settings) -> Celery:
+    # (addFilter ignores a filter it already has: every app of the process shares one.)
+    logging.getLogger("celery.app.trace").addFilter(WITHHELD_TASK_RESULTS)
     # Every key of the broker and the results sits under this deployment's namespace: two
     # deployments on one Redis never take each other's messages (README, With Docker).
     keyprefix = {"global_keyprefix": settings.redis_key("celery") + ":"}

@@ -242,7 +242,7 @@ def rebuild_user(services: Services, user_id: str) -> dict[str, Any]:
     """Replay one user's event log into a fresh state (``rebuild_users`` for one)."""
     result = rebuild_users(services, [user_id])
     if result["deferred"]:
-        raise EventsInFlight(f"user {user_id!r} counts events not stored yet (a batch awaits "
+        raise EventsInFlight("the user counts events not stored yet (a batch awaits "
                              "its retry or redelivery); rebuild it again later")
     return {"user_id": user_id, "events": result["events"], "skipped": result["skipped"]}
 

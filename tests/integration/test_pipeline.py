@@ -305,6 +305,24 @@ def test_a_process_whose_cached_user_is_stale_reads_it_afresh_before_writing(
     assert state is not None and state.event_counts == {"click": 6}
 
 
+def test_a_worker_logs_its_tasks_but_not_what_users_sent(corpus: list[str], worker,
+                                                         celery_client) -> None:  # type: ignore[no-untyped-def]
+    user, event_id = uid("secret-user"), uid("secret-event")
+    events = [{"event_id": event_id, "user_id": user, "doc_id": corpus[0], "type": "like"},
+              {"event_id": uid("secret-bad"), "user_id": user, "doc_id": corpus[0],
+               "type": "not-a-type"}]
+    result = celery_client.send_task("es_interest.ingest_events", args=[events])
+    report = result.get(timeout=120)
+    assert report["done"] == [event_id] and len(report["errors"]) == 1
+    deadline = time.monotonic() + 10
+    while f"[{result.id}] succeeded" not in (text := worker.log_path.read_text()):
+        assert time.monotonic() < deadline, "the worker did not log the task at info level"
+        time.sleep(0.1)
+    assert f"[{result.id}] succeeded" in text and "withheld" in text
+    assert user not in text and event_id not in text
+    assert "secret-bad" not in text and "not-a-type" not in text
+
+
 def test_a_task_that_keeps_failing_goes_to_the_dead_letter_list(worker, celery_client) -> None:  # type: ignore[no-untyped-def]
     dead_letter.purge(celery_client)
     result = celery_client.send_task("es_interest.ingest_events", args=[12345])
