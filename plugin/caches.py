@@ -49,8 +49,39 @@ class LockedCache(Generic[K, V]):
                 self._cache.clear()
 
 
+class VersionedCache(LockedCache[K, V]):
+    """Values that belong to one version of something kept elsewhere (documents' vectors, of
+    the behaviour training that made them): asked under another version it starts over, and a
+    value fetched under an older one is not kept, so no process folds an event with the
+    vectors of a space its users have left."""
+
+    def __init__(self, cache: cachetools.Cache[K, V] | None) -> None:
+        super().__init__(cache)
+        self._version: object = None
+
+    def get_many_at(self, version: object, keys: Iterable[K]) -> dict[K, V]:
+        if self._cache is None:
+            return {}
+        with self._lock:
+            if version != self._version:
+                self._cache.clear()
+                self._version = version
+            return {k: v for k in keys if (v := self._cache.get(k)) is not None}
+
+    def put_many_at(self, version: object, items: Mapping[K, V]) -> None:
+        if self._cache is not None:
+            with self._lock:
+                if version == self._version:
+                    self._cache.update(items)
+
+
 def lru(maxsize: int) -> LockedCache[K, V]:
     return LockedCache(cachetools.LRUCache(maxsize) if maxsize > 0 else None)
+
+
+def versioned_ttl(maxsize: int, seconds: float) -> VersionedCache[K, V]:
+    return VersionedCache(cachetools.TTLCache(maxsize, seconds)
+                          if maxsize > 0 and seconds > 0 else None)
 
 
 def ttl(maxsize: int, seconds: float) -> LockedCache[K, V]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plugin import caches
-from plugin.caches import LockedCache, content_model_key
+from plugin.caches import LockedCache, VersionedCache, content_model_key
 from plugin.config import Settings, load_settings
 
 # How long a process may go on with a version another process changed (behaviour vectors, the
@@ -109,9 +109,10 @@ class Services:
         return caches.lru(self.settings.user_cache_size)
 
     @cached_property
-    def doc_vectors(self) -> LockedCache[str, DocVector]:
+    def doc_vectors(self) -> VersionedCache[str, DocVector]:
+        """Documents' vectors for folds, of the current behaviour training's version."""
         s = self.settings
-        return caches.ttl(s.doc_vector_cache_size, s.doc_vector_cache_ttl_s)
+        return caches.versioned_ttl(s.doc_vector_cache_size, s.doc_vector_cache_ttl_s)
 
     @cached_property
     def behaviour_versions(self) -> LockedCache[str, str]:

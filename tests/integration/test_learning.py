@@ -184,6 +184,33 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
     learning.redis.set(behaviour_version_key(learning.settings), second["version"])
 
 
+def test_a_process_that_cached_documents_folds_with_a_new_trainings_vectors(
+        learning: Services) -> None:
+    """A worker caches documents' vectors as it folds; a training elsewhere (`es-interest
+    train`, another worker) must not leave it folding the next events without them."""
+    run = uid("cached")
+    ids = [f"{run}-{i}" for i in range(4)]
+    assert not pipeline.index_documents(learning, [
+        {"id": d, "title": f"cached item {i}", "tags": ["cached"]} for i, d in enumerate(ids)],
+        refresh=True).errors
+    worker = Services(learning.settings)  # another process: caches of its own
+    events = [event(f"{run}-u{u}", d, "like", T0 + u * DAY) for u in range(3) for d in ids]
+    assert not pipeline.ingest_events(worker, events).errors  # cached, no behaviour vectors yet
+    trained = behaviour.train(learning)
+    assert trained["trained"]
+    newcomer = f"{run}-newcomer"
+    assert not pipeline.ingest_events(worker, [event(newcomer, ids[0], "like", T0)]).errors
+    found = learning.engine.get_versioned(learning.settings.interests_alias, newcomer)
+    assert found is not None
+    folded = UserInterest.from_source(found[0])
+    assert folded.behaviour_version == trained["version"] and folded.behaviour is not None
+    pipeline.rebuild_user(learning, newcomer)
+    rebuilt = UserInterest.from_source(
+        learning.engine.get_versioned(learning.settings.interests_alias, newcomer)[0])
+    assert rebuilt.behaviour is not None
+    assert folded.behaviour.vector_sum == pytest.approx(rebuilt.behaviour.vector_sum, abs=1e-9)
+
+
 def test_cold_documents_get_behaviour_vectors_from_their_text(learning: Services) -> None:
     mapped = Services(replace(learning.settings, behaviour_text_map=True))
     run = uid("cold")
