@@ -13,16 +13,18 @@ from typing import Any
 import click
 
 from plugin.api.auth import create_key, revoke_key
+from plugin.celery_app import send_events
 from plugin.config import load_settings
 from plugin.indices import setup_indices
-from plugin.movielens import movie_documents
-from plugin.pipeline import erase_user
+from plugin.movielens import movie_documents, rating_event, ratings
+from plugin.pipeline import behaviour, erase_user, popularity
 from plugin.progress import progress
 from plugin.services import Services
 
 DEMO_USER = "demo-user"
 QUERY = "adventure"
 BATCH = 250
+EVENT_BATCH = 1000
 
 
 def _api_search(api_url: str, key: str, query: str, user_id: str | None) -> dict[str, Any]:
@@ -46,6 +48,31 @@ def _wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise click.ClickException(f"the API at {api_url} did not become healthy")
         time.sleep(1)
+
+
+def _other_users(services: Services, data_dir: Path | None, movie_ids: set[str]) -> None:
+    """MovieLens users' ratings of the indexed movies, sent as the events a deployment
+    collects; then what they teach: documents' popularity, and behaviour vectors (what
+    `es-interest train` does). The events keep the ratings' ids: a second run finds them
+    applied and counts nothing twice."""
+    history = [e for r in ratings(data_dir)
+               if r.movie_id in movie_ids and (e := rating_event(r)) is not None]
+    applied = before = errors = 0
+    with progress(total=len(history), desc="other users' ratings", unit="event") as bar:
+        for size, result in send_events(services.celery, history, EVENT_BATCH):
+            report = result.get(timeout=600)
+            applied += len(report["done"])
+            before += len(report["duplicates"])
+            errors += len(report["errors"])
+            bar.update(size)
+    users = len({e["user_id"] for e in history})
+    click.echo(f"{users} MovieLens users' ratings of these movies as events: {applied} applied, "
+               f"{before} applied by an earlier run, {errors} errors")
+    with progress(desc="behaviour vectors: training, re-folding users", unit="user") as bar:
+        trained = behaviour.train(services, progress=bar.update)
+    click.echo(f"behaviour vectors: {trained.get('documents', 0)} movies from "
+               f"{trained.get('pairs', 0)} likes")
+    popularity.flush(services, refresh=True, max_docs=0)
 
 
 def _print_hits(label: str, result: dict[str, Any]) -> list[str]:
@@ -82,6 +109,7 @@ def run_demo(data_dir: Path | None, movies: int, api_url: str | None) -> None:
             bar.update(len(report["done"]) + len(report["errors"]))
     services.engine.refresh(settings.docs_alias)
     click.echo(f"indexed {indexed} movies ({errors} errors)")
+    _other_users(services, data_dir, {d["id"] for d in docs})
 
     # Start the demo user from nothing, so that every run shows the same before and after.
     erase_user(services, DEMO_USER)

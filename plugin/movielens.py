@@ -12,6 +12,8 @@ from typing import Any
 from plugin.config import REPO_ROOT
 
 SHIPPED = REPO_ROOT / "data" / "movielens-small"
+# Ratings at or above / at or below these are likes / dislikes (``rating_event``).
+POSITIVE, NEGATIVE = 4.0, 2.0
 
 
 @dataclass(frozen=True)
@@ -51,3 +53,16 @@ def ratings(data_dir: Path | None = None) -> Iterator[Rating]:
     with open(folder / "ratings.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             yield Rating(row["userId"], row["movieId"], float(row["rating"]), int(row["timestamp"]))
+
+
+def rating_event(r: Rating) -> dict[str, Any] | None:
+    """4 and above: a like weighted by how much (4 -> 1 ... 5 -> 2); 2 and below: a dislike
+    (2 -> -1 ... 0.5 -> -2.5); in between says little and is left out."""
+    if r.rating >= POSITIVE:
+        weight, kind = r.rating - 3.0, "like"
+    elif r.rating <= NEGATIVE:
+        weight, kind = r.rating - 3.0, "dislike"
+    else:
+        return None
+    return {"event_id": f"r-{r.user_id}-{r.movie_id}", "user_id": r.user_id,
+            "doc_id": r.movie_id, "type": kind, "weight": weight, "timestamp": r.timestamp}

@@ -10,22 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugin.movielens import SHIPPED, Rating, movie_documents, ratings
-
-POSITIVE, NEGATIVE = 4.0, 2.0  # ratings at or above / at or below
-
-
-def rating_event(r: Rating) -> dict[str, Any] | None:
-    """4 and above: a like weighted by how much (4 -> 1 ... 5 -> 2); 2 and below: a dislike
-    (2 -> -1 ... 0.5 -> -2.5); in between says little and is left out."""
-    if r.rating >= POSITIVE:
-        weight, kind = r.rating - 3.0, "like"
-    elif r.rating <= NEGATIVE:
-        weight, kind = r.rating - 3.0, "dislike"
-    else:
-        return None
-    return {"event_id": f"r-{r.user_id}-{r.movie_id}", "user_id": r.user_id,
-            "doc_id": r.movie_id, "type": kind, "weight": weight, "timestamp": r.timestamp}
+from plugin.movielens import POSITIVE, SHIPPED, Rating, movie_documents, rating_event, ratings
 
 
 def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
