@@ -164,7 +164,7 @@ class Settings:
     erase_tombstone_s: float = 30 * 86400.0
     # Per worker process: users' interest states last written here (checked by the engine on
     # every write, so never wrong, only saving a read), and document vectors, which may be
-    # this many seconds older than a re-indexed document.
+    # this many seconds older than a re-indexed document (a behaviour training empties it).
     user_cache_size: int = 100_000
     doc_vector_cache_size: int = 100_000
     doc_vector_cache_ttl_s: float = 60.0
