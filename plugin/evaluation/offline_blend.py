@@ -128,6 +128,16 @@ class OfflineBlend:
         default_factory=dict)
     cached: dict[tuple[object, ...], QueryTerms] = field(default_factory=dict)
 
+    def forget(self, profiles: set[str]) -> None:
+        """Drops the terms fetched under these profiles (their vectors changed); the terms
+        without a user stay."""
+        self.cached = {k: v for k, v in self.cached.items() if k[5] not in profiles}
+
+    def rename(self, profile: str, to: str) -> None:
+        """The terms fetched under ``profile`` now answer for ``to`` (the same vectors)."""
+        self.cached = {(*k[:5], to, *k[6:]) if k[5] == profile else k: v
+                       for k, v in self.cached.items()}
+
     def _fetch(self, services: Services, strategy: str, query: data.Query, user: UserVectors,
                held: tuple[str, ...]) -> QueryTerms:
         engine, settings = services.engine, services.settings

@@ -192,7 +192,8 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
         "so a user with a behaviour vector may get them weighed differently.",
         "",
         f"Half-lives: interests long {ranking['half_life_long_days']:g} d, short "
-        f"{ranking['half_life_short_days']:g} d; popularity "
+        f"{ranking['half_life_short_days']:.4g} d ({ranking['half_life_short_days'] * 1440:.4g} "
+        "min); popularity "
         f"{ranking['popularity_half_life_days']:g} d (0 = no decay). Seen policy: "
         f"`{ranking.get('seen_policy', 'neutral')}`.",
         "",
@@ -456,6 +457,16 @@ def _ablations(results: dict[str, Any]) -> list[str]:
               "| long (days) | short (days) | NDCG@10 |", "| --- | --- | --- |"]
     lines += [f"| {a['long_days']:g} | {a['short_days']:g} | {a['val_ndcg@10']:.4f} |"
               for a in results["ablation"]]
+    if results.get("short_half_life_validation"):
+        lines += ["", "Short-term half-life, chosen beside behaviour (validation, the default "
+                  "strategy's tuning objective; under each candidate the short-term and "
+                  "behaviour weights searched again):", "",
+                  "| short (days) | objective | behaviour | behaviour short | interest short "
+                  "| chosen |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['short_days']:.4g} | {c['objective']:.4f} | "
+                  f"{c['weights']['behaviour']:g} | {c['weights']['behaviour_short']:g} | "
+                  f"{c['weights']['interest_short']:g} | {'yes' if c['chosen'] else ''} |"
+                  for c in results["short_half_life_validation"]]
     lines += ["", "Popularity half-life (validation, BM25 + popularity):", "",
               "| half-life (days) | NDCG@10 |", "| --- | --- |"]
     lines += [f"| {a['days']:g} | {a['val_ndcg@10']:.4f} |"

@@ -15,8 +15,10 @@
    each query's terms fetched once, so they tune on every validation query on a finer grid),
    term by term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
-   ``choose``, under each seen policy (neutral, keep, own), keeping the best. The first engine
-   tunes; the others run the same weights, as the product ships one file.
+   ``choose``, the short-term half-life again beside behaviour (a content profile cannot
+   tell what a short-term behaviour term is worth) and each seen policy (neutral, keep, own),
+   keeping the best. The first engine tunes; the others run the same weights and half-lives,
+   as the product ships one file.
 5. The comparator: the best non-personalized arm of the engine (BM25, BM25 + popularity or
    the non-personalized default of any strategy) on each protocol's validation queries.
 6. Score every arm on the test queries of each protocol (NDCG@10, MRR, Recall@100, 95%
@@ -80,6 +82,11 @@ from plugin.services import Services
 
 DAY = 86400.0
 HALF_LIVES = [(30.0, 1.0), (365.0, 7.0), (3650.0, 30.0)]
+# The short-term terms' half-life, chosen beside behaviour, also from these (days): an hour
+# and a minute, a session's latest interactions.
+SHORT_HALF_LIVES = (1 / 24, 1 / 1440)
+# What the short-term half-life's choice searches again under each candidate.
+SHORT_TERMS = ("behaviour_short", "behaviour", "interest_short", "behaviour_short")
 POPULARITY_HALF_LIVES = [0.0, 90.0, 365.0]  # days; 0 = a weighted count
 GRID: dict[str, tuple[float, ...]] = {
     "popularity": (0.0, 0.5, 1.0, 2.0),
@@ -467,6 +474,10 @@ class Tuned:
     # Per strategy scored offline, its blend's NDCG@10 and ranks against the engine's (every
     # validation query).
     offline_agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (long, short) in days: the long one from the content ablation, the short one chosen
+    # beside behaviour (``_short_half_life``), or the configured one where the run chooses none.
+    half_lives: tuple[float, float] | None = None
+    short_half_life_validation: list[dict[str, Any]] = field(default_factory=list)
 
 
 class PhaseClock:
@@ -520,12 +531,14 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         _index(first, corpus.docs)
     with clock.phase("half-lives"):
         half_lives, ablation = _half_lives(first, corpus, tuning, progress)
-    results: dict[str, Any] = {"engines": {}, "ablation": ablation, "half_lives": half_lives,
+    results: dict[str, Any] = {"engines": {}, "ablation": ablation,
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned()
     if not choose:  # the configured ones (``_services`` starts every deployment neutral)
-        tuned.seen_policy = load_settings().seen_policy
+        configured = load_settings()
+        tuned.seen_policy = configured.seen_policy
         tuned.behaviour = {k: getattr(first.settings, k) for k in BEHAVIOUR_SETTINGS}
+        half_lives = tuned.half_lives = (half_lives[0], configured.half_life_short_s / DAY)
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
@@ -552,6 +565,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                                              clock, first=engine == engines[0],
                                              quick=quick, choose=choose,
                                              language_model=language_model)
+        # The first engine may choose another short-term half-life; the next ones use it.
+        half_lives = tuned.half_lives or half_lives
         scored["pipeline_vs_offline_max_abs"] = drift
         results["engines"][engine] = scored
         results["per_query"][engine] = per_query
@@ -561,6 +576,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "quick": quick, "users": len(split.static_events), "train_events": len(corpus.train),
         "validation_queries": len(split.validation), "tuning_queries": len(tuning),
         "test_queries": len(split.test), "movies": len(corpus.catalog),
+        "half_lives": half_lives,
+        "short_half_life_validation": tuned.short_half_life_validation,
         "popularity_half_life_days": popularity_days,
         "seen_policy": {"chosen": tuned.seen_policy, "validation": tuned.policy_validation,
                         "strategy": tuned.policy_strategy,
@@ -672,6 +689,66 @@ def _half_lives(services: Services, corpus: Corpus, tuning: list[data.Query],
     return (best["long_days"], best["short_days"]), ablation
 
 
+def _short_half_life(evaluator: Evaluator, corpus: Corpus, docs: dict[str, DocVector],
+                     queries: list[data.Query], strategy: str,
+                     weights: tuple[BlendWeights, BlendWeights], policy: str,
+                     floors: Floors | None, half_lives: tuple[float, float],
+                     progress: Callable[[str], None]
+                     ) -> tuple[float, tuple[BlendWeights, BlendWeights], list[dict[str, Any]]]:
+    """The short-term terms' half-life, chosen beside behaviour: under each candidate's
+    profiles at query time the tuned blend's short-term and behaviour weights are searched
+    again (both tables), and the blend with behaviour's objective decides (ties keep the
+    current one). Returns the half-life (days), its weights and each candidate's score."""
+    choices: list[dict[str, Any]] = []
+    for short in dict.fromkeys([half_lives[1], *SHORT_HALF_LIVES]):
+        name = "dynamic" if short == half_lives[1] else short_profile(short)
+        candidate = evaluator if name == "dynamic" else replace(evaluator, profiles={
+            **evaluator.profiles,
+            name: query_time_profiles(corpus, docs, (half_lives[0], short), queries)})
+        without, full = (_ascend(candidate, queries, strategy, w, terms, policy, floors, name)
+                         for w, terms in zip(weights, (("interest_short",), SHORT_TERMS),
+                                             strict=True))
+        score = candidate.ndcg(Method(name, full, name, strategy, seen_policy=policy),
+                               queries, floors)
+        choices.append({"short_days": short, "objective": score,
+                        "weights": asdict(full), "weights_without_behaviour": asdict(without)})
+        progress(f"short-term half-life {short:g} d: validation objective {score:.4f} ({full})")
+    best = max(choices, key=lambda c: (c["objective"], c["short_days"] == half_lives[1]))
+    for c in choices:
+        c["chosen"] = c is best
+        if evaluator.offline is not None and c is not best and c["short_days"] != half_lives[1]:
+            evaluator.offline.forget({short_profile(c["short_days"])})
+    return best["short_days"], (BlendWeights(**best["weights_without_behaviour"]),
+                                BlendWeights(**best["weights"])), choices
+
+
+def _profiles(corpus: Corpus, docs: dict[str, DocVector], static: dict[str, UserVectors],
+              half_lives: tuple[float, float], tuning: list[data.Query]) -> dict[str, Profile]:
+    """Every profile the arms use. Every validation query, not only the tuning sample: the
+    discrete choices (seen policy, strategy order) are made on all of them."""
+    test = corpus.split.test
+    dynamic = query_time_profiles(corpus, docs, half_lives, [*corpus.split.validation, *test])
+    return {"static": by_user(static), "dynamic": dynamic,
+            "frozen": frozen_profiles(corpus, docs, half_lives),
+            **_controls(dynamic, [*tuning, *test])}
+
+
+def short_profile(short_days: float) -> str:
+    """The name of a candidate short-term half-life's profile (``_short_half_life``)."""
+    return f"dynamic, short half-life {short_days:g} d"
+
+
+def _with_profiles(evaluator: Evaluator, profiles: dict[str, Profile],
+                   fetched: str) -> Evaluator:
+    """``evaluator`` with ``profiles`` in place of its own: what it measured or fetched
+    under the replaced names is forgotten (the terms without a user stay), and the terms
+    fetched under the profile named ``fetched`` become the new "dynamic" profile's."""
+    if evaluator.offline is not None:
+        evaluator.offline.forget(set(evaluator.profiles) | set(profiles))
+        evaluator.offline.rename(fetched, "dynamic")
+    return Evaluator(evaluator.services, profiles, offline=evaluator.offline)
+
+
 def _replay(services: Services, engine: str, corpus: Corpus, half_lives: tuple[float, float],
             progress: Callable[[str], None]) -> float:
     """3. The training events through the real pipeline, in time order; returns how far its
@@ -719,15 +796,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                 FINE_TUNE_BUDGET_S["quick" if quick else "full"], progress, language_model)
     with clock.phase("profiles at query time"):
         docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
-        test = corpus.split.test
-        # Every validation query, not only the tuning sample: the discrete choices (seen
-        # policy, strategy order) are made on all of them.
-        dynamic = query_time_profiles(corpus, docs, half_lives,
-                                      [*corpus.split.validation, *test])
-    evaluator = Evaluator(services, {"static": by_user(static), "dynamic": dynamic,
-                                     "frozen": frozen_profiles(corpus, docs, half_lives),
-                                     **_controls(dynamic, [*tuning, *test])},
-                          offline=OfflineBlend(services.settings.personal_candidates, SIZE))
+        evaluator = Evaluator(services, _profiles(corpus, docs, static, half_lives, tuning),
+                              offline=OfflineBlend(services.settings.personal_candidates, SIZE))
     validation = corpus.split.validation
 
     def tuning_for(strategy: str) -> list[data.Query]:
@@ -766,6 +836,16 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             tuned.chosen[s] = _tune(evaluator, tuning_for(s), s, progress,
                                     plain=tuned.plain[s],
                                     policy=tuned.seen_policy or "neutral", floors=floors)
+        if tuned.half_lives is None:
+            with clock.phase("short-term half-life (choice)"):
+                short, tuned.chosen[s], tuned.short_half_life_validation = _short_half_life(
+                    evaluator, corpus, docs, tuning_for(s), s, tuned.chosen[s],
+                    tuned.seen_policy or "neutral", floors, half_lives, progress)
+                if short != half_lives[1]:
+                    half_lives = (half_lives[0], short)
+                    evaluator = _with_profiles(evaluator, _profiles(
+                        corpus, docs, static, half_lives, tuning), short_profile(short))
+            tuned.half_lives = half_lives
         if tuned.seen_policy is None:
             with clock.phase("seen policy (choice)"):
                 _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
@@ -1101,19 +1181,21 @@ def _popularity_half_life(services: Services, tuning: list[data.Query], strategy
 
 def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
             weights: BlendWeights, terms: Sequence[str | tuple[str, ...]],
-            policy: str | None = None, floors: Floors | None = None) -> BlendWeights:
+            policy: str | None = None, floors: Floors | None = None,
+            profile: str = "dynamic") -> BlendWeights:
     """Coordinate ascent on validation: each term (or tuple of terms, searched jointly over
-    their grids' product) with the others fixed (``Evaluator.ndcg``'s objective)."""
+    their grids' product) with the others fixed (``Evaluator.ndcg``'s objective), the user's
+    vectors from ``profile``."""
     grid = OFFLINE_GRID if evaluator.tunes_offline(strategy) else GRID
     for step in terms:
         names = (step,) if isinstance(step, str) else step
         # Without a user while no user term is weighed (the non-personalized default).
         personal = any(getattr(weights, t) for t in USER_TERMS if t not in names)
-        profile = None if set(names) <= {"popularity", "query"} and not personal else "dynamic"
+        user = None if set(names) <= {"popularity", "query"} and not personal else profile
         scored = []
         for values in itertools.product(*(grid[n] for n in names)):
             candidate = replace(weights, **dict(zip(names, values, strict=True)))
-            score = evaluator.ndcg(Method("+".join(names), candidate, profile, strategy,
+            score = evaluator.ndcg(Method("+".join(names), candidate, user, strategy,
                                           seen_policy=policy), tuning, floors)
             # Ties go to the smaller weights: a term must earn its place.
             scored.append((score, -sum(values), values))

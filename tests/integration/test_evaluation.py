@@ -97,3 +97,11 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
         assert res["strategies"] == res["offered"][:1]
     assert "linear_retriever" not in saved["engines"]["opensearch"]["offered"]
     assert "linear_retriever" in saved["engines"]["elasticsearch8"]["offered"]
+    # The short-term half-life was chosen beside behaviour, among the candidates, and every
+    # engine and the ranking file use the one chosen.
+    shorts = saved["short_half_life_validation"]
+    assert len(shorts) == 3 and sum(c["chosen"] for c in shorts) == 1
+    picked = next(c for c in shorts if c["chosen"])
+    assert picked["objective"] == max(c["objective"] for c in shorts)
+    assert saved["half_lives"][1] == picked["short_days"] == chosen["half_life_short_days"]
+    assert "Short-term half-life, chosen beside behaviour" in report

@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugin.evaluation.offline_blend import STRATEGIES, TERMS, QueryTerms, rank_of, top_ids
+from plugin.evaluation import data
+from plugin.evaluation.offline_blend import (
+    STRATEGIES,
+    TERMS,
+    OfflineBlend,
+    QueryTerms,
+    _key,
+    rank_of,
+    top_ids,
+)
 from plugin.search import BlendWeights, QueryInputs, UserVectors
 
 
@@ -68,3 +77,18 @@ def test_seen_matches_get_the_share_of_the_applied_user_terms() -> None:
     # A user without vectors has no user terms, so no share either.
     no_user = _terms(3, with_user=False)
     assert top_ids(no_user, weights, size=100) == top_ids(no_user, without_share, size=100)
+
+
+def test_forgetting_a_profile_keeps_the_others_terms_and_a_rename_moves_them() -> None:
+    blend = OfflineBlend(window=50, size=100)
+    query = data.Query("u1", "m1", "space", 100)
+    for profile, seed in (("dynamic", 1), ("candidate", 2), (None, 3)):
+        blend.cached[_key("knn_linear", query, profile, ())] = _terms(seed)
+    kept = blend.cached[_key("knn_linear", query, "candidate", ())]
+    blend.forget({"dynamic", "frozen"})
+    assert _key("knn_linear", query, "dynamic", ()) not in blend.cached
+    assert _key("knn_linear", query, None, ()) in blend.cached  # without a user: kept
+    blend.rename("candidate", "dynamic")
+    assert blend.cached[_key("knn_linear", query, "dynamic", ())] is kept
+    assert _key("knn_linear", query, "candidate", ()) not in blend.cached
+    assert len(blend.cached) == 2
