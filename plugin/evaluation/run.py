@@ -85,8 +85,10 @@ HALF_LIVES = [(30.0, 1.0), (365.0, 7.0), (3650.0, 30.0)]
 # The short-term terms' half-life, chosen beside behaviour, also from these (days): an hour
 # and a minute, a session's latest interactions.
 SHORT_HALF_LIVES = (1 / 24, 1 / 1440)
-# What the short-term half-life's choice searches again under each candidate.
-SHORT_TERMS = ("behaviour_short", "behaviour", "interest_short", "behaviour_short")
+# What the short-term half-life's choice searches again under each candidate: the two
+# behaviour weights jointly (one at a time, the long one's weight tuned under another
+# half-life holds the short one at a local best), then the content one.
+SHORT_TERMS = (("behaviour", "behaviour_short"), "interest_short")
 POPULARITY_HALF_LIVES = [0.0, 90.0, 365.0]  # days; 0 = a weighted count
 GRID: dict[str, tuple[float, ...]] = {
     "popularity": (0.0, 0.5, 1.0, 2.0),
