@@ -131,11 +131,12 @@ class OfflineBlend:
     def forget(self, profiles: set[str]) -> None:
         """Drops the terms fetched under these profiles (their vectors changed); the terms
         without a user stay."""
-        self.cached = {k: v for k, v in self.cached.items() if k[5] not in profiles}
+        self.cached = {k: v for k, v in self.cached.items() if k[PROFILE_AT] not in profiles}
 
     def rename(self, profile: str, to: str) -> None:
         """The terms fetched under ``profile`` now answer for ``to`` (the same vectors)."""
-        self.cached = {(*k[:5], to, *k[6:]) if k[5] == profile else k: v
+        self.cached = {(*k[:PROFILE_AT], to, *k[PROFILE_AT + 1:]) if k[PROFILE_AT] == profile
+                       else k: v
                        for k, v in self.cached.items()}
 
     def _fetch(self, services: Services, strategy: str, query: data.Query, user: UserVectors,
@@ -239,6 +240,10 @@ class OfflineBlend:
                 [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size)]
             out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
         return out
+
+
+# Where a fetch's key (``_key``) holds its profile's name.
+PROFILE_AT = 5
 
 
 def _key(strategy: str, query: data.Query, profile: str | None, held: tuple[str, ...]
