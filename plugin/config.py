@@ -120,6 +120,8 @@ class Settings:
     behaviour_item2vec_window: int = 20
     behaviour_item2vec_ns_exponent: float = 0.75
     behaviour_item2vec_epochs: int = 20
+    # ALS's L2 penalty on the factors (the ranking file's).
+    behaviour_als_regularization: float = 0.05
     # Documents without enough interactions get a behaviour vector mapped from their content
     # vector (a ridge map fitted at each training on documents with both), at training and
     # at indexing, so the behaviour term reaches new and tail documents too.
@@ -295,6 +297,9 @@ def load_ranking(path: Path) -> dict[str, Any]:
             raise ValueError(f"strategy_order must list {', '.join(BLEND_STRATEGIES)} once each")
         if not isinstance(data.get("behaviour_item2vec_ns_exponent", 0.0), int | float):
             raise ValueError("behaviour_item2vec_ns_exponent must be a number")
+        regularization = data.get("behaviour_als_regularization", 0.0)
+        if not isinstance(regularization, int | float) or regularization < 0:
+            raise ValueError("behaviour_als_regularization must be a number >= 0")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -319,7 +324,8 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "behaviour_model": "behaviour_model",
                 "behaviour_item2vec_window": "behaviour_item2vec_window",
                 "behaviour_item2vec_ns_exponent": "behaviour_item2vec_ns_exponent",
-                "behaviour_item2vec_epochs": "behaviour_item2vec_epochs"}
+                "behaviour_item2vec_epochs": "behaviour_item2vec_epochs",
+                "behaviour_als_regularization": "behaviour_als_regularization"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
@@ -331,7 +337,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
            "erase_tombstone_s": 0.0, "behaviour_item2vec_window": 1.0,
-           "behaviour_item2vec_epochs": 1.0, "event_partitions": 1.0}
+           "behaviour_item2vec_epochs": 1.0, "event_partitions": 1.0,
+           "behaviour_als_regularization": 0.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 

@@ -135,13 +135,15 @@ OTHER_USER = "control: another user's vectors"
 # The personalized default with each user's profile as it stood when training ended (the
 # validation period and the test's earlier events left out): what keeping it current is worth.
 FROZEN = "profile frozen at training's end"
-# item2vec's settings, searched one at a time where it is the best model.
-ITEM2VEC_GRID: dict[str, tuple[Any, ...]] = {
-    "behaviour_item2vec_window": (5, 20, 50),
-    "behaviour_item2vec_ns_exponent": (-0.5, 0.0, 0.75),
-    "behaviour_item2vec_epochs": (10, 20, 40),
+# Each behaviour model's own settings, searched one at a time where it is the best model.
+MODEL_GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "item2vec": {"behaviour_item2vec_window": (5, 20, 50),
+                 "behaviour_item2vec_ns_exponent": (-0.5, 0.0, 0.75),
+                 "behaviour_item2vec_epochs": (10, 20, 40)},
+    "als": {"behaviour_als_regularization": (0.05, 0.5, 2.0)},
 }
-BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *ITEM2VEC_GRID)
+MODEL_SETTINGS = tuple(k for grid in MODEL_GRIDS.values() for k in grid)
+BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *MODEL_SETTINGS)
 TAIL_USERS = 3  # a target with fewer training users than this is a tail target
 # A strategy overtakes the shipped order (the ranking file's) only where it beats the one
 # ahead of it in this share of bootstrap resamples of the validation queries: two near-tied
@@ -894,15 +896,17 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
                tuned: Tuned, half_lives: tuple[float, float],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
-    engine, validation chooses the model (each without the text map; item2vec's window,
-    negative-sampling exponent and epochs one at a time where it wins), then whether cold
-    documents get vectors mapped from their text."""
+    engine, validation chooses the model (each without the text map; the winner's own
+    settings, MODEL_GRIDS, one at a time), then whether cold documents get vectors mapped
+    from their text."""
     if tuned.behaviour is None:
         weights = BlendWeights(1.0, 1.0, 0.5, behaviour=1.0)
 
         def score(choice: dict[str, Any]) -> float:
-            label = ", ".join(f"{k.removeprefix('behaviour_')} {v}"
-                              for k, v in choice.items()).lower()
+            own = ("behaviour_model", "behaviour_text_map",
+                   *MODEL_GRIDS.get(choice["behaviour_model"], {}))
+            label = ", ".join(f"{k.removeprefix('behaviour_')} {choice[k]}"
+                              for k in own).lower()
             if label in tuned.behaviour_validation:
                 return tuned.behaviour_validation[label]
             candidate = Services(replace(services.settings, **choice))
@@ -917,15 +921,13 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
 
         def model(name: str) -> dict[str, Any]:
             return {"behaviour_model": name, "behaviour_text_map": False,
-                    **{k: getattr(services.settings, k) for k in ITEM2VEC_GRID}}
+                    **{k: getattr(services.settings, k) for k in MODEL_SETTINGS}}
 
         best = model(max(BEHAVIOUR_MODELS, key=lambda m: (score(model(m)),
                                                           m == BEHAVIOUR_MODELS[0])))
-        if best["behaviour_model"] == "item2vec":
-            for key, values in ITEM2VEC_GRID.items():
-                # Ties keep the configured value.
-                best[key] = max(values, key=lambda v: (score({**best, key: v}),
-                                                       v == best[key]))
+        for key, values in MODEL_GRIDS.get(best["behaviour_model"], {}).items():
+            # Ties keep the configured value.
+            best[key] = max(values, key=lambda v: (score({**best, key: v}), v == best[key]))
         with_map = {**best, "behaviour_text_map": True}
         tuned.behaviour = with_map if score(with_map) > score(best) else best
     chosen = Services(replace(services.settings, **tuned.behaviour))

@@ -1,13 +1,14 @@
 """Behaviour (collaborative) document vectors learned from the event log, and users re-folded.
 
-Two documents are alike, in behaviour, when the same users liked both more often than chance
-says. Training counts, over users' positive interactions, how often two documents share a
-user; turns the counts into positive pointwise mutual information (PPMI, with the usual 0.75
-smoothing of the context counts); and factors that document x document matrix with a truncated
-SVD (scipy): each document gets ``U * sqrt(S)``, scaled to unit length, in
-``behaviour_dims`` dimensions. Why this model: in the held-out check of issue 10 a 64-d PPMI
-SVD user vector gave +22% MRR over popularity where the content vector gave nothing; Word2Vec
-and ALS were not measured here.
+Two documents are alike, in behaviour, when the same users liked both. Three models learn that
+from users' positive interactions (``behaviour_model``; `make eval` chooses on validation, with
+each model's own settings): ``ppmi_svd`` counts how often two documents share a user, turns
+the counts into positive pointwise mutual information (with the usual 0.75 smoothing of the
+context counts) and factors that document x document matrix with a truncated SVD (scipy),
+each document getting ``U * sqrt(S)``; ``item2vec`` is gensim's skip-gram with negative
+sampling over each user's time-ordered likes; ``als`` is ``implicit``'s alternating least
+squares on the user x document matrix. Each gives ``behaviour_dims`` dimensions, scaled to
+unit length.
 
 Each run is a *version*: documents get ``behaviour`` and ``behaviour_version``; documents with
 fewer than ``behaviour_min_interactions`` users are left without (search serves them by their
@@ -214,10 +215,11 @@ def item2vec_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
     return _unit(known, np.stack([model.wv[d] for d in known]), dims)
 
 
-def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int
-                ) -> dict[str, np.ndarray]:
-    """Implicit-feedback ALS (``implicit``) over the user x document positive matrix; the
-    documents' factors. Pure: no engine."""
+def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
+                regularization: float = 0.05) -> dict[str, np.ndarray]:
+    """Implicit-feedback ALS (``implicit``) over the user x document positive matrix, with
+    ``regularization`` the L2 penalty on the factors; the documents' factors. Pure: no
+    engine."""
     from implicit.als import AlternatingLeastSquares
 
     items = _frequent(sequences, min_users)
@@ -233,8 +235,8 @@ def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int
     matrix = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
                                shape=(len(sequences), len(items)))
     with threadpool_limits(1, "blas"):  # implicit parallelizes itself; BLAS threads fight it
-        model = AlternatingLeastSquares(factors=dims, regularization=0.05, iterations=15,
-                                        random_state=7, use_gpu=False)
+        model = AlternatingLeastSquares(factors=dims, regularization=regularization,
+                                        iterations=15, random_state=7, use_gpu=False)
         model.fit(matrix, show_progress=False)
     factors = np.asarray(model.item_factors)
     return _unit(items, factors, dims)
@@ -250,7 +252,7 @@ def learn_vectors(settings: Settings, sequences: dict[str, list[str]]
                                 settings.behaviour_item2vec_ns_exponent,
                                 settings.behaviour_item2vec_epochs)
     if model == "als":
-        return als_vectors(sequences, dims, min_users)
+        return als_vectors(sequences, dims, min_users, settings.behaviour_als_regularization)
     return item_vectors([(u, d) for u, docs in sequences.items() for d in docs], dims,
                         min_users)
 

@@ -97,6 +97,19 @@ def test_every_behaviour_model_separates_two_communities(model: str, margin: flo
     assert all(np.allclose(again[d], v, atol=1e-5) for d, v in vectors.items())
 
 
+def test_alss_penalty_reaches_the_model_and_keeps_the_communities() -> None:
+    rng = np.random.default_rng(5)
+    sequences = {f"u{user}": [f"{'a' if user < 60 else 'b'}{i}"
+                              for i in rng.choice(10, size=6, replace=False)]
+                 for user in range(120)}
+    base = replace(load_settings({}), behaviour_model="als", behaviour_dims=8,
+                   behaviour_min_interactions=2)
+    light = learn_vectors(replace(base, behaviour_als_regularization=0.05), sequences)
+    heavy = learn_vectors(replace(base, behaviour_als_regularization=2.0), sequences)
+    _two_communities(heavy)
+    assert not all(np.allclose(light[d], heavy[d], atol=1e-3) for d in light)
+
+
 def test_behaviour_needs_enough_documents() -> None:
     assert item_vectors([("u1", "a"), ("u2", "a")], dims=8, min_users=1) == {}
 
