@@ -485,12 +485,13 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "language model: they are the configured ones (`--choose` compares them)."]
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
-        lines += ["", "Behaviour vectors: the model (item2vec's window, negative-sampling "
-                  "exponent and epochs one at a time where it wins), then cold documents' "
-                  "vectors mapped from their text (a ridge map fitted on documents with both), "
-                  "each trained from the log and scored with BM25 + query + popularity + "
-                  "behaviour (validation, first engine):", "", "| settings | NDCG@10 |",
-                  "| --- | --- |"]
+        lines += ["", "Behaviour vectors: the model (then the winner's own settings one at a "
+                  "time: item2vec's window, negative-sampling exponent and epochs, ALS's "
+                  "penalty), then cold documents' vectors mapped from their text (a ridge map "
+                  "fitted on documents with both), each trained from the log and scored with "
+                  "the blend the ranking file ships for the engine's default strategy (its "
+                  "weights, seen policy and short half-life; every validation query, first "
+                  "engine):", "", "| settings | NDCG@10 |", "| --- | --- |"]
         lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]

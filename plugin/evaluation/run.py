@@ -789,8 +789,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     again with popularity and behaviour learned from the past only."""
     with clock.phase("behaviour (model choice and training)"):
         popularity.rebuild(services)
-        services, trained = _behaviour(services, corpus, tuning, offered[0], tuned,
-                                       half_lives, progress)
+        services, trained = _behaviour(services, corpus, offered[0], tuned, half_lives,
+                                       progress)
     progress(f"{engine}: behaviour vectors {trained}")
     lm_trial = None
     if first and (choose or language_model):
@@ -892,15 +892,20 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     return scored, per_query
 
 
-def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], strategy: str,
-               tuned: Tuned, half_lives: tuple[float, float],
+def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
+               half_lives: tuple[float, float],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
     engine, validation chooses the model (each without the text map; the winner's own
     settings, MODEL_GRIDS, one at a time), then whether cold documents get vectors mapped
-    from their text."""
+    from their text: each candidate scored on every validation query with the blend the
+    ranking file ships for ``strategy`` (its weights, seen policy and short half-life), so
+    the choice sees the terms as they are used."""
     if tuned.behaviour is None:
-        weights = BlendWeights(1.0, 1.0, 0.5, behaviour=1.0)
+        shipped = load_settings()
+        weights = BlendWeights(**shipped.blend_weights[strategy])
+        profile_half_lives = (half_lives[0], shipped.half_life_short_s / DAY)
+        validation = corpus.split.validation
 
         def score(choice: dict[str, Any]) -> float:
             own = ("behaviour_model", "behaviour_text_map",
@@ -912,9 +917,10 @@ def _behaviour(services: Services, corpus: Corpus, tuning: list[data.Query], str
             candidate = Services(replace(services.settings, **choice))
             behaviour.train(candidate)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
-            profile = query_time_profiles(corpus, docs, half_lives, tuning)
+            profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
             value = Evaluator(candidate, {"dynamic": profile}).ndcg(
-                Method("behaviour", weights, "dynamic", strategy), tuning)
+                Method("behaviour", weights, "dynamic", strategy,
+                       seen_policy=shipped.seen_policy), validation)
             tuned.behaviour_validation[label] = value
             progress(f"behaviour {label}: validation NDCG@10 {value:.4f}")
             return value
