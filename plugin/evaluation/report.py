@@ -490,8 +490,9 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "penalty), then cold documents' vectors mapped from their text (a ridge map "
                   "fitted on documents with both), each trained from the log and scored with "
                   "the blend the ranking file ships for the engine's default strategy (its "
-                  "weights, seen policy and short half-life; every validation query, first "
-                  "engine):", "", "| settings | NDCG@10 |", "| --- | --- |"]
+                  "weights, seen policy and short half-life, with its two behaviour weights "
+                  "searched again for each candidate; every validation query, first engine):",
+                  "", "| settings | NDCG@10 |", "| --- | --- |"]
         lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]

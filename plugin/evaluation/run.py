@@ -900,7 +900,8 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     settings, MODEL_GRIDS, one at a time), then whether cold documents get vectors mapped
     from their text: each candidate scored on every validation query with the blend the
     ranking file ships for ``strategy`` (its weights, seen policy and short half-life), so
-    the choice sees the terms as they are used."""
+    the choice sees the terms as they are used, and the two behaviour weights searched again
+    for each candidate."""
     if tuned.behaviour is None:
         shipped = load_settings()
         weights = BlendWeights(**shipped.blend_weights[strategy])
@@ -918,11 +919,18 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             behaviour.train(candidate)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
-            value = Evaluator(candidate, {"dynamic": profile}).ndcg(
-                Method("behaviour", weights, "dynamic", strategy,
-                       seen_policy=shipped.seen_policy), validation)
+            evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
+                candidate.settings.personal_candidates, SIZE))
+            # The shipped behaviour weights were tuned for the shipped vectors; each
+            # candidate's own scale gets its own two weights (offline, where the strategy can).
+            fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
+                              shipped.seen_policy)
+                      if evaluator.tunes_offline(strategy) else weights)
+            value = evaluator.ndcg(Method("behaviour", fitted, "dynamic", strategy,
+                                          seen_policy=shipped.seen_policy), validation)
             tuned.behaviour_validation[label] = value
-            progress(f"behaviour {label}: validation NDCG@10 {value:.4f}")
+            progress(f"behaviour {label}: validation NDCG@10 {value:.4f} (behaviour "
+                     f"{fitted.behaviour:g}, short {fitted.behaviour_short:g})")
             return value
 
         def model(name: str) -> dict[str, Any]:
