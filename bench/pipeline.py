@@ -368,8 +368,7 @@ def main(docs: int, event_count: int, users: int, runs: int, rate: int,
         # Let the engine finish merging the new documents' segments (HNSW graphs), so the
         # event figures measure events, not the tail of the bulk load.
         started = time.perf_counter()
-        services.engine.client.options(request_timeout=600).indices.forcemerge(
-            index=settings.docs_alias, max_num_segments=1)
+        services.engine.force_merge(settings.docs_alias)
         results["documents"]["merge_after_s"] = round(time.perf_counter() - started, 1)
         doc_ids = [m["id"] for m in movies]
         results["events"] = {"users": users, "partitions": settings.event_partitions,

@@ -205,8 +205,7 @@ def main(movies: int, users: int, rounds: int) -> None:
         count = sum(len(replica["segments"]) for index in segments["indices"].values()
                     for shard in index["shards"].values() for replica in shard)
         before = time_variants(session, url, bodies, vectors, rounds)
-        services.engine.client.options(request_timeout=600).indices.forcemerge(
-            index=settings.docs_alias, max_num_segments=1)
+        services.engine.force_merge(settings.docs_alias)
         merged = time_variants(session, url, bodies, vectors, rounds)
         results: JSON = {
             "engine": f"{services.engine.kind.value} {services.engine.version}",

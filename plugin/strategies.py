@@ -147,7 +147,7 @@ class KnnClause(UserTerm):
 
     def add_to(self, body: JSON, ctx: QueryContext, boost: float) -> None:
         ctx.engine.add_knn(body, field_name=self.field, vector=self.vector, k=ctx.personal_k,
-                           num_candidates=ctx.personal_k, boost=boost, filter_query=self.scope)
+                           boost=boost, filter_query=self.scope)
 
 
 @dataclass(frozen=True)
@@ -309,13 +309,12 @@ class ScriptScore(Strategy):
                       "query": {"bool": {"should": should, "minimum_should_match": 1}}}
         k = ctx.personal_k
         if w.query > 0:
-            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k,
-                           num_candidates=k, boost=w.query, filter_query=ctx.scope)
+            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k, boost=w.query,
+                           filter_query=ctx.scope)
         for term in ctx.user_terms:
             if term.field == BEHAVIOUR_FIELD:  # the content terms are the script's
                 engine.add_knn(body, field_name=term.field, vector=term.vector, k=k,
-                               num_candidates=k, boost=term.weight,
-                               filter_query=ctx.personal_scope)
+                               boost=term.weight, filter_query=ctx.personal_scope)
         return body
 
 

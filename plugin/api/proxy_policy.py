@@ -16,6 +16,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from plugin.engine.base import MAX_KNN_CANDIDATES
+
 # Leaf queries whose parameters hold field names and values only.
 LEAF_QUERIES = frozenset({
     "match", "match_phrase", "match_phrase_prefix", "match_bool_prefix", "multi_match",
@@ -42,7 +44,6 @@ TOP_LEVEL = frozenset({
     "seq_no_primary_term", "track_scores", "stored_fields", "docvalue_fields", "fields",
 })
 MAX_BUCKETS = 1000
-MAX_KNN_CANDIDATES = 10_000
 MAX_DEPTH = 20
 # Keys by which a clause reads another index or a stored document (terms lookup, a
 # ``background_filter``'s lookup, ``more_like_this`` docs, ``geo_shape``'s indexed shape,

@@ -15,6 +15,11 @@ from types import ModuleType
 from typing import Any, ClassVar, NamedTuple
 
 JSON = dict[str, Any]
+# HNSW candidates per wanted hit: at k the graph's top k is approximate, and which documents
+# make it depends on the index's segments; at twice k it was the exact top k on the
+# evaluation's catalogue (docs/evaluation.md), at no measurable cost (docs/benchmarks.md).
+KNN_CANDIDATES_PER_HIT = 2
+MAX_KNN_CANDIDATES = 10_000  # Elasticsearch's limit
 
 
 class EngineKind(enum.StrEnum):
@@ -109,6 +114,11 @@ class BulkOutcome:
             raise RuntimeError(f"{len(refused)} {what}: {refused[0].reason}")
 
 
+def knn_candidates(k: int) -> int:
+    """The HNSW search width for ``k`` hits (KNN_CANDIDATES_PER_HIT)."""
+    return min(MAX_KNN_CANDIDATES, KNN_CANDIDATES_PER_HIT * k)
+
+
 @dataclass
 class Engine(ABC):
     """One engine: its client, and every request shape or call the product needs of it."""
@@ -157,9 +167,10 @@ class Engine(ABC):
 
     @abstractmethod
     def add_knn(self, body: JSON, *, field_name: str, vector: Iterable[float], k: int,
-                num_candidates: int, boost: float = 1.0,
+                num_candidates: int | None = None, boost: float = 1.0,
                 filter_query: JSON | None = None) -> None:
-        """Add one kNN clause whose score (``(1 + cos) / 2``) is summed with the query's."""
+        """Add one kNN clause whose score (``(1 + cos) / 2``) is summed with the query's
+        (``num_candidates``: the graph's search width, by default ``knn_candidates(k)``)."""
 
     @abstractmethod
     def knn_query(self, field_name: str, vector: Iterable[float], k: int,
@@ -272,6 +283,12 @@ class Engine(ABC):
     def refresh(self, index: str) -> None:
         """Make what was written to ``index`` visible to searches."""
         self.client.indices.refresh(index=index)
+
+    def force_merge(self, index: str) -> None:
+        """Merge ``index`` into one segment: rewritten documents' old copies leave the term
+        statistics, and every vector field gets one graph."""
+        self.client.options(request_timeout=600).indices.forcemerge(index=index,
+                                                                    max_num_segments=1)
 
     def get_versioned(self, index: str, doc_id: str) -> tuple[JSON, int, int] | None:
         """A document's source with its ``_seq_no`` and ``_primary_term``, or None."""

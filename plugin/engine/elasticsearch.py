@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from plugin.engine.base import JSON, Engine, EngineKind
+from plugin.engine.base import JSON, MAX_KNN_CANDIDATES, Engine, EngineKind, knn_candidates
 
 
 class ElasticsearchEngine(Engine):
@@ -36,10 +36,11 @@ class ElasticsearchEngine(Engine):
                                   "ef_construction": ef_construction}}
 
     def add_knn(self, body: JSON, *, field_name: str, vector: Iterable[float], k: int,
-                num_candidates: int, boost: float = 1.0,
+                num_candidates: int | None = None, boost: float = 1.0,
                 filter_query: JSON | None = None) -> None:
+        width = knn_candidates(k) if num_candidates is None else num_candidates
         knn: JSON = {"field": field_name, "query_vector": [float(x) for x in vector], "k": k,
-                     "num_candidates": min(10_000, max(num_candidates, k)), "boost": boost}
+                     "num_candidates": min(MAX_KNN_CANDIDATES, max(width, k)), "boost": boost}
         if filter_query is not None:
             knn["filter"] = filter_query
         body.setdefault("knn", []).append(knn)
@@ -47,7 +48,7 @@ class ElasticsearchEngine(Engine):
     def knn_query(self, field_name: str, vector: Iterable[float], k: int,
                   filter_query: JSON | None = None, boost: float = 1.0) -> JSON:
         knn: JSON = {"field": field_name, "query_vector": [float(x) for x in vector],
-                     "num_candidates": min(10_000, 2 * k), "boost": boost}
+                     "num_candidates": knn_candidates(k), "boost": boost}
         if filter_query is not None:
             knn["filter"] = filter_query
         return {"knn": knn}
@@ -56,7 +57,7 @@ class ElasticsearchEngine(Engine):
                       filter_query: JSON | None = None) -> JSON:
         """A ``knn`` retriever (Elasticsearch 8.14+), for use inside a ``linear`` retriever."""
         knn: JSON = {"field": field_name, "query_vector": [float(x) for x in vector], "k": k,
-                     "num_candidates": min(10_000, 2 * k)}
+                     "num_candidates": knn_candidates(k)}
         if filter_query is not None:
             knn["filter"] = filter_query
         return {"knn": knn}

@@ -39,7 +39,7 @@ class OpenSearchEngine(Engine):
         }
 
     def add_knn(self, body: JSON, *, field_name: str, vector: Iterable[float], k: int,
-                num_candidates: int, boost: float = 1.0,
+                num_candidates: int | None = None, boost: float = 1.0,
                 filter_query: JSON | None = None) -> None:
         # No top-level knn: the clause joins the query's should clauses, which add up alike.
         query = body.setdefault("query", {"bool": {"should": []}})

@@ -237,3 +237,15 @@ def test_knn_linears_term_searches_are_its_clauses_at_weight_one(engine: Engine)
     # A weight of 0 leaves its clause out of both.
     no_query = dataclasses.replace(ctx, weights=dataclasses.replace(WEIGHTS, query=0.0))
     assert "query" not in dict(strategy.term_searches(no_query, 5000))
+
+
+@pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
+def test_every_elasticsearch_knn_clause_searches_twice_k_candidates(strategy: str) -> None:
+    # At k candidates HNSW's top k is approximate and changes with the index's segments.
+    engine = ElasticsearchEngine(None, "9.5.3")
+    clauses = _knn_clauses(STRATEGIES[strategy].request(_context(engine)))
+    assert clauses
+    for clause in clauses:
+        assert clause["num_candidates"] == min(10_000, 2 * clause["k"]), clause
+    huge = _knn_clauses(STRATEGIES[strategy].request(_context(engine, personal_k=8000)))
+    assert {c["num_candidates"] for c in huge} == {10_000}
