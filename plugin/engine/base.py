@@ -287,8 +287,8 @@ class Engine(ABC):
     def force_merge(self, index: str) -> None:
         """Merge ``index`` into one segment: rewritten documents' old copies leave the term
         statistics, and every vector field gets one graph."""
-        self.client.options(request_timeout=600).indices.forcemerge(index=index,
-                                                                    max_num_segments=1)
+        client, extra = self._with_timeout(600.0)
+        client.indices.forcemerge(index=index, max_num_segments=1, **extra)
 
     def get_versioned(self, index: str, doc_id: str) -> tuple[JSON, int, int] | None:
         """A document's source with its ``_seq_no`` and ``_primary_term``, or None."""

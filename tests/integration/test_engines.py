@@ -94,6 +94,26 @@ def _minmax(scores: dict[str, float]) -> dict[str, float]:
     return {k: (v - low) / (high - low) if high > low else 1.0 for k, v in scores.items()}
 
 
+def test_a_force_merge_leaves_one_segment_with_the_latest_copy(
+        services: Services) -> None:
+    engine = services.engine
+    index = f"{services.settings.index_prefix}-merge-{uuid.uuid4().hex[:6]}"
+    engine.client.indices.create(index=index)
+    try:
+        for n in range(3):  # three segments, two of them holding an old copy
+            engine.client.index(index=index, id="1", body={"n": n}, refresh=True)
+        engine.force_merge(index)
+        engine.refresh(index)
+        # (The old copies may stay as soft deletes the engine retains for recovery; they
+        # are out of searches either way.)
+        stats = engine.client.indices.stats(index=index)["_all"]["primaries"]
+        assert (stats["segments"]["count"], stats["docs"]["count"]) == (1, 1)
+        assert engine.search(index, {"query": {"match_all": {}}})["hits"]["hits"][0][
+            "_source"] == {"n": 2}
+    finally:
+        engine.client.indices.delete(index=index)
+
+
 def test_linear_retriever_sums_weighted_minmax_scores(services: Services,
                                                       linear_index: str) -> None:
     """The request shape of the linear_retriever strategy, checked against the sum computed
