@@ -17,7 +17,7 @@ from typing import Any, ClassVar, NamedTuple
 JSON = dict[str, Any]
 # HNSW candidates per wanted hit: at k the graph's top k is approximate, and which documents
 # make it depends on the index's segments; at twice k it was the exact top k on the
-# evaluation's catalogue (docs/evaluation.md), at no measurable cost (docs/benchmarks.md).
+# evaluation's catalogue, at no measurable cost (docs/benchmarks.md, "kNN candidates").
 KNN_CANDIDATES_PER_HIT = 2
 MAX_KNN_CANDIDATES = 10_000  # Elasticsearch's limit
 

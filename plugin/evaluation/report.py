@@ -142,10 +142,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f"- Training events ({results['train_events']}) are replayed in time order through the"
         " real event pipeline (`pipeline.ingest_events`: users' interests and documents' "
         "popularity); behaviour vectors are then trained (`es-interest train`); the search "
-        "runs through the real search layer (`plugin.search.search`) on each engine. After "
-        "each rewrite of the documents (indexing, popularity, a behaviour training) they are "
-        "merged into one segment, so rewritten copies do not linger in BM25's statistics "
-        "and a rerun scores the same configuration the same.",
+        "runs through the real search layer (`plugin.search.search`) on each engine.",
         "- **Profiles are current at query time**: each query's profile folds every event "
         "of the user before it (for a test query, the validation period's too), with the "
         "workers' own fold, as the service would hold it. (The pipeline's replay is checked "

@@ -917,7 +917,6 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                 return tuned.behaviour_validation[label]
             candidate = Services(replace(services.settings, **choice))
             behaviour.train(candidate)
-            _settle(candidate)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
@@ -946,9 +945,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         with_map = {**best, "behaviour_text_map": True}
         tuned.behaviour = with_map if score(with_map) > score(best) else best
     chosen = Services(replace(services.settings, **tuned.behaviour))
-    trained = behaviour.train(chosen)
-    _settle(chosen)
-    return chosen, trained
+    return chosen, behaviour.train(chosen)
 
 
 def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query],
@@ -1176,16 +1173,7 @@ def _index(services: Services, docs: list[dict[str, Any]]) -> None:
         report = pipeline.index_documents(services, docs[i:i + 1000])
         if report.errors:
             raise RuntimeError(f"movies rejected: {report.errors[:3]}")
-    _settle(services)
-
-
-def _settle(services: Services) -> None:
-    """The documents merged into one segment after each rewrite of them (indexing, a
-    popularity rebuild, a behaviour training): the old copies would otherwise stay in BM25's
-    statistics until the engine merges them, at a time no run controls, and the same
-    configuration would score differently from run to run."""
     services.engine.refresh(services.settings.docs_alias)
-    services.engine.force_merge(services.settings.docs_alias)
 
 
 def _pipeline_profiles(services: Services, users: list[str]) -> dict[str, UserVectors]:
@@ -1201,7 +1189,6 @@ def _popularity_half_life(services: Services, tuning: list[data.Query], strategy
     for days in POPULARITY_HALF_LIVES:
         candidate = Services(replace(services.settings, popularity_half_life_s=days * DAY))
         popularity.rebuild(candidate)
-        _settle(candidate)
         evaluator = Evaluator(candidate, {})
         score = max(evaluator.ndcg(Method("pop", BlendWeights(1.0, popularity=p), None,
                                           strategy), tuning) for p in (0.5, 1.0, 2.0))
@@ -1436,7 +1423,6 @@ def _leak_bound(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategy
         before_ms = bucket[0].timestamp * 1000
         popularity.rebuild(services, before_ms)
         behaviour.train(services, refold=False, before_ms=before_ms)
-        _settle(services)
         docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
         past = Evaluator(services, {"dynamic": query_time_profiles(corpus, docs, half_lives,
                                                                    bucket)})
