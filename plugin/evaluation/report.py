@@ -481,8 +481,10 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   f"{a['val_ndcg@10 content profile']:.4f} | {'yes' if a['chosen'] else ''} |"
                   for a in results["embedded_text"]]
     else:
-        lines += ["", "This run chose no title cleanup, behaviour model, seen policy or "
-                  "language model: they are the configured ones (`--choose` compares them)."]
+        lines += ["", "This run chose no title cleanup, behaviour model, half-life, seen "
+                  "policy, blend weights or language model: they are the configured ones, so "
+                  "it measures what ships (`--choose` chooses them; the ablations above are "
+                  "reported either way)."]
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
         lines += ["", "Behaviour vectors: the model (then the winner's own settings one at a "

@@ -509,8 +509,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         language_model: Path | None = None) -> dict[str, Any]:
     """The whole protocol; ``ranking_out``: where the chosen configuration is written
     (the full run: the shipped plugin/ranking.json). ``choose`` (default: the full run
-    only): choose the title cleanup, behaviour model, seen policy and whether to fine-tune
-    the language model on validation; otherwise they stay the configured ones.
+    only): choose the title cleanup, behaviour model, half-lives, seen policy, blend weights
+    and whether to fine-tune the language model on validation; otherwise they stay the
+    configured ones (the ablations are still reported), so the run measures what ships.
     ``language_model``: a model already fine-tuned on this split's training pairs (e.g. on a
     GPU, bench/gpu.py), compared on validation in place of the time-capped in-process one,
     with or without ``choose``."""
@@ -538,11 +539,14 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     results: dict[str, Any] = {"engines": {}, "ablation": ablation,
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned()
-    if not choose:  # the configured ones (``_services`` starts every deployment neutral)
-        configured = load_settings()
+    configured = load_settings()
+    if not choose:
+        # The configured ones (``_services`` starts every deployment neutral): a run that
+        # chooses nothing measures what ships.
         tuned.seen_policy = configured.seen_policy
         tuned.behaviour = {k: getattr(first.settings, k) for k in BEHAVIOUR_SETTINGS}
-        half_lives = tuned.half_lives = (half_lives[0], configured.half_life_short_s / DAY)
+        half_lives = tuned.half_lives = (configured.half_life_long_s / DAY,
+                                         configured.half_life_short_s / DAY)
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
@@ -563,6 +567,8 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
             with clock.phase("popularity half-life"):
                 popularity_days, results["popularity_ablation"] = _popularity_half_life(
                     services, tuning, strategies[0], progress)
+            if not choose:
+                popularity_days = configured.popularity_half_life_s / DAY
             services = _services(engine, half_lives, prefix, popularity_days)
         scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
                                              offered, strategies, tuned, half_lives, progress,
@@ -824,9 +830,9 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     for s in strategies:
         if s in tuned.chosen:
             continue
-        if quick and not first:
-            # The quick run tunes on the first engine only; a later engine's own default
-            # strategy runs the configured weights.
+        if not choose or (quick and not first):
+            # Without choosing, every strategy runs the configured (shipped) weights; the
+            # quick run that chooses tunes on the first engine only.
             configured = services.settings
             tuned.chosen[s] = (BlendWeights(**configured.blend_weights_without_behaviour[s]),
                                BlendWeights(**configured.blend_weights[s]))
