@@ -285,8 +285,8 @@ class Engine(ABC):
         self.client.indices.refresh(index=index)
 
     def force_merge(self, index: str) -> None:
-        """Merge ``index`` into one segment: rewritten documents' old copies leave the term
-        statistics, and every vector field gets one graph."""
+        """Merge ``index`` into one segment (every vector field gets one graph). Rewritten
+        documents' old copies may stay as soft deletes the engine retains for recovery."""
         client, extra = self._with_timeout(600.0)
         client.indices.forcemerge(index=index, max_num_segments=1, **extra)
 
