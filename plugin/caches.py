@@ -159,3 +159,9 @@ def behaviour_version_key(settings: Settings) -> str:
     """The behaviour vectors' current version (a training run): written by `es-interest
     train`, read by search to use only users folded in the same space."""
     return settings.redis_key("behaviour", "version")
+
+
+def behaviour_coverage_key(settings: Settings) -> str:
+    """The current behaviour vectors' target coverage (a share), written by `es-interest
+    train` before their version; read by search to weigh the behaviour terms."""
+    return settings.redis_key("behaviour", "coverage")

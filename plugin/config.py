@@ -122,6 +122,11 @@ class Settings:
     behaviour_item2vec_epochs: int = 20
     # ALS's L2 penalty on the factors (the ranking file's).
     behaviour_als_regularization: float = 0.05
+    # How much the behaviour terms trust a model learned from little data: their weights are
+    # scaled by the model's target coverage (the share of users' latest likes it could have
+    # seen: plugin/pipeline/behaviour.py) to this power. 0: full weight whatever the data
+    # (the ranking file's; `make eval` chooses it on validation at several data sizes).
+    behaviour_support_exponent: float = 1.0
     # Documents without enough interactions get a behaviour vector mapped from their content
     # vector (a ridge map fitted at each training on documents with both), at training and
     # at indexing, so the behaviour term reaches new and tail documents too.
@@ -297,9 +302,10 @@ def load_ranking(path: Path) -> dict[str, Any]:
             raise ValueError(f"strategy_order must list {', '.join(BLEND_STRATEGIES)} once each")
         if not isinstance(data.get("behaviour_item2vec_ns_exponent", 0.0), int | float):
             raise ValueError("behaviour_item2vec_ns_exponent must be a number")
-        regularization = data.get("behaviour_als_regularization", 0.0)
-        if not isinstance(regularization, int | float) or regularization < 0:
-            raise ValueError("behaviour_als_regularization must be a number >= 0")
+        for key in ("behaviour_als_regularization", "behaviour_support_exponent"):
+            value = data.get(key, 0.0)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{key} must be a number >= 0")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -325,7 +331,8 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "behaviour_item2vec_window": "behaviour_item2vec_window",
                 "behaviour_item2vec_ns_exponent": "behaviour_item2vec_ns_exponent",
                 "behaviour_item2vec_epochs": "behaviour_item2vec_epochs",
-                "behaviour_als_regularization": "behaviour_als_regularization"}
+                "behaviour_als_regularization": "behaviour_als_regularization",
+                "behaviour_support_exponent": "behaviour_support_exponent"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),
@@ -338,7 +345,7 @@ LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
            "erase_tombstone_s": 0.0, "behaviour_item2vec_window": 1.0,
            "behaviour_item2vec_epochs": 1.0, "event_partitions": 1.0,
-           "behaviour_als_regularization": 0.0}
+           "behaviour_als_regularization": 0.0, "behaviour_support_exponent": 0.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 

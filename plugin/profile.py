@@ -19,7 +19,7 @@ from plugin.documents import BEHAVIOUR_FIELD
 from plugin.events import APPLIED
 from plugin.interest import DocVector, HorizonState, UserInterest, fold_events, interest_vector
 from plugin.pipeline.doc_vectors import fetch_doc_vectors
-from plugin.search import behaviour_version
+from plugin.search import behaviour_support, behaviour_version
 from plugin.services import Services
 
 NEAREST = 5
@@ -182,11 +182,13 @@ def describe_user(services: Services, user_id: str, nearest: int = NEAREST,
                        "version": user.content_version, "current_version": model}
                 for name, state in (("long", user.long), ("short", user.short))}
     current = behaviour_version(services)
+    support = behaviour_support(services)
     # A behaviour vector of another training run lives in another space: no neighbours there.
     for name, state in (("behaviour", user.behaviour), ("behaviour_short", user.behaviour_short)):
         usable = state if user.behaviour_version == current else None
         horizons[name] = {**_horizon(services, usable, BEHAVIOUR_FIELD, nearest),
-                          "version": user.behaviour_version, "current_version": current}
+                          "version": user.behaviour_version, "current_version": current,
+                          "support": support}
     events = engine.search(settings.events_alias, {
         "size": recent, "sort": [{"timestamp": "desc"}], "query": {"term": {"user_id": user_id}},
         "_source": ["event_id", "type", "doc_id", "weight", "timestamp", "status"]})

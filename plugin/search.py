@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from plugin import strategies
-from plugin.caches import behaviour_version_key, user_vectors_key
+from plugin.caches import behaviour_coverage_key, behaviour_version_key, user_vectors_key
 from plugin.config import BLEND_STRATEGIES
 from plugin.documents import BEHAVIOUR_FIELD, DOC_ID_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON, EngineError
@@ -249,16 +249,35 @@ def _timed(load: Callable[[Services, str], UserVectors], services: Services,
     return load(services, user_id), (time.perf_counter() - started) * 1000
 
 
+def _behaviour_state(services: Services) -> tuple[str, str]:
+    """The documents' behaviour-vector version and its coverage, as Redis has them ("" for
+    none; cached for seconds per ``Services``): one round trip for both."""
+    keys = behaviour_version_key(services.settings), behaviour_coverage_key(services.settings)
+    cached = services.behaviour_versions.get_many(keys)
+    if len(cached) < len(keys):
+        raw = services.redis.mget(keys)
+        cached = {key: "" if value is None else (
+            value.decode() if isinstance(value, bytes) else str(value))
+            for key, value in zip(keys, raw, strict=True)}
+        services.behaviour_versions.put_many(cached)
+    version_key, coverage_key = keys
+    return cached[version_key], cached[coverage_key]
+
+
 def behaviour_version(services: Services) -> str | None:
-    """The documents' behaviour-vector version (cached for seconds per ``Services``)."""
-    key = behaviour_version_key(services.settings)
-    cached = services.behaviour_versions.get_many([key])
-    if key in cached:
-        return cached[key] or None
-    raw = services.redis.get(key)
-    version = "" if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
-    services.behaviour_versions.put(key, version)
-    return version or None
+    """The documents' behaviour-vector version (None: no training yet)."""
+    return _behaviour_state(services)[0] or None
+
+
+def behaviour_support(services: Services) -> float:
+    """The factor on the behaviour terms' weights: the current vectors' target coverage
+    (plugin/pipeline/behaviour.py) to the power ``behaviour_support_exponent``. 1 where
+    training recorded none (a run before coverage was recorded)."""
+    exponent = services.settings.behaviour_support_exponent
+    coverage = _behaviour_state(services)[1]
+    if exponent <= 0 or not coverage:
+        return 1.0
+    return float(min(1.0, max(0.0, float(coverage))) ** exponent)
 
 
 # -- search -----------------------------------------------------------------------------------
@@ -370,10 +389,12 @@ def blend_plan(services: Services, strategy: str, user: UserVectors, inputs: Que
                overrides: Mapping[str, float] | None = None
                ) -> tuple[BlendWeights, tuple[str, ...], bool]:
     """What a search of ``user`` blends: the weights (the shipped ones unless given, with
-    ``overrides``; the user terms scaled for the query's length), the documents held neutral,
+    ``overrides``; the behaviour terms scaled for the model's support, the user terms for
+    the query's length), the documents held neutral,
     and whether the seen documents take their places in the search without the user
     (``keep``: then both lists cover the whole window)."""
     chosen = replace(weights or configured_weights(services, strategy, user), **(overrides or {}))
+    chosen = chosen.behaviour_scaled(behaviour_support(services))
     chosen = chosen.personal_scaled(inputs.personal_scale(chosen.ambiguity))
     chosen, keep = places_kept(services, user, chosen)
     return chosen, held_neutral(services, user), keep

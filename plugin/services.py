@@ -116,8 +116,9 @@ class Services:
 
     @cached_property
     def behaviour_versions(self) -> LockedCache[str, str]:
-        """The documents' behaviour-vector version, for seconds ("" for none); a training
-        in this process clears it at once, other processes' readers within the TTL."""
+        """The documents' behaviour-vector version and its coverage, for seconds ("" for
+        none); a training in this process clears it at once, other processes' readers within
+        the TTL."""
         return caches.ttl(4, VERSION_TTL_S)
 
     @cached_property

@@ -47,6 +47,14 @@ class BlendWeights:
     # choice to the user, "dark comedy about a heist" much less). 0: every query alike.
     ambiguity: float = 0.0
 
+    def behaviour_scaled(self, factor: float) -> BlendWeights:
+        """The behaviour terms scaled by ``factor`` (the model's support); the seen share,
+        a share of the user terms, follows."""
+        if factor == 1.0:
+            return self
+        return replace(self, behaviour=self.behaviour * factor,
+                       behaviour_short=self.behaviour_short * factor)
+
     def personal_scaled(self, factor: float) -> BlendWeights:
         """The user terms scaled by ``factor`` (the query's words^-ambiguity); the seen
         documents' boost, a share of them, follows."""

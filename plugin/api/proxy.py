@@ -173,7 +173,8 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
         user = user.without_behaviour()
     if user.content_version != svc.content_model().version:
         user = user.without_content()
-    weights = search_service.configured_weights(svc, "knn_linear", user)
+    weights = search_service.configured_weights(svc, "knn_linear", user).behaviour_scaled(
+        search_service.behaviour_support(svc))
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
                                                    "track_total_hits": False, "query": original})

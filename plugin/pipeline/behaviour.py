@@ -14,7 +14,8 @@ Each run is a *version*: documents get ``behaviour`` and ``behaviour_version``; 
 fewer than ``behaviour_min_interactions`` users are left without (search serves them by their
 content vector). Vectors of two runs live in different spaces, so users are then re-folded
 from the event log (the exact rebuild), and until a user's version matches the documents',
-search leaves that user's behaviour term out.
+search leaves that user's behaviour term out. Each run also records how much of what users
+take next its vectors cover (``target_coverage``): search weighs the behaviour terms by it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from scipy import sparse
 from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits
 
-from plugin.caches import behaviour_version_key
+from plugin.caches import behaviour_coverage_key, behaviour_version_key
 from plugin.config import Settings
 from plugin.events import applied_events_query, positive_sequences_of
 from plugin.pipeline.users import rebuild_all
@@ -180,12 +181,35 @@ def positive_pairs(services: Services) -> list[tuple[str, str]]:
     return sorted((u, d) for u, docs in positive_sequences(services).items() for d in docs)
 
 
-def _frequent(sequences: dict[str, list[str]], min_users: int) -> list[str]:
+def _users_per_document(sequences: dict[str, list[str]]) -> dict[str, int]:
     users: dict[str, int] = {}
     for docs in sequences.values():
         for doc in set(docs):
             users[doc] = users.get(doc, 0) + 1
-    return sorted(d for d, n in users.items() if n >= min_users)
+    return users
+
+
+def _frequent(sequences: dict[str, list[str]], min_users: int) -> list[str]:
+    return sorted(d for d, n in _users_per_document(sequences).items() if n >= min_users)
+
+
+# How many of each user's latest liked documents ``target_coverage`` asks about.
+COVERAGE_RECENT = 5
+
+
+def target_coverage(sequences: dict[str, list[str]], min_users: int,
+                    recent: int = COVERAGE_RECENT) -> float:
+    """The share of each user's ``recent`` latest liked documents that at least ``min_users``
+    *other* users liked (0 without any): how often a model learned from the others could
+    have scored what a user took next. Few users, or a long tail, leave most next picks
+    without a behaviour vector; a term that can lift only the documents with one then
+    crowds out the rest, so search weighs the term by this (``behaviour_support``). Pure:
+    no engine."""
+    users = _users_per_document(sequences)
+    latest = [doc for docs in sequences.values() for doc in docs[-recent:]]
+    if not latest:
+        return 0.0
+    return sum(users[doc] - 1 >= min_users for doc in latest) / len(latest)
 
 
 def _unit(items: list[str], vectors: np.ndarray, dims: int) -> dict[str, np.ndarray]:
@@ -277,9 +301,10 @@ def train(services: Services, refold: bool = True,
     services.redis.set(_key(services, "trained-at"), repr(started))
     sequences = positive_sequences(services, before_ms)
     vectors = learn_vectors(settings, sequences)
+    coverage = target_coverage(sequences, settings.behaviour_min_interactions)
     result: dict[str, Any] = {"model": settings.behaviour_model,
                               "pairs": sum(map(len, sequences.values())),
-                              "documents": len(vectors)}
+                              "documents": len(vectors), "coverage": round(coverage, 4)}
     if not vectors:
         result["trained"] = False
         result["reason"] = (f"too few documents with {settings.behaviour_min_interactions}+ "
@@ -316,6 +341,8 @@ def train(services: Services, refold: bool = True,
                                                    handled=[404])
     services.engine.refresh(settings.docs_alias)
     previous = current_version(services)
+    # Before the version: a search that reads the new version reads its coverage.
+    services.redis.set(behaviour_coverage_key(settings), repr(coverage))
     services.redis.set(behaviour_version_key(settings), version)
     if previous is not None:
         services.redis.delete(_text_map_key(services, previous))

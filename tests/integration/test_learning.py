@@ -184,6 +184,37 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
     learning.redis.set(behaviour_version_key(learning.settings), second["version"])
 
 
+def test_search_weighs_the_behaviour_terms_by_the_models_coverage(learning: Services) -> None:
+    run = uid("cov")
+    ids = [f"{run}-{i}" for i in range(6)]
+    docs = [{"id": d, "title": f"coverage item {i}", "tags": ["coverage"]}
+            for i, d in enumerate(ids)]
+    assert not pipeline.index_documents(learning, docs, refresh=True).errors
+    users = [f"{run}-u{u}" for u in range(4)]
+    # Three users share ids[:3]; the fourth's likes (ids[3:]) nobody else has.
+    events = [event(u, d, "like", T0 + n * DAY) for u in users[:3] for n, d in enumerate(ids[:3])]
+    events += [event(users[3], d, "like", T0 + n * DAY) for n, d in enumerate(ids[3:])]
+    assert not pipeline.ingest_events(learning, events).errors
+
+    trained = behaviour.train(learning)
+    expected = behaviour.target_coverage(behaviour.positive_sequences(learning),
+                                         learning.settings.behaviour_min_interactions)
+    assert trained["trained"] and 0.0 < expected < 1.0
+    assert trained["coverage"] == round(expected, 4)
+    # The factor on the behaviour terms: the coverage to the configured power.
+    strict = Services(replace(learning.settings, behaviour_support_exponent=2.0))
+    params = SearchParams("coverage item", user_id=users[0], size=6,
+                          weights=BlendWeights(1.0, behaviour=1.0, behaviour_short=0.5))
+    result = search(strict, params)
+    assert result.personalized and result.weights is not None
+    assert result.weights.behaviour == pytest.approx(expected ** 2.0)
+    assert result.weights.behaviour_short == pytest.approx(0.5 * expected ** 2.0)
+    # Exponent 0: full weight whatever the coverage.
+    trusting = Services(replace(learning.settings, behaviour_support_exponent=0.0))
+    weights = search(trusting, params).weights
+    assert weights is not None and weights.behaviour == 1.0
+
+
 def test_a_process_that_cached_documents_folds_with_a_new_trainings_vectors(
         learning: Services) -> None:
     """A worker caches documents' vectors as it folds; a training elsewhere (`es-interest

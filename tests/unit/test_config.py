@@ -83,6 +83,22 @@ def test_the_ranking_file_gives_alss_penalty(tmp_path: Path) -> None:
         load_settings({"ES_INTEREST_BEHAVIOUR_ALS_REGULARIZATION": "-1"})
 
 
+def test_the_ranking_file_gives_the_behaviour_support_exponent(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "behaviour_support_exponent": 2.0}))
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}
+                         ).behaviour_support_exponent == 2.0
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
+                          "ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT": "0"}
+                         ).behaviour_support_exponent == 0.0
+    path.write_text(json.dumps({**ranking, "behaviour_support_exponent": -0.5}))
+    with pytest.raises(ConfigError, match="behaviour_support_exponent must be a number >= 0"):
+        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    with pytest.raises(ConfigError, match="must be at least 0"):
+        load_settings({"ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT": "-1"})
+
+
 def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Path) -> None:
     ranking = json.loads(SHIPPED_RANKING.read_text())
     path = tmp_path / "ranking.json"

@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugin.config import load_settings
-from plugin.pipeline.behaviour import item_vectors, learn_vectors
+from plugin.pipeline.behaviour import (
+    COVERAGE_RECENT,
+    item_vectors,
+    learn_vectors,
+    target_coverage,
+)
 from plugin.pipeline.popularity import fold_one, replay, value_at
 
 DAY = 86400.0
@@ -108,6 +113,21 @@ def test_alss_penalty_reaches_the_model_and_keeps_the_communities() -> None:
     heavy = learn_vectors(replace(base, behaviour_als_regularization=2.0), sequences)
     _two_communities(heavy)
     assert not all(np.allclose(light[d], heavy[d], atol=1e-3) for d in light)
+
+
+def test_coverage_counts_the_latest_likes_other_users_share() -> None:
+    sequences = {"u1": ["old", "a", "b"], "u2": ["a", "b"], "u3": ["a", "c"]}
+    # u1's two latest (a: 2 others, b: 1), u2's (a: 2, b: 1), u3's (a: 2, c: 0).
+    assert target_coverage(sequences, min_users=2, recent=2) == pytest.approx(3 / 6)
+    assert target_coverage(sequences, min_users=1, recent=2) == pytest.approx(5 / 6)
+    # A user's own like never counts: alone, nothing is covered.
+    assert target_coverage({"solo": ["a", "b"]}, min_users=1) == 0.0
+    assert target_coverage({}, min_users=1) == 0.0
+    # The default looks at the latest COVERAGE_RECENT of each user's likes.
+    long = {"u1": [f"d{i}" for i in range(COVERAGE_RECENT + 3)],
+            "u2": [f"d{i}" for i in range(3)]}
+    # u2's three are all covered by u1; of u1's latest, none is u2's.
+    assert target_coverage(long, min_users=1) == pytest.approx(3 / (COVERAGE_RECENT + 3))
 
 
 def test_behaviour_needs_enough_documents() -> None:

@@ -49,6 +49,14 @@ def test_personal_scaling_touches_the_user_terms_only() -> None:
     assert (scaled.bm25, scaled.query, scaled.popularity) == (1.0, 0.5, 0.2)
 
 
+def test_support_scaling_touches_the_behaviour_terms_only() -> None:
+    weights = dataclasses.replace(WEIGHTS, behaviour_short=0.6)
+    scaled = weights.behaviour_scaled(0.25)
+    assert (scaled.behaviour, scaled.behaviour_short) == (0.1, 0.15)
+    assert dataclasses.replace(scaled, behaviour=0.4, behaviour_short=0.6) == weights
+    assert weights.behaviour_scaled(1.0) is weights
+
+
 def _context(engine: Engine, **changes: Any) -> QueryContext:
     ctx = QueryContext.for_query(engine, "space opera", {"tags": ["sci-fi"]}, weights=WEIGHTS,
                                  vector=[0.6, 0.8], max_bm25=8.0, user=USER, size=10, offset=0,
