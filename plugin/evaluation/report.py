@@ -398,6 +398,26 @@ def _language_model(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _support(results: dict[str, Any]) -> list[str]:
+    rows = results.get("behaviour_support") or []
+    if not rows:
+        return []
+    lines = ["", "Behaviour support: the behaviour terms' weights are scaled by the model's "
+             "target coverage (the share of users' latest likes that enough other users liked, "
+             "so that a model learned from the others could have scored them) to the power "
+             "`behaviour_support_exponent`. Chosen on validation at the run's own size and on "
+             "deployments of its first users only (their movies and events; the default "
+             "strategy's tuned weights and seen policy): the tuning objective against each "
+             "size's best non-personalized ranking (`floor`), summed over the sizes.", "",
+             "| users | coverage | exponent | objective | term | words | refind | floors "
+             "(term, words, refind) | chosen |", "| --- |" + " --- |" * 8]
+    lines += [f"| {r['users']} | {r['coverage']:.3f} | {r['exponent']:g} | "
+              f"{r['objective']:.4f} | {r['term']:.4f} | {r['words']:.4f} | "
+              f"{r['refind']:.4f} | {r['floor term']:.4f}, {r['floor words']:.4f}, "
+              f"{r['floor refind']:.4f} | {'yes' if r['chosen'] else ''} |" for r in rows]
+    return lines
+
+
 def _percent(gain: float | None) -> str:
     return "n/a" if gain is None else f"{gain:+.1%}"
 
@@ -498,6 +518,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
         lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]
+    lines += _support(results)
     lines += _language_model(results)
     lines += _phase_seconds(results)
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",

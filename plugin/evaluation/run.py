@@ -17,8 +17,9 @@
    default), then the user terms and the seen documents' weight on top of them; with
    ``choose``, the short-term half-life again beside behaviour (a content profile cannot
    tell what a short-term behaviour term is worth) and each seen policy (neutral, keep, own),
-   keeping the best. The first engine tunes; the others run the same weights and half-lives,
-   as the product ships one file.
+   keeping the best; then how much the behaviour terms trust a model learned from little data
+   (``_support_exponent``: at this size and on smaller deployments). The first engine tunes;
+   the others run the same weights and half-lives, as the product ships one file.
 5. The comparator: the best non-personalized arm of the engine (BM25, BM25 + popularity or
    the non-personalized default of any strategy) on each protocol's validation queries.
 6. Score every arm on the test queries of each protocol (NDCG@10, MRR, Recall@100, 95%
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from plugin import fine_tuning, pipeline
+from plugin.caches import behaviour_coverage_key
 from plugin.config import (
     BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
@@ -143,7 +145,14 @@ MODEL_GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "als": {"behaviour_als_regularization": (0.05, 0.5, 2.0)},
 }
 MODEL_SETTINGS = tuple(k for grid in MODEL_GRIDS.values() for k in grid)
-BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *MODEL_SETTINGS)
+BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *MODEL_SETTINGS,
+                      "behaviour_support_exponent")
+# How much the behaviour terms trust a model learned from little data (the weights scaled by
+# its target coverage to this power), chosen on validation at the run's own size and at
+# these smaller ones (the first so many users, each on its own deployment): one deployment
+# tuned on all its data cannot tell a model's support from its weight.
+SUPPORT_EXPONENTS = (0.0, 0.5, 1.0, 2.0)
+SUPPORT_USERS = (40, 120)
 TAIL_USERS = 3  # a target with fewer training users than this is a tail target
 # A strategy overtakes the shipped order (the ranking file's) only where it beats the one
 # ahead of it in this share of bootstrap resamples of the validation queries: two near-tied
@@ -482,6 +491,9 @@ class Tuned:
     # beside behaviour (``_short_half_life``), or the configured one where the run chooses none.
     half_lives: tuple[float, float] | None = None
     short_half_life_validation: list[dict[str, Any]] = field(default_factory=list)
+    # Per data size and exponent: its coverage, validation NDCG@10 per protocol, objective.
+    support_validation: list[dict[str, Any]] = field(default_factory=list)
+    embed_title_cleanup: str | None = None  # the title cleanup the run embedded with
 
 
 class PhaseClock:
@@ -538,7 +550,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         half_lives, ablation = _half_lives(first, corpus, tuning, progress)
     results: dict[str, Any] = {"engines": {}, "ablation": ablation,
                                "per_query": {}, "embedded_text": text_ablation}
-    tuned = Tuned()
+    tuned = Tuned(embed_title_cleanup=cleanup)
     configured = load_settings()
     if not choose:
         # The configured ones (``_services`` starts every deployment neutral): a run that
@@ -595,6 +607,7 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation},
+        "behaviour_support": tuned.support_validation,
         "strategy_choice": {"order": tuned.strategy_order,
                             "validation": tuned.strategy_validation,
                             "overtakes": tuned.strategy_overtakes,
@@ -860,6 +873,13 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             with clock.phase("seen policy (choice)"):
                 _choose_seen_policy(evaluator, tuning_for(s), validation, offered, s, tuned,
                                     floors, progress)
+        if first and not tuned.support_validation:
+            with clock.phase("behaviour support (choice)"):
+                exponent = _support_exponent(evaluator, corpus, offered, s, tuned,
+                                             half_lives, progress)
+            services = Services(replace(services.settings, behaviour_support_exponent=exponent))
+            evaluator = replace(evaluator, services=services, policies={}, scores={},
+                                answered={})
     if first:
         # Each strategy scored offline, at its tuned weights (or the configured ones where
         # this run tuned none), on every validation query: offline and through the engine.
@@ -952,6 +972,76 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         tuned.behaviour = with_map if score(with_map) > score(best) else best
     chosen = Services(replace(services.settings, **tuned.behaviour))
     return chosen, behaviour.train(chosen)
+
+
+def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
+                      strategy: str, tuned: Tuned, half_lives: tuple[float, float],
+                      progress: Callable[[str], None]) -> float:
+    """How much the behaviour terms trust a model learned from little data
+    (``behaviour_support_exponent``), on validation: at this run's size (``evaluator``'s
+    deployment) and on a deployment of each of SUPPORT_USERS smaller ones (their movies and
+    events only, the behaviour model and title cleanup chosen), each exponent in
+    SUPPORT_EXPONENTS scored with ``strategy``'s tuned weights and seen policy; the tuning
+    objective against that size's best non-personalized ranking, summed over the sizes.
+    Ties keep the configured exponent. The behaviour settings chosen carry it (and so the
+    ranking file and the other engines)."""
+    assert tuned.behaviour is not None
+    settings = evaluator.services.settings
+    policy = tuned.seen_policy or "neutral"
+    weights = tuned.chosen[strategy][1]
+    sizes: list[tuple[int, Evaluator, list[data.Query], str | None]] = [
+        (len(corpus.split.static_events), evaluator, corpus.split.validation, None)]
+    for users in SUPPORT_USERS:
+        if users >= len(corpus.split.static_events):
+            continue
+        split, movies = data.split(users=users, max_queries_per_user=3)
+        docs, doc_vectors = _embed_catalog(evaluator.services, _catalog(split, movies, True),
+                                           tuned.embed_title_cleanup
+                                           or settings.embed_title_cleanup)
+        small = Corpus(split, [], docs, doc_vectors, corpus.text_vectors,
+                       [e for e in split.train if e["doc_id"] in doc_vectors])
+        prefix = f"{settings.index_prefix}-support{users}"
+        deployment = Services(replace(settings, index_prefix=prefix, **tuned.behaviour))
+        setup_indices(deployment.engine, deployment.settings, deployment.embedder.dims)
+        _index(deployment, docs)
+        _replay(deployment, f"{users} users", small, half_lives, progress)
+        popularity.rebuild(deployment)
+        behaviour.train(deployment, refold=False)
+        vectors = fetch_doc_vectors(deployment, doc_vectors, fresh=True)
+        profile = query_time_profiles(small, vectors, half_lives, split.validation)
+        sizes.append((users, Evaluator(deployment, {"dynamic": profile}, offline=OfflineBlend(
+            settings.personal_candidates, SIZE)), split.validation, prefix))
+    totals = dict.fromkeys(SUPPORT_EXPONENTS, 0.0)
+    for users, sized, validation, own_prefix in sizes:
+        floors = {protocol: max(scores.values()) for protocol, scores in
+                  _comparator(sized, tuned, offered, validation).items()}
+        coverage = float(sized.services.redis.get(
+            behaviour_coverage_key(sized.services.settings)) or "nan")
+        for exponent in SUPPORT_EXPONENTS:
+            trial = replace(sized, services=Services(replace(
+                sized.services.settings, behaviour_support_exponent=exponent)),
+                policies={}, scores={}, answered={})
+            ranks = trial.choice_ranks(Method(DEFAULT, weights, "dynamic", strategy,
+                                              seen_policy=policy), validation, "support")
+            ndcg = metrics.per_query(ranks)["ndcg@10"]
+            value = objective(ndcg, validation, floors)
+            totals[exponent] += value
+            protocols = np.array([q.protocol for q in validation])
+            tuned.support_validation.append({
+                "users": users, "coverage": round(coverage, 4), "exponent": exponent,
+                "objective": round(value, 4),
+                **{p: round(float(ndcg[protocols == p].mean()), 4) for p in data.PROTOCOLS},
+                **{f"floor {p}": round(f, 4) for p, f in floors.items()}})
+            progress(f"behaviour support exponent {exponent:g} at {users} users (coverage "
+                     f"{coverage:.2f}): objective {value:.4f}")
+        if own_prefix is not None:
+            sized.services.engine.delete_indices(f"{own_prefix}-*")
+    configured = settings.behaviour_support_exponent
+    chosen = max(SUPPORT_EXPONENTS, key=lambda e: (round(totals[e], 6), e == configured))
+    for row in tuned.support_validation:
+        row["chosen"] = row["exponent"] == chosen
+    tuned.behaviour["behaviour_support_exponent"] = chosen
+    return chosen
 
 
 def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query],
