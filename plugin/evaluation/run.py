@@ -50,7 +50,6 @@ from typing import Any
 import numpy as np
 
 from plugin import fine_tuning, pipeline
-from plugin.caches import behaviour_coverage_key
 from plugin.config import (
     BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
@@ -876,7 +875,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         if first and not tuned.support_validation:
             with clock.phase("behaviour support (choice)"):
                 exponent = _support_exponent(evaluator, corpus, offered, s, tuned,
-                                             half_lives, progress)
+                                             half_lives, trained["coverage"], progress)
             services = Services(replace(services.settings, behaviour_support_exponent=exponent))
             evaluator = replace(evaluator, services=services, policies={}, scores={},
                                 answered={})
@@ -976,7 +975,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
 
 def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
                       strategy: str, tuned: Tuned, half_lives: tuple[float, float],
-                      progress: Callable[[str], None]) -> float:
+                      coverage: float, progress: Callable[[str], None]) -> float:
     """How much the behaviour terms trust a model learned from little data
     (``behaviour_support_exponent``), on validation: at this run's size (``evaluator``'s
     deployment) and on a deployment of each of SUPPORT_USERS smaller ones (their movies and
@@ -984,17 +983,20 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
     SUPPORT_EXPONENTS scored with ``strategy``'s tuned weights and seen policy; the tuning
     objective against that size's best non-personalized ranking, summed over the sizes.
     Ties keep the configured exponent. The behaviour settings chosen carry it (and so the
-    ranking file and the other engines)."""
+    ranking file and the other engines). ``coverage``: the run's own model's."""
     assert tuned.behaviour is not None
     settings = evaluator.services.settings
     policy = tuned.seen_policy or "neutral"
     weights = tuned.chosen[strategy][1]
-    sizes: list[tuple[int, Evaluator, list[data.Query], str | None]] = [
-        (len(corpus.split.static_events), evaluator, corpus.split.validation, None)]
+    sizes: list[tuple[int, float, Evaluator, list[data.Query], str | None]] = [
+        (len(corpus.split.static_events), coverage, evaluator, corpus.split.validation, None)]
     for users in SUPPORT_USERS:
         if users >= len(corpus.split.static_events):
             continue
         split, movies = data.split(users=users, max_queries_per_user=3)
+        if {q.protocol for q in split.validation} != set(data.PROTOCOLS):
+            progress(f"behaviour support: {users} users ask too few queries; left out")
+            continue
         docs, doc_vectors = _embed_catalog(evaluator.services, _catalog(split, movies, True),
                                            tuned.embed_title_cleanup
                                            or settings.embed_title_cleanup)
@@ -1006,17 +1008,16 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
         _index(deployment, docs)
         _replay(deployment, f"{users} users", small, half_lives, progress)
         popularity.rebuild(deployment)
-        behaviour.train(deployment, refold=False)
+        trained = behaviour.train(deployment, refold=False)
         vectors = fetch_doc_vectors(deployment, doc_vectors, fresh=True)
         profile = query_time_profiles(small, vectors, half_lives, split.validation)
-        sizes.append((users, Evaluator(deployment, {"dynamic": profile}, offline=OfflineBlend(
-            settings.personal_candidates, SIZE)), split.validation, prefix))
+        sizes.append((users, trained["coverage"], Evaluator(
+            deployment, {"dynamic": profile}, offline=OfflineBlend(
+                settings.personal_candidates, SIZE)), split.validation, prefix))
     totals = dict.fromkeys(SUPPORT_EXPONENTS, 0.0)
-    for users, sized, validation, own_prefix in sizes:
+    for users, covered, sized, validation, own_prefix in sizes:
         floors = {protocol: max(scores.values()) for protocol, scores in
                   _comparator(sized, tuned, offered, validation).items()}
-        coverage = float(sized.services.redis.get(
-            behaviour_coverage_key(sized.services.settings)) or "nan")
         for exponent in SUPPORT_EXPONENTS:
             trial = replace(sized, services=Services(replace(
                 sized.services.settings, behaviour_support_exponent=exponent)),
@@ -1028,12 +1029,12 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
             totals[exponent] += value
             protocols = np.array([q.protocol for q in validation])
             tuned.support_validation.append({
-                "users": users, "coverage": round(coverage, 4), "exponent": exponent,
+                "users": users, "coverage": round(covered, 4), "exponent": exponent,
                 "objective": round(value, 4),
                 **{p: round(float(ndcg[protocols == p].mean()), 4) for p in data.PROTOCOLS},
                 **{f"floor {p}": round(f, 4) for p, f in floors.items()}})
             progress(f"behaviour support exponent {exponent:g} at {users} users (coverage "
-                     f"{coverage:.2f}): objective {value:.4f}")
+                     f"{covered:.2f}): objective {value:.4f}")
         if own_prefix is not None:
             sized.services.engine.delete_indices(f"{own_prefix}-*")
     configured = settings.behaviour_support_exponent

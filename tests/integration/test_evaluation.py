@@ -14,15 +14,19 @@ from plugin.config import (
     load_ranking,
     load_settings,
 )
+from plugin.evaluation import run as evaluation
 from plugin.evaluation.data import PROTOCOLS
-from plugin.evaluation.run import run
+from plugin.evaluation.run import SUPPORT_EXPONENTS, run
 
 pytestmark = pytest.mark.integration
 
 
-def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None:
+def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # OpenSearch 2.19 adds nothing the other three do not cover here (the same strategies as 3.x).
     engines = [name for name in LOCAL_ENGINE_URLS if name != "opensearch2"]
+    # The behaviour support's smaller deployment, below this run's dozen users (40: none).
+    monkeypatch.setattr(evaluation, "SUPPORT_USERS", (8, 40))
     results = run(quick=True, users=12, engines=engines, out_dir=tmp_path,
                   progress=lambda _: None, choose=True)
     report = (tmp_path / "evaluation.md").read_text()
@@ -105,3 +109,15 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None) -> None
     assert picked["objective"] == max(c["objective"] for c in shorts)
     assert saved["half_lives"][1] == picked["short_days"] == chosen["half_life_short_days"]
     assert "Short-term half-life, chosen beside behaviour" in report
+    # The behaviour support exponent, scored at the run's size and on an 8-user deployment
+    # (its indices gone), the best summed objective chosen, as the ranking file says.
+    support = saved["behaviour_support"]
+    assert [(r["users"], r["exponent"]) for r in support] == [
+        (size, e) for size in (saved["users"], 8) for e in SUPPORT_EXPONENTS]
+    assert all(0 <= r["coverage"] <= 1 for r in support)
+    totals = {e: sum(r["objective"] for r in support if r["exponent"] == e)
+              for e in SUPPORT_EXPONENTS}
+    picked_exponent = chosen["behaviour_support_exponent"]
+    assert {r["exponent"] for r in support if r["chosen"]} == {picked_exponent}
+    assert totals[picked_exponent] == pytest.approx(max(totals.values()), abs=1e-3)
+    assert "Behaviour support" in report
