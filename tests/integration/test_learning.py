@@ -21,6 +21,7 @@ from plugin.caches import behaviour_version_key
 from plugin.evaluation.metrics import mean_kendall_tau
 from plugin.interest import UserInterest
 from plugin.pipeline import behaviour, popularity
+from plugin.profile import describe_user
 from plugin.search import BlendWeights, SearchParams, available_strategies, search
 from plugin.services import Services
 from tests.conftest import WorkerProcess, isolated_services
@@ -209,6 +210,10 @@ def test_search_weighs_the_behaviour_terms_by_the_models_coverage(learning: Serv
     assert result.personalized and result.weights is not None
     assert result.weights.behaviour == pytest.approx(expected ** 2.0)
     assert result.weights.behaviour_short == pytest.approx(0.5 * expected ** 2.0)
+    # The user's page says so.
+    page = describe_user(strict, users[0])
+    assert page is not None
+    assert page["horizons"]["behaviour"]["support"] == pytest.approx(expected ** 2.0)
     # Exponent 0: full weight whatever the coverage.
     trusting = Services(replace(learning.settings, behaviour_support_exponent=0.0))
     weights = search(trusting, params).weights
