@@ -53,6 +53,14 @@ def event(user: str, doc: str, kind: str, t: float) -> dict[str, Any]:
             "timestamp": round(t)}
 
 
+def indexed_items(svc: Services, run: str, topic: str, count: int) -> list[str]:
+    """``count`` documents titled "<topic> item <n>", tagged ``topic``; their ids."""
+    ids = [f"{run}-{i}" for i in range(count)]
+    docs = [{"id": d, "title": f"{topic} item {i}", "tags": [topic]} for i, d in enumerate(ids)]
+    assert not pipeline.index_documents(svc, docs, refresh=True).errors
+    return ids
+
+
 def stored_popularity(svc: Services, ids: list[str]) -> dict[str, float | None]:
     svc.engine.client.indices.refresh(index=svc.settings.docs_alias)
     found = svc.engine.mget_versioned(svc.settings.docs_alias, ids)
@@ -145,10 +153,7 @@ def test_a_backtest_learns_popularity_and_behaviour_from_the_past_only(
 
 def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -> None:
     run = uid("beh")
-    ids = [f"{run}-{i}" for i in range(8)]
-    docs = [{"id": d, "title": f"behaviour item {i}", "tags": ["behaviour"]}
-            for i, d in enumerate(ids)]
-    assert not pipeline.index_documents(learning, docs, refresh=True).errors
+    ids = indexed_items(learning, run, "behaviour", 8)
     users = [f"{run}-u{u}" for u in range(6)]
     rng = random.Random(9)
     events = [event(u, d, "like", T0 + rng.uniform(0, 10) * DAY)
@@ -187,10 +192,7 @@ def test_behaviour_refold_after_a_retrain_equals_a_rebuild(learning: Services) -
 
 def test_search_weighs_the_behaviour_terms_by_the_models_coverage(learning: Services) -> None:
     run = uid("cov")
-    ids = [f"{run}-{i}" for i in range(6)]
-    docs = [{"id": d, "title": f"coverage item {i}", "tags": ["coverage"]}
-            for i, d in enumerate(ids)]
-    assert not pipeline.index_documents(learning, docs, refresh=True).errors
+    ids = indexed_items(learning, run, "coverage", 6)
     users = [f"{run}-u{u}" for u in range(4)]
     # Three users share ids[:3]; the fourth's likes (ids[3:]) nobody else has.
     events = [event(u, d, "like", T0 + n * DAY) for u in users[:3] for n, d in enumerate(ids[:3])]

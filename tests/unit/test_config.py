@@ -67,36 +67,22 @@ def test_the_ranking_file_gives_item2vecs_settings(tmp_path: Path) -> None:
         load_settings({"ES_INTEREST_BEHAVIOUR_ITEM2VEC_WINDOW": "0"})
 
 
-def test_the_ranking_file_gives_alss_penalty(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "variable"), [
+    ("behaviour_als_regularization", "ES_INTEREST_BEHAVIOUR_ALS_REGULARIZATION"),
+    ("behaviour_support_exponent", "ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT")])
+def test_the_ranking_file_gives_a_behaviour_number(tmp_path: Path, key: str,
+                                                   variable: str) -> None:
     ranking = json.loads(SHIPPED_RANKING.read_text())
     path = tmp_path / "ranking.json"
-    path.write_text(json.dumps({**ranking, "behaviour_als_regularization": 0.5}))
-    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}
-                         ).behaviour_als_regularization == 0.5
-    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
-                          "ES_INTEREST_BEHAVIOUR_ALS_REGULARIZATION": "2"}
-                         ).behaviour_als_regularization == 2.0
-    path.write_text(json.dumps({**ranking, "behaviour_als_regularization": -1}))
-    with pytest.raises(ConfigError, match="behaviour_als_regularization must be a number >= 0"):
+    path.write_text(json.dumps({**ranking, key: 0.5}))
+    assert getattr(load_settings({"ES_INTEREST_RANKING_FILE": str(path)}), key) == 0.5
+    assert getattr(load_settings({"ES_INTEREST_RANKING_FILE": str(path), variable: "2"}),
+                   key) == 2.0
+    path.write_text(json.dumps({**ranking, key: -1}))
+    with pytest.raises(ConfigError, match=f"{key} must be a number >= 0"):
         load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
     with pytest.raises(ConfigError, match="must be at least 0"):
-        load_settings({"ES_INTEREST_BEHAVIOUR_ALS_REGULARIZATION": "-1"})
-
-
-def test_the_ranking_file_gives_the_behaviour_support_exponent(tmp_path: Path) -> None:
-    ranking = json.loads(SHIPPED_RANKING.read_text())
-    path = tmp_path / "ranking.json"
-    path.write_text(json.dumps({**ranking, "behaviour_support_exponent": 2.0}))
-    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}
-                         ).behaviour_support_exponent == 2.0
-    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
-                          "ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT": "0"}
-                         ).behaviour_support_exponent == 0.0
-    path.write_text(json.dumps({**ranking, "behaviour_support_exponent": -0.5}))
-    with pytest.raises(ConfigError, match="behaviour_support_exponent must be a number >= 0"):
-        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
-    with pytest.raises(ConfigError, match="must be at least 0"):
-        load_settings({"ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT": "-1"})
+        load_settings({variable: "-1"})
 
 
 def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Path) -> None:
