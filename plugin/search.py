@@ -389,12 +389,12 @@ def blend_plan(services: Services, strategy: str, user: UserVectors, inputs: Que
                overrides: Mapping[str, float] | None = None
                ) -> tuple[BlendWeights, tuple[str, ...], bool]:
     """What a search of ``user`` blends: the weights (the shipped ones unless given, with
-    ``overrides``; the behaviour terms scaled for the model's support, the seen share kept
-    whole, the user terms for the query's length), the documents held neutral,
+    ``overrides``; the behaviour terms scaled for the model's support, the user terms for
+    the query's length), the documents held neutral,
     and whether the seen documents take their places in the search without the user
     (``keep``: then both lists cover the whole window)."""
     chosen = replace(weights or configured_weights(services, strategy, user), **(overrides or {}))
-    chosen = strategies.support_scaled(chosen, user, behaviour_support(services))
+    chosen = chosen.behaviour_scaled(behaviour_support(services))
     chosen = chosen.personal_scaled(inputs.personal_scale(chosen.ambiguity))
     chosen, keep = places_kept(services, user, chosen)
     return chosen, held_neutral(services, user), keep

@@ -48,8 +48,8 @@ class BlendWeights:
     ambiguity: float = 0.0
 
     def behaviour_scaled(self, factor: float) -> BlendWeights:
-        """The behaviour terms scaled by ``factor`` (the model's support; ``support_scaled``
-        also keeps the seen documents' boost)."""
+        """The behaviour terms scaled by ``factor`` (the model's support); the seen share,
+        a share of the user terms, follows."""
         if factor == 1.0:
             return self
         return replace(self, behaviour=self.behaviour * factor,
@@ -144,19 +144,6 @@ def seen_boost(user: UserVectors, w: BlendWeights) -> float:
     """What a held-neutral document gets in place of its own user terms: the user's seen
     share (``seen_share``) of the applied user terms' total weight."""
     return seen_share(len(user.seen), w) * sum(t.weight for t in user_terms(user, w))
-
-
-def support_scaled(w: BlendWeights, user: UserVectors, factor: float) -> BlendWeights:
-    """``w`` with the behaviour terms scaled by ``factor`` (the model's support) and the seen
-    share raised to match, so a document the user already knows gets the boost it got at
-    full weight: support says how far the model reaches new documents, not what a known one
-    is worth."""
-    scaled = w.behaviour_scaled(factor)
-    before = sum(t.weight for t in user_terms(user, w))
-    after = sum(t.weight for t in user_terms(user, scaled))
-    if scaled is w or after <= 0 or after == before:
-        return scaled
-    return replace(scaled, seen=w.seen * before / after)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from plugin.api.json_body import UnreadableJson, request_json
 from plugin.api.metrics import PERSONALIZED
 from plugin.api.proxy_policy import RefusedBody, check_body
 from plugin.engine import JSON
-from plugin.strategies import STRATEGIES, QueryContext, support_scaled
+from plugin.strategies import STRATEGIES, QueryContext
 
 bp = Blueprint("proxy", __name__)
 
@@ -173,8 +173,8 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
         user = user.without_behaviour()
     if user.content_version != svc.content_model().version:
         user = user.without_content()
-    weights = support_scaled(search_service.configured_weights(svc, "knn_linear", user), user,
-                             search_service.behaviour_support(svc))
+    weights = search_service.configured_weights(svc, "knn_linear", user).behaviour_scaled(
+        search_service.behaviour_support(svc))
     original = body.get("query", {"match_all": {}})
     best = engine.search(svc.settings.docs_alias, {"size": 1, "_source": False,
                                                    "track_total_hits": False, "query": original})

@@ -23,7 +23,6 @@ from plugin.strategies import (
     min_max,
     seen_boost,
     seen_share,
-    support_scaled,
 )
 
 ENGINES: list[Engine] = [ElasticsearchEngine(None, "9.5.3"), OpenSearchEngine(None, "2.19.1")]
@@ -56,19 +55,6 @@ def test_support_scaling_touches_the_behaviour_terms_only() -> None:
     assert (scaled.behaviour, scaled.behaviour_short) == (0.1, 0.15)
     assert dataclasses.replace(scaled, behaviour=0.4, behaviour_short=0.6) == weights
     assert weights.behaviour_scaled(1.0) is weights
-
-
-def test_support_scaling_keeps_what_a_known_document_gets() -> None:
-    weights = dataclasses.replace(WEIGHTS, behaviour_short=0.6, seen=0.5)
-    user = dataclasses.replace(USER, behaviour_short=[0.6, 0.8])
-    scaled = support_scaled(weights, user, 0.25)
-    assert (scaled.behaviour, scaled.behaviour_short) == pytest.approx((0.1, 0.15))
-    assert seen_boost(user, scaled) == pytest.approx(seen_boost(user, weights))
-    assert scaled.seen > weights.seen
-    # A user without a behaviour vector: nothing to scale, the share stays.
-    content_only = dataclasses.replace(user, behaviour=None, behaviour_short=None)
-    assert support_scaled(weights, content_only, 0.25).seen == weights.seen
-    assert support_scaled(weights, user, 1.0) is weights
 
 
 def _context(engine: Engine, **changes: Any) -> QueryContext:
