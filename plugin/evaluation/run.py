@@ -222,6 +222,12 @@ class Evaluator:
         return replace(self, services=services, policies={}, scores={}, answered={},
                        offline=None)
 
+    def reconfigured(self, **changes: Any) -> Evaluator:
+        """The same deployment, profiles and fetched terms under other settings that change
+        no term (a weight's scale): what it measured is forgotten."""
+        return replace(self, services=Services(replace(self.services.settings, **changes)),
+                       policies={}, scores={}, answered={})
+
     def tunes_offline(self, strategy: str) -> bool:
         return self.offline is not None and strategy in OFFLINE_STRATEGIES
 
@@ -876,9 +882,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
             with clock.phase("behaviour support (choice)"):
                 exponent = _support_exponent(evaluator, corpus, offered, s, tuned,
                                              half_lives, trained["coverage"], progress)
-            services = Services(replace(services.settings, behaviour_support_exponent=exponent))
-            evaluator = replace(evaluator, services=services, policies={}, scores={},
-                                answered={})
+            evaluator = evaluator.reconfigured(behaviour_support_exponent=exponent)
+            services = evaluator.services
     if first:
         # Each strategy scored offline, at its tuned weights (or the configured ones where
         # this run tuned none), on every validation query: offline and through the engine.
@@ -1018,16 +1023,14 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
     for users, covered, sized, validation, own_prefix in sizes:
         floors = {protocol: max(scores.values()) for protocol, scores in
                   _comparator(sized, tuned, offered, validation).items()}
+        protocols = np.array([q.protocol for q in validation])
         for exponent in SUPPORT_EXPONENTS:
-            trial = replace(sized, services=Services(replace(
-                sized.services.settings, behaviour_support_exponent=exponent)),
-                policies={}, scores={}, answered={})
+            trial = sized.reconfigured(behaviour_support_exponent=exponent)
             ranks = trial.choice_ranks(Method(DEFAULT, weights, "dynamic", strategy,
                                               seen_policy=policy), validation, "support")
             ndcg = metrics.per_query(ranks)["ndcg@10"]
             value = objective(ndcg, validation, floors)
             totals[exponent] += value
-            protocols = np.array([q.protocol for q in validation])
             tuned.support_validation.append({
                 "users": users, "coverage": round(covered, 4), "exponent": exponent,
                 "objective": round(value, 4),
