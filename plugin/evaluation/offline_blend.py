@@ -16,6 +16,12 @@ documents held neutral come from the search layer's own functions, each term's s
 how its scores are weighed from the strategy's own (``Strategy.term_searches``,
 ``Strategy.term_scores``).
 
+Each term's search is kept by what it asked (``TermStore``): another user, profile or
+candidate asking the same search (the same words, vector and held-out documents) reuses it.
+The terms a behaviour training rewrites stay with one ``OfflineBlend``; the others may be
+shared by every blend on one deployment while its documents' text, content vectors and
+popularity stay as they are.
+
 The engine's ranks and these agree up to ties and the kNN search's approximation; the
 evaluation reports the agreement on every validation query, and every figure it publishes
 comes from the engine.
@@ -23,6 +29,9 @@ comes from the engine.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -31,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from plugin.config import BLEND_TERMS
+from plugin.engine.base import JSON
 from plugin.evaluation import data
 from plugin.progress import progress as progress_bar
 from plugin.search import (
@@ -58,7 +68,26 @@ PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
 USER_TERMS = TERMS[len(PLAIN_TERMS):]
 # Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
 UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0), seen=1.0)
+# The terms scored on the documents' behaviour vectors, which each training rewrites.
+BEHAVIOUR_TERMS = ("behaviour", "behaviour_short")
 FETCH_THREADS = 4
+
+# One term search's hits: their ids, and their scores as the blend weighs them.
+TermList = tuple[list[str], npt.NDArray[np.float64]]
+
+
+@dataclass
+class TermStore:
+    """Each term search's hits by what it asked: the strategy, the term and the whole
+    request body (words, vector, scope, held-out documents). Valid while the documents the
+    searches read stay as they were."""
+
+    found: dict[bytes, TermList] = field(default_factory=dict)
+
+    @staticmethod
+    def key(strategy: str, name: str, body: JSON) -> bytes:
+        asked = json.dumps([strategy, name, body], sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(asked.encode(), digest_size=16).digest()
 
 
 @dataclass
@@ -123,14 +152,16 @@ class OfflineBlend:
 
     window: int  # the vector terms' window (settings.personal_candidates)
     size: int  # how many hits a ranked list keeps
-    # Per strategy and query text: the terms without a user, shared by every user's fetch.
-    plain: dict[tuple[str, str], dict[str, tuple[list[str], npt.NDArray[np.float64]]]] = field(
-        default_factory=dict)
+    # The term searches but the behaviour terms': a store another blend on the same
+    # deployment may share (the text, content vectors and popularity unchanged).
+    shared: TermStore = field(default_factory=TermStore)
+    # The behaviour terms' searches, this blend's own (its deployment's behaviour vectors).
+    own: TermStore = field(default_factory=TermStore)
     cached: dict[tuple[object, ...], QueryTerms] = field(default_factory=dict)
 
     def forget(self, profiles: set[str]) -> None:
-        """Drops the terms fetched under these profiles (their vectors changed); the terms
-        without a user stay."""
+        """Drops the terms fetched under these profiles (their vectors changed); each term
+        search stays kept by what it asked."""
         self.cached = {k: v for k, v in self.cached.items() if k[PROFILE_AT] not in profiles}
 
     def rename(self, profile: str, to: str) -> None:
@@ -147,11 +178,17 @@ class OfflineBlend:
         ctx = QueryContext.for_query(engine, query.text, {}, weights=UNIT, vector=inputs.vector,
                                      max_bm25=inputs.max_bm25, user=user, size=self.size,
                                      offset=0, personal_k=self.window, seen=held)
-        lists = dict(self.plain.get((strategy, query.text), {}))
         builder = BUILDERS[strategy]  # term_searches raises where it is no sum of terms
-        wanted = [(name, body) for name, body in builder.term_searches(ctx, MATCHES)
-                  if name not in lists]
-        bodies = [{**body, **IDS_FROM_DOC_VALUES} for _, body in wanted]
+        lists: dict[str, TermList] = {}
+        wanted: list[tuple[str, JSON, TermStore, bytes]] = []
+        for name, body in builder.term_searches(ctx, MATCHES):
+            store = self.own if name in BEHAVIOUR_TERMS else self.shared
+            key = TermStore.key(strategy, name, body)
+            if (kept := store.found.get(key)) is not None:
+                lists[name] = kept
+            else:
+                wanted.append((name, body, store, key))
+        bodies = [{**body, **IDS_FROM_DOC_VALUES} for _, body, _, _ in wanted]
         # The seen clause's matches (none where no user term applies: then no share either).
         seen_clause = ctx.seen_clause()
         if seen_clause is not None:
@@ -160,15 +197,14 @@ class OfflineBlend:
         for answer in answers:
             if "error" in answer:
                 raise RuntimeError(f"the engine refused a term's search: {answer['error']}")
-        for (name, body), answer in zip(wanted, answers, strict=False):
+        for (name, body, store, key), answer in zip(wanted, answers, strict=False):
             hits = named_hits(answer)
             if len(hits) >= MATCHES and body.get("size") == MATCHES:
                 raise RuntimeError(f"more than {MATCHES} documents match {query.text!r}")
             values = np.array(builder.term_scores(name, [float(h["_score"]) for h in hits],
                                                   ctx))
-            lists[name] = ([h["_id"] for h in hits], values)
-        self.plain.setdefault((strategy, query.text),
-                              {n: v for n, v in lists.items() if n in PLAIN_TERMS})
+            # Interned: the same ids recur in thousands of kept searches.
+            lists[name] = store.found[key] = ([sys.intern(h["_id"]) for h in hits], values)
         seen_ids = ({h["_id"] for h in named_hits(answers[-1])} if seen_clause is not None
                     else set())
         ids: dict[str, int] = {}

@@ -218,7 +218,9 @@ def _offline_agreement(results: dict[str, Any]) -> list[str]:
     lines = [
         f"{names} are tuned offline: each validation query's terms are fetched once (each "
         "term's search on its own: `linear_retriever`'s retrievers over the window, "
-        "`knn_linear`'s words over every match and its kNN clauses over their k) and every "
+        "`knn_linear`'s words over every match and its kNN clauses over their k; a search "
+        "asked again with the same words and vector, by another behaviour model or "
+        "half-life candidate, is not sent again) and every "
         "weight candidate's blend is recomputed in the evaluation's process with the "
         "strategy's own arithmetic (`plugin/evaluation/offline_blend.py`), so tuning scores "
         f"all {queries} validation queries. Their weights on them, offline and through the "

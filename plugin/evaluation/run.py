@@ -64,7 +64,7 @@ from plugin.config import (
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
-from plugin.evaluation.offline_blend import USER_TERMS, OfflineBlend
+from plugin.evaluation.offline_blend import USER_TERMS, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
@@ -811,10 +811,13 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     test queries. On the ``first`` engine also the language model fine-tuned on the log
     (validation; where it ``choose``s), and the leak bound: the default and the comparator
     again with popularity and behaviour learned from the past only."""
+    # The term searches that read the documents' text, content vectors and popularity,
+    # which stay as they are from here on this deployment: shared by every offline blend.
+    terms = TermStore()
     with clock.phase("behaviour (model choice and training)"):
         popularity.rebuild(services)
         services, trained = _behaviour(services, corpus, offered[0], tuned, half_lives,
-                                       progress)
+                                       terms, progress)
     progress(f"{engine}: behaviour vectors {trained}")
     lm_trial = None
     if first and (choose or language_model):
@@ -825,7 +828,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     with clock.phase("profiles at query time"):
         docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
         evaluator = Evaluator(services, _profiles(corpus, docs, static, half_lives, tuning),
-                              offline=OfflineBlend(services.settings.personal_candidates, SIZE))
+                              offline=OfflineBlend(services.settings.personal_candidates, SIZE,
+                                                   shared=terms))
     validation = corpus.split.validation
 
     def tuning_for(strategy: str) -> list[data.Query]:
@@ -923,7 +927,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
 
 
 def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
-               half_lives: tuple[float, float],
+               half_lives: tuple[float, float], terms: TermStore,
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
     engine, validation chooses the model (each without the text map; the winner's own
@@ -950,7 +954,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
-                candidate.settings.personal_candidates, SIZE))
+                candidate.settings.personal_candidates, SIZE, shared=terms))
             # The shipped behaviour weights were tuned for the shipped vectors; each
             # candidate's own scale gets its own two weights (offline, where the strategy can).
             fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],

@@ -31,7 +31,7 @@ from typing import Any
 
 from plugin.config import WEIGHT_NAMES
 from plugin.evaluation import data, metrics
-from plugin.evaluation.offline_blend import OfflineBlend
+from plugin.evaluation.offline_blend import OfflineBlend, TermStore
 from plugin.evaluation.run import (
     DAY,
     DEFAULT,
@@ -138,17 +138,20 @@ def tune(services: Services, holdout_share: float = 0.1, max_queries: int = 600,
     settings = services.settings
     current = (settings.half_life_long_s / DAY, settings.half_life_short_s / DAY)
     scored = []
+    terms = TermStore()  # the searches another half-life's profiles ask again
     for half_lives in dict.fromkeys([current, *HALF_LIVES]):
         evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
                                                                       half_lives))},
-                              offline=OfflineBlend(settings.personal_candidates, SIZE))
+                              offline=OfflineBlend(settings.personal_candidates, SIZE,
+                                                   shared=terms, own=terms))
         score = evaluator.ndcg(Method("half-lives", None, "dynamic", strategy), fit)
         scored.append((score, half_lives))
         progress(f"half-lives {half_lives}: NDCG@10 {score:.4f}")
     half_lives = max(scored)[1]
     evaluator = Evaluator(services, {"dynamic": by_user(_profiles(services, train, users,
                                                                   half_lives))},
-                          offline=OfflineBlend(settings.personal_candidates, SIZE))
+                          offline=OfflineBlend(settings.personal_candidates, SIZE,
+                                               shared=terms, own=terms))
     without, with_behaviour = _tune(evaluator, fit, strategy, progress)
     evaluator = evaluator.using(Services(replace(
         settings, blend_weights={**settings.blend_weights, strategy: asdict(with_behaviour)},

@@ -18,11 +18,19 @@ import pytest
 
 from plugin import pipeline
 from plugin.caches import behaviour_version_key
+from plugin.evaluation.data import Query
 from plugin.evaluation.metrics import mean_kendall_tau
+from plugin.evaluation.offline_blend import OfflineBlend, TermStore
 from plugin.interest import UserInterest
 from plugin.pipeline import behaviour, popularity
 from plugin.profile import describe_user
-from plugin.search import BlendWeights, SearchParams, available_strategies, search
+from plugin.search import (
+    BlendWeights,
+    SearchParams,
+    UserVectors,
+    available_strategies,
+    search,
+)
 from plugin.services import Services
 from tests.conftest import WorkerProcess, isolated_services
 
@@ -458,3 +466,38 @@ def test_workers_train_behaviour_on_their_own(learning: Services) -> None:
             time.sleep(1)
     finally:
         worker.stop()
+
+
+def test_offline_blends_share_every_term_search_but_the_behaviour_terms(
+        learning: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = uid("terms")
+    ids = indexed_items(learning, run, "nebula", 6)
+    user = UserVectors(long=learning.embedder.encode(["nebula item 2"])[0].tolist(),
+                       behaviour=[1.0] + [0.0] * 7)
+    query = Query("someone", ids[0], "nebula", int(T0))
+    asked: list[int] = []
+    real_msearch = learning.engine.msearch
+
+    def counted(index: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        asked.append(len(bodies))
+        return real_msearch(index, bodies)
+
+    monkeypatch.setattr(learning.engine, "msearch", counted)
+    shared = TermStore()
+    first = OfflineBlend(1000, 100, shared=shared).terms(learning, "knn_linear", query,
+                                                        "dynamic", user)
+    # BM25, popularity, the query vector, the user's content and behaviour vectors.
+    assert sum(asked) == 5
+    assert set(first.ids) == set(ids)
+    # Another blend on the same deployment (another behaviour candidate's) asks the
+    # behaviour term alone again, and gets the same terms.
+    second = OfflineBlend(1000, 100, shared=shared).terms(learning, "knn_linear", query,
+                                                         "dynamic", user)
+    assert asked[1:] == [1]
+    assert second.ids == first.ids
+    assert np.array_equal(second.scores, first.scores)
+    # Another short-term vector: its own search, the rest kept.
+    moved = replace(user, short=learning.embedder.encode(["nebula item 4"])[0].tolist())
+    OfflineBlend(1000, 100, shared=shared).terms(learning, "knn_linear", query, "dynamic",
+                                                 moved)
+    assert asked[2:] == [2]  # interest_short and behaviour

@@ -3,6 +3,8 @@ share, and the target's rank without a sort (the engine agreement: test_evaluati
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from plugin.evaluation.offline_blend import (
     TERMS,
     OfflineBlend,
     QueryTerms,
+    TermStore,
     _key,
     rank_of,
     top_ids,
@@ -92,3 +95,21 @@ def test_forgetting_a_profile_keeps_the_others_terms_and_a_rename_moves_them() -
     assert blend.cached[_key("knn_linear", query, "dynamic", ())] is kept
     assert _key("knn_linear", query, "candidate", ()) not in blend.cached
     assert len(blend.cached) == 2
+
+
+def test_a_term_search_is_kept_by_everything_it_asks() -> None:
+    body: dict[str, Any] = {"size": 1000, "knn": {
+        "field": "embedding", "query_vector": [0.1, 0.2], "k": 1000,
+        "filter": {"bool": {"must_not": [{"ids": {"values": ["m1"]}}]}}}}
+    key = TermStore.key("knn_linear", "interest_long", body)
+    # The same search asked again (keys in another order): the same key.
+    assert TermStore.key("knn_linear", "interest_long", dict(reversed(body.items()))) == key
+    other_vector = {**body, "knn": {**body["knn"], "query_vector": [0.1, 0.2000001]}}
+    other_held = {**body, "knn": {**body["knn"], "filter": {"bool": {"must_not": [
+        {"ids": {"values": ["m1", "m2"]}}]}}}}
+    others = {TermStore.key("knn_linear", "interest_long", other_vector),
+              TermStore.key("knn_linear", "interest_long", other_held),
+              TermStore.key("knn_linear", "interest_short", body),
+              TermStore.key("linear_retriever", "interest_long", body)}
+    assert key not in others and len(others) == 4
+
