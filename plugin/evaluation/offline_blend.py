@@ -19,8 +19,8 @@ how its scores are weighed from the strategy's own (``Strategy.term_searches``,
 Each term's search is kept by what it asked (``TermStore``): another user, profile or
 candidate asking the same search (the same words, vector and held-out documents) reuses it.
 The terms a behaviour training rewrites stay with one ``OfflineBlend``; the others may be
-shared by every blend on one deployment while its documents' text, content vectors and
-popularity stay as they are.
+shared by the blends of one deployment's behaviour candidates (each training re-indexes
+the documents, which moves BM25's statistics and the kNN graphs only a little).
 
 The engine's ranks and these agree up to ties and the kNN search's approximation; the
 evaluation reports the agreement on every validation query, and every figure it publishes

@@ -811,13 +811,10 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     test queries. On the ``first`` engine also the language model fine-tuned on the log
     (validation; where it ``choose``s), and the leak bound: the default and the comparator
     again with popularity and behaviour learned from the past only."""
-    # The term searches that read the documents' text, content vectors and popularity,
-    # which stay as they are from here on this deployment: shared by every offline blend.
-    terms = TermStore()
     with clock.phase("behaviour (model choice and training)"):
         popularity.rebuild(services)
         services, trained = _behaviour(services, corpus, offered[0], tuned, half_lives,
-                                       terms, progress)
+                                       progress)
     progress(f"{engine}: behaviour vectors {trained}")
     lm_trial = None
     if first and (choose or language_model):
@@ -828,8 +825,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     with clock.phase("profiles at query time"):
         docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
         evaluator = Evaluator(services, _profiles(corpus, docs, static, half_lives, tuning),
-                              offline=OfflineBlend(services.settings.personal_candidates, SIZE,
-                                                   shared=terms))
+                              offline=OfflineBlend(services.settings.personal_candidates, SIZE))
     validation = corpus.split.validation
 
     def tuning_for(strategy: str) -> list[data.Query]:
@@ -927,7 +923,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
 
 
 def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
-               half_lives: tuple[float, float], terms: TermStore,
+               half_lives: tuple[float, float],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
     engine, validation chooses the model (each without the text map; the winner's own
@@ -935,8 +931,14 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     from their text: each candidate scored on every validation query with the blend the
     ranking file ships for ``strategy`` (its weights, seen policy and short half-life), so
     the choice sees the terms as they are used, and the two behaviour weights searched again
-    for each candidate."""
+    for each candidate.
+
+    The candidates share every term search but the behaviour terms' (``TermStore``): each
+    training rewrites the documents, which moves BM25's statistics and the kNN graphs a
+    little, so the tuning after the last training fetches its terms afresh (the agreement
+    check compares them with the engine's answers)."""
     if tuned.behaviour is None:
+        terms = TermStore()
         shipped = load_settings()
         weights = BlendWeights(**shipped.blend_weights[strategy])
         profile_half_lives = (half_lives[0], shipped.half_life_short_s / DAY)
