@@ -488,7 +488,8 @@ def test_offline_blends_share_every_term_search_but_the_behaviour_terms(
                                                         "dynamic", user)
     # BM25, popularity, the query vector, the user's content and behaviour vectors.
     assert sum(asked) == 5
-    assert set(first.ids) == set(ids)
+    # The words recall all six (the query vector may recall other tests' documents too).
+    assert set(ids) <= set(first.ids)
     # Another blend on the same deployment (another behaviour candidate's) asks the
     # behaviour term alone again, and gets the same terms.
     second = OfflineBlend(1000, 100, shared=shared).terms(learning, "knn_linear", query,
