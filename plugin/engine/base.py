@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 JSON = dict[str, Any]
 # HNSW candidates per wanted hit: at k the graph's top k is approximate, and which documents
 # make it depends on the index's segments; at twice k it was the exact top k on the
@@ -112,6 +115,12 @@ class BulkOutcome:
                    *(self.missing if 404 not in handled else ())]
         if refused:
             raise RuntimeError(f"{len(refused)} {what}: {refused[0].reason}")
+
+
+def cosine_knn_score(cosine: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The score a kNN search gives a document at this cosine to the query vector: both
+    engines' cosine fields score as Lucene does, (1 + cosine) / 2."""
+    return (1.0 + np.asarray(cosine, dtype=np.float64)) / 2.0
 
 
 def knn_candidates(k: int) -> int:

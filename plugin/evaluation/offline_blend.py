@@ -9,6 +9,8 @@ candidate's blend is then the strategy's own arithmetic:
   retriever receives them, min-max normalized, weighted and summed;
 - ``knn_linear``: BM25 over the query's best score and popularity on every match, and each
   kNN clause's similarity on its k nearest, weighted and summed as the engine adds clauses;
+- ``script_score``: the same, but its script's BM25 capped at 1 and its content terms
+  scored by the script on every match but the held-neutral ones;
 
 plus the seen share on the held-neutral matches (``keep``: the seen documents at their
 places in the blend without the user). The query's inputs, the weights a user gets and the
@@ -22,6 +24,13 @@ The terms a behaviour training rewrites stay with one ``OfflineBlend``; the othe
 shared by the blends of one deployment's behaviour candidates (each training re-indexes
 the documents, which moves BM25's statistics and the kNN graphs only a little).
 
+The user terms' kNN searches (the user's content and behaviour vectors over the query's
+matches, less the held-neutral documents) may be scored here instead (``LocalVectors``):
+each document's vectors are read once, and a search is then one exact nearest-neighbour
+pass over the matches' rows, scored as the engine scores a cosine field. A behaviour or
+half-life candidate changes only these terms, so its choice no longer waits on the
+engine's graph searches.
+
 The engine's ranks and these agree up to ties and the kNN search's approximation; the
 evaluation reports the agreement on every validation query, and every figure it publishes
 comes from the engine.
@@ -32,7 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -40,8 +49,10 @@ import numpy as np
 import numpy.typing as npt
 
 from plugin.config import BLEND_TERMS
-from plugin.engine.base import JSON
+from plugin.documents import BEHAVIOUR_FIELD
+from plugin.engine.base import JSON, cosine_knn_score
 from plugin.evaluation import data
+from plugin.interest import DocVector
 from plugin.progress import progress as progress_bar
 from plugin.search import (
     IDS_FROM_DOC_VALUES,
@@ -88,6 +99,58 @@ class TermStore:
     def key(strategy: str, name: str, body: JSON) -> bytes:
         asked = json.dumps([strategy, name, body], sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(asked.encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class LocalVectors:
+    """One deployment's documents' vectors, read once, for the user terms' kNN searches
+    scored in this process: exact, where the engine's graph search is approximate."""
+
+    ids: list[str]
+    row: dict[str, int]
+    # Per vector field: each document's unit vector (a row of zeros where it has none), and
+    # which documents have one.
+    unit: dict[str, npt.NDArray[np.float64]]
+    has: dict[str, npt.NDArray[np.bool_]]
+
+    @classmethod
+    def of(cls, docs: Mapping[str, DocVector]) -> LocalVectors:
+        ids = [sys.intern(d) for d in sorted(docs)]
+        unit: dict[str, npt.NDArray[np.float64]] = {}
+        has: dict[str, npt.NDArray[np.bool_]] = {}
+        for name, vectors in (("embedding", [docs[d].embedding for d in ids]),
+                              (BEHAVIOUR_FIELD, [docs[d].behaviour for d in ids])):
+            present = np.array([v is not None for v in vectors], dtype=bool)
+            dims = next((len(np.asarray(v)) for v in vectors if v is not None), 0)
+            matrix = np.zeros((len(ids), dims))
+            if present.any():
+                matrix[present] = np.stack([np.asarray(v, dtype=np.float64)
+                                            for v in vectors if v is not None])
+            norms = np.linalg.norm(matrix, axis=1)
+            has[name] = present & (norms > 0)
+            unit[name] = matrix / np.where(norms > 0, norms, 1.0)[:, None]
+        return cls(ids, {d: i for i, d in enumerate(ids)}, unit, has)
+
+    def rows(self, ids: Iterable[str]) -> npt.NDArray[np.bool_]:
+        """The documents among ``ids`` (those read), as a mask over the rows."""
+        mask = np.zeros(len(self.ids), dtype=bool)
+        mask[[self.row[d] for d in ids if d in self.row]] = True
+        return mask
+
+    def knn(self, field_name: str, vector: Sequence[float], k: int,
+            allowed: npt.NDArray[np.bool_]) -> TermList:
+        """The ``k`` documents nearest ``vector`` among the ``allowed`` ones that have the
+        field, nearest first, scored as the engine's kNN search scores them."""
+        candidates = np.flatnonzero(allowed & self.has[field_name])
+        query = np.asarray(vector, dtype=np.float64)
+        norm = float(np.linalg.norm(query))
+        if not candidates.size or k <= 0 or norm == 0:
+            return [], np.zeros(0)
+        cosine = self.unit[field_name][candidates] @ (query / norm)
+        nearest = (np.argpartition(-cosine, k - 1)[:k] if len(candidates) > k
+                   else np.arange(len(candidates)))
+        nearest = nearest[np.argsort(-cosine[nearest], kind="stable")]
+        return [self.ids[i] for i in candidates[nearest]], cosine_knn_score(cosine[nearest])
 
 
 @dataclass
@@ -157,6 +220,8 @@ class OfflineBlend:
     shared: TermStore = field(default_factory=TermStore)
     # The behaviour terms' searches, this blend's own (its deployment's behaviour vectors).
     own: TermStore = field(default_factory=TermStore)
+    # Where given, the user terms' kNN searches are scored in this process on these.
+    local: LocalVectors | None = None
     cached: dict[tuple[object, ...], QueryTerms] = field(default_factory=dict)
 
     def forget(self, profiles: set[str]) -> None:
@@ -181,11 +246,21 @@ class OfflineBlend:
         builder = BUILDERS[strategy]  # term_searches raises where it is no sum of terms
         lists: dict[str, TermList] = {}
         wanted: list[tuple[str, JSON, TermStore, bytes]] = []
+        here = {t.name: t for t in ctx.user_terms} if self.local is not None else {}
+        scope: npt.NDArray[np.bool_] | None = None
         for name, body in builder.term_searches(ctx, MATCHES):
             store = self.own if name in BEHAVIOUR_TERMS else self.shared
             key = TermStore.key(strategy, name, body)
             if (kept := store.found.get(key)) is not None:
                 lists[name] = kept
+            elif name in here and self.local is not None:
+                # A user term's kNN search over the personal scope, scored here.
+                if scope is None:
+                    scope = self._personal_scope(services, ctx)
+                term = here[name]
+                found, raw = self.local.knn(term.field, term.vector, int(body["size"]), scope)
+                lists[name] = store.found[key] = (
+                    found, np.array(builder.term_scores(name, list(raw), ctx)))
             else:
                 wanted.append((name, body, store, key))
         bodies = [{**body, **IDS_FROM_DOC_VALUES} for _, body, _, _ in wanted]
@@ -221,6 +296,22 @@ class OfflineBlend:
             present[rows, TERMS.index(name)] = True
         seen = np.array([doc in seen_ids for doc in ids], dtype=bool)
         return QueryTerms(inputs, user, list(ids), scores, present, seen)
+
+    def _personal_scope(self, services: Services, ctx: QueryContext) -> npt.NDArray[np.bool_]:
+        """The rows a user term may score (``QueryContext.personal_scope``): the query's
+        matches (one search per query, kept like a term's), less the held-neutral ones."""
+        assert self.local is not None
+        body: JSON = {"size": MATCHES, **IDS_FROM_DOC_VALUES, "query": ctx.matching}
+        key = TermStore.key("", "matches", body)
+        if (kept := self.shared.found.get(key)) is None:
+            hits = named_hits(services.engine.search(services.settings.docs_alias, body))
+            if len(hits) >= MATCHES:
+                raise RuntimeError(f"more than {MATCHES} documents match the query")
+            kept = self.shared.found[key] = ([sys.intern(h["_id"]) for h in hits],
+                                             np.zeros(len(hits)))
+        scope = self.local.rows(kept[0])
+        scope[[self.local.row[d] for d in ctx.seen if d in self.local.row]] = False
+        return scope
 
     def terms(self, services: Services, strategy: str, query: data.Query, profile: str | None,
               user: UserVectors) -> QueryTerms:

@@ -64,7 +64,7 @@ from plugin.config import (
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
-from plugin.evaluation.offline_blend import USER_TERMS, OfflineBlend, TermStore
+from plugin.evaluation.offline_blend import USER_TERMS, LocalVectors, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
@@ -825,7 +825,8 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     with clock.phase("profiles at query time"):
         docs = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
         evaluator = Evaluator(services, _profiles(corpus, docs, static, half_lives, tuning),
-                              offline=OfflineBlend(services.settings.personal_candidates, SIZE))
+                              offline=OfflineBlend(services.settings.personal_candidates, SIZE,
+                                                   local=LocalVectors.of(docs)))
     validation = corpus.split.validation
 
     def tuning_for(strategy: str) -> list[data.Query]:
@@ -952,11 +953,14 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             if label in tuned.behaviour_validation:
                 return tuned.behaviour_validation[label]
             candidate = Services(replace(services.settings, **choice))
-            behaviour.train(candidate)
+            # The profiles are folded here from the documents' vectors: the users' interest
+            # documents need no re-fold until the model chosen is trained.
+            behaviour.train(candidate, refold=False)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
             profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
-                candidate.settings.personal_candidates, SIZE, shared=terms))
+                candidate.settings.personal_candidates, SIZE, shared=terms,
+                local=LocalVectors.of(docs)))
             # The shipped behaviour weights were tuned for the shipped vectors; each
             # candidate's own scale gets its own two weights (offline, where the strategy can).
             fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
@@ -1024,7 +1028,8 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
         profile = query_time_profiles(small, vectors, half_lives, split.validation)
         sizes.append((users, trained["coverage"], Evaluator(
             deployment, {"dynamic": profile}, offline=OfflineBlend(
-                settings.personal_candidates, SIZE)), split.validation, prefix))
+                settings.personal_candidates, SIZE, local=LocalVectors.of(vectors))),
+            split.validation, prefix))
     totals = dict.fromkeys(SUPPORT_EXPONENTS, 0.0)
     for users, covered, sized, validation, own_prefix in sizes:
         floors = {protocol: max(scores.values()) for protocol, scores in

@@ -20,9 +20,10 @@ from plugin import pipeline
 from plugin.caches import behaviour_version_key
 from plugin.evaluation.data import Query
 from plugin.evaluation.metrics import mean_kendall_tau
-from plugin.evaluation.offline_blend import OfflineBlend, TermStore
+from plugin.evaluation.offline_blend import TERMS, LocalVectors, OfflineBlend, QueryTerms, TermStore
 from plugin.interest import UserInterest
 from plugin.pipeline import behaviour, popularity
+from plugin.pipeline.doc_vectors import fetch_doc_vectors
 from plugin.profile import describe_user
 from plugin.search import (
     BlendWeights,
@@ -502,3 +503,36 @@ def test_offline_blends_share_every_term_search_but_the_behaviour_terms(
     OfflineBlend(1000, 100, shared=shared).terms(learning, "knn_linear", query, "dynamic",
                                                  moved)
     assert asked[2:] == [2]  # interest_short and behaviour
+
+
+def test_user_terms_scored_here_agree_with_the_engines_knn(learning: Services) -> None:
+    """``LocalVectors``: the user terms' kNN searches scored in this process find what the
+    engine's find (the query's matches, less the held-neutral document), scored alike."""
+    run = uid("local")
+    ids = indexed_items(learning, run, "quasar", 12)
+    rng = np.random.default_rng(6)
+    learning.engine.bulk([
+        {"_op_type": "update", "_index": learning.settings.docs_alias, "_id": d,
+         "doc": {"behaviour": (v / np.linalg.norm(v)).round(6).tolist(),
+                 "behaviour_version": run}}
+        for d, v in zip(ids[:8], rng.normal(size=(8, 8)), strict=True)]).raise_if_refused(
+        "behaviour vectors not written")
+    learning.engine.refresh(learning.settings.docs_alias)
+    local = LocalVectors.of(fetch_doc_vectors(learning, ids, fresh=True))
+    user = UserVectors(long=learning.embedder.encode(["quasar item 3"])[0].tolist(),
+                       behaviour=rng.normal(size=8).tolist(), seen=(ids[1],))
+    query = Query("someone", ids[0], "quasar", int(T0))
+    fetched = OfflineBlend(1000, 100).terms(learning, "knn_linear", query, "dynamic", user)
+    here = OfflineBlend(1000, 100, local=local).terms(learning, "knn_linear", query, "dynamic",
+                                                      user)
+
+    def scored(terms: QueryTerms, name: str) -> dict[str, float]:
+        column = TERMS.index(name)
+        return {d: float(terms.scores[i, column]) for i, d in enumerate(terms.ids)
+                if terms.present[i, column]}
+
+    for name, expected in (("interest_long", set(ids) - {ids[1]}),
+                           ("behaviour", set(ids[:8]) - {ids[1]})):
+        engine_scores, local_scores = scored(fetched, name), scored(here, name)
+        assert set(local_scores) == set(engine_scores) == expected
+        assert all(abs(local_scores[d] - engine_scores[d]) < 1e-5 for d in expected)
