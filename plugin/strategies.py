@@ -227,6 +227,15 @@ class QueryContext:
         return clause
 
 
+def words_and_popularity(ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
+    """The words' BM25 and popularity, each searched on its own over up to ``matches``
+    matches: the terms ``knn_linear`` and ``script_score`` score on every match."""
+    return [("bm25", {"size": matches, "query": {"bool": {"must": [ctx.words],
+                                                          "filter": ctx.filters}}}),
+            ("popularity", {"size": matches, "query": {"bool": {
+                "filter": [ctx.matching], "should": [popularity_clause(1.0)]}}})]
+
+
 class Strategy(ABC):
     """One way to send the blend to the engine."""
 
@@ -315,15 +324,49 @@ class ScriptScore(Strategy):
             should.append(seen_clause)
         body: JSON = {"size": ctx.size, "from": ctx.offset,
                       "query": {"bool": {"should": should, "minimum_should_match": 1}}}
-        k = ctx.personal_k
-        if w.query > 0:
-            engine.add_knn(body, field_name="embedding", vector=ctx.vector, k=k, boost=w.query,
-                           filter_query=ctx.scope)
-        for term in ctx.user_terms:
-            if term.field == BEHAVIOUR_FIELD:  # the content terms are the script's
-                engine.add_knn(body, field_name=term.field, vector=term.vector, k=k,
-                               boost=term.weight, filter_query=ctx.personal_scope)
+        for clause in self.knn_clauses(ctx):
+            clause.add_to(body, ctx, clause.weight)
         return body
+
+    def knn_clauses(self, ctx: QueryContext) -> list[KnnClause]:
+        """The query vector's kNN clause over the scope and the behaviour terms' over the
+        personal scope (the content terms are the script's), each with a weight above 0."""
+        clauses = [KnnClause("query", "embedding", ctx.vector, ctx.weights.query, ctx.scope)]
+        clauses += [KnnClause(t.name, t.field, t.vector, t.weight, ctx.personal_scope)
+                    for t in ctx.user_terms if t.field == BEHAVIOUR_FIELD]
+        return [c for c in clauses if c.weight > 0]
+
+    sums_terms = True
+
+    def term_searches(self, ctx: QueryContext, matches: int) -> list[tuple[str, JSON]]:
+        """The terms ``request`` adds up: the script's BM25 on every match and each content
+        similarity on every match but the held-neutral ones (the same script, the other
+        weights 0), popularity on every match, each kNN clause over its k."""
+        searches = words_and_popularity(ctx, matches)
+        for term in ctx.user_terms:
+            if term.field != BEHAVIOUR_FIELD:
+                long = term.name == "interest_long"
+                params = {"a": 0.0, "max_bm25": 1.0, "c": 1.0 if long else 0.0,
+                          "ul": term.vector if long else ctx.vector,
+                          "d": 0.0 if long else 1.0, "us": ctx.vector if long else term.vector}
+                searches.append((term.name, {"size": matches, "query": {"script_score": {
+                    "query": ctx.personal_scope,
+                    "script": {"source": ctx.engine.blend_script("embedding"),
+                               "params": params}}}}))
+        for clause in self.knn_clauses(ctx):
+            body: JSON = {"size": ctx.personal_k}
+            clause.add_to(body, ctx, 1.0)
+            searches.append((clause.name, body))
+        return searches
+
+    def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
+                    ) -> list[float]:
+        """BM25 over the query's best score, at most 1, as the script weighs it; the rest
+        as scored."""
+        if name == "bm25":
+            best = ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0
+            return [min(1.0, v / best) for v in scores]
+        return list(scores)
 
 
 class LinearRetriever(Strategy):
@@ -421,11 +464,7 @@ class KnnLinear(Strategy):
         """The terms ``request`` adds up: the words' BM25 and popularity over up to
         ``matches`` matches (any match may enter the blend's top), each kNN clause over its
         k."""
-        searches: list[tuple[str, JSON]] = [
-            ("bm25", {"size": matches, "query": {"bool": {"must": [ctx.words],
-                                                          "filter": ctx.filters}}}),
-            ("popularity", {"size": matches, "query": {"bool": {
-                "filter": [ctx.matching], "should": [popularity_clause(1.0)]}}})]
+        searches = words_and_popularity(ctx, matches)
         for clause in self.knn_clauses(ctx):
             body: JSON = {"size": ctx.personal_k}
             clause.add_to(body, ctx, 1.0)

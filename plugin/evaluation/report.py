@@ -158,7 +158,7 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         f" The measure is the rank of the target among the top {100}. Validation: "
         f"{results['validation_queries']} queries ({results['tuning_queries']} sampled for "
         f"tuning the strategies scored through the engine, evenly over the protocols; "
-        f"`linear_retriever` and `knn_linear` tune on all of them, offline: below); test: "
+        f"{_offline_names(results) or 'none'} tune on all of them, offline: below); test: "
         f"{results['test_queries']}.",
         "- Every weight, half-life, policy and the comparator were chosen on validation only "
         "(the first engine tunes; the other engines run the same weights, as the product ships"
@@ -209,18 +209,25 @@ def _configuration(ranking: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _offline_names(results: dict[str, Any]) -> str:
+    names = [f"`{s}`" for s in results.get("offline_agreement") or {}]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 def _offline_agreement(results: dict[str, Any]) -> list[str]:
     agreements = results.get("offline_agreement") or {}
     if not agreements:
         return []
-    names = " and ".join(f"`{s}`" for s in agreements)
     queries = next(iter(agreements.values()))["queries"]
     lines = [
-        f"{names} are tuned offline: each validation query's terms are fetched once (each "
-        "term's search on its own: `linear_retriever`'s retrievers over the window, "
-        "`knn_linear`'s words over every match and its kNN clauses over their k; a search "
-        "asked again with the same words and vector, by another behaviour model or "
-        "half-life candidate, is not sent again) and every "
+        f"{_offline_names(results)} are tuned offline: each validation query's terms are "
+        "fetched once (each term's search on its own: `linear_retriever`'s retrievers over "
+        "the window, `knn_linear`'s and `script_score`'s words over every match, "
+        "`script_score`'s content terms (its script, one weight at a time) on every match, "
+        "the kNN clauses over their k; a search asked again with the same words and vector "
+        "is not sent again, and the user terms' kNN searches are scored in the evaluation's "
+        "process on the documents' vectors, exactly, so a behaviour model or half-life "
+        "candidate sends none of its own) and every "
         "weight candidate's blend is recomputed in the evaluation's process with the "
         "strategy's own arithmetic (`plugin/evaluation/offline_blend.py`), so tuning scores "
         f"all {queries} validation queries. Their weights on them, offline and through the "

@@ -12,6 +12,7 @@ from plugin.evaluation import data
 from plugin.evaluation.offline_blend import (
     STRATEGIES,
     TERMS,
+    LocalVectors,
     OfflineBlend,
     QueryTerms,
     TermStore,
@@ -19,6 +20,7 @@ from plugin.evaluation.offline_blend import (
     rank_of,
     top_ids,
 )
+from plugin.interest import DocVector
 from plugin.search import BlendWeights, QueryInputs, UserVectors
 
 
@@ -34,8 +36,8 @@ def _terms(seed: int, documents: int = 40, with_user: bool = True) -> QueryTerms
 
 
 def test_the_strategies_recomputed_offline_are_the_sums_of_terms() -> None:
-    # script_score's Painless script is not a sum of terms searched one at a time.
-    assert set(STRATEGIES) == {"linear_retriever", "knn_linear"}
+    # script_score's Painless script is a weighted sum too: its BM25 and content terms.
+    assert set(STRATEGIES) == {"linear_retriever", "knn_linear", "script_score"}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -113,3 +115,27 @@ def test_a_term_search_is_kept_by_everything_it_asks() -> None:
               TermStore.key("linear_retriever", "interest_long", body)}
     assert key not in others and len(others) == 4
 
+
+
+def test_local_vectors_find_the_exact_nearest_in_scope_scored_as_the_engine() -> None:
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(50, 6))
+    docs = {f"m{i}": DocVector(embeddings[i], (),
+                               rng.normal(size=4) if i % 2 == 0 else None)
+            for i in range(50)}
+    local = LocalVectors.of(docs)
+    query = rng.normal(size=6)
+    allowed = local.rows(f"m{i}" for i in range(40))  # m40-m49 out of scope
+    allowed[local.row["m3"]] = False  # held neutral
+    ids, scores = local.knn("embedding", list(query), 5, allowed)
+    cosine = {d: float(docs[d].embedding @ query  # type: ignore[operator]
+                       / np.linalg.norm(docs[d].embedding) / np.linalg.norm(query))
+              for d in docs if d != "m3" and int(d[1:]) < 40}
+    expected = sorted(cosine, key=lambda d: -cosine[d])[:5]
+    assert ids == expected
+    assert np.allclose(scores, [(1 + cosine[d]) / 2 for d in expected])
+    # Only documents that have the field: half have a behaviour vector.
+    ids, _ = local.knn("behaviour", list(rng.normal(size=4)), 100, allowed)
+    assert len(ids) == 20 and all(int(d[1:]) % 2 == 0 for d in ids)
+    ids, scores = local.knn("embedding", list(query), 5, local.rows([]))
+    assert ids == [] and len(scores) == 0

@@ -204,8 +204,9 @@ def test_min_max_over_a_terms_hits_keeps_equal_scores() -> None:
 
 def test_each_term_is_weighed_as_its_strategy_blends_it() -> None:
     """knn_linear divides BM25 by the query's best score and adds the rest as scored;
-    linear_retriever min-max normalizes every term over its hits; script_score is no sum of
-    terms searched one at a time."""
+    linear_retriever min-max normalizes every term over its hits; script_score's script
+    caps BM25 over the best score at 1 and adds its content similarities on every match
+    but the held-neutral ones (the same constant script, the other weights 0)."""
     ctx = dataclasses.replace(_context(ElasticsearchEngine(None, "9.5.3")), max_bm25=4.0)
     assert KnnLinear().term_scores("bm25", [4.0, 2.0], ctx) == [1.0, 0.5]
     assert KnnLinear().term_scores("behaviour", [0.8, 0.6], ctx) == [0.8, 0.6]
@@ -213,9 +214,18 @@ def test_each_term_is_weighed_as_its_strategy_blends_it() -> None:
     searches = dict(LinearRetriever().term_searches(ctx, matches=5000))
     assert list(searches) == [name for name, _, _ in LinearRetriever().terms(ctx)]
     assert {body["size"] for body in searches.values()} == {ctx.personal_k}
-    assert not ScriptScore().sums_terms
-    with pytest.raises(NotImplementedError):
-        ScriptScore().term_searches(ctx, 5000)
+    assert ScriptScore().term_scores("bm25", [5.0, 2.0], ctx) == [1.0, 0.5]
+    held = dataclasses.replace(ctx, seen=("d1",))
+    searches = dict(ScriptScore().term_searches(held, matches=5000))
+    assert list(searches) == ["bm25", "popularity", "interest_long", "interest_short", "query",
+                              "behaviour", "behaviour_short"]
+    script = searches["interest_short"]["query"]["script_score"]
+    assert script["query"] == held.personal_scope and searches["interest_short"]["size"] == 5000
+    assert script["script"]["source"] == held.engine.blend_script("embedding")
+    params = script["script"]["params"]
+    assert (params["a"], params["c"], params["d"], params["us"]) == (0.0, 0.0, 1.0,
+                                                                     held.user.short)
+    assert {searches[n]["size"] for n in ("query", "behaviour")} == {ctx.personal_k}
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind.value)
