@@ -163,7 +163,7 @@ ORDER_RESAMPLES = 2000
 LEAK_BUCKETS = 4
 LEAK_LIMIT = 0.02  # where later events add more gain than this, the past-only figures lead
 # Fine-tuning the language model on the log's co-interaction pairs: capped, for 2 CPU cores.
-FINE_TUNE_BUDGET_S = {"full": 300.0, "quick": 45.0}
+FINE_TUNE_BUDGET_S = {"full": 150.0, "quick": 45.0}
 FINE_TUNE_PAIRS = 20_000
 
 # A query's user vectors under one profile (None for the arms without a user).
@@ -909,7 +909,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         blend_weights_without_behaviour={s: asdict(w[0]) for s, w in tuned.chosen.items()})))
     with clock.phase("test queries"):
         scored, per_query = _score(evaluator, tuned, offered, strategies, comparator, corpus,
-                                   progress)
+                                   progress, ablations=first)
     scored.update(strategies=strategies, offered=offered, comparator_validation=sampled,
                   engine=f"{services.engine.kind.value} {services.engine.version}",
                   behaviour=trained)
@@ -1012,9 +1012,16 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
         if {q.protocol for q in split.validation} != set(data.PROTOCOLS):
             progress(f"behaviour support: {users} users ask too few queries; left out")
             continue
-        docs, doc_vectors = _embed_catalog(evaluator.services, _catalog(split, movies, True),
-                                           tuned.embed_title_cleanup
-                                           or settings.embed_title_cleanup)
+        # Its movies as this run embedded them (a movie's text is the same in any split);
+        # only those this run left out are embedded here.
+        catalog = _catalog(split, movies, True)
+        embedded = {d["id"]: d for d in corpus.docs}
+        docs, doc_vectors = _embed_catalog(
+            evaluator.services, [m for m in catalog if m["id"] not in embedded],
+            tuned.embed_title_cleanup or settings.embed_title_cleanup)
+        docs += [embedded[m["id"]] for m in catalog if m["id"] in embedded]
+        doc_vectors.update((m["id"], corpus.doc_vectors[m["id"]]) for m in catalog
+                           if m["id"] in embedded)
         small = Corpus(split, [], docs, doc_vectors, corpus.text_vectors,
                        [e for e in split.train if e["doc_id"] in doc_vectors])
         prefix = f"{settings.index_prefix}-support{users}"
@@ -1393,11 +1400,18 @@ def best_arms(validation: dict[str, dict[str, float]]) -> dict[str, str]:
             for protocol, scores in validation.items()}
 
 
-def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
-    """The personalized default; on the engine's default strategy also its ablations, the
-    other seen policies and the item-prior controls."""
+def _personalized(tuned: Tuned, strategy: str, controls: bool, ablations: bool
+                  ) -> list[Method]:
+    """The personalized default; with ``controls`` (the engine's default strategy) also the
+    profile frozen at training's end and the item-prior controls, and with ``ablations``
+    (there, on the first engine: the parts of one blend the engines share) the content and
+    behaviour ablations and the other seen policies."""
     methods = [Method(f"{DEFAULT} ({strategy})", None, "dynamic", strategy, keep_hits=True)]
-    if not ablations:
+    if controls:
+        methods += [Method(f"{FROZEN} ({strategy})", None, "frozen", strategy),
+                    Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
+                    Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy)]
+    if not (controls and ablations):
         return methods
     content, full = tuned.chosen[strategy]
     plain = replace(full, interest_long=0.0, interest_short=0.0, behaviour=0.0, seen=0.0)
@@ -1415,17 +1429,15 @@ def _personalized(tuned: Tuned, strategy: str, ablations: bool) -> list[Method]:
         Method(f"behaviour only ({strategy})", replace(plain, behaviour=full.behaviour or 1.0,
                                                        behaviour_short=full.behaviour_short),
                "dynamic", strategy),
-        Method(f"{FROZEN} ({strategy})", None, "frozen", strategy),
         *other_policies,
-        Method(f"{ITEM_PRIOR} ({strategy})", None, ITEM_PRIOR, strategy),
-        Method(f"{OTHER_USER} ({strategy})", None, OTHER_USER, strategy),
     ]
 
 
 def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: list[str],
-           comparator: dict[str, str], corpus: Corpus, progress: Callable[[str], None]
-           ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """6. Every arm on each protocol's test queries, the tests, and the per-query ranks."""
+           comparator: dict[str, str], corpus: Corpus, progress: Callable[[str], None],
+           ablations: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """6. Every arm on each protocol's test queries, the tests, and the per-query ranks
+    (``ablations``: the default strategy's ablations too, see ``_personalized``)."""
     split = corpus.split
     users_of: dict[str, set[str]] = defaultdict(set)
     for e in corpus.train:
@@ -1439,7 +1451,8 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
         tail = np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in queries])
         methods = _non_personalized(tuned, offered)
         for s in strategies:
-            methods += _personalized(tuned, s, ablations=s == default_strategy)
+            methods += _personalized(tuned, s, controls=s == default_strategy,
+                                     ablations=ablations)
         ranks: dict[str, list[int | None]] = {}
         for m in methods:
             ranks[m.name] = evaluator.ranks(m, queries, f"{protocol}: {m.name}")
@@ -1469,10 +1482,11 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
                     # blend with the profile frozen when training ended.
                     "dynamic_vs_static": metrics.paired_test(ours, per[f"{FROZEN} ({s})"][
                         "ndcg@10"]),
-                    "content_dynamic_vs_static": metrics.paired_test(
-                        per[f"dynamic content profile ({s})"]["ndcg@10"],
-                        per[f"static content profile ({s})"]["ndcg@10"]),
                 })
+                if f"dynamic content profile ({s})" in per:
+                    entry["content_dynamic_vs_static"] = metrics.paired_test(
+                        per[f"dynamic content profile ({s})"]["ndcg@10"],
+                        per[f"static content profile ({s})"]["ndcg@10"])
                 if others:
                     entry["vs_other_seen_policies"] = {
                         policy: metrics.paired_test(ours, per[name]["ndcg@10"])
