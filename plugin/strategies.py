@@ -157,6 +157,12 @@ class KnnClause(UserTerm):
         ctx.engine.add_knn(body, field_name=self.field, vector=self.vector, k=ctx.personal_k,
                            boost=boost, filter_query=self.scope)
 
+    def alone(self, ctx: QueryContext) -> tuple[str, JSON]:
+        """Its term's search: the clause on its own at weight 1, over its k."""
+        body: JSON = {"size": ctx.personal_k}
+        self.add_to(body, ctx, 1.0)
+        return self.name, body
+
 
 @dataclass(frozen=True)
 class QueryContext:
@@ -353,11 +359,7 @@ class ScriptScore(Strategy):
                     "query": ctx.personal_scope,
                     "script": {"source": ctx.engine.blend_script("embedding"),
                                "params": params}}}}))
-        for clause in self.knn_clauses(ctx):
-            body: JSON = {"size": ctx.personal_k}
-            clause.add_to(body, ctx, 1.0)
-            searches.append((clause.name, body))
-        return searches
+        return searches + [clause.alone(ctx) for clause in self.knn_clauses(ctx)]
 
     def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
                     ) -> list[float]:
@@ -465,11 +467,7 @@ class KnnLinear(Strategy):
         ``matches`` matches (any match may enter the blend's top), each kNN clause over its
         k."""
         searches = words_and_popularity(ctx, matches)
-        for clause in self.knn_clauses(ctx):
-            body: JSON = {"size": ctx.personal_k}
-            clause.add_to(body, ctx, 1.0)
-            searches.append((clause.name, body))
-        return searches
+        return searches + [clause.alone(ctx) for clause in self.knn_clauses(ctx)]
 
     def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
                     ) -> list[float]:
