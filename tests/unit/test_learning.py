@@ -84,8 +84,8 @@ def _two_communities(vectors: dict[str, np.ndarray], margin: float = 0.5) -> Non
     assert within > across + margin
 
 
-# ALS's multithreaded solve is not reproducible to the last digit: a CI run measured within
-# 0.508 against across 0.015, under the 0.5 margin this once had; the gap is what is asked.
+# ALS at the shipped penalty (the ranking file's: 0.5 since the last `make eval`) puts the
+# communities 0.508 within against 0.015 across here: the gap, not its size, is the point.
 @pytest.mark.parametrize(("model", "margin"), [("item2vec", 0.02), ("als", 0.4)])
 def test_every_behaviour_model_separates_two_communities(model: str, margin: float) -> None:
     rng = np.random.default_rng(5)
