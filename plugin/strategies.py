@@ -298,22 +298,28 @@ class ScriptScore(Strategy):
     def available(self, engine: Engine, index: str) -> bool:
         return engine.has_painless()
 
-    def request(self, ctx: QueryContext) -> JSON:
-        engine, w, user = ctx.engine, ctx.weights, ctx.user
-        script_params = {
-            "a": w.bm25, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
-            "c": w.interest_long if user.long is not None else 0.0,
+    @staticmethod
+    def script(ctx: QueryContext, bm25: float, long: float, short: float) -> JSON:
+        """The blend's script (a constant source) with these weights on BM25 and the user's
+        long and short content vectors (0 where the user has none)."""
+        user = ctx.user
+        return {"source": ctx.engine.blend_script("embedding"), "params": {
+            "a": bm25, "max_bm25": ctx.max_bm25 if ctx.max_bm25 > 0 else 1.0,
+            "c": long if user.long is not None else 0.0,
             "ul": user.long if user.long is not None else ctx.vector,
-            "d": w.interest_short if user.short is not None else 0.0,
+            "d": short if user.short is not None else 0.0,
             "us": user.short if user.short is not None else ctx.vector,
-        }
+        }}
+
+    def request(self, ctx: QueryContext) -> JSON:
+        w = ctx.weights
         matches: JSON = {"bool": {"must": [ctx.words], "filter": ctx.filters}}
-        script = {"source": engine.blend_script("embedding"), "params": script_params}
+        script = self.script(ctx, w.bm25, w.interest_long, w.interest_short)
         scored: JSON = {"script_score": {"query": matches, "script": script}}
         if ctx.seen:
             # The same script twice: held-neutral documents score without the user's terms.
             seen = {"ids": {"values": list(ctx.seen)}}
-            plain = {**script, "params": {**script_params, "c": 0.0, "d": 0.0}}
+            plain = self.script(ctx, w.bm25, 0.0, 0.0)
             scored = {"bool": {"should": [
                 {"script_score": {"query": {"bool": {"must": [matches],
                                                       "must_not": [seen]}}, "script": script}},
@@ -351,14 +357,10 @@ class ScriptScore(Strategy):
         searches = words_and_popularity(ctx, matches)
         for term in ctx.user_terms:
             if term.field != BEHAVIOUR_FIELD:
-                long = term.name == "interest_long"
-                params = {"a": 0.0, "max_bm25": 1.0, "c": 1.0 if long else 0.0,
-                          "ul": term.vector if long else ctx.vector,
-                          "d": 0.0 if long else 1.0, "us": ctx.vector if long else term.vector}
+                long = float(term.name == "interest_long")
                 searches.append((term.name, {"size": matches, "query": {"script_score": {
                     "query": ctx.personal_scope,
-                    "script": {"source": ctx.engine.blend_script("embedding"),
-                               "params": params}}}}))
+                    "script": self.script(ctx, 0.0, long, 1.0 - long)}}}))
         return searches + [clause.alone(ctx) for clause in self.knn_clauses(ctx)]
 
     def term_scores(self, name: str, scores: Sequence[float], ctx: QueryContext
