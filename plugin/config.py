@@ -110,8 +110,8 @@ class Settings:
     # Documents' decayed interaction sums (plugin/pipeline/popularity.py); 0 = no decay.
     popularity_half_life_s: float = 0.0
     # Behaviour (collaborative) item vectors learned from the event log (`es-interest train`):
-    # their size, and how many positive interactions a document needs to get one (fewer: it
-    # is served by its content vector alone).
+    # their size, and how many users' positive interactions a document needs to get one
+    # (fewer: it is served by its content vector alone; the ranking file's).
     behaviour_dims: int = 64
     behaviour_min_interactions: int = 3
     # How behaviour vectors are learned (BEHAVIOUR_MODELS; the ranking file's choice).
@@ -294,7 +294,8 @@ def load_ranking(path: Path) -> dict[str, Any]:
                 raise ValueError(f"{key} must be one of {', '.join(options)}")
         if not isinstance(data.get("behaviour_text_map", True), bool):
             raise ValueError("behaviour_text_map must be true or false")
-        for key in ("behaviour_item2vec_window", "behaviour_item2vec_epochs"):
+        for key in ("behaviour_item2vec_window", "behaviour_item2vec_epochs",
+                    "behaviour_min_interactions"):
             if key in data and (not isinstance(data[key], int) or data[key] < 1):
                 raise ValueError(f"{key} must be a whole number >= 1")
         order = data.get("strategy_order", list(BLEND_STRATEGIES))
@@ -332,6 +333,7 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "behaviour_item2vec_ns_exponent": "behaviour_item2vec_ns_exponent",
                 "behaviour_item2vec_epochs": "behaviour_item2vec_epochs",
                 "behaviour_als_regularization": "behaviour_als_regularization",
+                "behaviour_min_interactions": "behaviour_min_interactions",
                 "behaviour_support_exponent": "behaviour_support_exponent"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),

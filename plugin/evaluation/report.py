@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 from plugin.config import WEIGHT_NAMES
-from plugin.evaluation.data import DISCOVERY
+from plugin.evaluation.data import DISCOVERY, PROTOCOLS
 from plugin.strategies import SEEN_FEW
 
 matplotlib.use("Agg")
@@ -518,13 +518,20 @@ def _ablations(results: dict[str, Any]) -> list[str]:
     if choice.get("validation"):
         lines += ["", "Behaviour vectors: the model (then the winner's own settings one at a "
                   "time: item2vec's window, negative-sampling exponent and epochs, ALS's "
-                  "penalty), then cold documents' vectors mapped from their text (a ridge map "
-                  "fitted on documents with both), each trained from the log and scored with "
-                  "the blend the ranking file ships for the engine's default strategy (its "
-                  "weights, seen policy and short half-life, with its two behaviour weights "
-                  "searched again for each candidate; every validation query, first engine):",
-                  "", "| settings | NDCG@10 |", "| --- | --- |"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in choice["validation"].items()]
+                  "penalty and how many users a document needs for a vector), then cold "
+                  "documents' vectors mapped from their text (a ridge map fitted on documents "
+                  "with both), each trained from the log and scored with the blend the "
+                  "ranking file ships for the engine's default strategy (its weights, seen "
+                  "policy and short half-life, with its two behaviour weights searched again "
+                  "for each candidate; every validation query, first engine). The choice is "
+                  "the tuning objective's (the seen policy's above; its floors here: the "
+                  "shipped non-personalized default and BM25 + popularity of that strategy); "
+                  "NDCG@10 per protocol and on tail targets beside it:",
+                  "", "| settings | objective | term | words | refind | tail |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {name} | {v['objective']:.4f} | "
+                  + " | ".join(f"{v[p]:.4f}" for p in (*PROTOCOLS, "tail")) + " |"
+                  for name, v in choice["validation"].items()]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]
     lines += _support(results)

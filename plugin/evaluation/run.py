@@ -141,7 +141,10 @@ MODEL_GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "item2vec": {"behaviour_item2vec_window": (5, 20, 50),
                  "behaviour_item2vec_ns_exponent": (-0.5, 0.0, 0.75),
                  "behaviour_item2vec_epochs": (10, 20, 40)},
-    "als": {"behaviour_als_regularization": (0.05, 0.5, 2.0)},
+    # How many users a document needs: ALS's penalty keeps a document one user liked near
+    # that user's taste, so it can take documents the others leave without a vector.
+    "als": {"behaviour_als_regularization": (0.05, 0.5, 2.0),
+            "behaviour_min_interactions": (3, 1)},
 }
 MODEL_SETTINGS = tuple(k for grid in MODEL_GRIDS.values() for k in grid)
 BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *MODEL_SETTINGS,
@@ -462,6 +465,14 @@ class Corpus:
     train: list[dict[str, Any]]  # training events on indexed movies
 
 
+def tail_targets(corpus: Corpus, queries: Sequence[data.Query]) -> np.ndarray:
+    """Per query, whether its target is a tail one (fewer than TAIL_USERS training users)."""
+    users_of: dict[str, set[str]] = defaultdict(set)
+    for e in corpus.train:
+        users_of[e["doc_id"]].add(e["user_id"])
+    return np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in queries], dtype=bool)
+
+
 @dataclass
 class Tuned:
     """What validation chose, shared by the engines (the product ships one file)."""
@@ -482,7 +493,8 @@ class Tuned:
     policy_strategy: str | None = None  # the strategy the seen policy was chosen on
     # The behaviour settings chosen (model, text map, item2vec), and each one's validation.
     behaviour: dict[str, Any] | None = None
-    behaviour_validation: dict[str, float] = field(default_factory=dict)
+    # Per candidate: the tuning objective, each protocol's NDCG@10 and the tail's.
+    behaviour_validation: dict[str, dict[str, float]] = field(default_factory=dict)
     # The strategies in the order `auto` prefers: the shipped one, where validation surely
     # says otherwise changed (``stable_order``; the first engine, which personalizes each).
     strategy_order: list[str] = field(default_factory=list)
@@ -932,7 +944,11 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     from their text: each candidate scored on every validation query with the blend the
     ranking file ships for ``strategy`` (its weights, seen policy and short half-life), so
     the choice sees the terms as they are used, and the two behaviour weights searched again
-    for each candidate.
+    for each candidate. The score is the tuning objective (``objective``: the discovery
+    protocols' mean, held to each protocol's floor), so a model is not chosen for finding
+    again what the user knows at the cost of what is new; the floors here are the shipped
+    non-personalized default's and BM25 + popularity's for ``strategy`` (the comparator is
+    tuned after the vectors it would otherwise wait on).
 
     The candidates share every term search but the behaviour terms' (``TermStore``): each
     training rewrites the documents, which moves BM25's statistics and the kNN graphs a
@@ -944,6 +960,11 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         weights = BlendWeights(**shipped.blend_weights[strategy])
         profile_half_lives = (half_lives[0], shipped.half_life_short_s / DAY)
         validation = corpus.split.validation
+        protocols = np.array([q.protocol for q in validation])
+        tail = tail_targets(corpus, validation)
+        plain = replace(BlendWeights(**shipped.blend_weights_without_behaviour[strategy]),
+                        **dict.fromkeys(USER_TERMS, 0.0))
+        floors: Floors = {}
 
         def score(choice: dict[str, Any]) -> float:
             own = ("behaviour_model", "behaviour_text_map",
@@ -951,7 +972,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             label = ", ".join(f"{k.removeprefix('behaviour_')} {choice[k]}"
                               for k in own).lower()
             if label in tuned.behaviour_validation:
-                return tuned.behaviour_validation[label]
+                return tuned.behaviour_validation[label]["objective"]
             candidate = Services(replace(services.settings, **choice))
             # The profiles are folded here from the documents' vectors: the users' interest
             # documents need no re-fold until the model chosen is trained.
@@ -961,16 +982,25 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
                 candidate.settings.personal_candidates, SIZE, shared=terms,
                 local=LocalVectors.of(docs)))
+            if not floors:
+                floors.update({p: max(
+                    evaluator.ndcg(Method("floor", w, None, strategy),
+                                   [q for q in validation if q.protocol == p])
+                    for w in (plain, replace(plain, query=0.0))) for p in data.PROTOCOLS})
             # The shipped behaviour weights were tuned for the shipped vectors; each
             # candidate's own scale gets its own two weights (offline, where the strategy can).
             fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
-                              shipped.seen_policy)
+                              shipped.seen_policy, floors)
                       if evaluator.tunes_offline(strategy) else weights)
-            value = evaluator.ndcg(Method("behaviour", fitted, "dynamic", strategy,
-                                          seen_policy=shipped.seen_policy), validation)
-            tuned.behaviour_validation[label] = value
-            progress(f"behaviour {label}: validation NDCG@10 {value:.4f} (behaviour "
-                     f"{fitted.behaviour:g}, short {fitted.behaviour_short:g})")
+            ndcg = metrics.per_query(evaluator.choice_ranks(
+                Method("behaviour", fitted, "dynamic", strategy,
+                       seen_policy=shipped.seen_policy), validation, "behaviour"))["ndcg@10"]
+            value = objective(ndcg, validation, floors)
+            tuned.behaviour_validation[label] = {
+                "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
+                **{p: float(ndcg[protocols == p].mean()) for p in data.PROTOCOLS}}
+            progress(f"behaviour {label}: validation {tuned.behaviour_validation[label]} "
+                     f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
             return value
 
         def model(name: str) -> dict[str, Any]:
@@ -1086,10 +1116,7 @@ def _language_model(services: Services, corpus: Corpus, tuning: list[data.Query]
         progress(f"language model fine-tuned: {report}")
         if not report.get("trained"):
             return {"report": report}
-        users_of: dict[str, set[str]] = defaultdict(set)
-        for e in corpus.train:
-            users_of[e["doc_id"]].add(e["user_id"])
-        tail = np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in tuning])
+        tail = tail_targets(corpus, tuning)
         cleanup = services.settings.embed_title_cleanup
         out: dict[str, Any] = {"report": report, "tail_queries": int(tail.sum()), "models": {}}
         for label, model in (("shipped", None), ("fine-tuned", str(tuned_path))):
@@ -1439,16 +1466,13 @@ def _score(evaluator: Evaluator, tuned: Tuned, offered: list[str], strategies: l
     """6. Every arm on each protocol's test queries, the tests, and the per-query ranks
     (``ablations``: the default strategy's ablations too, see ``_personalized``)."""
     split = corpus.split
-    users_of: dict[str, set[str]] = defaultdict(set)
-    for e in corpus.train:
-        users_of[e["doc_id"]].add(e["user_id"])
     out: dict[str, Any] = {"protocols": {}, "weights": {}}
     per_query: dict[str, Any] = {}
     defaults: dict[str, dict[str, list[list[str]]]] = defaultdict(dict)
     default_strategy = strategies[0]
     for protocol in data.PROTOCOLS:
         queries = [q for q in split.test if q.protocol == protocol]
-        tail = np.array([len(users_of[q.movie_id]) < TAIL_USERS for q in queries])
+        tail = tail_targets(corpus, queries)
         methods = _non_personalized(tuned, offered)
         for s in strategies:
             methods += _personalized(tuned, s, controls=s == default_strategy,

@@ -67,6 +67,24 @@ def test_the_ranking_file_gives_item2vecs_settings(tmp_path: Path) -> None:
         load_settings({"ES_INTEREST_BEHAVIOUR_ITEM2VEC_WINDOW": "0"})
 
 
+def test_the_ranking_file_gives_the_users_a_behaviour_vector_needs(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "behaviour_min_interactions": 1}))
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}
+                         ).behaviour_min_interactions == 1
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path),
+                          "ES_INTEREST_BEHAVIOUR_MIN_INTERACTIONS": "4"}
+                         ).behaviour_min_interactions == 4
+    path.write_text(json.dumps({k: v for k, v in ranking.items()
+                                if k != "behaviour_min_interactions"}))
+    assert load_settings({"ES_INTEREST_RANKING_FILE": str(path)}
+                         ).behaviour_min_interactions == 3
+    path.write_text(json.dumps({**ranking, "behaviour_min_interactions": 0}))
+    with pytest.raises(ConfigError, match="behaviour_min_interactions must be a whole number"):
+        load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+
+
 @pytest.mark.parametrize(("key", "variable"), [
     ("behaviour_als_regularization", "ES_INTEREST_BEHAVIOUR_ALS_REGULARIZATION"),
     ("behaviour_support_exponent", "ES_INTEREST_BEHAVIOUR_SUPPORT_EXPONENT")])
