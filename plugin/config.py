@@ -40,6 +40,7 @@ BLEND_STRATEGIES: tuple[str, ...] = ("linear_retriever", "knn_linear", "script_s
 SHIPPED_RANKING = Path(__file__).resolve().parent / "ranking.json"
 BLEND_TERMS = ("bm25", "query", "popularity", "interest_long", "interest_short", "behaviour",
                "behaviour_short")
+USER_TERMS = BLEND_TERMS[3:]  # the terms a user brings (bm25, query, popularity: none)
 # A ranking file's weights per strategy: one per term, the share of the user terms' weight
 # documents the user already interacted with get (``seen``), how knowing many of them turns
 # that share down (``seen_crowding``) and how specific queries damp the user's terms. These

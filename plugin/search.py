@@ -393,7 +393,9 @@ def blend_plan(services: Services, strategy: str, user: UserVectors, inputs: Que
     the query's length), the documents held neutral,
     and whether the seen documents take their places in the search without the user
     (``keep``: then both lists cover the whole window)."""
-    chosen = replace(weights or configured_weights(services, strategy, user), **(overrides or {}))
+    chosen = weights or configured_weights(services, strategy, user)
+    if overrides:
+        chosen = replace(chosen, **overrides)
     chosen = chosen.behaviour_scaled(behaviour_support(services))
     chosen = chosen.personal_scaled(inputs.personal_scale(chosen.ambiguity))
     chosen, keep = places_kept(services, user, chosen)

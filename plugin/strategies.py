@@ -8,12 +8,13 @@ live here too, so the ``_search`` proxy builds its blend from the same pieces.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from plugin.config import BLEND_STRATEGIES
+from plugin.config import BLEND_STRATEGIES, USER_TERMS
 from plugin.documents import BEHAVIOUR_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON, Engine
 
@@ -52,16 +53,12 @@ class BlendWeights:
         a share of the user terms, follows."""
         if factor == 1.0:
             return self
-        return replace(self, behaviour=self.behaviour * factor,
-                       behaviour_short=self.behaviour_short * factor)
+        return _scaled(self, ("behaviour", "behaviour_short"), factor)
 
     def personal_scaled(self, factor: float) -> BlendWeights:
         """The user terms scaled by ``factor`` (the query's words^-ambiguity); the seen
         documents' boost, a share of them, follows."""
-        return replace(self, interest_long=self.interest_long * factor,
-                       interest_short=self.interest_short * factor,
-                       behaviour=self.behaviour * factor,
-                       behaviour_short=self.behaviour_short * factor)
+        return _scaled(self, USER_TERMS, factor)
 
 
 @dataclass
@@ -130,6 +127,13 @@ def user_terms(user: UserVectors, w: BlendWeights) -> list[UserTerm]:
 # Up to this many seen documents a user's seen share is whole (BlendWeights.seen_crowding):
 # so few rarely crowd a query's first page.
 SEEN_FEW = 20
+
+
+@functools.lru_cache(maxsize=4096)
+def _scaled(weights: BlendWeights, terms: tuple[str, ...], factor: float) -> BlendWeights:
+    """``weights`` with ``terms`` scaled by ``factor`` (the same few plans recur over many
+    searches and, in tuning, over every query)."""
+    return replace(weights, **{t: getattr(weights, t) * factor for t in terms})
 
 
 def seen_share(seen: int, w: BlendWeights) -> float:

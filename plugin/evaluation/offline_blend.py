@@ -38,6 +38,7 @@ comes from the engine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
-from plugin.config import BLEND_TERMS
+from plugin.config import BLEND_TERMS, USER_TERMS
 from plugin.documents import BEHAVIOUR_FIELD
 from plugin.engine.base import JSON, cosine_knn_score
 from plugin.evaluation import data
@@ -75,8 +76,6 @@ STRATEGIES = tuple(name for name, strategy in BUILDERS.items() if strategy.sums_
 MATCHES = 10_000
 # Every term, each a weight's name (a column of QueryTerms.scores).
 TERMS = BLEND_TERMS
-PLAIN_TERMS = ("bm25", "query", "popularity")  # the terms without a user
-USER_TERMS = TERMS[len(PLAIN_TERMS):]
 # Every term, and the seen share, at 1: each term's own scores, and the held-neutral matches.
 UNIT = BlendWeights(**dict.fromkeys(TERMS, 1.0), seen=1.0)
 # The terms scored on the documents' behaviour vectors, which each training rewrites.
@@ -166,6 +165,20 @@ class QueryTerms:
     scores: npt.NDArray[np.float32]  # (documents, TERMS)
     present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
+    # Each document's row: tuning asks one target's rank under many weights.
+    row: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.row = {doc: n for n, doc in enumerate(self.ids)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _term_weights(weights: BlendWeights) -> npt.NDArray[np.float64]:
+    """``weights`` as a vector over TERMS (few distinct plans recur over a tuning step's
+    queries: a user with or without behaviour, a query's word count)."""
+    vector = np.array([getattr(weights, t) for t in TERMS])
+    vector.flags.writeable = False
+    return vector
 
 
 def blend(terms: QueryTerms, weights: BlendWeights
@@ -173,7 +186,7 @@ def blend(terms: QueryTerms, weights: BlendWeights
     """Which documents the blend under ``weights`` (the plan's: user terms already scaled)
     holds, and their scores. A term of weight 0 is not in the request, so it recalls none;
     the words are always in it."""
-    weight = np.array([getattr(weights, t) for t in TERMS])
+    weight = _term_weights(weights)
     recall = weight > 0
     recall[TERMS.index("bm25")] = True
     candidates = terms.present[:, recall].any(axis=1)
@@ -195,9 +208,8 @@ def top_ids(terms: QueryTerms, weights: BlendWeights, size: int) -> list[str]:
 
 def rank_of(terms: QueryTerms, weights: BlendWeights, doc: str, size: int) -> int | None:
     """``doc``'s 1-based place in the blend (None past ``size``), without sorting it."""
-    try:
-        at = terms.ids.index(doc)
-    except ValueError:
+    at = terms.row.get(doc)
+    if at is None:
         return None
     candidates, score = blend(terms, weights)
     if not candidates[at]:

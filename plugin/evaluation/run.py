@@ -57,6 +57,7 @@ from plugin.config import (
     REPO_ROOT,
     SEEN_POLICIES,
     SHIPPED_RANKING,
+    USER_TERMS,
     WEIGHT_NAMES,
     Settings,
     load_settings,
@@ -64,7 +65,7 @@ from plugin.config import (
 from plugin.documents import parse_document
 from plugin.evaluation import data, metrics
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
-from plugin.evaluation.offline_blend import USER_TERMS, LocalVectors, OfflineBlend, TermStore
+from plugin.evaluation.offline_blend import LocalVectors, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
 from plugin.indices import setup_indices
 from plugin.interest import SEEN_KEPT, DocVector, UserInterest, fold_events, interest_vector
