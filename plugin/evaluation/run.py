@@ -320,6 +320,13 @@ def objective(ndcg: np.ndarray, queries: Sequence[data.Query],
     return _objective(ndcg, np.array([q.protocol for q in queries]), floors, margin_se)
 
 
+def protocol_means(ndcg: np.ndarray, queries: Sequence[data.Query]) -> dict[str, float]:
+    """Each protocol's mean per-query NDCG@10 (what a choice's table shows beside its
+    objective)."""
+    protocols = np.array([q.protocol for q in queries])
+    return {p: float(ndcg[protocols == p].mean()) for p in data.PROTOCOLS}
+
+
 def _objective(ndcg: np.ndarray, protocols: np.ndarray, floors: Floors,
                margin_se: float = FLOOR_MARGIN_SE) -> float:
     discovery = np.isin(protocols, list(data.DISCOVERY))
@@ -961,7 +968,6 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         weights = BlendWeights(**shipped.blend_weights[strategy])
         profile_half_lives = (half_lives[0], shipped.half_life_short_s / DAY)
         validation = corpus.split.validation
-        protocols = np.array([q.protocol for q in validation])
         tail = tail_targets(corpus, validation)
         plain = replace(BlendWeights(**shipped.blend_weights_without_behaviour[strategy]),
                         **dict.fromkeys(USER_TERMS, 0.0))
@@ -999,7 +1005,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             value = objective(ndcg, validation, floors)
             tuned.behaviour_validation[label] = {
                 "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
-                **{p: float(ndcg[protocols == p].mean()) for p in data.PROTOCOLS}}
+                **protocol_means(ndcg, validation)}
             progress(f"behaviour {label}: validation {tuned.behaviour_validation[label]} "
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
             return value
@@ -1072,7 +1078,6 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
     for users, covered, sized, validation, own_prefix in sizes:
         floors = {protocol: max(scores.values()) for protocol, scores in
                   _comparator(sized, tuned, offered, validation).items()}
-        protocols = np.array([q.protocol for q in validation])
         for exponent in SUPPORT_EXPONENTS:
             trial = sized.reconfigured(behaviour_support_exponent=exponent)
             ranks = trial.choice_ranks(Method(DEFAULT, weights, "dynamic", strategy,
@@ -1083,7 +1088,7 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
             tuned.support_validation.append({
                 "users": users, "coverage": round(covered, 4), "exponent": exponent,
                 "objective": round(value, 4),
-                **{p: round(float(ndcg[protocols == p].mean()), 4) for p in data.PROTOCOLS},
+                **{p: round(v, 4) for p, v in protocol_means(ndcg, validation).items()},
                 **{f"floor {p}": round(f, 4) for p, f in floors.items()}})
             progress(f"behaviour support exponent {exponent:g} at {users} users (coverage "
                      f"{covered:.2f}): objective {value:.4f}")
@@ -1192,8 +1197,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                                                         f"seen policy {policy}"))["ndcg@10"]
         tuned.policy_validation[policy] = {
             "objective": objective(ndcg, validation, floors),
-            **{p: float(np.mean([v for v, q in zip(ndcg, validation, strict=True)
-                                 if q.protocol == p])) for p in data.PROTOCOLS}}
+            **protocol_means(ndcg, validation)}
     scores = tuned.policy_validation
     # Ties go to the policy listed first (config.SEEN_POLICIES).
     tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"],
