@@ -956,7 +956,9 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     protocols' mean, held to each protocol's floor), so a model is not chosen for finding
     again what the user knows at the cost of what is new; the floors here are the shipped
     non-personalized default's and BM25 + popularity's for ``strategy`` (the comparator is
-    tuned after the vectors it would otherwise wait on).
+    tuned after the vectors it would otherwise wait on). The tail targets get no floor of
+    their own here: tried, it chose one user a document for a vector, and the leak bound
+    traced that choice's gain to other users' later events.
 
     The candidates share every term search but the behaviour terms' (``TermStore``): each
     training rewrites the documents, which moves BM25's statistics and the kNN graphs a
