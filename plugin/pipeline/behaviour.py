@@ -26,8 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import svds
 from threadpoolctl import threadpool_limits
 
 from plugin.caches import behaviour_coverage_key, behaviour_version_key
@@ -73,6 +71,12 @@ def item_vectors(pairs: list[tuple[str, str]], dims: int, min_users: int
                  ) -> dict[str, np.ndarray]:
     """(user, document) positive pairs -> unit behaviour vectors of the documents that at
     least ``min_users`` users liked. Pure: no engine."""
+    # scipy loads where a training runs, as the other models' libraries do: the events
+    # workers import this module for the training schedule only, and scipy is a large share
+    # of an owner's memory.
+    from scipy import sparse
+    from scipy.sparse.linalg import svds
+
     users: dict[str, int] = {}
     counts: dict[str, set[str]] = {}
     for user, doc in pairs:
@@ -245,6 +249,7 @@ def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
     ``regularization`` the L2 penalty on the factors; the documents' factors. Pure: no
     engine."""
     from implicit.als import AlternatingLeastSquares
+    from scipy import sparse
 
     items = _frequent(sequences, min_users)
     if len(items) <= 2:
