@@ -151,10 +151,13 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
     sys.exit(supervise(run, stopping=lambda: bool(asked_to_stop)))
 
 
-def _fewer_malloc_arenas(arenas: int = 2) -> None:
+def _fewer_malloc_arenas(arenas: int = 1) -> None:
     """glibc gives each thread that allocates at once an arena of its own, and each keeps its
-    freed memory: eight threads of an owner held twice the resident memory of two. Capped as
-    MALLOC_ARENA_MAX would (read only at start-up, so set here, before any thread runs)."""
+    freed memory: an owner's eight threads held far more resident memory with eight arenas,
+    and more with two than with one, at the same speed (docs/benchmarks.md; the threads
+    allocate mostly under the GIL, so they seldom wait for the one arena). Capped as
+    MALLOC_ARENA_MAX would (read only at start-up, so set here, before any thread runs); the
+    variable itself still wins."""
     import contextlib
     import ctypes
     import ctypes.util
