@@ -399,17 +399,19 @@ def pipeline_index(services: Services, doc: dict[str, Any]) -> list[Any]:
 def _reports_or_where_they_went(settings: Settings, celery: Any, sent: list[tuple[int, Any]],
                                 events: list[dict[str, Any]], timeout_s: float
                                 ) -> list[dict[str, Any]]:
-    """Each batch's report; batches with none within ``timeout_s`` fail the test with where
-    each one's message is (a partition queue, the unacknowledged set, or nowhere: the window
-    between a message's pop and its record, docs/reliability.md) and how many of the events
-    the log holds."""
+    """Each batch's report, waiting up to ``timeout_s`` for each; batches with none fail the
+    test with where each one's message is (a partition queue, the unacknowledged set, or
+    nowhere: the window between a message's pop and its record, docs/reliability.md) and how
+    many of the events the log holds."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
-    deadline = time.monotonic() + timeout_s
+    def text(value: bytes | str) -> str:
+        return value.decode() if isinstance(value, bytes) else value
+
     reports, missing = [], []
     for _, result in sent:
-        try:
-            reports.append(result.get(timeout=max(1.0, deadline - time.monotonic())))
+        try:  # once one is missing, the others are only looked at
+            reports.append(result.get(timeout=1.0 if missing else timeout_s))
         except ResultTimeout:
             missing.append(str(result.id))
     if not missing:
@@ -417,9 +419,6 @@ def _reports_or_where_they_went(settings: Settings, celery: Any, sent: list[tupl
     services = Services(settings)
     redis = services.redis
     prefix = celery.conf.broker_transport_options["global_keyprefix"]
-    def text(value: bytes | str) -> str:
-        return value.decode() if isinstance(value, bytes) else value
-
     unacked = " ".join(map(text, redis.hvals(f"{prefix}unacked") or []))
     queued = " ".join(text(item) for key in redis.keys(f"{prefix}events.*")
                       if text(redis.type(key)) == "list" for item in redis.lrange(key, 0, -1))
