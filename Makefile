@@ -80,3 +80,4 @@ bench: venv up  ## benchmarks: JSON and markdown tables in bench/results/
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.search
 	$(BIN)/python -m bench.request_parts
+	$(BIN)/python -m bench.broker

@@ -12,12 +12,9 @@ from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
-from kombu.transport import redis as kombu_redis
 
 from plugin import partitions
 from plugin.config import Settings
-
-log = logging.getLogger(__name__)
 
 DOCUMENTS_QUEUE = "documents"
 DEFAULT_QUEUE = "celery"  # Celery's own default: the other tasks (training, flushes)
@@ -27,35 +24,6 @@ def deployment_queues(partition_count: int) -> list[str]:
     """Every queue some worker of the deployment must consume: documents, the default one
     and each event partition's."""
     return [DOCUMENTS_QUEUE, DEFAULT_QUEUE, *partitions.all_queues(partition_count)]
-
-
-class _QoS(kombu_redis.QoS):
-    def restore_unacked(self, client: Any = None) -> Any:
-        """Messages this channel holds go back to their queue when it closes. On a broker
-        loss the channel closes after its connection is gone (kombu 5.7 then fails on
-        ``None.hostname`` and the worker exits): leave them in the broker's unacked set
-        instead, where the visibility sweep gives them back, scheduled ones included."""
-        if client is None and self.channel.connection.client is None:
-            return self._leave_in_broker("broker connection lost")
-        try:
-            return super().restore_unacked(client)
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            return self._leave_in_broker("broker unreachable")
-
-    def _leave_in_broker(self, why: str) -> None:
-        held: Any = self._delivered
-        log.warning("%s: %d held messages return after the visibility timeout", why, len(held))
-        held.clear()
-
-
-class _Channel(kombu_redis.Channel):
-    QoS = _QoS
-
-
-class RedisTransport(kombu_redis.Transport):
-    """kombu's Redis transport, whose channels survive closing after a broker loss."""
-
-    Channel = _Channel
 
 
 class WithheldTaskResults(logging.Filter):
@@ -81,7 +49,7 @@ def make_celery(settings: Settings) -> Celery:
                     include=["workers.tasks"])
     if urlsplit(settings.redis_url).scheme == "redis":
         # (rediss:// keeps kombu's own transport: kombu turns TLS on by that scheme alone.)
-        celery.conf.broker_transport = f"{__name__}:RedisTransport"
+        celery.conf.broker_transport = "plugin.broker:RedisTransport"
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
