@@ -31,9 +31,10 @@ ANIMALS = ["Training a puppy to sit", "Caring for an old cat", "Horse riding for
            "Feeding pet rabbits", "Keeping goldfish healthy", "Walking two dogs at once"]
 CARS = ["Changing the oil in a car engine", "Choosing winter tires", "Charging an electric car",
         "Repairing a motorcycle gearbox", "Washing a car by hand", "Replacing brake pads"]
-# Close to this week's likes: under the neutral seen policy the liked documents get a 0.75
-# share of the user terms' weight, so an unseen document moves up only where its similarity
-# score is clearly above that (a distant title sits at the share and may not move at all).
+# Documents the user has not seen, two close to this week's likes. Under the neutral seen
+# policy the liked documents get a share of the user terms' weight (all of it, for a user
+# without a behaviour vector), so what personalization does to these shows as their move
+# against the liked ones.
 UNSEEN = [("Walking three dogs at once", "animals"), ("Keeping pet goldfish healthy", "animals"),
           ("Jump-starting a flat car battery", "cars")]
 DAY = 86400.0
@@ -49,9 +50,10 @@ def user(services: Services) -> dict[str, Any]:
             for i, t in enumerate(ANIMALS)]
     docs += [{"id": f"ui-c{i}-{run}", "title": t, "tags": ["cars"], "body": body}
              for i, t in enumerate(CARS)]
-    # Documents the user has not seen: where the personal boost goes (what they liked keeps
-    # its plain rank under the neutral seen policy).
-    docs += [{"id": f"ui-n{i}-{run}", "title": t, "tags": [tag], "body": body}
+    # The run's word twice: they lead the plain list, so the page's ten hits always hold them.
+    # (Once, they sat below the ten in 2% of runs, by the query vector's chance, and with every
+    # liked document at the same share nothing on the page moved.)
+    docs += [{"id": f"ui-n{i}-{run}", "title": t, "tags": [tag], "body": f"{body} {run}"}
              for i, (t, tag) in enumerate(UNSEEN)]
     assert not pipeline.index_documents(services, docs, refresh=True).errors
     user_id, now = f"ui-{run}", time.time()
