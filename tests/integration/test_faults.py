@@ -401,7 +401,7 @@ def _reports_or_where_they_went(settings: Settings, celery: Any, sent: list[tupl
                                 ) -> list[dict[str, Any]]:
     """Each batch's report, waiting up to ``timeout_s`` for each; batches with none fail the
     test with where each one's message is (a partition queue, the unacknowledged set, or
-    nowhere: the window between a message's pop and its record, docs/reliability.md) and how
+    nowhere, which the transport's one-step take, plugin/broker.py, should rule out) and how
     many of the events the log holds."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
