@@ -117,7 +117,7 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
         # model loads.)
         share = 1 if pool == "solo" else concurrency  # solo runs one task at a time
         os.environ["ES_INTEREST_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // share))
-    from celery.signals import worker_shutting_down
+    from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
     from plugin.deployment import DeploymentConflict, claim
     from plugin.services import Services
@@ -135,6 +135,9 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
                    "`es-interest setup` checks it too", err=True)
     asked_to_stop: list[object] = []
     worker_shutting_down.connect(lambda **_: asked_to_stop.append(True), weak=False)
+    # The process that runs tasks: this one (threads, solo) or each prefork child.
+    worker_ready.connect(lambda **_: _freeze_start_up_objects(), weak=False)
+    worker_process_init.connect(lambda **_: _freeze_start_up_objects(), weak=False)
     argv = ["worker", f"--queues={','.join(names)}", f"--pool={pool}",
             f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             *(["--beat"] if beat else []), *celery_args]
@@ -149,6 +152,17 @@ def worker(queues: str | None, partitions: str | None, pool: str | None,
     # A worker that stopped on its own (an unrecoverable broker error, say) starts again;
     # one asked to stop (SIGTERM, Ctrl-C) stops.
     sys.exit(supervise(run, stopping=lambda: bool(asked_to_stop)))
+
+
+def _freeze_start_up_objects() -> None:
+    """What start-up built (modules, the app, clients) lives as long as the process: out of
+    the cyclic collector's sight, a full collection walks only what tasks made since. An
+    owner under load paused for a full collection every few seconds, most of it spent on
+    start-up's objects (docs/benchmarks.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _fewer_malloc_arenas(arenas: int = 1) -> None:

@@ -12,6 +12,7 @@ those that failed for an outage are sent again once a task succeeds (the engine 
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import socket
 from collections.abc import Callable
@@ -96,7 +97,9 @@ def ping(load_model: bool = True) -> dict[str, Any]:
     """Proves a worker is alive and (unless ``load_model`` is false) can use the model:
     embeds a word. A worker that only folds events never needs the model, so a check of its
     liveness should not load it."""
-    reply: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    # frozen_objects: what start-up left out of the cyclic collector's walks (plugin/cli.py).
+    reply: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                             "frozen_objects": gc.get_freeze_count()}
     if load_model:
         reply["dims"] = len(services().embedder.encode_one("ping"))
     return reply
