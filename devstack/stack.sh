@@ -204,9 +204,11 @@ start_redis() {
     echo "redis already running (pid $(cat "$pidfile"))"
     return
   fi
-  if ! command -v redis-server >/dev/null; then
-    echo "installing redis-server (Debian package)..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  # openssl: tests/integration/test_broker.py makes a TLS Redis's certificates with it.
+  if ! command -v redis-server >/dev/null || ! command -v openssl >/dev/null; then
+    echo "installing redis-server and openssl (Debian packages)..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
+      openssl >/dev/null
   fi
   mkdir -p "$STATE/redis"
   # Append-only persistence, so queued work survives a restart.

@@ -47,8 +47,10 @@ def make_celery(settings: Settings) -> Celery:
     keyprefix = {"global_keyprefix": settings.redis_key("celery") + ":"}
     celery = Celery("es_interest", broker=settings.redis_url, backend=settings.redis_url,
                     include=["workers.tasks"])
-    if urlsplit(settings.redis_url).scheme == "redis":
-        # (rediss:// keeps kombu's own transport: kombu turns TLS on by that scheme alone.)
+    if urlsplit(settings.redis_url).scheme in ("redis", "rediss"):
+        # (A rediss:// URL carries its TLS settings, ``ssl_cert_reqs`` and the CA, which the
+        # result backend requires and Celery hands to the transport; a Unix socket keeps
+        # kombu's own transport.)
         celery.conf.broker_transport = "plugin.broker:RedisTransport"
     celery.conf.update(
         task_serializer="json",
