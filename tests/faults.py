@@ -75,22 +75,29 @@ class StallingForwarder:
 
 class PrivateRedis:
     """A real redis-server of this test's own on a free port; ``persistent`` keeps an
-    append-only file, so a restart brings back what it held (as `make up`'s Redis does)."""
+    append-only file, so a restart brings back what it held (as `make up`'s Redis does);
+    ``tls`` makes it speak TLS only, with a certificate of a CA made in ``workdir``."""
 
-    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False, tls: bool = False) -> None:
         server = shutil.which("redis-server")
         if server is None:
             raise RuntimeError("redis-server is not installed (make up installs it)")
-        self.command = [server, "--bind", "127.0.0.1", "--port", "0", "--save", "",
-                        "--appendonly", "yes" if persistent else "no", "--dir", str(workdir)]
         self.port = free_port()
-        self.command[4] = str(self.port)
+        self.ca: Path | None = _make_certificates(workdir) if tls else None
+        listen = (["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                   *(arg for name in ("cert", "key", "ca-cert")
+                     for arg in (f"--tls-{name}-file", str(workdir / f"server.{name}")))]
+                  if tls else ["--port", str(self.port)])
+        self.command = [server, "--bind", "127.0.0.1", *listen, "--save", "",
+                        "--appendonly", "yes" if persistent else "no", "--dir", str(workdir)]
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.ca is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={self.ca}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
@@ -112,3 +119,23 @@ class PrivateRedis:
         else:
             self.process.kill()
         self.process.wait(timeout=30)
+
+
+def _make_certificates(workdir: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made with ``openssl``
+    (``make up`` installs it with redis-server) as ``server.cert``, ``server.key`` and
+    ``server.ca-cert``; returns the CA's certificate."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is not installed (make up installs it with redis-server)")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=workdir, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "server.ca-cert", "-days", "2", "-subj", "/CN=es-interest test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=127.0.0.1")
+    (workdir / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "server.ca-cert", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.cert", "-days", "2", "-extfile", "san.cnf")
+    return workdir / "server.ca-cert"

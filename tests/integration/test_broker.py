@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import random
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,7 +21,7 @@ from bench.broker import app_for, start_consumer
 from plugin.broker import RedisTransport
 from plugin.celery_app import make_celery
 from plugin.config import load_settings
-from tests.faults import PrivateRedis, free_port
+from tests.faults import PrivateRedis
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +74,11 @@ def test_a_message_without_a_wake_up_token_is_delivered(tmp_path: Path) -> None:
                 Queue("quiet", Exchange("quiet"), routing_key="quiet"),
                 callbacks=[lambda body, message: delivered.append(message.headers["id"])],
                 accept=["json"]):
-            deadline = time.monotonic() + 30
-            while len(delivered) < 3 and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=1)
+            def tokens_follow_the_queue() -> None:
                 if delivered:
                     assert client.llen(wake) == client.llen(prefix + "quiet")
+
+            _drain_until(conn, lambda: len(delivered) >= 3, tokens_follow_the_queue)
             assert client.hlen(prefix + "unacked") == 3  # taken, not acknowledged
         assert sorted(delivered) == sorted(ids)
         assert client.lrange(prefix + "quiet:unreadable", 0, -1) == [b"not a message"]
@@ -90,67 +88,37 @@ def test_a_message_without_a_wake_up_token_is_delivered(tmp_path: Path) -> None:
         private.stop()
 
 
-@pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A private redis-server that speaks TLS only (a certificate of a CA made here); yields
-    its port's URL part and the CA's certificate."""
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is not installed (make up installs it with redis-server)")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.crt", "-days", "2", "-subj", "/CN=es-interest test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
-            "server.csr", "-subj", "/CN=127.0.0.1")
-    (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf")
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port),
-         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
-         "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no", "--save", "",
-         "--appendonly", "no"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    try:
-        yield f"127.0.0.1:{port}", tmp_path / "ca.crt"
-    finally:
-        server.kill()
-        server.wait(timeout=30)
-
-
-def test_a_tls_deployment_takes_in_one_step_too(tls_redis: tuple[str, Path]) -> None:
+def test_a_tls_deployment_takes_in_one_step_too(tmp_path: Path) -> None:
     """``rediss://`` (with the TLS settings the result backend requires anyway) runs the
     project's transport over TLS: the message comes with its wake-up token and its take
     records it, as on plain Redis."""
-    address, ca = tls_redis
-    url = f"rediss://{address}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
-    app = make_celery(replace(load_settings({}), redis_url=url, index_prefix="tls"))
-    prefix = app.conf.broker_transport_options["global_keyprefix"]
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:  # until the server answers
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    sent = app.send_task("es_interest.ping", queue="secure").id
-    assert client.llen(f"{prefix}secure\x06\x16wake") == 1
-    delivered: list[str] = []
-    with app.connection_for_read() as conn, conn.Consumer(
-            Queue("secure", Exchange("secure"), routing_key="secure"),
-            callbacks=[lambda body, message: delivered.append(message.headers["id"])],
-            accept=["json"]):
-        assert isinstance(conn.transport, RedisTransport)
-        deadline = time.monotonic() + 30
-        while not delivered and time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                conn.drain_events(timeout=1)
-        assert delivered == [sent]
-        # Held, not acknowledged: the take recorded it, and the queue is empty.
-        assert client.hlen(prefix + "unacked") == 1 and client.llen(prefix + "secure") == 0
+    private = PrivateRedis(tmp_path, tls=True)
+    try:
+        app = make_celery(replace(load_settings({}), redis_url=private.url,
+                                  index_prefix="tls"))
+        prefix = app.conf.broker_transport_options["global_keyprefix"]
+        client = redis.Redis.from_url(private.url)
+        sent = app.send_task("es_interest.ping", queue="secure").id
+        assert client.llen(f"{prefix}secure\x06\x16wake") == 1
+        delivered: list[str] = []
+        with app.connection_for_read() as conn, conn.Consumer(
+                Queue("secure", Exchange("secure"), routing_key="secure"),
+                callbacks=[lambda body, message: delivered.append(message.headers["id"])],
+                accept=["json"]):
+            assert isinstance(conn.transport, RedisTransport)
+            _drain_until(conn, lambda: len(delivered) == 1)
+            assert delivered == [sent]
+            # Held, not acknowledged: the take recorded it, and the queue is empty.
+            assert client.hlen(prefix + "unacked") == 1 and client.llen(prefix + "secure") == 0
+    finally:
+        private.stop()
+
+
+def _drain_until(conn: Any, done: Callable[[], bool], each: Callable[[], None] = lambda: None,
+                 timeout_s: float = 30.0) -> None:
+    """Consume until ``done()`` or the timeout, calling ``each()`` after every wait."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=1)
+        each()
