@@ -16,6 +16,9 @@ $(BIN)/es-interest: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# LightGBM's wheel links the system's OpenMP runtime (Debian's libgomp1).
+	@$(BIN)/python -c 'import lightgbm' 2>/dev/null || (echo "installing libgomp1 (Debian package)..." \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >/dev/null)
 	$(BIN)/es-interest --quiet model export --no-check
 	touch $@
 

@@ -407,6 +407,43 @@ def _language_model(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _learned_ranker(results: dict[str, Any]) -> list[str]:
+    found = next(((e, r["learned_ranker"]) for e, r in results["engines"].items()
+                  if "learned_ranker" in r), None)
+    if found is None:
+        return []
+    engine, lr = found
+    lines = ["", f"## A learned ranker, measured ({engine}, `{lr['strategy']}`; not shipped)",
+             "", "The blend's form, linear or learned: LightGBM `lambdarank` "
+             f"({lr['rounds']} trees) re-orders the linear blend's first {lr['window']} "
+             "documents from each term's score in the request, the blend's score and place, "
+             "the query's length, whether the user has a behaviour vector and how many "
+             "documents they have seen; the user's seen documents keep their places (the seen "
+             "policy's). It learns from the discovery protocols' validation queries, with the "
+             "user and, as a search without a user would be ranked by a shipped ranker too, "
+             "without one. Offline (the offline blend's terms, "
+             "`plugin/evaluation/learned_ranker.py`): validation cross-validated over "
+             f"{lr['folds']} folds of users, test with the ranker fitted on every validation "
+             "query. Mean NDCG@10:", "",
+             "| arm | validation term | words | refind | test term | words | refind |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, val in lr["validation"].items():
+        test = lr["test"][arm]
+        lines.append(f"| {arm} | " + " | ".join(f"{val.get(p, 0.0):.4f}" for p in PROTOCOLS)
+                     + " | " + " | ".join(f"{test.get(p, 0.0):.4f}" for p in PROTOCOLS) + " |")
+    lines += ["", "Learned against linear on test, `difference (p bootstrap / p Wilcoxon)`: "
+              + "; ".join(f"{who}: " + ", ".join(f"{p} {_p(t)}" for p, t in tests.items())
+                          for who, tests in lr["learned_vs_linear"].items()) + ".", "",
+              "Personalization's gain on test, in each form, over the same form without a "
+              "user and over the better of the two forms without one (the comparator, were "
+              "the learned form shipped): "
+              + "; ".join(f"{arm}: " + ", ".join(
+                  f"{p} {_percent(g['same_form'])} / {_percent(g['best'])}"
+                  for p, g in gains.items())
+                  for arm, gains in lr["personalization_gain"].items()) + "."]
+    return lines
+
+
 def _support(results: dict[str, Any]) -> list[str]:
     rows = results.get("behaviour_support") or []
     if not rows:
@@ -536,6 +573,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                                              for k, v in choice["chosen"].items()) + "."]
     lines += _support(results)
     lines += _language_model(results)
+    lines += _learned_ranker(results)
     lines += _phase_seconds(results)
     lines += ["", "## Plots", "", "![NDCG@10 by method](ndcg_by_method.png)", "",
               "![NDCG@10 against half-life](ndcg_vs_half_life.png)", "",

@@ -63,7 +63,7 @@ from plugin.config import (
     load_settings,
 )
 from plugin.documents import parse_document
-from plugin.evaluation import data, metrics
+from plugin.evaluation import data, learned_ranker, metrics
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
 from plugin.evaluation.offline_blend import LocalVectors, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
@@ -923,6 +923,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                                            strategies, tuned, progress)
     # From here the chosen weights and policy are the configured ones: the defaults are
     # measured through the same path as /search (weights=None).
+    offline = evaluator.offline
     evaluator = evaluator.using(Services(replace(
         services.settings, seen_policy=tuned.seen_policy or "neutral",
         blend_weights={s: asdict(w[1]) for s, w in tuned.chosen.items()},
@@ -935,6 +936,12 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                   behaviour=trained)
     if lm_trial is not None:
         scored["language_model"] = lm_trial
+    learned_on = next((s for s in strategies if s in OFFLINE_STRATEGIES), None)
+    if first and offline is not None and learned_on is not None:
+        with clock.phase("learned ranker (measured)"):
+            scored["learned_ranker"] = learned_ranker.measure(
+                offline, evaluator.services, learned_on, validation, corpus.split.test,
+                "dynamic", evaluator.profiles["dynamic"], progress)
     if first:
         with clock.phase("leak bound"):
             scored["leak_bound"], per_query["past_only"] = _leak_bound(
