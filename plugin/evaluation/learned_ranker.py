@@ -47,6 +47,10 @@ ROUNDS = 300
 ARMS = ("linear", "learned")
 
 
+class NothingToLearn(ValueError):
+    """No window to fit a ranker on."""
+
+
 @dataclass(frozen=True)
 class Window:
     """One query's first ``WINDOW`` documents of the linear blend, best first, as rows of
@@ -103,7 +107,7 @@ def fit(windows: Sequence[Window]) -> Any:
         labels.append(label[new])
         groups.append(int(new.sum()))
     if not groups:
-        raise ValueError("no discovery query with its target in the window to learn from")
+        raise NothingToLearn("no discovery query with its target in the window to learn from")
     train = lightgbm.Dataset(np.vstack(features), np.concatenate(labels), group=groups,
                              feature_name=list(FEATURES))
     return lightgbm.train(PARAMS, train, num_boost_round=ROUNDS)
@@ -166,6 +170,20 @@ def _means(ranks: Sequence[int | None], queries: Sequence[data.Query]) -> dict[s
 
 
 def measure(offline: OfflineBlend, services: Services, strategy: str,
+            validation: Sequence[data.Query], test: Sequence[data.Query], profile: str,
+            vectors: Callable[[data.Query], UserVectors],
+            progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """``_measure``, or why it was skipped (a run too small to learn from: a fold's users
+    with no discovery query whose target is in its window)."""
+    try:
+        return _measure(offline, services, strategy, validation, test, profile, vectors,
+                        progress)
+    except NothingToLearn as exc:
+        progress(f"learned ranker ({strategy}): skipped, {exc}")
+        return {"strategy": strategy, "skipped": str(exc)}
+
+
+def _measure(offline: OfflineBlend, services: Services, strategy: str,
             validation: Sequence[data.Query], test: Sequence[data.Query], profile: str,
             vectors: Callable[[data.Query], UserVectors],
             progress: Callable[[str], None] = print) -> dict[str, Any]:

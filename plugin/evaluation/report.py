@@ -413,7 +413,10 @@ def _learned_ranker(results: dict[str, Any]) -> list[str]:
     if found is None:
         return []
     engine, lr = found
-    lines = ["", f"## A learned ranker, measured ({engine}, `{lr['strategy']}`; not shipped)",
+    title = f"## A learned ranker, measured ({engine}, `{lr['strategy']}`; not shipped)"
+    if "skipped" in lr:
+        return ["", title, "", f"Skipped: {lr['skipped']} (too few queries in this run)."]
+    lines = ["", title,
              "", "The blend's form, linear or learned: LightGBM `lambdarank` "
              f"({lr['rounds']} trees) re-orders the linear blend's first {lr['window']} "
              "documents from each term's score in the request, the blend's score and place, "

@@ -92,6 +92,17 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
     assert trial["report"]["trained"] and trial["report"]["steps"] > 0
     assert set(trial["models"]) == {"shipped", "fine-tuned"}
     assert "Language model fine-tuned on the log" in report
+    # The learned ranker, measured on the first engine's default strategy: both forms with
+    # and without a user, each with a rank per test query (or why a run this small skipped it).
+    learned = first["learned_ranker"]
+    assert learned["strategy"] == first["strategies"][0]
+    assert "## A learned ranker, measured" in report
+    if "skipped" not in learned:
+        arms = {f"{form}, {who}" for form in ("linear", "learned")
+                for who in ("personalized", "non-personalized")}
+        assert set(learned["ranks"]) == set(learned["test"]) == arms
+        assert {len(r) for r in learned["ranks"].values()} == {saved["test_queries"]}
+        assert set(learned["personalization_gain"]) == {"linear", "learned"}
     # The quick run personalizes each engine's default: the first strategy it offers in the
     # shipped strategy_order.
     order = load_settings().strategy_order
