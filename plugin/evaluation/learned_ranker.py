@@ -4,15 +4,16 @@ LightGBM's ``lambdarank`` re-orders the linear blend's first ``WINDOW`` document
 the blend's request already knows of each: every term's score (those the request holds; a
 term of weight 0 reads 0), the blend's score and place, the query's length, whether the
 user has a behaviour vector and how many documents they have seen. The documents held
-neutral (the user's seen ones) keep their places: the seen policy decides those, and a
-ranker fitted on the discovery protocols would otherwise learn that a one-word query is
-rarely about a seen document. It is fitted on the discovery protocols' validation queries.
+neutral (the user's seen ones) keep their places: the seen policy decides those. A ranker
+that placed them would learn how often the evaluation's query mix asks for a seen document
+(never in the discovery protocols, by construction in re-finding): the protocol's design,
+not the user's. It is fitted on the discovery protocols' validation queries.
 
 Whether the learned form makes personalization earn more is the question, so it is fitted
 and measured twice: with the user, and without one (the same features, the user's at 0,
 on the non-personalized default's own list), since a ranker the product shipped would rank
 searches without a user too and so raise the comparator. Both offline, from the terms the
-offline blend fetched (``offline_blend.py``; the linear rows below are that blend's own
+offline blend fetched (``offline_blend.py``; the linear arms are that blend's own
 ranks): cross-validated on validation (folds by user) and, fitted on every validation
 query, on the test queries.
 """
@@ -37,7 +38,7 @@ WINDOW = 100
 FEATURES = (*TERMS, "blend", "place", "words", "has_behaviour", "seen_count")
 SEEN_COLUMN = len(FEATURES)  # the held-neutral mark, after the features (not one of them)
 FOLDS = 5
-# Small trees, slow learning, row and feature sampling: ~1,100 training queries.
+# Small trees, slow learning, row and feature sampling: the validation queries are few.
 PARAMS: dict[str, Any] = {
     "objective": "lambdarank", "learning_rate": 0.03, "num_leaves": 15,
     "min_data_in_leaf": 40, "bagging_fraction": 0.8, "bagging_freq": 1,
