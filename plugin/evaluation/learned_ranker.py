@@ -165,9 +165,7 @@ def windows(offline: OfflineBlend, services: Services, strategy: str,
 
 def _means(ranks: Sequence[int | None], queries: Sequence[data.Query]) -> dict[str, float]:
     ndcg = metrics.per_query(ranks)["ndcg@10"]
-    protocols = np.array([q.protocol for q in queries])
-    return {p: round(float(ndcg[protocols == p].mean()), 4) for p in data.PROTOCOLS
-            if (protocols == p).any()}
+    return {p: round(v, 4) for p, v in metrics.protocol_means(ndcg, queries).items()}
 
 
 def measure(offline: OfflineBlend, services: Services, strategy: str,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from plugin.evaluation import data
+
 Ranks = Sequence[int | None]  # 1-based rank of the held-out item, None when not retrieved
 
 
@@ -80,3 +82,11 @@ def mean_kendall_tau(first: Sequence[Sequence[str]], second: Sequence[Sequence[s
         if not math.isnan(tau):
             taus.append(float(tau))
     return float(np.mean(taus)) if taus else float("nan")
+
+
+def protocol_means(ndcg: npt.NDArray[np.float64], queries: Sequence[data.Query]
+                   ) -> dict[str, float]:
+    """Each protocol's mean per-query NDCG@10 (what a choice's table shows beside its
+    objective)."""
+    protocols = np.array([q.protocol for q in queries])
+    return {p: float(ndcg[protocols == p].mean()) for p in data.PROTOCOLS}

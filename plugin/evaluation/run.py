@@ -64,6 +64,7 @@ from plugin.config import (
 )
 from plugin.documents import parse_document
 from plugin.evaluation import data, learned_ranker, metrics
+from plugin.evaluation.metrics import protocol_means
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
 from plugin.evaluation.offline_blend import LocalVectors, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
@@ -318,13 +319,6 @@ def objective(ndcg: np.ndarray, queries: Sequence[data.Query],
     if floors is None:
         return float(ndcg.mean())
     return _objective(ndcg, np.array([q.protocol for q in queries]), floors, margin_se)
-
-
-def protocol_means(ndcg: np.ndarray, queries: Sequence[data.Query]) -> dict[str, float]:
-    """Each protocol's mean per-query NDCG@10 (what a choice's table shows beside its
-    objective)."""
-    protocols = np.array([q.protocol for q in queries])
-    return {p: float(ndcg[protocols == p].mean()) for p in data.PROTOCOLS}
 
 
 def _objective(ndcg: np.ndarray, protocols: np.ndarray, floors: Floors,
