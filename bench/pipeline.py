@@ -11,18 +11,20 @@ process, and each figure is reported next to its baseline or goal:
   owner process per range of partitions) with the baseline (one prefork pool consuming every
   partition, as before partitions), so both are measured in the same session;
 - freshness at a paced 1,000 events/s: from a task accepted by the broker to the user's vector
-  readable by the search layer, p50 and p99 (goal: p99 <= 250 ms);
+  readable by the search layer, p50 and p99 (goal: p99 <= 250 ms), with the engine's refreshes,
+  flushes and merges of each index meanwhile (what a slow probe may have waited for);
 - the workers' resident memory, the largest process and all (goal: <= 600 MiB a process).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import numpy as np
@@ -160,6 +162,69 @@ def bench_popularity_flush(services: Services, doc_ids: list[str]) -> dict[str, 
 POLL_S = 0.025
 
 
+class EngineWatch:
+    """The engine's refreshes, flushes and merges of each index during a run, from its
+    cumulative statistics sampled every ``every_s``. A refresh of an index whose documents
+    are rewritten in place (the users') is one long pause, and a probe that waits for it is a
+    slow probe; a merge takes one of the cores the owners share."""
+
+    KINDS: ClassVar[dict[str, str]] = {"refresh": "refresh", "flush": "flush",
+                                       "merge": "merges"}  # metric: its key
+
+    def __init__(self, services: Services, every_s: float = 0.25) -> None:
+        settings = services.settings
+        self._client = services.engine.client
+        self._indices = {"documents": settings.docs_alias, "events": settings.events_alias,
+                         "users": settings.interests_alias}
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._samples: list[tuple[float, dict[tuple[str, str], tuple[int, int]]]] = []
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[tuple[str, str], tuple[int, int]]:
+        out = {}
+        for name, index in self._indices.items():
+            stats = self._client.indices.stats(index=index, metric=",".join(self.KINDS))
+            for kind, key in self.KINDS.items():
+                done = stats["_all"]["primaries"][key]
+                out[name, kind] = int(done["total"]), int(done["total_time_in_millis"])
+        return out
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._samples.append((time.perf_counter(), self._sample()))
+                self._stop.wait(self._every_s)
+        except BaseException as exc:  # raised again by stop(): a figure missing says why
+            self._failed = exc
+
+    def start(self) -> EngineWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._failed is not None:
+            raise self._failed
+
+    def summary(self, since: float) -> dict[str, Any]:
+        """Per index and kind, from ``since`` (a ``perf_counter`` time) on: how many ended,
+        their summed time, and the most time one sample interval added, with when that
+        interval ended (s after ``since``)."""
+        kept = [(at, sample) for at, sample in self._samples if at >= since]
+        out: dict[str, Any] = {}
+        for key in kept[0][1] if kept else {}:
+            steps = [(round(at - since, 2), after[key][1] - before[key][1])
+                     for (_, before), (at, after) in itertools.pairwise(kept)]
+            longest = max(steps, key=lambda step: step[1], default=(0.0, 0))
+            out[" ".join(key)] = {"count": kept[-1][1][key][0] - kept[0][1][key][0],
+                                  "ms": sum(ms for _, ms in steps),
+                                  "longest_ms": longest[1], "longest_at_s": longest[0]}
+        return out
+
+
 def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: int,
                     seconds: float, batch: int, warmup_s: float = 5.0) -> dict[str, Any]:
     """Paced load; each batch carries one event for a fresh probe user, polled until visible.
@@ -193,6 +258,7 @@ def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: i
     stop_time = [0.0]
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    watch = EngineWatch(services).start()
     sent, next_at, started = 0, time.perf_counter(), time.perf_counter()
     with progress(total=int(rate * (warmup_s + seconds)), desc=f"freshness at {rate} events/s",
               unit="event") as bar:
@@ -212,6 +278,7 @@ def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: i
     stop_time[0] = time.perf_counter()
     stop.set()
     poller.join()
+    watch.stop()
     latencies = np.array(sorted(seen.values())) * 1000
     # When the slowest probes were sent (seconds into the measured part): a stall shows as
     # neighbours, a saturated worker as a spread.
@@ -223,7 +290,8 @@ def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: i
             "achieved_rate": round(sent / (stop_time[0] - started), 1), "warmup_s": warmup_s,
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
-            "max_ms": round(float(latencies.max()), 1), "goal_p99_ms": 250}
+            "max_ms": round(float(latencies.max()), 1), "goal_p99_ms": 250,
+            "engine": watch.summary(since=first)}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -270,7 +338,11 @@ def table(results: dict[str, Any]) -> str:
          f"{f['warmup_s']} s of the same load unmeasured"),
         (f"freshness at {f['rate_events_per_s']} events/s, p99", f"{f['p99_ms']} ms",
          f"goal <= {f['goal_p99_ms']} ms; slowest probes (sent at s, ms): "
-         + ", ".join(f"{at} s: {ms}" for at, ms in f["slowest"])),
+         + ", ".join(f"{at} s: {ms}" for at, ms in f["slowest"])
+         + "; the engine's work over 100 ms meanwhile (the most in one 250 ms sample, when "
+         "it ended; all of that kind): " + (", ".join(
+             f"{name} {e['longest_ms']} ms at {e['longest_at_s']} s ({e['count']}: {e['ms']} ms)"
+             for name, e in f["engine"].items() if e["longest_ms"] > 100) or "none")),
         ("worker RSS, peak: documents worker, largest process / all",
          f"{m['documents_peak_process_rss_mb']:.0f} / {m['documents_peak_rss_mb']:.0f} MiB",
          f"goal <= {m['goal_process_rss_mb']} MiB per process; {m['documents_worker']}"),
