@@ -179,7 +179,7 @@ class EngineWatch:
         self._every_s = every_s
         self._stop = threading.Event()
         self._samples: list[tuple[float, dict[tuple[str, str], tuple[int, int]]]] = []
-        self._failed: BaseException | None = None
+        self._failed: Exception | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> dict[tuple[str, str], tuple[int, int]]:
@@ -196,7 +196,7 @@ class EngineWatch:
             while not self._stop.is_set():
                 self._samples.append((time.perf_counter(), self._sample()))
                 self._stop.wait(self._every_s)
-        except BaseException as exc:  # raised again by stop(): a figure missing says why
+        except Exception as exc:  # the summary says so; the run's other figures stand
             self._failed = exc
 
     def start(self) -> EngineWatch:
@@ -206,15 +206,13 @@ class EngineWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        if self._failed is not None:
-            raise self._failed
 
     def summary(self, since: float) -> dict[str, Any]:
         """Per index and kind, from ``since`` (a ``perf_counter`` time) on: how many ended,
         their summed time, and the most time one sample interval added, with when that
-        interval ended (s after ``since``)."""
+        interval ended (s after ``since``); ``failed``: why sampling stopped early."""
         kept = [(at, sample) for at, sample in self._samples if at >= since]
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {} if self._failed is None else {"failed": repr(self._failed)}
         for key in kept[0][1] if kept else {}:
             steps = [(round(at - since, 2), after[key][1] - before[key][1])
                      for (_, before), (at, after) in itertools.pairwise(kept)]
@@ -342,7 +340,9 @@ def table(results: dict[str, Any]) -> str:
          + "; the engine's work over 100 ms meanwhile (the most in one 250 ms sample, when "
          "it ended; all of that kind): " + (", ".join(
              f"{name} {e['longest_ms']} ms at {e['longest_at_s']} s ({e['count']}: {e['ms']} ms)"
-             for name, e in f["engine"].items() if e["longest_ms"] > 100) or "none")),
+             for name, e in f["engine"].items() if name != "failed" and e["longest_ms"] > 100)
+             or "none") + (f" (sampling failed: {f['engine']['failed']})"
+                           if "failed" in f["engine"] else "")),
         ("worker RSS, peak: documents worker, largest process / all",
          f"{m['documents_peak_process_rss_mb']:.0f} / {m['documents_peak_rss_mb']:.0f} MiB",
          f"goal <= {m['goal_process_rss_mb']} MiB per process; {m['documents_worker']}"),
