@@ -292,6 +292,15 @@ def bench_freshness(services: Services, celery: Any, doc_ids: list[str], rate: i
             "engine": watch.summary(since=first)}
 
 
+def _engine_work(engine: dict[str, Any]) -> str:
+    """``EngineWatch.summary``'s kinds of work that took over 100 ms in one sample."""
+    busy = ", ".join(
+        f"{name} {e['longest_ms']} ms at {e['longest_at_s']} s ({e['count']}: {e['ms']} ms)"
+        for name, e in engine.items() if name != "failed" and e["longest_ms"] > 100)
+    failed = f" (sampling failed: {engine['failed']})" if "failed" in engine else ""
+    return (busy or "none") + failed
+
+
 def table(results: dict[str, Any]) -> str:
     d, f, m = (results[k] for k in ("documents", "freshness", "worker"))
     owners, shared = results["events"]["owners"], results["events"]["shared"]
@@ -338,11 +347,7 @@ def table(results: dict[str, Any]) -> str:
          f"goal <= {f['goal_p99_ms']} ms; slowest probes (sent at s, ms): "
          + ", ".join(f"{at} s: {ms}" for at, ms in f["slowest"])
          + "; the engine's work over 100 ms meanwhile (the most in one 250 ms sample, when "
-         "it ended; all of that kind): " + (", ".join(
-             f"{name} {e['longest_ms']} ms at {e['longest_at_s']} s ({e['count']}: {e['ms']} ms)"
-             for name, e in f["engine"].items() if name != "failed" and e["longest_ms"] > 100)
-             or "none") + (f" (sampling failed: {f['engine']['failed']})"
-                           if "failed" in f["engine"] else "")),
+         "it ended; all of that kind): " + _engine_work(f["engine"])),
         ("worker RSS, peak: documents worker, largest process / all",
          f"{m['documents_peak_process_rss_mb']:.0f} / {m['documents_peak_rss_mb']:.0f} MiB",
          f"goal <= {m['goal_process_rss_mb']} MiB per process; {m['documents_worker']}"),

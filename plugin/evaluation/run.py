@@ -64,7 +64,6 @@ from plugin.config import (
 )
 from plugin.documents import parse_document
 from plugin.evaluation import data, learned_ranker, metrics
-from plugin.evaluation.metrics import protocol_means
 from plugin.evaluation.offline_blend import STRATEGIES as OFFLINE_STRATEGIES
 from plugin.evaluation.offline_blend import LocalVectors, OfflineBlend, TermStore
 from plugin.evaluation.report import write_report
@@ -1008,7 +1007,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             value = objective(ndcg, validation, floors)
             tuned.behaviour_validation[label] = {
                 "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
-                **protocol_means(ndcg, validation)}
+                **metrics.protocol_means(ndcg, validation)}
             progress(f"behaviour {label}: validation {tuned.behaviour_validation[label]} "
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
             return value
@@ -1091,7 +1090,7 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
             tuned.support_validation.append({
                 "users": users, "coverage": round(covered, 4), "exponent": exponent,
                 "objective": round(value, 4),
-                **{p: round(v, 4) for p, v in protocol_means(ndcg, validation).items()},
+                **{p: round(v, 4) for p, v in metrics.protocol_means(ndcg, validation).items()},
                 **{f"floor {p}": round(f, 4) for p, f in floors.items()}})
             progress(f"behaviour support exponent {exponent:g} at {users} users (coverage "
                      f"{covered:.2f}): objective {value:.4f}")
@@ -1200,7 +1199,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                                                         f"seen policy {policy}"))["ndcg@10"]
         tuned.policy_validation[policy] = {
             "objective": objective(ndcg, validation, floors),
-            **protocol_means(ndcg, validation)}
+            **metrics.protocol_means(ndcg, validation)}
     scores = tuned.policy_validation
     # Ties go to the policy listed first (config.SEEN_POLICIES).
     tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"],
