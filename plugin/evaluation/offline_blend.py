@@ -93,6 +93,16 @@ class TermStore:
     searches read stay as they were."""
 
     found: dict[bytes, TermList] = field(default_factory=dict)
+    # Each query text's inputs (vector, best BM25), as the search layer's Redis cache holds
+    # them: asked once here rather than once per user, profile and candidate.
+    inputs: dict[tuple[str, str, str, bool], QueryInputs] = field(default_factory=dict)
+
+    def query_inputs(self, services: Services, text: str, need_max_bm25: bool) -> QueryInputs:
+        key = (services.settings.docs_alias, services.embedder.model_name, text, need_max_bm25)
+        if (kept := self.inputs.get(key)) is None:
+            kept = self.inputs[key] = query_inputs(services, text, {},
+                                                   need_max_bm25=need_max_bm25)
+        return kept
 
     @staticmethod
     def key(strategy: str, name: str, body: JSON) -> bytes:
@@ -136,20 +146,33 @@ class LocalVectors:
         mask[[self.row[d] for d in ids if d in self.row]] = True
         return mask
 
-    def knn(self, field_name: str, vector: Sequence[float], k: int,
-            allowed: npt.NDArray[np.bool_]) -> TermList:
-        """The ``k`` documents nearest ``vector`` among the ``allowed`` ones that have the
-        field, nearest first, scored as the engine's kNN search scores them."""
+    def scope(self, field_name: str, allowed: npt.NDArray[np.bool_]) -> LocalScope:
+        """The ``allowed`` documents that have the field, and their unit vectors (gathered
+        once for every user term on the field)."""
         candidates = np.flatnonzero(allowed & self.has[field_name])
+        return LocalScope(candidates, self.unit[field_name][candidates])
+
+    def knn(self, scope: LocalScope, vector: Sequence[float], k: int) -> TermList:
+        """The ``k`` documents of ``scope`` nearest ``vector``, nearest first, scored as the
+        engine's kNN search scores them."""
+        candidates = scope.candidates
         query = np.asarray(vector, dtype=np.float64)
         norm = float(np.linalg.norm(query))
         if not candidates.size or k <= 0 or norm == 0:
             return [], np.zeros(0)
-        cosine = self.unit[field_name][candidates] @ (query / norm)
+        cosine = scope.unit @ (query / norm)
         nearest = (np.argpartition(-cosine, k - 1)[:k] if len(candidates) > k
                    else np.arange(len(candidates)))
         nearest = nearest[np.argsort(-cosine[nearest], kind="stable")]
         return [self.ids[i] for i in candidates[nearest]], cosine_knn_score(cosine[nearest])
+
+
+@dataclass(frozen=True)
+class LocalScope:
+    """The rows a user term's kNN search may return, and their unit vectors."""
+
+    candidates: npt.NDArray[np.intp]
+    unit: npt.NDArray[np.float64]
 
 
 @dataclass
@@ -162,7 +185,9 @@ class QueryTerms:
     inputs: QueryInputs
     user: UserVectors
     ids: list[str]
-    scores: npt.NDArray[np.float32]  # (documents, TERMS)
+    # (documents, TERMS): the engine's float32 scores, held as float64 so that a blend's
+    # product with its weights needs no cast (the cast was most of a tuning step's time).
+    scores: npt.NDArray[np.float64]
     present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
     # Each document's row: tuning asks one target's rank under many weights.
@@ -250,8 +275,8 @@ class OfflineBlend:
     def _fetch(self, services: Services, strategy: str, query: data.Query, user: UserVectors,
                held: tuple[str, ...]) -> QueryTerms:
         engine, settings = services.engine, services.settings
-        inputs = query_inputs(services, query.text, {},
-                              need_max_bm25=BUILDERS[strategy].needs_max_bm25)
+        inputs = self.shared.query_inputs(services, query.text,
+                                          BUILDERS[strategy].needs_max_bm25)
         ctx = QueryContext.for_query(engine, query.text, {}, weights=UNIT, vector=inputs.vector,
                                      max_bm25=inputs.max_bm25, user=user, size=self.size,
                                      offset=0, personal_k=self.window, seen=held)
@@ -260,6 +285,7 @@ class OfflineBlend:
         wanted: list[tuple[str, JSON, TermStore, bytes]] = []
         here = {t.name: t for t in ctx.user_terms} if self.local is not None else {}
         scope: npt.NDArray[np.bool_] | None = None
+        scopes: dict[str, LocalScope] = {}
         for name, body in builder.term_searches(ctx, MATCHES):
             store = self.own if name in BEHAVIOUR_TERMS else self.shared
             key = TermStore.key(strategy, name, body)
@@ -270,7 +296,9 @@ class OfflineBlend:
                 if scope is None:
                     scope = self._personal_scope(services, ctx)
                 term = here[name]
-                found, raw = self.local.knn(term.field, term.vector, int(body["size"]), scope)
+                if term.field not in scopes:
+                    scopes[term.field] = self.local.scope(term.field, scope)
+                found, raw = self.local.knn(scopes[term.field], term.vector, int(body["size"]))
                 lists[name] = store.found[key] = (
                     found, np.array(builder.term_scores(name, list(raw), ctx)))
             else:
@@ -307,7 +335,7 @@ class OfflineBlend:
             scores[rows, TERMS.index(name)] = values
             present[rows, TERMS.index(name)] = True
         seen = np.array([doc in seen_ids for doc in ids], dtype=bool)
-        return QueryTerms(inputs, user, list(ids), scores, present, seen)
+        return QueryTerms(inputs, user, list(ids), scores.astype(np.float64), present, seen)
 
     def _personal_scope(self, services: Services, ctx: QueryContext) -> npt.NDArray[np.bool_]:
         """The rows a user term may score (``QueryContext.personal_scope``): the query's

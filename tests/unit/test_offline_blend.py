@@ -127,7 +127,7 @@ def test_local_vectors_find_the_exact_nearest_in_scope_scored_as_the_engine() ->
     query = rng.normal(size=6)
     allowed = local.rows(f"m{i}" for i in range(40))  # m40-m49 out of scope
     allowed[local.row["m3"]] = False  # held neutral
-    ids, scores = local.knn("embedding", list(query), 5, allowed)
+    ids, scores = local.knn(local.scope("embedding", allowed), list(query), 5)
     cosine = {d: float(docs[d].embedding @ query  # type: ignore[operator]
                        / np.linalg.norm(docs[d].embedding) / np.linalg.norm(query))
               for d in docs if d != "m3" and int(d[1:]) < 40}
@@ -135,7 +135,7 @@ def test_local_vectors_find_the_exact_nearest_in_scope_scored_as_the_engine() ->
     assert ids == expected
     assert np.allclose(scores, [(1 + cosine[d]) / 2 for d in expected])
     # Only documents that have the field: half have a behaviour vector.
-    ids, _ = local.knn("behaviour", list(rng.normal(size=4)), 100, allowed)
+    ids, _ = local.knn(local.scope("behaviour", allowed), list(rng.normal(size=4)), 100)
     assert len(ids) == 20 and all(int(d[1:]) % 2 == 0 for d in ids)
-    ids, scores = local.knn("embedding", list(query), 5, local.rows([]))
+    ids, scores = local.knn(local.scope("embedding", local.rows([])), list(query), 5)
     assert ids == [] and len(scores) == 0
