@@ -190,11 +190,17 @@ class QueryTerms:
     scores: npt.NDArray[np.float64]
     present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
-    # Each document's row: tuning asks one target's rank under many weights.
-    row: dict[str, int] = field(init=False, repr=False)
+    # The rows asked for: tuning asks one target's rank under many weights (a map of every
+    # document's row cost more memory than the scores).
+    asked: dict[str, int | None] = field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.row = {doc: n for n, doc in enumerate(self.ids)}
+    def row_of(self, doc: str) -> int | None:
+        if doc not in self.asked:
+            try:
+                self.asked[doc] = self.ids.index(doc)
+            except ValueError:
+                self.asked[doc] = None
+        return self.asked[doc]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -233,7 +239,7 @@ def top_ids(terms: QueryTerms, weights: BlendWeights, size: int) -> list[str]:
 
 def rank_of(terms: QueryTerms, weights: BlendWeights, doc: str, size: int) -> int | None:
     """``doc``'s 1-based place in the blend (None past ``size``), without sorting it."""
-    at = terms.row.get(doc)
+    at = terms.row_of(doc)
     if at is None:
         return None
     candidates, score = blend(terms, weights)
