@@ -186,7 +186,7 @@ class QueryTerms:
     user: UserVectors
     ids: list[str]
     # (documents, TERMS): the engine's float32 scores, held as float64 so that a blend's
-    # product with its weights needs no cast (the cast was most of a tuning step's time).
+    # product with its weights, asked for every candidate weight, needs no cast.
     scores: npt.NDArray[np.float64]
     present: npt.NDArray[np.bool_]  # (documents, TERMS): the term returned the document
     seen: npt.NDArray[np.bool_]  # (documents,): a held-neutral match
