@@ -132,6 +132,9 @@ class Settings:
     # vector (a ridge map fitted at each training on documents with both), at training and
     # at indexing, so the behaviour term reaches new and tail documents too.
     behaviour_text_map: bool = True
+    # How far a mapped vector is trusted against a learned one, in (0, 1]: its cosine to any
+    # user is this times its mapped direction's (the ranking file's).
+    behaviour_text_map_confidence: float = 0.5
     behaviour_train_interval_s: float = 24 * 3600.0
     # Automatic training: the first run once this many events are applied, then whenever
     # the log doubled; a run starts this long after it became due (a bulk import goes on).
@@ -308,6 +311,9 @@ def load_ranking(path: Path) -> dict[str, Any]:
             value = data.get(key, 0.0)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{key} must be a number >= 0")
+        confidence = data.get("behaviour_text_map_confidence", 1.0)
+        if not isinstance(confidence, int | float) or not 0 < confidence <= 1:
+            raise ValueError("behaviour_text_map_confidence must be a number in (0, 1]")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"ranking file {path}: {exc}") from None
     return dict(data)
@@ -329,6 +335,7 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "seen_policy": "seen_policy",
                 "embed_title_cleanup": "embed_title_cleanup",
                 "behaviour_text_map": "behaviour_text_map",
+                "behaviour_text_map_confidence": "behaviour_text_map_confidence",
                 "behaviour_model": "behaviour_model",
                 "behaviour_item2vec_window": "behaviour_item2vec_window",
                 "behaviour_item2vec_ns_exponent": "behaviour_item2vec_ns_exponent",
@@ -348,7 +355,9 @@ LISTED_CHOICES: dict[str, tuple[str, ...]] = {"embed_fields": EMBED_FIELDS}
 MINIMUM = {"popularity_flush_max_docs": 0.0, "popularity_tolerance": 0.0,
            "erase_tombstone_s": 0.0, "behaviour_item2vec_window": 1.0,
            "behaviour_item2vec_epochs": 1.0, "event_partitions": 1.0,
-           "behaviour_als_regularization": 0.0, "behaviour_support_exponent": 0.0}
+           "behaviour_als_regularization": 0.0, "behaviour_support_exponent": 0.0,
+           # One learned dimension and the one kept for vectors mapped from text.
+           "behaviour_dims": 2.0}
 FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -419,4 +428,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             values[name] = env.get(PREFIX + variable) or None
         else:
             values[name] = env.get(PREFIX + variable) or default
+    if not 0 < values["behaviour_text_map_confidence"] <= 1:
+        raise ConfigError(f"{PREFIX}BEHAVIOUR_TEXT_MAP_CONFIDENCE must be in (0, 1], got "
+                          f"{values['behaviour_text_map_confidence']:g}")
     return Settings(**values)

@@ -28,6 +28,17 @@ FloatArray = npt.NDArray[np.float64]
 MIN_RELATIVE_NORM = 1e-3
 
 
+def behaviour_for_fold(vector: npt.ArrayLike) -> FloatArray:
+    """A document's behaviour vector as it enters a user's: without the space's last
+    dimension, which a learned vector leaves at 0 and a vector mapped from text fills with
+    its doubt (plugin/pipeline/behaviour.py). No user has it, so a mapped document's
+    similarity to any user is its confidence times that of its mapped direction, and it
+    adds that much less to the users who interact with it."""
+    out = np.array(vector, dtype=np.float64)
+    out[-1] = 0.0
+    return out
+
+
 @dataclass(frozen=True)
 class DocVector:
     """What a fold needs of an indexed document: its embedding and its tags."""
@@ -317,7 +328,9 @@ def contributions(event: Mapping[str, Any], docs: Mapping[str, DocVector]) -> li
     if doc_id is not None:
         doc = docs[doc_id]
         items.append(Contribution(timestamp, float(event["weight"]), doc.embedding,
-                                  event["type"], doc.tags, doc.behaviour,
+                                  event["type"], doc.tags,
+                                  None if doc.behaviour is None
+                                  else behaviour_for_fold(doc.behaviour),
                                   doc.behaviour_version))
     if event.get("text_embedding") is not None:
         items.append(Contribution(timestamp, float(event["weight"]), event["text_embedding"],

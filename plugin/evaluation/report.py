@@ -560,16 +560,24 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "time: item2vec's window, negative-sampling exponent and epochs, ALS's "
                   "penalty and how many users a document needs for a vector), then cold "
                   "documents' vectors mapped from their text (a ridge map fitted on documents "
-                  "with both), each trained from the log and scored with the blend the "
+                  "with both; `confidence`: how far a mapped vector is trusted against a "
+                  "learned one, its cosine to any user that share of its mapped "
+                  "direction's), each trained from the log and scored with the blend the "
                   "ranking file ships for the engine's default strategy (its weights, seen "
                   "policy and short half-life, with its two behaviour weights searched again "
                   "for each candidate; every validation query, first engine). The choice is "
                   "the tuning objective's (the seen policy's above; its floors here: the "
                   "shipped non-personalized default and BM25 + popularity of that strategy); "
+                  "the map's step (no map against each confidence) holds the tail targets to "
+                  "their floor too (the better of the two on them"
+                  + (f", {choice['tail_floor']:.4f}" if "tail_floor" in choice else "")
+                  + "), as the map is for them and reads their text, not their users; "
                   "NDCG@10 per protocol and on tail targets beside it:",
-                  "", "| settings | objective | term | words | refind | tail |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "", "| settings | objective | with the tail floor | term | words | refind "
+                  "| tail |", "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {name} | {v['objective']:.4f} | "
+                  + (f"{v['objective_tail_floor']:.4f}" if "objective_tail_floor" in v
+                     else "-") + " | "
                   + " | ".join(f"{v[p]:.4f}" for p in (*PROTOCOLS, "tail")) + " |"
                   for name, v in choice["validation"].items()]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"

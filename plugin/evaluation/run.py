@@ -148,8 +148,10 @@ MODEL_GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
             "behaviour_min_interactions": (3, 1)},
 }
 MODEL_SETTINGS = tuple(k for grid in MODEL_GRIDS.values() for k in grid)
-BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", *MODEL_SETTINGS,
-                      "behaviour_support_exponent")
+# How far a vector mapped from text is trusted against a learned one, where the map is tried.
+TEXT_MAP_CONFIDENCES = (0.3, 0.5, 0.7)
+BEHAVIOUR_SETTINGS = ("behaviour_model", "behaviour_text_map", "behaviour_text_map_confidence",
+                      *MODEL_SETTINGS, "behaviour_support_exponent")
 # How much the behaviour terms trust a model learned from little data (the weights scaled by
 # its target coverage to this power), chosen on validation at the run's own size and at
 # these smaller ones (the first so many users, each on its own deployment): one deployment
@@ -496,6 +498,7 @@ class Tuned:
     behaviour: dict[str, Any] | None = None
     # Per candidate: the tuning objective, each protocol's NDCG@10 and the tail's.
     behaviour_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    behaviour_tail_floor: float | None = None
     # The strategies in the order `auto` prefers: the shipped one, where validation surely
     # says otherwise changed (``stable_order``; the first engine, which personalizes each).
     strategy_order: list[str] = field(default_factory=list)
@@ -624,7 +627,9 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
                         "floors": tuned.validation_floors, "margin_se": FLOOR_MARGIN_SE},
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
-                             "validation": tuned.behaviour_validation},
+                             "validation": tuned.behaviour_validation,
+                             **({"tail_floor": tuned.behaviour_tail_floor}
+                                if tuned.behaviour_tail_floor is not None else {})},
         "behaviour_support": tuned.support_validation,
         "strategy_choice": {"order": tuned.strategy_order,
                             "validation": tuned.strategy_validation,
@@ -956,9 +961,12 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     protocols' mean, held to each protocol's floor), so a model is not chosen for finding
     again what the user knows at the cost of what is new; the floors here are the shipped
     non-personalized default's and BM25 + popularity's for ``strategy`` (the comparator is
-    tuned after the vectors it would otherwise wait on). The tail targets get no floor of
-    their own here: tried, it chose one user a document for a vector, and the leak bound
-    traced that choice's gain to other users' later events.
+    tuned after the vectors it would otherwise wait on). The model's choice gives the tail
+    targets no floor of their own: tried, it chose one user a document for a vector, and the
+    leak bound traced that choice's gain to other users' later events. The map's step (each
+    of TEXT_MAP_CONFIDENCES, or none) does: the map exists for the documents with too few
+    users, and it reads their text, not their users, so the tail targets are held to their
+    floor (the best non-personalized ranking on them) like a protocol.
 
     The candidates share every term search but the behaviour terms' (``TermStore``): each
     training rewrites the documents, which moves BM25's statistics and the kNN graphs a
@@ -974,14 +982,18 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         plain = replace(BlendWeights(**shipped.blend_weights_without_behaviour[strategy]),
                         **dict.fromkeys(USER_TERMS, 0.0))
         floors: Floors = {}
+        tail_queries = [q for q, t in zip(validation, tail, strict=True) if t]
+        tail_floor: list[float] = []
 
-        def score(choice: dict[str, Any]) -> float:
+        def score(choice: dict[str, Any]) -> dict[str, float]:
             own = ("behaviour_model", "behaviour_text_map",
+                   *(("behaviour_text_map_confidence",) if choice["behaviour_text_map"]
+                     else ()),
                    *MODEL_GRIDS.get(choice["behaviour_model"], {}))
             label = ", ".join(f"{k.removeprefix('behaviour_')} {choice[k]}"
                               for k in own).lower()
             if label in tuned.behaviour_validation:
-                return tuned.behaviour_validation[label]["objective"]
+                return tuned.behaviour_validation[label]
             candidate = Services(replace(services.settings, **choice))
             # The profiles are folded here from the documents' vectors: the users' interest
             # documents need no re-fold until the model chosen is trained.
@@ -996,6 +1008,9 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                     evaluator.ndcg(Method("floor", w, None, strategy),
                                    [q for q in validation if q.protocol == p])
                     for w in (plain, replace(plain, query=0.0))) for p in data.PROTOCOLS})
+                tail_floor.append(max(
+                    (evaluator.ndcg(Method("floor", w, None, strategy), tail_queries)
+                     for w in (plain, replace(plain, query=0.0))), default=0.0))
             # The shipped behaviour weights were tuned for the shipped vectors; each
             # candidate's own scale gets its own two weights (offline, where the strategy can).
             fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
@@ -1005,24 +1020,36 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                 Method("behaviour", fitted, "dynamic", strategy,
                        seen_policy=shipped.seen_policy), validation, "behaviour"))["ndcg@10"]
             value = objective(ndcg, validation, floors)
-            tuned.behaviour_validation[label] = {
-                "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
+            mine = ndcg[tail]
+            error = float(mine.std(ddof=1) / np.sqrt(mine.size)) if mine.size > 1 else 0.0
+            entry = tuned.behaviour_validation[label] = {
+                "objective": value, "tail": float(mine.mean()) if mine.size else 0.0,
+                "objective_tail_floor": value + min(0.0, float(mine.mean()) - tail_floor[0]
+                                                    - FLOOR_MARGIN_SE * error)
+                if mine.size else value,
                 **metrics.protocol_means(ndcg, validation)}
-            progress(f"behaviour {label}: validation {tuned.behaviour_validation[label]} "
+            progress(f"behaviour {label}: validation {entry} "
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
-            return value
+            return entry
 
         def model(name: str) -> dict[str, Any]:
             return {"behaviour_model": name, "behaviour_text_map": False,
+                    "behaviour_text_map_confidence":
+                        services.settings.behaviour_text_map_confidence,
                     **{k: getattr(services.settings, k) for k in MODEL_SETTINGS}}
 
-        best = model(max(BEHAVIOUR_MODELS, key=lambda m: (score(model(m)),
+        best = model(max(BEHAVIOUR_MODELS, key=lambda m: (score(model(m))["objective"],
                                                           m == BEHAVIOUR_MODELS[0])))
         for key, values in MODEL_GRIDS.get(best["behaviour_model"], {}).items():
             # Ties keep the configured value.
-            best[key] = max(values, key=lambda v: (score({**best, key: v}), v == best[key]))
-        with_map = {**best, "behaviour_text_map": True}
-        tuned.behaviour = with_map if score(with_map) > score(best) else best
+            best[key] = max(values, key=lambda v: (score({**best, key: v})["objective"],
+                                                   v == best[key]))
+        mapped = [{**best, "behaviour_text_map": True, "behaviour_text_map_confidence": c}
+                  for c in TEXT_MAP_CONFIDENCES]
+        # Ties keep no map.
+        tuned.behaviour = max([best, *mapped], key=lambda choice: (
+            score(choice)["objective_tail_floor"], choice is best))
+        tuned.behaviour_tail_floor = tail_floor[0] if tail_floor else None
     chosen = Services(replace(services.settings, **tuned.behaviour))
     return chosen, behaviour.train(chosen)
 

@@ -7,15 +7,22 @@ the counts into positive pointwise mutual information (with the usual 0.75 smoot
 context counts) and factors that document x document matrix with a truncated SVD (scipy),
 each document getting ``U * sqrt(S)``; ``item2vec`` is gensim's skip-gram with negative
 sampling over each user's time-ordered likes; ``als`` is ``implicit``'s alternating least
-squares on the user x document matrix. Each gives ``behaviour_dims`` dimensions, scaled to
-unit length.
+squares on the user x document matrix. Each learns ``behaviour_dims - 1`` dimensions, scaled
+to unit length; the space's last dimension is kept for vectors mapped from text, below.
 
 Each run is a *version*: documents get ``behaviour`` and ``behaviour_version``; documents with
 fewer than ``behaviour_min_interactions`` users are left without (search serves them by their
-content vector). Vectors of two runs live in different spaces, so users are then re-folded
-from the event log (the exact rebuild), and until a user's version matches the documents',
-search leaves that user's behaviour term out. Each run also records how much of what users
-take next its vectors cover (``target_coverage``): search weighs the behaviour terms by it.
+content vector), or with ``behaviour_text_map`` get one mapped from their content vector,
+less trusted than a learned one: its mapped direction times ``behaviour_text_map_confidence``,
+the rest of its unit length in the last dimension, which no user's vector has
+(``plugin.interest.behaviour_for_fold``). Its cosine to any user is then the confidence times
+its direction's, so a crowd of mapped vectors, which sit nearer the space's centre than
+learned ones, does not push the learned ones out.
+
+Vectors of two runs live in different spaces, so users are then re-folded from the event log
+(the exact rebuild), and until a user's version matches the documents', search leaves that
+user's behaviour term out. Each run also records how much of what users take next its
+vectors cover (``target_coverage``): search weighs the behaviour terms by it.
 """
 
 from __future__ import annotations
@@ -135,11 +142,16 @@ def fit_text_map(content: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
     return fit(content, behaviour, alpha)
 
 
-def map_text(text_map: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """Unit behaviour-space vectors of documents from their content vectors (rows)."""
+def map_text(text_map: np.ndarray, content: np.ndarray, confidence: float = 1.0
+             ) -> np.ndarray:
+    """Unit behaviour-space vectors of documents from their content vectors (rows): the
+    mapped direction (the learned dimensions) times ``confidence``, the rest of the unit
+    length in the last dimension."""
     mapped = np.atleast_2d(content) @ text_map
     norms = np.linalg.norm(mapped, axis=1, keepdims=True)
-    return mapped / np.where(norms > 0, norms, 1.0)
+    direction = confidence * mapped / np.where(norms > 0, norms, 1.0)
+    doubt = np.full((len(direction), 1), np.sqrt(max(0.0, 1.0 - confidence ** 2)))
+    return np.hstack([direction, doubt])
 
 
 def _text_map_key(services: Services, version: str) -> str:
@@ -156,7 +168,7 @@ def text_map(services: Services, version: str) -> np.ndarray | None:
         raw = services.redis.get(key)
         if raw is None:
             return None  # not cached: a run may write it yet
-        shape = (services.embedder.dims, services.settings.behaviour_dims)
+        shape = (services.embedder.dims, services.settings.behaviour_dims - 1)
         _TEXT_MAPS[key] = np.frombuffer(base64.b64decode(raw), dtype="<f4").reshape(
             shape).astype(np.float64)
     return _TEXT_MAPS[key]
@@ -273,17 +285,21 @@ def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
 
 def learn_vectors(settings: Settings, sequences: dict[str, list[str]]
                   ) -> dict[str, np.ndarray]:
-    """The documents' behaviour vectors by the configured model (BEHAVIOUR_MODELS)."""
-    model, dims = settings.behaviour_model, settings.behaviour_dims
+    """The documents' behaviour vectors by the configured model (BEHAVIOUR_MODELS), the
+    space's last dimension (kept for vectors mapped from text) 0."""
+    model, dims = settings.behaviour_model, settings.behaviour_dims - 1
     min_users = settings.behaviour_min_interactions
     if model == "item2vec":
-        return item2vec_vectors(sequences, dims, min_users, settings.behaviour_item2vec_window,
-                                settings.behaviour_item2vec_ns_exponent,
-                                settings.behaviour_item2vec_epochs)
-    if model == "als":
-        return als_vectors(sequences, dims, min_users, settings.behaviour_als_regularization)
-    return item_vectors([(u, d) for u, docs in sequences.items() for d in docs], dims,
-                        min_users)
+        learned = item2vec_vectors(sequences, dims, min_users,
+                                   settings.behaviour_item2vec_window,
+                                   settings.behaviour_item2vec_ns_exponent,
+                                   settings.behaviour_item2vec_epochs)
+    elif model == "als":
+        learned = als_vectors(sequences, dims, min_users, settings.behaviour_als_regularization)
+    else:
+        learned = item_vectors([(u, d) for u, docs in sequences.items() for d in docs], dims,
+                               min_users)
+    return {d: np.append(v, 0.0) for d, v in learned.items()}
 
 
 def current_version(services: Services) -> str | None:
@@ -324,8 +340,9 @@ def train(services: Services, refold: bool = True,
         cold = [d for d in content if d not in vectors]
         if len(known) > 2 and cold:
             mapping = fit_text_map(np.stack([content[d] for d in known]),
-                                   np.stack([vectors[d] for d in known]))
-            vectors.update(zip(cold, map_text(mapping, np.stack([content[d] for d in cold])),
+                                   np.stack([vectors[d][:-1] for d in known]))
+            vectors.update(zip(cold, map_text(mapping, np.stack([content[d] for d in cold]),
+                                              settings.behaviour_text_map_confidence),
                                strict=True))
             services.redis.set(_text_map_key(services, version),
                                base64.b64encode(mapping.astype("<f4").tobytes()))

@@ -89,8 +89,10 @@ def _text_mapper(services: Services) -> Callable[[np.ndarray], dict[str, Any]]:
     mapping = behaviour.text_map(services, version) if version else None
     if mapping is None:
         return lambda _: {}
+    confidence = services.settings.behaviour_text_map_confidence
     return lambda vector: {
-        "behaviour": [round(float(x), 6) for x in behaviour.map_text(mapping, vector)[0]],
+        "behaviour": [round(float(x), 6)
+                      for x in behaviour.map_text(mapping, vector, confidence)[0]],
         "behaviour_version": version}
 
 

@@ -277,10 +277,13 @@ def test_cold_documents_get_behaviour_vectors_from_their_text(learning: Services
     assert not pipeline.index_documents(mapped, [late], refresh=True).errors
     found = mapped.engine.mget_sources(mapped.settings.docs_alias,
                                        [f"{run}-cold", f"{run}-late"])
+    doubt = np.sqrt(1 - mapped.settings.behaviour_text_map_confidence ** 2)
     for source in found.values():
         assert source["behaviour_version"] == trained["version"]
         assert len(source["behaviour"]) == mapped.settings.behaviour_dims
         assert np.linalg.norm(source["behaviour"]) == pytest.approx(1.0, abs=1e-4)
+        # Trusted less than a learned vector, whose last dimension is 0.
+        assert source["behaviour"][-1] == pytest.approx(doubt, abs=1e-5)
 
 
 def test_popularity_writes_are_rationed_by_change_and_budget(learning: Services) -> None:

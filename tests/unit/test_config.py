@@ -103,6 +103,22 @@ def test_the_ranking_file_gives_a_behaviour_number(tmp_path: Path, key: str,
         load_settings({variable: "-1"})
 
 
+def test_the_text_maps_confidence_is_a_share(tmp_path: Path) -> None:
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "behaviour_text_map_confidence": 0.3}))
+    chosen = {"ES_INTEREST_RANKING_FILE": str(path)}
+    assert load_settings(chosen).behaviour_text_map_confidence == 0.3
+    assert load_settings({**chosen, "ES_INTEREST_BEHAVIOUR_TEXT_MAP_CONFIDENCE": "1"}
+                         ).behaviour_text_map_confidence == 1.0
+    for wrong in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="CONFIDENCE must be in \\(0, 1\\]"):
+            load_settings({**chosen, "ES_INTEREST_BEHAVIOUR_TEXT_MAP_CONFIDENCE": wrong})
+    path.write_text(json.dumps({**ranking, "behaviour_text_map_confidence": 0}))
+    with pytest.raises(ConfigError, match="behaviour_text_map_confidence must be a number"):
+        load_settings(chosen)
+
+
 def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Path) -> None:
     ranking = json.loads(SHIPPED_RANKING.read_text())
     path = tmp_path / "ranking.json"

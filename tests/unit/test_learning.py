@@ -75,10 +75,11 @@ def test_behaviour_vectors_put_documents_liked_by_the_same_users_together() -> N
     assert all(np.allclose(again[d], v) for d, v in vectors.items())
 
 
-def _two_communities(vectors: dict[str, np.ndarray], margin: float = 0.5) -> None:
+def _two_communities(vectors: dict[str, np.ndarray], margin: float = 0.5, dims: int = 8
+                     ) -> None:
     assert "rare" not in vectors and len(vectors) == 20
     for vector in vectors.values():
-        assert vector.shape == (8,) and np.linalg.norm(vector) == pytest.approx(1.0)
+        assert vector.shape == (dims,) and np.linalg.norm(vector) == pytest.approx(1.0)
     within = np.mean([vectors[f"a{i}"] @ vectors[f"a{j}"] for i in range(10) for j in range(i)])
     across = np.mean([vectors[f"a{i}"] @ vectors[f"b{j}"] for i in range(10) for j in range(10)])
     assert within > across + margin
@@ -94,12 +95,13 @@ def test_every_behaviour_model_separates_two_communities(model: str, margin: flo
                               for i in rng.choice(10, size=6, replace=False)]
                  for user in range(120)}
     sequences["u1"].append("rare")  # one user only: below min_users, no vector
-    config = replace(load_settings({}), behaviour_model=model, behaviour_dims=8,
+    # Eight learned dimensions and the one kept for vectors mapped from text.
+    config = replace(load_settings({}), behaviour_model=model, behaviour_dims=9,
                      behaviour_min_interactions=2)
     vectors = learn_vectors(config, sequences)
-    _two_communities(vectors, margin)
+    _two_communities(vectors, margin, dims=9)
     for vector in vectors.values():
-        assert np.linalg.norm(vector) == pytest.approx(1.0)
+        assert np.linalg.norm(vector) == pytest.approx(1.0) and vector[-1] == 0.0
     # The same log gives the same vectors (fixed seeds, one worker).
     again = learn_vectors(config, sequences)
     assert all(np.allclose(again[d], v, atol=1e-5) for d, v in vectors.items())
@@ -110,11 +112,11 @@ def test_alss_penalty_reaches_the_model_and_keeps_the_communities() -> None:
     sequences = {f"u{user}": [f"{'a' if user < 60 else 'b'}{i}"
                               for i in rng.choice(10, size=6, replace=False)]
                  for user in range(120)}
-    base = replace(load_settings({}), behaviour_model="als", behaviour_dims=8,
+    base = replace(load_settings({}), behaviour_model="als", behaviour_dims=9,
                    behaviour_min_interactions=2)
     light = learn_vectors(replace(base, behaviour_als_regularization=0.05), sequences)
     heavy = learn_vectors(replace(base, behaviour_als_regularization=2.0), sequences)
-    _two_communities(heavy)
+    _two_communities(heavy, dims=9)
     assert not all(np.allclose(light[d], heavy[d], atol=1e-3) for d in light)
 
 
@@ -154,8 +156,27 @@ def test_the_text_map_reproduces_training_documents_behaviour_vectors() -> None:
     content = rng.normal(size=(400, 24))
     truth = rng.normal(size=(24, 8))
     behaviour = map_text(truth, content)  # unit rows, as training writes them
+    assert np.allclose(behaviour[:, -1], 0.0)  # fully trusted: no doubt
     mapping = fit_text_map(content, content @ truth)
     mapped = map_text(mapping, content)
     assert np.allclose(np.linalg.norm(mapped, axis=1), 1.0)
     # Cosine to the document's own vector, on the documents it was fitted on.
     assert np.min(np.sum(mapped * behaviour, axis=1)) > 0.99
+
+
+def test_a_mapped_vector_is_trusted_by_its_confidence() -> None:
+    """A mapped vector keeps unit length; its cosine to any user (whose vectors never have
+    the last dimension) is the confidence times its direction's, and it adds that much
+    less to a user who interacts with it."""
+    from plugin.interest import behaviour_for_fold
+    from plugin.pipeline.behaviour import map_text
+
+    rng = np.random.default_rng(2)
+    mapping, content = rng.normal(size=(24, 8)), rng.normal(size=(50, 24))
+    full, doubted = map_text(mapping, content), map_text(mapping, content, 0.4)
+    assert doubted.shape == (50, 9)
+    assert np.allclose(np.linalg.norm(doubted, axis=1), 1.0)
+    user = behaviour_for_fold(rng.normal(size=9))
+    assert user[-1] == 0.0
+    assert np.allclose(doubted @ user, 0.4 * (full @ user))
+    assert np.allclose(np.linalg.norm([behaviour_for_fold(v) for v in doubted], axis=1), 0.4)
