@@ -327,11 +327,17 @@ def _objective(ndcg: np.ndarray, protocols: np.ndarray, floors: Floors,
     discovery = np.isin(protocols, list(data.DISCOVERY))
     score = float(ndcg[discovery].mean()) if discovery.any() else 0.0
     for protocol, floor in floors.items():
-        mine = ndcg[protocols == protocol]
-        if mine.size:
-            error = float(mine.std(ddof=1) / np.sqrt(mine.size)) if mine.size > 1 else 0.0
-            score += min(0.0, float(mine.mean()) - floor - margin_se * error)
+        score += shortfall(ndcg[protocols == protocol], floor, margin_se)
     return score
+
+
+def shortfall(ndcg: np.ndarray, floor: float, margin_se: float = FLOOR_MARGIN_SE) -> float:
+    """How far one kind of query's mean NDCG@10 falls below its floor plus ``margin_se``
+    standard errors of that mean (0 where it does not, or there is no query)."""
+    if not ndcg.size:
+        return 0.0
+    error = float(ndcg.std(ddof=1) / np.sqrt(ndcg.size)) if ndcg.size > 1 else 0.0
+    return min(0.0, float(ndcg.mean()) - floor - margin_se * error)
 
 
 def offline_profiles(split: data.Split, doc_vectors: dict[str, Any],
@@ -1020,13 +1026,9 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                 Method("behaviour", fitted, "dynamic", strategy,
                        seen_policy=shipped.seen_policy), validation, "behaviour"))["ndcg@10"]
             value = objective(ndcg, validation, floors)
-            mine = ndcg[tail]
-            error = float(mine.std(ddof=1) / np.sqrt(mine.size)) if mine.size > 1 else 0.0
             entry = tuned.behaviour_validation[label] = {
-                "objective": value, "tail": float(mine.mean()) if mine.size else 0.0,
-                "objective_tail_floor": value + min(0.0, float(mine.mean()) - tail_floor[0]
-                                                    - FLOOR_MARGIN_SE * error)
-                if mine.size else value,
+                "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
+                "objective_tail_floor": value + shortfall(ndcg[tail], tail_floor[0]),
                 **metrics.protocol_means(ndcg, validation)}
             progress(f"behaviour {label}: validation {entry} "
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")

@@ -16,8 +16,8 @@ content vector), or with ``behaviour_text_map`` get one mapped from their conten
 less trusted than a learned one: its mapped direction times ``behaviour_text_map_confidence``,
 the rest of its unit length in the last dimension, which no user's vector has
 (``plugin.interest.behaviour_for_fold``). Its cosine to any user is then the confidence times
-its direction's, so a crowd of mapped vectors, which sit nearer the space's centre than
-learned ones, does not push the learned ones out.
+its direction's: mapped vectors sit nearer the space's centre than learned ones, and at
+full trust their crowd pushes the learned ones out of users' nearest documents.
 
 Vectors of two runs live in different spaces, so users are then re-folded from the event log
 (the exact rebuild), and until a user's version matches the documents', search leaves that

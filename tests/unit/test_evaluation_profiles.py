@@ -18,6 +18,7 @@ from plugin.evaluation.run import (
     objective,
     overtake_share,
     query_time_profiles,
+    shortfall,
     stable_order,
     time_buckets,
 )
@@ -139,6 +140,15 @@ def test_a_floor_counts_as_met_only_a_standard_error_above_it() -> None:
     # An identical blend with less spread there clears it.
     steady = np.array([0.2, 0.2, 0.35, 0.35])
     assert objective(steady, queries, floors, margin_se=2.0) == pytest.approx(0.2)
+
+
+def test_a_shortfall_is_what_a_kind_of_query_lacks_of_its_floor() -> None:
+    """The tail targets' floor in the text map's choice is charged as a protocol's is."""
+    assert shortfall(np.array([0.3, 0.4]), 0.2, margin_se=0) == 0.0
+    assert shortfall(np.array([0.1, 0.1]), 0.2) == pytest.approx(-0.1)
+    # Mean 0.35, standard error 0.05: a floor of 0.3 is charged 0.05 at 2 errors.
+    assert shortfall(np.array([0.3, 0.4]), 0.3, margin_se=2.0) == pytest.approx(-0.05)
+    assert shortfall(np.array([]), 0.5) == 0.0  # no such query: nothing to charge
 
 
 def test_a_strategy_overtakes_the_shipped_order_only_surely() -> None:
