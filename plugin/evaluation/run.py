@@ -504,6 +504,7 @@ class Tuned:
     behaviour: dict[str, Any] | None = None
     # Per candidate: the tuning objective, each protocol's NDCG@10 and the tail's.
     behaviour_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The tail targets' floor in the text map's step (the best ranking without a user on them).
     behaviour_tail_floor: float | None = None
     # The strategies in the order `auto` prefers: the shipped one, where validation surely
     # says otherwise changed (``stable_order``; the first engine, which personalizes each).
@@ -989,7 +990,6 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                         **dict.fromkeys(USER_TERMS, 0.0))
         floors: Floors = {}
         tail_queries = [q for q, t in zip(validation, tail, strict=True) if t]
-        tail_floor: list[float] = []
 
         def score(choice: dict[str, Any]) -> dict[str, float]:
             own = ("behaviour_model", "behaviour_text_map",
@@ -1014,9 +1014,9 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                     evaluator.ndcg(Method("floor", w, None, strategy),
                                    [q for q in validation if q.protocol == p])
                     for w in (plain, replace(plain, query=0.0))) for p in data.PROTOCOLS})
-                tail_floor.append(max(
+                tuned.behaviour_tail_floor = max(
                     (evaluator.ndcg(Method("floor", w, None, strategy), tail_queries)
-                     for w in (plain, replace(plain, query=0.0))), default=0.0))
+                     for w in (plain, replace(plain, query=0.0))), default=0.0)
             # The shipped behaviour weights were tuned for the shipped vectors; each
             # candidate's own scale gets its own two weights (offline, where the strategy can).
             fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
@@ -1028,7 +1028,8 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             value = objective(ndcg, validation, floors)
             entry = tuned.behaviour_validation[label] = {
                 "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
-                "objective_tail_floor": value + shortfall(ndcg[tail], tail_floor[0]),
+                "objective_tail_floor": value + shortfall(ndcg[tail],
+                                                          tuned.behaviour_tail_floor or 0.0),
                 **metrics.protocol_means(ndcg, validation)}
             progress(f"behaviour {label}: validation {entry} "
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
@@ -1051,7 +1052,6 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         # Ties keep no map.
         tuned.behaviour = max([best, *mapped], key=lambda choice: (
             score(choice)["objective_tail_floor"], choice is best))
-        tuned.behaviour_tail_floor = tail_floor[0] if tail_floor else None
     chosen = Services(replace(services.settings, **tuned.behaviour))
     return chosen, behaviour.train(chosen)
 
