@@ -1,7 +1,8 @@
 """Fault injection with real processes and sockets, on loopback only (no mocks).
 
 - :class:`StallingForwarder`: a TCP forwarder in front of a real engine that can stop passing
-  bytes, as a stalled node (GC pause, SIGSTOP, a dead switch) looks to a client.
+  bytes, as a stalled node (GC pause, SIGSTOP, a dead switch) looks to a client, now or at
+  the first request that holds a given byte string (a fault at a known step of a task).
 - :class:`PrivateRedis`: a real ``redis-server`` on a free port, to stop under a running app.
 """
 
@@ -30,6 +31,8 @@ class StallingForwarder:
         self.port = free_port()
         self._running = threading.Event()
         self._running.set()  # set: bytes flow; clear: stalled
+        self._trigger: bytes | None = None
+        self.tripped = threading.Event()  # set once a request met the trigger
         self._closed = False
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._server.settimeout(0.2)
@@ -42,7 +45,12 @@ class StallingForwarder:
     def stall(self) -> None:
         self._running.clear()
 
+    def stall_on(self, pattern: bytes) -> None:
+        """Stall before passing on the first client chunk that holds ``pattern``."""
+        self._trigger = pattern
+
     def resume(self) -> None:
+        self._trigger = None
         self._running.set()
 
     def close(self) -> None:
@@ -57,15 +65,19 @@ class StallingForwarder:
             except (TimeoutError, OSError):
                 continue
             upstream = socket.create_connection(self.target)
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, watched in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, watched), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, watched: bool) -> None:
         with contextlib.suppress(OSError):
             while not self._closed:
                 data = source.recv(65536)
                 if not data:
                     break
+                trigger = self._trigger
+                if watched and trigger is not None and trigger in data:
+                    self._running.clear()
+                    self.tripped.set()
                 self._running.wait()
                 sink.sendall(data)
         for s in (source, sink):
