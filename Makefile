@@ -7,7 +7,7 @@ STATE := .devstack
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up up-cluster down status browser compose-check demo demo-services test lint bench soak eval eval-quick clean
+.PHONY: help venv up up-cluster down status browser compose-check demo demo-services test lint bench soak eval eval-quick eval-api clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ eval: venv up  ## the full offline evaluation on MovieLens: docs/evaluation.md a
 
 eval-quick: venv up  ## the same on 40 users (a few minutes): bench/results/eval-quick/
 	$(BIN)/es-interest eval --quick
+
+eval-api: venv up  ## the product through its HTTP API on held-out likes: docs/api_check.md
+	$(BIN)/es-interest eval-api
 
 clean: down  ## stop everything and delete data, build outputs and the venv
 	rm -rf $(STATE) $(VENV) devstack/*/target

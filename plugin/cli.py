@@ -614,6 +614,29 @@ def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None,
                + (f" and {shipped}" if shipped else f"; chosen: {out / 'ranking.json'}"))
 
 
+@main.command("eval-api")
+@click.option("--engine", type=click.Choice(list(LOCAL_ENGINE_URLS)), default="elasticsearch",
+              show_default=True, help="the engine of `make up` to build the deployment on")
+@click.option("--users", type=click.IntRange(min=1), default=150, show_default=True,
+              help="users whose latest likes are held out and searched for")
+@click.option("--held-out", type=click.IntRange(min=1), default=2, show_default=True,
+              help="how many of each such user's latest likes")
+@click.option("--seed", type=int, default=11, show_default=True, help="the users' sample")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="default: docs/ (api_check.md and .json)")
+def evaluate_api(engine: str, users: int, held_out: int, seed: int,
+                 out_dir: Path | None) -> None:
+    """The product end to end: a MovieLens deployment of its own, held-out likes searched
+    for through the HTTP API with and without the user (configured settings)."""
+    from plugin.config import REPO_ROOT
+    from plugin.evaluation import api_check
+
+    result = api_check.run(engine, users, held_out, seed, echo=click.echo)
+    path = api_check.write(result, out_dir or REPO_ROOT / "docs")
+    click.echo(api_check.report(result))
+    click.echo(f"written: {path}")
+
+
 @main.command()
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
               default=Path("ranking.tuned.json"), show_default=True,

@@ -50,9 +50,11 @@ WEIGHT_NAMES = (*BLEND_TERMS, "seen", "seen_crowding", "ambiguity")
 # What the personal terms give documents the user already interacted with: ``neutral``, the
 # ``seen`` share of their weight instead of their own similarity, so the boost goes to what
 # they have not seen; ``keep``, no boost and exactly their place in the same search without
-# the user (the other places go to the rest, in personalized order); ``own``, their
-# similarity like any other document.
-SEEN_POLICIES = ("neutral", "keep", "own")
+# the user (the other places go to the rest, in personalized order); ``floor``, neutral's
+# share, and never a place below the one the search without the user gives them (a word of
+# a title the user knows finds it where it always did); ``own``, their similarity like any
+# other document.
+SEEN_POLICIES = ("neutral", "keep", "floor", "own")
 # Behaviour (collaborative) models: PPMI + truncated SVD, item2vec (skip-gram with negative
 # sampling over users' time-ordered likes), implicit-feedback ALS.
 BEHAVIOUR_MODELS = ("ppmi_svd", "item2vec", "als")

@@ -367,7 +367,8 @@ def search(services: Services, params: SearchParams) -> SearchResult:
             if "error" in answer:
                 raise EngineError(f"the engine refused the search: {answer['error']}")
         response["hits"]["hits"] = keep_plain_places(
-            named_hits(response), named_hits(plain), set(held), window)[params.offset:]
+            named_hits(response), named_hits(plain), set(held), window,
+            floor=services.settings.seen_policy == "floor")[params.offset:]
     else:
         response = services.engine.search(services.settings.docs_alias, bodies[0])
         named_hits(response)
@@ -410,30 +411,49 @@ def held_neutral(services: Services, user: UserVectors) -> tuple[str, ...]:
 
 def places_kept(services: Services, user: UserVectors, weights: BlendWeights
                 ) -> tuple[BlendWeights, bool]:
-    """Whether this search places the user's seen documents where the search without the
-    user puts them (seen_policy ``keep``, a user with seen documents and a user term), and
-    the weights for it: no seen share then, as the places replace it."""
-    keep = (services.settings.seen_policy == "keep" and bool(user.seen)
+    """Whether this search places the user's seen documents by the search without the user
+    (seen_policy ``keep``: at their places there; ``floor``: there or higher), for a user
+    with seen documents and a user term, and the weights for it: ``keep`` gives no seen
+    share, as the places replace it."""
+    policy = services.settings.seen_policy
+    keep = (policy in PLACED_POLICIES and bool(user.seen)
             and bool(strategies.user_terms(user, weights)))
-    return (replace(weights, seen=0.0) if keep else weights), keep
+    return (replace(weights, seen=0.0) if keep and policy == "keep" else weights), keep
+
+
+# The seen policies whose seen documents take places from the search without the user.
+PLACED_POLICIES = ("keep", "floor")
 
 
 def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],
-                      seen: set[str], window: int) -> list[JSON]:
+                      seen: set[str], window: int, floor: bool = False) -> list[JSON]:
     """The ``keep`` policy's list: each seen document at its place in the search without
     the user (``plain``), the other places filled with the unseen documents in personalized
-    order; seen documents past the plain list's window only after the unseen run out."""
-    kept = {place: hit for place, hit in enumerate(plain[:window]) if hit["_id"] in seen}
-    placed = {hit["_id"] for hit in kept.values()}
-    unseen = iter([hit for hit in personalized if hit["_id"] not in seen])
-    rest = iter([hit for hit in personalized
-                 if hit["_id"] in seen and hit["_id"] not in placed])
+    order; seen documents past the plain list's window only after the unseen run out. With
+    ``floor``, a seen document takes the better of its two places (personalized or plain),
+    and one in neither window comes after the unseen."""
+    targets: dict[str, tuple[int, JSON]] = {
+        h["_id"]: (place, h) for place, h in enumerate(plain[:window]) if h["_id"] in seen}
+    if floor:
+        for place, h in enumerate(personalized[:window]):
+            if h["_id"] in seen and place < targets.get(h["_id"], (window, h))[0]:
+                targets[h["_id"]] = (place, h)
+    # By place; a tie (one's personalized place, another's plain one) keeps plain order.
+    pinned = [h for _, h in sorted(targets.values(), key=lambda t: t[0])]
+    places = sorted(place for place, _ in targets.values())
+    unseen = [h for h in personalized if h["_id"] not in seen]
+    rest = [h for h in personalized if h["_id"] in seen and h["_id"] not in targets]
     out: list[JSON] = []
     for place in range(window):
-        hit = kept.get(place) or next(unseen, None) or next(rest, None)
-        if hit is None:
+        if pinned and (places[0] <= place or not unseen):
+            places.pop(0)
+            out.append(pinned.pop(0))
+        elif unseen:
+            out.append(unseen.pop(0))
+        elif rest:
+            out.append(rest.pop(0))
+        else:
             break
-        out.append(hit)
     return out
 
 

@@ -26,7 +26,9 @@ def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
 
 # Query protocols, reported separately. Discovery: the target is a movie new to the user, asked
 # for by one of its genres or tags ("term") or two together ("words": longer, more specific).
-# Re-finding ("refind"): the target is a movie the user liked before, asked for by one term.
+# Re-finding ("refind"): the target is a movie the user liked before, asked for by one term
+# or, every other query, by a word of its title (a known-item search, where the movie is
+# near the top without the user).
 DISCOVERY = ("term", "words")
 PROTOCOLS = (*DISCOVERY, "refind")
 
@@ -60,6 +62,22 @@ def _query_for(movie: dict[str, Any], rng: random.Random, protocol: str) -> str 
     if len(options) < wanted:
         return None
     return " ".join(rng.sample(options, wanted))
+
+
+# Words of a title that say nothing of the movie.
+TITLE_STOPWORDS = frozenset({
+    "the", "a", "an", "and", "of", "in", "on", "to", "for", "with", "from", "at", "by", "is",
+    "it", "its", "la", "le", "les", "el", "de", "der", "die", "das", "ii", "iii", "iv", "part",
+})
+
+
+def title_word(movie: dict[str, Any]) -> str | None:
+    """The title's longest word that is not a stopword, a number or the year (the first such
+    word of that length), lower case; None where there is none."""
+    title = re.sub(r"\(\d{4}(?:-\d{4})?\)\s*$", "", movie["title"])
+    words = [w for w in re.findall(r"[^\W\d_]+", title.lower())
+             if len(w) >= 3 and w not in TITLE_STOPWORDS]
+    return max(words, key=len) if words else None
 
 
 def split(folder: Path | None = None, users: int | None = None, seed: int = 7,
@@ -120,7 +138,8 @@ def _refind_queries(user: str, part: list[Rating], liked_before: list[str],
                     movies: dict[str, dict[str, Any]], rng: random.Random,
                     limit: int) -> list[Query]:
     """At the times of the part's first ratings, a movie the user liked in training, asked
-    for by one of its terms."""
+    for by one of its terms, every other query by its title word instead (the term is drawn
+    all the same, so the other protocols' draws do not depend on it)."""
     out: list[Query] = []
     options = list(liked_before)
     rng.shuffle(options)
@@ -128,6 +147,8 @@ def _refind_queries(user: str, part: list[Rating], liked_before: list[str],
         while options and len(out) < limit:
             movie_id = options.pop()
             text = _query_for(movies[movie_id], rng, "term")
+            if text and len(out) % 2 == 1:
+                text = title_word(movies[movie_id]) or text
             if text:
                 out.append(Query(user, movie_id, text, r.timestamp, "refind"))
                 break

@@ -410,7 +410,8 @@ class OfflineBlend:
             no_user = replace(plan, **dict.fromkeys(USER_TERMS, 0.0), seen=0.0)
             ranked = [h["_id"] for h in keep_plain_places(
                 [{"_id": i} for i in top_ids(terms, plan, self.size)],
-                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size)]
+                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size,
+                floor=services.settings.seen_policy == "floor")]
             out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
         return out
 

@@ -191,6 +191,36 @@ def test_keep_leaves_seen_documents_at_their_places_without_the_user(
     assert [h["id"] for h in page["hits"]] == [h["id"] for h in mine["hits"][3:8]]
 
 
+@pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
+def test_floor_leaves_no_seen_document_below_its_place_without_the_user(
+        settings: Settings, keys: dict[str, str], topics: dict[str, str], services: Services,
+        strategy: str) -> None:
+    """seen_policy floor: user A's liked documents rank where the search without the user
+    puts them or higher, on every page, and the document they did not see gets the boost."""
+    if strategy not in strategies(services):
+        pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
+                    f"{STRATEGIES[strategy].needs}")
+    floor = create_app(replace(settings, seen_policy="floor")).test_client()
+    on = {"interest_long": 1.0, "ambiguity": 0.0}
+    mine = search(floor, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+                  size=20)
+    plain = search(floor, keys["read"], strategy=strategy, weights=on, size=20)
+    run = topics["run"]
+    liked = {f"c{i}-{run}" for i in range(3)}
+    mine_at = {h["id"]: n for n, h in enumerate(mine["hits"])}
+    plain_at = {h["id"]: n for n, h in enumerate(plain["hits"])}
+    assert mine["personalized"] and liked <= set(plain_at) and liked <= set(mine_at)
+    assert all(mine_at[doc] <= plain_at[doc] for doc in liked), (mine_at, plain_at)
+    assert all(h["components"]["seen"] is (h["id"] in liked) for h in mine["hits"])
+    scores = {h["id"]: h["score"] for h in mine["hits"]}
+    plain_scores = {h["id"]: h["score"] for h in plain["hits"]}
+    unseen = f"c3-{run}"
+    assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
+    page = search(floor, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+                  size=5, **{"from": 3})
+    assert [h["id"] for h in page["hits"]] == [h["id"] for h in mine["hits"][3:8]]
+
+
 def test_strategies_agree_on_clearly_separated_results(client: FlaskClient,
                                                        keys: dict[str, str],
                                                        topics: dict[str, str],

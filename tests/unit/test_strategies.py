@@ -196,6 +196,25 @@ def test_keep_puts_seen_documents_at_their_places_without_the_user() -> None:
     assert [h["_id"] for h in merged] == ["x", "s3"]
 
 
+def test_floor_keeps_seen_documents_at_their_place_without_the_user_or_higher() -> None:
+    def hits(*ids: str) -> list[dict[str, Any]]:
+        return [{"_id": i} for i in ids]
+
+    # Without the user: s1 first (a title the user knows), s2 fifth. Personalized: s1 fell
+    # to fourth (unseen documents near the user's taste passed it), s2 rose to second.
+    plain = hits("s1", "a", "b", "c", "s2", "d")
+    personalized = hits("d", "s2", "c", "s1", "a", "b")
+    merged = keep_plain_places(personalized, plain, {"s1", "s2"}, 6, floor=True)
+    assert [h["_id"] for h in merged] == ["s1", "s2", "d", "c", "a", "b"]
+    # Without floor (keep): exactly the plain places.
+    merged = keep_plain_places(personalized, plain, {"s1", "s2"}, 6)
+    assert [h["_id"] for h in merged] == ["s1", "d", "c", "a", "s2", "b"]
+    # Two seen documents due at the same place: both placed, in turn, nothing repeated.
+    merged = keep_plain_places(hits("x", "s2", "y"), hits("x", "s1", "y"), {"s1", "s2"}, 4,
+                               floor=True)
+    assert [h["_id"] for h in merged] == ["x", "s1", "s2", "y"]
+
+
 def test_min_max_over_a_terms_hits_keeps_equal_scores() -> None:
     assert min_max([2.0, 4.0, 3.0]) == [0.0, 1.0, 0.5]
     assert min_max([0.7, 0.7]) == [0.7, 0.7]
