@@ -55,6 +55,8 @@ WEIGHT_NAMES = (*BLEND_TERMS, "seen", "seen_crowding", "ambiguity")
 # a title the user knows finds it where it always did); ``own``, their similarity like any
 # other document.
 SEEN_POLICIES = ("neutral", "keep", "floor", "own")
+# The policies whose seen documents get the ``seen`` share (the ranking file's weights).
+SEEN_SHARE_POLICIES = ("neutral", "floor")
 # Behaviour (collaborative) models: PPMI + truncated SVD, item2vec (skip-gram with negative
 # sampling over users' time-ordered likes), implicit-feedback ALS.
 BEHAVIOUR_MODELS = ("ppmi_svd", "item2vec", "als")

@@ -141,7 +141,8 @@ def proxy_search(index: str) -> ResponseReturnValue:
 def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], size: int,
                     offset: int, params: dict[str, str]) -> JSON:
     """The blend and the client's own body in one multi-search, each over the whole window;
-    the user's seen documents take their places from the second (``keep``)."""
+    the user's seen documents take their places from the second (``keep``; ``floor``: those
+    places or better)."""
     window = size + offset
     bodies = []
     for search_body in (body, plain):
@@ -156,7 +157,8 @@ def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], 
     if "error" in response or "error" in without_user:
         return response if "error" in response else without_user
     response["hits"]["hits"] = search_service.keep_plain_places(
-        response["hits"]["hits"], without_user["hits"]["hits"], set(seen), window)[offset:]
+        response["hits"]["hits"], without_user["hits"]["hits"], set(seen), window,
+        floor=services().settings.seen_policy == "floor")[offset:]
     response.pop("status", None)  # a multi-search's own field: not in a search's answer
     return response
 
@@ -166,7 +168,8 @@ def _rewrite(body: JSON, user: search_service.UserVectors, window: int
     """The client's query as the knn_linear blend (plugin/strategies.py) with its shipped
     weights: the query is the words' clause, normalized by its best score, and it also bounds
     every vector term, so the result set stays the one it asked for. With seen_policy
-    ``keep``, also the client's own body, whose places the seen documents take."""
+    ``keep`` or ``floor``, also the client's own body, whose places the seen documents take
+    (``floor``: or better)."""
     svc = services()
     engine = svc.engine
     if user.behaviour_version != search_service.behaviour_version(svc):

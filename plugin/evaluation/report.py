@@ -129,7 +129,8 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "the user already liked the ranking file's `seen` share of their weight instead of "
         "their own (high) similarity, so the boost goes to what the user has not seen; "
         "`keep` gives them no boost and exactly their place in the same search without the "
-        "user; `own` boosts them like any other document.",
+        "user; `floor` gives them `neutral`'s share and never a place below that one; `own` "
+        "boosts them like any other document.",
         "",
         "## Protocol",
         "",
@@ -153,8 +154,10 @@ def _protocol(results: dict[str, Any]) -> list[str]:
         "ablation) is the mean of the training history, computed once.",
         "- Three query protocols, reported separately. Discovery (the target is new to the "
         "user): **term**, one genre or tag of a held-out liked movie; **words**, two of "
-        "them; none shares a word with its title. Re-finding: **refind**, one term of a movie "
-        "the user liked in training, asked at a validation or test time."
+        "them; none shares a word with its title. Re-finding: **refind**, a movie the user "
+        "liked in training, asked at a validation or test time by one of its terms or, every "
+        "other query, by its title's longest word (a known-item search: no stopword, number "
+        "or year)."
         f" The measure is the rank of the target among the top {100}. Validation: "
         f"{results['validation_queries']} queries ({results['tuning_queries']} sampled for "
         f"tuning the strategies scored through the engine, evenly over the protocols; "

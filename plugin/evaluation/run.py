@@ -16,7 +16,7 @@
    term by term (coordinate ascent): popularity and the query vector first (the non-personalized
    default), then the user terms and the seen documents' weight on top of them; with
    ``choose``, the short-term half-life again beside behaviour (a content profile cannot
-   tell what a short-term behaviour term is worth) and each seen policy (neutral, keep, own),
+   tell what a short-term behaviour term is worth) and each seen policy (neutral, keep, floor, own),
    keeping the best; then how much the behaviour terms trust a model learned from little data
    (``_support_exponent``: at this size and on smaller deployments). The first engine tunes;
    the others run the same weights and half-lives, as the product ships one file.
@@ -56,6 +56,7 @@ from plugin.config import (
     LOCAL_ENGINE_URLS,
     REPO_ROOT,
     SEEN_POLICIES,
+    SEEN_SHARE_POLICIES,
     SHIPPED_RANKING,
     USER_TERMS,
     WEIGHT_NAMES,
@@ -119,7 +120,7 @@ OFFLINE_GRID: dict[str, tuple[float, ...]] = {
 # them): at 0 a two-word query gets the full personal weight, and the floors on the longer
 # queries would hold every user term back before the exponent could turn them down there.
 START_AMBIGUITY = 1.0
-# The weights that say what seen documents get (seen_policy "neutral" only).
+# The weights that say what seen documents get (the SEEN_SHARE_POLICIES only).
 SEEN_WEIGHTS = ("seen", "seen_crowding")
 # How many standard errors of its own mean a blend must clear each protocol's floor by, on
 # validation, before the objective stops charging it (objective()).
@@ -1419,11 +1420,12 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     weights next to it need not be their best without a user (the controls, which share
     these weights, tell a better blend from personalization).
 
-    Under the neutral policy each user term's first step searches the seen weight with it:
+    Under a policy with a seen share (``neutral``, ``floor``) each user term's first step
+    searches the seen weight with it:
     a user term alone pushes what the user knows down, the seen weight alone does nothing
     while no user term applies, so one at a time neither would ever be taken."""
     def ascend(weights: BlendWeights, terms: Sequence[str | tuple[str, ...]]) -> BlendWeights:
-        if policy != "neutral":  # the seen weights only count where seen documents are held
+        if policy not in SEEN_SHARE_POLICIES:  # the seen weights count only where they apply
             terms = [t if isinstance(t, str) else tuple(n for n in t if n not in SEEN_WEIGHTS)
                      for t in terms if t not in SEEN_WEIGHTS]
         return _ascend(evaluator, tuning, strategy, weights, terms, policy, floors)

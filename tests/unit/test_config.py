@@ -134,7 +134,7 @@ def test_the_ranking_file_chooses_the_seen_policy_and_title_cleanup(tmp_path: Pa
     older = load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
     assert (older.seen_policy, older.embed_title_cleanup) == ("neutral", "years")
     path.write_text(json.dumps({**ranking, "seen_policy": "sometimes"}))
-    with pytest.raises(ConfigError, match="seen_policy must be one of neutral, keep, own"):
+    with pytest.raises(ConfigError, match="seen_policy must be one of neutral, keep, floor, own"):
         load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
     assert load_settings({"ES_INTEREST_EMBED_FIELDS": "tags, title"}).embed_fields == (
         "tags", "title")
