@@ -57,6 +57,9 @@ WEIGHT_NAMES = (*BLEND_TERMS, "seen", "seen_crowding", "ambiguity")
 SEEN_POLICIES = ("neutral", "keep", "floor", "own")
 # The policies whose seen documents get the ``seen`` share (the ranking file's weights).
 SEEN_SHARE_POLICIES = ("neutral", "floor")
+# The policies whose seen documents take places from the search without the user: what the
+# user knows keeps its place, the product's promise, so `make eval` ships one of these.
+PLACED_POLICIES = ("keep", "floor")
 # Behaviour (collaborative) models: PPMI + truncated SVD, item2vec (skip-gram with negative
 # sampling over users' time-ordered likes), implicit-feedback ALS.
 BEHAVIOUR_MODELS = ("ppmi_svd", "item2vec", "als")

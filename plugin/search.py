@@ -53,7 +53,7 @@ import numpy as np
 
 from plugin import strategies
 from plugin.caches import behaviour_coverage_key, behaviour_version_key, user_vectors_key
-from plugin.config import BLEND_STRATEGIES
+from plugin.config import BLEND_STRATEGIES, PLACED_POLICIES
 from plugin.documents import BEHAVIOUR_FIELD, DOC_ID_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON, EngineError
 from plugin.interest import HorizonState, UserInterest, interest_vector
@@ -419,10 +419,6 @@ def places_kept(services: Services, user: UserVectors, weights: BlendWeights
     keep = (policy in PLACED_POLICIES and bool(user.seen)
             and bool(strategies.user_terms(user, weights)))
     return (replace(weights, seen=0.0) if keep and policy == "keep" else weights), keep
-
-
-# The seen policies whose seen documents take places from the search without the user.
-PLACED_POLICIES = ("keep", "floor")
 
 
 def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],

@@ -8,7 +8,7 @@ from typing import Any
 
 import matplotlib
 
-from plugin.config import WEIGHT_NAMES
+from plugin.config import PLACED_POLICIES, WEIGHT_NAMES
 from plugin.evaluation.data import DISCOVERY, PROTOCOLS
 from plugin.strategies import SEEN_FEW
 
@@ -295,7 +295,12 @@ def _seen_policy(results: dict[str, Any]) -> list[str]:
     for policy, scores in validation.items():
         lines.append(f"| {policy} | {scores['objective']:.4f} | "
                      + " | ".join(f"{scores[p]:.4f}" for p in protocols) + " |")
-    lines += ["", f"Chosen: `{seen.get('chosen')}`.", ""]
+    lines += ["", f"Chosen: `{seen.get('chosen')}`, the better of "
+              + " and ".join(f"`{p}`" for p in PLACED_POLICIES)
+              + ": what the user knows keeps its place without the user (`floor`: or "
+              "better), the product's promise; the others are measured, not shipped (under "
+              "`neutral` unseen documents near the user's taste can pass a known one, as on "
+              "a word of its title: `docs/api_check.md`).", ""]
     return lines
 
 

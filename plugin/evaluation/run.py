@@ -54,6 +54,7 @@ from plugin.config import (
     BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
     LOCAL_ENGINE_URLS,
+    PLACED_POLICIES,
     REPO_ROOT,
     SEEN_POLICIES,
     SEEN_SHARE_POLICIES,
@@ -1212,8 +1213,11 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
                         tuned: Tuned, tuning_floors: Floors | None,
                         progress: Callable[[str], None]) -> None:
     """The seen policy: the default strategy tuned under each (on ``tuning``),
-    compared on every validation query: a sample of a hundred re-finding queries let a
-    policy pass the floor there and fall below it on test. A strategy tuned offline is
+    compared on every validation query (a sample of a hundred re-finding queries let a
+    policy pass the floor there and fall below it on test); the best of PLACED_POLICIES
+    ships, as the product promises that what a user knows keeps its place (``neutral``
+    lets unseen documents near the user's taste pass a known one: measured through the API,
+    `es-interest eval-api`). A strategy tuned offline is
     compared offline too (the agreement check measures that against the engine)."""
     first = tuned.seen_policy or "neutral"
     candidates = {first: tuned.chosen[strategy]}
@@ -1231,9 +1235,10 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
             "objective": objective(ndcg, validation, floors),
             **metrics.protocol_means(ndcg, validation)}
     scores = tuned.policy_validation
-    # Ties go to the policy listed first (config.SEEN_POLICIES).
-    tuned.seen_policy = max(scores, key=lambda p: (scores[p]["objective"],
-                                                   -SEEN_POLICIES.index(p)))
+    # What the user knows keeps its place (PLACED_POLICIES): the others are measured beside
+    # them, not shipped. Ties go to the policy listed first (config.SEEN_POLICIES).
+    tuned.seen_policy = max(PLACED_POLICIES, key=lambda p: (scores[p]["objective"],
+                                                            -SEEN_POLICIES.index(p)))
     tuned.policy_strategy = strategy
     tuned.chosen[strategy] = candidates.pop(tuned.seen_policy)
     tuned.other_policies[strategy] = candidates
