@@ -27,8 +27,8 @@ def tag_events(folder: Path) -> dict[str, list[dict[str, Any]]]:
 # Query protocols, reported separately. Discovery: the target is a movie new to the user, asked
 # for by one of its genres or tags ("term") or two together ("words": longer, more specific).
 # Re-finding ("refind"): the target is a movie the user liked before, asked for by one term
-# or, every other query, by a word of its title (a known-item search, where the movie is
-# near the top without the user).
+# or, for about half of them, by a word of its title (a known-item search, where the movie
+# is near the top without the user).
 DISCOVERY = ("term", "words")
 PROTOCOLS = (*DISCOVERY, "refind")
 
@@ -138,8 +138,9 @@ def _refind_queries(user: str, part: list[Rating], liked_before: list[str],
                     movies: dict[str, dict[str, Any]], rng: random.Random,
                     limit: int) -> list[Query]:
     """At the times of the part's first ratings, a movie the user liked in training, asked
-    for by one of its terms, every other query by its title word instead (the term is drawn
-    all the same, so the other protocols' draws do not depend on it)."""
+    for by one of its terms or, where the movie's id is odd (about half of them, whatever
+    the user's count), by its title word instead (the term is drawn all the same, so the
+    other protocols' draws do not depend on it)."""
     out: list[Query] = []
     options = list(liked_before)
     rng.shuffle(options)
@@ -147,7 +148,7 @@ def _refind_queries(user: str, part: list[Rating], liked_before: list[str],
         while options and len(out) < limit:
             movie_id = options.pop()
             text = _query_for(movies[movie_id], rng, "term")
-            if text and len(out) % 2 == 1:
+            if text and int(movie_id) % 2 == 1:
                 text = title_word(movies[movie_id]) or text
             if text:
                 out.append(Query(user, movie_id, text, r.timestamp, "refind"))

@@ -10,15 +10,41 @@ import pytest
 from plugin.config import (
     BLEND_STRATEGIES,
     LOCAL_ENGINE_URLS,
+    PLACED_POLICIES,
     SEEN_POLICIES,
     load_ranking,
     load_settings,
 )
+from plugin.evaluation import api_check
 from plugin.evaluation import run as evaluation
 from plugin.evaluation.data import PROTOCOLS
 from plugin.evaluation.run import SUPPORT_EXPONENTS, run
+from plugin.services import Services
 
 pytestmark = pytest.mark.integration
+
+
+def test_api_check_searches_held_out_likes_through_the_api(tmp_path: Path, stack: None) -> None:
+    """`es-interest eval-api` on a few users: a deployment of its own built through the
+    pipeline, every probe searched through /search with and without its user, the
+    deployment gone afterwards."""
+    result = api_check.run("elasticsearch", users=4, held_out=1, seed=5,
+                           echo=lambda _: None)
+    assert result["events_applied"] == result["events"] > 0
+    assert result["behaviour_documents"] > 0
+    assert sum(result["personalized"].values()) == len(result["per_probe"]) > 0
+    assert result["personalized"].get("personalized", 0) > 0
+    for form in (*api_check.FORMS, api_check.REFIND):
+        figures = result["forms"][form]
+        assert figures["probes"] == sum(1 for p in result["per_probe"] if p[2] == form) > 0
+        low, high = figures["mrr@100"]["difference_ci"]
+        assert low <= figures["mrr@100"]["mean_diff"] <= high
+    written = api_check.write(result, tmp_path)
+    assert "| title word, liked before |" in written.read_text()
+    assert json.loads((tmp_path / "api_check.json").read_text())["seed"] == 5
+    services = Services(load_settings())
+    # The deployment it built is gone (a wildcard matching nothing answers empty).
+    assert dict(services.engine.client.indices.get(index="apicheck-*")) == {}
 
 
 def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
@@ -40,7 +66,8 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
     # The configuration chosen is a ranking file the product can read.
     chosen = load_ranking(tmp_path / "ranking.json")
     assert chosen["weights"]["linear_retriever"]["bm25"] == 1.0
-    assert chosen["seen_policy"] in SEEN_POLICIES
+    # What the user knows keeps its place: only such a policy ships.
+    assert chosen["seen_policy"] in PLACED_POLICIES
     # Every policy was tuned and held to each protocol's floor on validation.
     assert set(saved["seen_policy"]["validation"]) == set(SEEN_POLICIES)
     assert set(saved["seen_policy"]["floors"]) == set(PROTOCOLS)
