@@ -223,9 +223,10 @@ def report(result: dict[str, Any]) -> str:
         "applied), through the workers' pipeline; then the behaviour training "
         f"({result['behaviour_documents']} movies with a behaviour vector) and the popularity "
         "flush.",
-        "- Each held-out movie is searched for by two query forms the evaluation does not "
-        "tune on: **genres**, all its genres in one query; **title word**, its title's "
-        "longest word (no stopwords, no year). Re-finding: as many movies the user liked "
+        "- Each held-out movie is searched for by two query forms the evaluation's "
+        "discovery protocols do not use: **genres**, all its genres in one query; **title "
+        "word**, its title's longest word (no stopwords, no year). Re-finding: as many "
+        "movies the user liked "
         f"before are searched for by their title word (**{REFIND}**). The same GET /search "
         "with and without `user_id`, 100 hits. The searches with a user: "
         + ", ".join(f"{n} {why}" for why, n in sorted(result["personalized"].items(),
