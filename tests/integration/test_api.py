@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 
 from plugin.api import create_app
 from plugin.api.auth import create_key
-from plugin.config import BLEND_STRATEGIES, Settings
+from plugin.config import BLEND_STRATEGIES, PLACED_POLICIES, Settings
 from plugin.engine import EngineKind
 from plugin.search import available_strategies
 from plugin.services import Services
@@ -158,27 +158,32 @@ def test_seen_documents_get_no_boost_of_their_own(settings: Settings, keys: dict
     assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("policy", PLACED_POLICIES)
 @pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
-def test_keep_leaves_seen_documents_at_their_places_without_the_user(
+def test_placed_policies_leave_seen_documents_at_their_places_without_the_user(
         settings: Settings, keys: dict[str, str], topics: dict[str, str], services: Services,
-        strategy: str) -> None:
+        strategy: str, policy: str) -> None:
     """seen_policy keep: user A's liked documents (their nearest ones) sit exactly where the
-    search without the user puts them, on every page, while the document they did not see
-    gets the boost."""
+    search without the user puts them; floor: there or higher; on every page, while the
+    document they did not see gets the boost."""
     if strategy not in strategies(services):
         pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
                     f"{STRATEGIES[strategy].needs}")
-    keep = create_app(replace(settings, seen_policy="keep")).test_client()
+    placed = create_app(replace(settings, seen_policy=policy)).test_client()
     on = {"interest_long": 1.0, "ambiguity": 0.0}
-    mine = search(keep, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+    mine = search(placed, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
                   size=20)
-    plain = search(keep, keys["read"], strategy=strategy, weights=on, size=20)
+    plain = search(placed, keys["read"], strategy=strategy, weights=on, size=20)
     run = topics["run"]
     liked = {f"c{i}-{run}" for i in range(3)}
     mine_at = {h["id"]: n for n, h in enumerate(mine["hits"])}
     plain_at = {h["id"]: n for n, h in enumerate(plain["hits"])}
     assert mine["personalized"] and liked <= set(plain_at)
-    assert {doc: mine_at.get(doc) for doc in liked} == {doc: plain_at[doc] for doc in liked}
+    if policy == "keep":
+        assert {doc: mine_at.get(doc) for doc in liked} == {doc: plain_at[doc] for doc in liked}
+    else:
+        assert liked <= set(mine_at)
+        assert all(mine_at[doc] <= plain_at[doc] for doc in liked), (mine_at, plain_at)
     assert all(h["components"]["seen"] is (h["id"] in liked) for h in mine["hits"])
     # The document they did not see, near their taste, got the personal boost.
     scores = {h["id"]: h["score"] for h in mine["hits"]}
@@ -186,37 +191,7 @@ def test_keep_leaves_seen_documents_at_their_places_without_the_user(
     unseen = f"c3-{run}"
     assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
     # A page is the same list's slice.
-    page = search(keep, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
-                  size=5, **{"from": 3})
-    assert [h["id"] for h in page["hits"]] == [h["id"] for h in mine["hits"][3:8]]
-
-
-@pytest.mark.parametrize("strategy", BLEND_STRATEGIES)
-def test_floor_leaves_no_seen_document_below_its_place_without_the_user(
-        settings: Settings, keys: dict[str, str], topics: dict[str, str], services: Services,
-        strategy: str) -> None:
-    """seen_policy floor: user A's liked documents rank where the search without the user
-    puts them or higher, on every page, and the document they did not see gets the boost."""
-    if strategy not in strategies(services):
-        pytest.skip(f"{services.engine.kind.value} {services.engine.version} here lacks "
-                    f"{STRATEGIES[strategy].needs}")
-    floor = create_app(replace(settings, seen_policy="floor")).test_client()
-    on = {"interest_long": 1.0, "ambiguity": 0.0}
-    mine = search(floor, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
-                  size=20)
-    plain = search(floor, keys["read"], strategy=strategy, weights=on, size=20)
-    run = topics["run"]
-    liked = {f"c{i}-{run}" for i in range(3)}
-    mine_at = {h["id"]: n for n, h in enumerate(mine["hits"])}
-    plain_at = {h["id"]: n for n, h in enumerate(plain["hits"])}
-    assert mine["personalized"] and liked <= set(plain_at) and liked <= set(mine_at)
-    assert all(mine_at[doc] <= plain_at[doc] for doc in liked), (mine_at, plain_at)
-    assert all(h["components"]["seen"] is (h["id"] in liked) for h in mine["hits"])
-    scores = {h["id"]: h["score"] for h in mine["hits"]}
-    plain_scores = {h["id"]: h["score"] for h in plain["hits"]}
-    unseen = f"c3-{run}"
-    assert scores[unseen] > plain_scores[unseen] * (1 + 1e-4)
-    page = search(floor, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
+    page = search(placed, keys["read"], user_id=topics["a"], strategy=strategy, weights=on,
                   size=5, **{"from": 3})
     assert [h["id"] for h in page["hits"]] == [h["id"] for h in mine["hits"][3:8]]
 
