@@ -253,7 +253,7 @@ def report(result: dict[str, Any]) -> str:
 
 def write(result: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "api_check.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "api_check.json").write_text(json.dumps(result) + "\n")
     path = out_dir / "api_check.md"
     path.write_text(report(result))
     return path
