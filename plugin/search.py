@@ -44,6 +44,7 @@ import hashlib
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -435,19 +436,15 @@ def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],
             if h["_id"] in seen and place < targets.get(h["_id"], (window, h))[0]:
                 targets[h["_id"]] = (place, h)
     # By place; a tie (one's personalized place, another's plain one) keeps plain order.
-    pinned = [h for _, h in sorted(targets.values(), key=lambda t: t[0])]
-    places = sorted(place for place, _ in targets.values())
-    unseen = [h for h in personalized if h["_id"] not in seen]
-    rest = [h for h in personalized if h["_id"] in seen and h["_id"] not in targets]
+    pinned = deque(sorted(targets.values(), key=lambda t: t[0]))
+    unseen = deque(h for h in personalized if h["_id"] not in seen)
+    rest = deque(h for h in personalized if h["_id"] in seen and h["_id"] not in targets)
     out: list[JSON] = []
     for place in range(window):
-        if pinned and (places[0] <= place or not unseen):
-            places.pop(0)
-            out.append(pinned.pop(0))
-        elif unseen:
-            out.append(unseen.pop(0))
-        elif rest:
-            out.append(rest.pop(0))
+        if pinned and (pinned[0][0] <= place or not unseen):
+            out.append(pinned.popleft()[1])
+        elif unseen or rest:
+            out.append((unseen or rest).popleft())
         else:
             break
     return out
