@@ -130,10 +130,11 @@ def fold(
 
 
 def interest_vector(state: HorizonState) -> npt.NDArray[np.float32] | None:
-    """The unit interest vector, or None when there is no (net positive) interest to show.
+    """The unit interest vector, or None when there is no positive interest to show.
 
-    Negative feedback subtracts from the sum; a horizon whose net evidence is not positive
-    would point *away* from everything the user touched, which means nothing, so it is absent.
+    Negative feedback subtracts from the sum, so the direction is what the user liked less
+    what they disliked. A horizon with no positive evidence would point only *away* from what
+    the user touched, which says nothing about what they want, so it is absent.
     """
     norm = _direction_norm(state)
     return None if norm is None else (state.vector_sum / norm).astype(np.float32)
@@ -141,7 +142,8 @@ def interest_vector(state: HorizonState) -> npt.NDArray[np.float32] | None:
 
 def _direction_norm(state: HorizonState) -> float | None:
     """The sum's norm where it is a direction worth showing (see ``interest_vector``)."""
-    if state.is_empty or state.net <= 0.0:
+    # weight + net is twice the positive mass (DESIGN.md): the liked side of the evidence.
+    if state.is_empty or state.weight + state.net <= 2.0 * MIN_RELATIVE_NORM * state.weight:
         return None
     norm = float(np.linalg.norm(state.vector_sum))
     if not math.isfinite(norm) or norm <= MIN_RELATIVE_NORM * state.weight:
@@ -259,7 +261,7 @@ class UserInterest:
         return sorted(self.seen, key=lambda d: (-self.seen[d], d))
 
     def vector_names(self) -> list[str]:
-        """The unit vectors this state yields (a horizon with no net positive interest has none)."""
+        """The unit vectors this state yields (a horizon with no positive interest has none)."""
         states = (("long", self.long), ("short", self.short), ("behaviour", self.behaviour),
                   ("behaviour_short", self.behaviour_short))
         return [name for name, state in states

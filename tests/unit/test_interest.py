@@ -74,6 +74,17 @@ def test_negative_feedback_pushes_away_but_never_flips() -> None:
     assert interest_vector(only_negative) is None
 
 
+def test_a_user_who_dislikes_more_than_likes_still_has_a_direction() -> None:
+    # Net evidence negative (a harsh rater), positive evidence present: the direction is the
+    # likes less the dislikes, not absent.
+    liked = fold(HorizonState.empty(2), timestamp=0, weight=1.0, embedding=unit(1, 0),
+                 half_life_s=DAY)
+    state = fold(liked, timestamp=1, weight=-2.5, embedding=unit(0, 1), half_life_s=DAY)
+    assert state.net < 0
+    v = interest_vector(state)
+    assert v is not None and v[1] < 0 < v[0]
+
+
 def test_cancelled_evidence_is_absent_and_vectors_are_unit() -> None:
     state = fold(HorizonState.empty(2), timestamp=0, weight=1.0, embedding=unit(1, 0),
                  half_life_s=DAY)
