@@ -54,7 +54,7 @@ import numpy as np
 
 from plugin import strategies
 from plugin.caches import behaviour_coverage_key, behaviour_version_key, user_vectors_key
-from plugin.config import BLEND_STRATEGIES, PLACED_POLICIES
+from plugin.config import BLEND_STRATEGIES, PLACED_POLICIES, Settings
 from plugin.documents import BEHAVIOUR_FIELD, DOC_ID_FIELD, POPULARITY_FIELD
 from plugin.engine import JSON, EngineError
 from plugin.interest import HorizonState, UserInterest, interest_vector
@@ -367,9 +367,9 @@ def search(services: Services, params: SearchParams) -> SearchResult:
         for answer in (response, plain):
             if "error" in answer:
                 raise EngineError(f"the engine refused the search: {answer['error']}")
-        response["hits"]["hits"] = keep_plain_places(
-            named_hits(response), named_hits(plain), set(held), window,
-            floor=services.settings.seen_policy == "floor")[params.offset:]
+        response["hits"]["hits"] = seen_places(
+            services.settings, named_hits(response), named_hits(plain), set(held),
+            window)[params.offset:]
     else:
         response = services.engine.search(services.settings.docs_alias, bodies[0])
         named_hits(response)
@@ -420,6 +420,13 @@ def places_kept(services: Services, user: UserVectors, weights: BlendWeights
     keep = (policy in PLACED_POLICIES and bool(user.seen)
             and bool(strategies.user_terms(user, weights)))
     return (replace(weights, seen=0.0) if keep and policy == "keep" else weights), keep
+
+
+def seen_places(settings: Settings, personalized: Sequence[JSON], plain: Sequence[JSON],
+                seen: set[str], window: int) -> list[JSON]:
+    """``keep_plain_places`` under the configured seen policy (one of PLACED_POLICIES)."""
+    return keep_plain_places(personalized, plain, seen, window,
+                             floor=settings.seen_policy == "floor")
 
 
 def keep_plain_places(personalized: Sequence[JSON], plain: Sequence[JSON],

@@ -156,9 +156,9 @@ def _keeping_places(index: str, body: JSON, plain: JSON, seen: tuple[str, ...], 
     response, without_user = services().engine.msearch(index, bodies, header=header, **extra)
     if "error" in response or "error" in without_user:
         return response if "error" in response else without_user
-    response["hits"]["hits"] = search_service.keep_plain_places(
-        response["hits"]["hits"], without_user["hits"]["hits"], set(seen), window,
-        floor=services().settings.seen_policy == "floor")[offset:]
+    response["hits"]["hits"] = search_service.seen_places(
+        services().settings, response["hits"]["hits"], without_user["hits"]["hits"],
+        set(seen), window)[offset:]
     response.pop("status", None)  # a multi-search's own field: not in a search's answer
     return response
 

@@ -62,9 +62,9 @@ from plugin.search import (
     UserVectors,
     blend_plan,
     held_neutral,
-    keep_plain_places,
     named_hits,
     query_inputs,
+    seen_places,
 )
 from plugin.services import Services
 from plugin.strategies import STRATEGIES as BUILDERS
@@ -408,10 +408,10 @@ class OfflineBlend:
                 out.append(rank_of(terms, plan, q.movie_id, self.size))
                 continue
             no_user = replace(plan, **dict.fromkeys(USER_TERMS, 0.0), seen=0.0)
-            ranked = [h["_id"] for h in keep_plain_places(
-                [{"_id": i} for i in top_ids(terms, plan, self.size)],
-                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held), self.size,
-                floor=services.settings.seen_policy == "floor")]
+            ranked = [h["_id"] for h in seen_places(
+                services.settings, [{"_id": i} for i in top_ids(terms, plan, self.size)],
+                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held),
+                self.size)]
             out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
         return out
 
