@@ -44,11 +44,14 @@ T0 = 1.7e9
 @pytest.fixture(scope="module")
 def learning(services: Services) -> Iterator[Services]:
     # Its own Redis database too: its worker (the last test) must not share queues with the
-    # session's worker, which serves other indices.
+    # session's worker, which serves other indices. Learned behaviour vectors only, whatever
+    # the ranking file ships: the tests count which documents a training gives one, and the
+    # cold documents' test turns the text map on for itself.
     settings = replace(services.settings, index_prefix=services.settings.index_prefix + "-learn",
                        redis_url="redis://127.0.0.1:6379/10",
                        popularity_half_life_s=7 * DAY, behaviour_dims=8,
-                       behaviour_min_interactions=2, personal_candidates=1000)
+                       behaviour_min_interactions=2, personal_candidates=1000,
+                       behaviour_text_map=False)
     yield from isolated_services(settings)
 
 
