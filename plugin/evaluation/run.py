@@ -42,7 +42,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -557,9 +557,29 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     ``language_model``: a model already fine-tuned on this split's training pairs (e.g. on a
     GPU, bench/gpu.py), compared on validation in place of the time-capped in-process one,
     with or without ``choose``."""
+    prefix = f"eval-{uuid.uuid4().hex[:6]}"
+    try:
+        return _run(prefix, quick, users, engines, out_dir, progress, ranking_out, choose,
+                    language_model)
+    finally:
+        _remove(prefix, engines)
+
+
+def _remove(prefix: str, engines: Sequence[str]) -> None:
+    """Whatever a run left on its engines and in its Redis database, whether it finished or
+    was stopped (Ctrl-C, an engine's fault): its deployments are a gigabyte of indices."""
+    for engine in engines:
+        with suppress(Exception):  # an engine that is down holds nothing new
+            _services(engine, HALF_LIVES[1], prefix).engine.delete_indices(f"{prefix}-*")
+    with suppress(Exception):
+        _services(engines[0], HALF_LIVES[1], prefix).redis.flushdb()
+
+
+def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
+         progress: Callable[[str], None], ranking_out: Path | None, choose: bool | None,
+         language_model: Path | None) -> dict[str, Any]:
     choose = not quick if choose is None else choose
     started = time.time()
-    prefix = f"eval-{uuid.uuid4().hex[:6]}"
     first = _services(engines[0], HALF_LIVES[1], prefix)
     first.redis.flushdb()
     clock = PhaseClock()
@@ -651,7 +671,6 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     })
     results["ranking"] = _ranking(results, tuned)
     _write(results, out_dir, ranking_out)
-    first.redis.flushdb()
     return results
 
 

@@ -47,6 +47,30 @@ def test_api_check_searches_held_out_likes_through_the_api(tmp_path: Path, stack
     assert dict(services.engine.client.indices.get(index="apicheck-*")) == {}
 
 
+def test_a_stopped_evaluation_leaves_no_indices(tmp_path: Path, stack: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped after it indexed (here: a fault in its first tuning step) removes its
+    deployment all the same."""
+    services = Services(load_settings())
+
+    def evaluation_indices() -> set[str]:
+        return set(services.engine.client.indices.get(index="eval-*"))
+
+    before = evaluation_indices()
+    created: list[set[str]] = []
+
+    def stop(*_: object, **__: object) -> None:
+        created.append(evaluation_indices() - before)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "_half_lives", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run(quick=True, users=4, engines=["elasticsearch"], out_dir=tmp_path,
+            progress=lambda _: None, choose=False)
+    assert created and created[0]  # it had indexed
+    assert evaluation_indices() == before
+
+
 def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # OpenSearch 2.19 adds nothing the other three do not cover here (the same strategies as 3.x).
