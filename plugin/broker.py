@@ -106,6 +106,28 @@ class _QoS(kombu_redis.QoS):
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return self._leave_in_broker("broker unreachable")
 
+    def ack(self, delivery_tag: str) -> None:
+        if self._closed():
+            return self._forget(delivery_tag, "acknowledged")
+        return super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._closed():
+            return self._forget(delivery_tag, "rejected")
+        return super().reject(delivery_tag, requeue=requeue)
+
+    def _closed(self) -> bool:
+        """Whether a broker loss closed this channel: a task that ran through the outage
+        settles after it, on the closed channel, whose Redis calls fail on ``None.client``
+        (kombu 5.7), which stopped the worker."""
+        return getattr(self.channel, "connection", None) is None
+
+    def _forget(self, delivery_tag: str, what: str) -> None:
+        held: Any = self._delivered
+        held.pop(delivery_tag, None)
+        log.warning("a message %s after the broker connection was lost returns after the "
+                    "visibility timeout (its task is idempotent)", what)
+
     def _leave_in_broker(self, why: str) -> None:
         held: Any = self._delivered
         log.warning("%s: %d held messages return after the visibility timeout", why, len(held))
