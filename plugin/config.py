@@ -350,6 +350,16 @@ FROM_RANKING = {"half_life_long_s": "half_life_long_days",
                 "behaviour_als_regularization": "behaviour_als_regularization",
                 "behaviour_min_interactions": "behaviour_min_interactions",
                 "behaviour_support_exponent": "behaviour_support_exponent"}
+
+def without_ranking(settings: Settings) -> Settings:
+    """``settings`` with every default the ranking file gives (FROM_RANKING) back at the
+    code's: where `make eval` starts the choices it makes, so that a rerun starts from the
+    same point, not from the file its last run wrote."""
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(Settings)
+                                if f.name in FROM_RANKING}
+    return dataclasses.replace(settings, **defaults)
+
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "model_backend": ("onnx", "torch", "onnx-int8"),
     "blend_strategy": ("auto", *BLEND_STRATEGIES),

@@ -63,6 +63,7 @@ from plugin.config import (
     WEIGHT_NAMES,
     Settings,
     load_settings,
+    without_ranking,
 )
 from plugin.documents import parse_document
 from plugin.evaluation import data, learned_ranker, metrics
@@ -452,8 +453,10 @@ def _stored(event: dict[str, Any], text_vectors: dict[str, list[float]]) -> dict
 
 
 def _services(engine: str, half_lives: tuple[float, float], prefix: str,
-              popularity_days: float = 0.0) -> Services:
-    base = load_settings()
+              popularity_days: float = 0.0, choose: bool = False) -> Services:
+    """A deployment of this run on ``engine``: the configured settings, or where the run
+    ``choose``s, the code's defaults for what the ranking file gives (its starting point)."""
+    base = without_ranking(load_settings()) if choose else load_settings()
     settings: Settings = replace(base, engine_url=LOCAL_ENGINE_URLS[engine],
                                  index_prefix=f"{prefix}-{engine}",
                                  redis_url="redis://127.0.0.1:6379/8",
@@ -580,7 +583,7 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
          language_model: Path | None) -> dict[str, Any]:
     choose = not quick if choose is None else choose
     started = time.time()
-    first = _services(engines[0], HALF_LIVES[1], prefix)
+    first = _services(engines[0], HALF_LIVES[1], prefix, choose=choose)
     first.redis.flushdb()
     clock = PhaseClock()
     with clock.phase("split and embeddings"):
@@ -612,7 +615,7 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
     static = static_profiles(corpus.split, corpus.doc_vectors)
     popularity_days = 0.0
     for engine in engines:
-        services = _services(engine, half_lives, prefix, popularity_days)
+        services = _services(engine, half_lives, prefix, popularity_days, choose)
         if engine != engines[0]:
             with clock.phase("indexing"):
                 setup_indices(services.engine, services.settings, first.embedder.dims)
@@ -631,7 +634,7 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
                     services, tuning, strategies[0], progress)
             if not choose:
                 popularity_days = configured.popularity_half_life_s / DAY
-            services = _services(engine, half_lives, prefix, popularity_days)
+            services = _services(engine, half_lives, prefix, popularity_days, choose)
         scored, per_query = _evaluate_engine(services, engine, corpus, static, tuning,
                                              offered, strategies, tuned, half_lives, progress,
                                              clock, first=engine == engines[0],
@@ -860,7 +863,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     with clock.phase("behaviour (model choice and training)"):
         popularity.rebuild(services)
         services, trained = _behaviour(services, corpus, offered[0], tuned, half_lives,
-                                       progress)
+                                       tuning, progress)
     progress(f"{engine}: behaviour vectors {trained}")
     lm_trial = None
     if first and (choose or language_model):
@@ -977,22 +980,24 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
 
 
 def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
-               half_lives: tuple[float, float],
+               half_lives: tuple[float, float], tuning: list[data.Query],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
     engine, validation chooses the model (each without the text map; the winner's own
     settings, MODEL_GRIDS, one at a time), then whether cold documents get vectors mapped
-    from their text: each candidate scored on every validation query with the blend the
-    ranking file ships for ``strategy`` (its weights, seen policy and short half-life), so
-    the choice sees the terms as they are used, and the two behaviour weights searched again
-    for each candidate. The score is the tuning objective (``objective``: the discovery
+    from their text. Each candidate is scored on every validation query with a blend this
+    run tuned before any training (``strategy``'s non-personalized default, then its content
+    terms under the starting seen policy: ``_tune``'s first steps), its two behaviour
+    weights searched for that candidate: the choice sees the terms as ``_tune`` will first
+    see them, and depends on nothing the last run wrote (the ranking file), so a rerun makes
+    the same choice. The score is the tuning objective (``objective``: the discovery
     protocols' mean, held to each protocol's floor), so a model is not chosen for finding
-    again what the user knows at the cost of what is new; the floors here are the shipped
-    non-personalized default's and BM25 + popularity's for ``strategy`` (the comparator is
-    tuned after the vectors it would otherwise wait on). The model's choice gives the tail
-    targets no floor of their own: tried, it chose one user a document for a vector, and the
-    leak bound traced that choice's gain to other users' later events. The map's step (each
-    of TEXT_MAP_CONFIDENCES, or none) does: the map exists for the documents with too few
+    again what the user knows at the cost of what is new; the floors here are ``strategy``'s
+    non-personalized default's and BM25 + popularity's (the comparator is tuned after the
+    vectors it would otherwise wait on). The model's choice gives the tail targets no floor
+    of their own: tried, it chose one user a document for a vector, and the leak bound
+    traced that choice's gain to other users' later events. The map's step (each of
+    TEXT_MAP_CONFIDENCES, or none) does: the map exists for the documents with too few
     users, and it reads their text, not their users, so the tail targets are held to their
     floor (the best non-personalized ranking on them) like a protocol.
 
@@ -1002,15 +1007,40 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     check compares them with the engine's answers)."""
     if tuned.behaviour is None:
         terms = TermStore()
-        shipped = load_settings()
-        weights = BlendWeights(**shipped.blend_weights[strategy])
-        profile_half_lives = (half_lives[0], shipped.half_life_short_s / DAY)
         validation = corpus.split.validation
         tail = tail_targets(corpus, validation)
-        plain = replace(BlendWeights(**shipped.blend_weights_without_behaviour[strategy]),
-                        **dict.fromkeys(USER_TERMS, 0.0))
-        floors: Floors = {}
         tail_queries = [q for q, t in zip(validation, tail, strict=True) if t]
+        policy = services.settings.seen_policy
+        untrained = fetch_doc_vectors(services, corpus.doc_vectors, fresh=True)
+        reference = Evaluator(services, {"dynamic": query_time_profiles(
+            corpus, untrained, half_lives, validation)}, offline=OfflineBlend(
+                services.settings.personal_candidates, SIZE, shared=terms,
+                local=LocalVectors.of(untrained)))
+        offline = reference.tunes_offline(strategy)
+        # Where the blend is scored offline, tuning takes every validation query (as later).
+        queries = validation if offline else tuning
+        if offline:  # the same weights the comparator's tuning would find: kept for it
+            tuned.bm25_popularity[strategy] = _ascend(reference, queries, strategy,
+                                                      BlendWeights(1.0), ("popularity",))
+            tuned.plain[strategy] = _ascend(reference, queries, strategy, BlendWeights(1.0),
+                                            ("popularity", "query"))
+            plain, bm25_popularity = tuned.plain[strategy], tuned.bm25_popularity[strategy]
+        else:
+            bm25_popularity = _ascend(reference, queries, strategy, BlendWeights(1.0),
+                                      ("popularity",))
+            plain = _ascend(reference, queries, strategy, BlendWeights(1.0),
+                            ("popularity", "query"))
+
+        def best_without_user(queries: list[data.Query]) -> float:
+            return max((reference.ndcg(Method("floor", w, None, strategy), queries)
+                        for w in (plain, bm25_popularity)), default=0.0)
+
+        floors: Floors = {p: best_without_user([q for q in validation if q.protocol == p])
+                          for p in data.PROTOCOLS}
+        tuned.behaviour_tail_floor = best_without_user(tail_queries)
+        weights = _tune_content(reference, queries, strategy, plain, policy, floors)
+        progress(f"behaviour candidates are scored with {weights} (seen {policy}), "
+                 f"each candidate's behaviour weights searched")
 
         def score(choice: dict[str, Any]) -> dict[str, float]:
             own = ("behaviour_model", "behaviour_text_map",
@@ -1026,26 +1056,16 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             # documents need no re-fold until the model chosen is trained.
             behaviour.train(candidate, refold=False)
             docs = fetch_doc_vectors(candidate, corpus.doc_vectors, fresh=True)
-            profile = query_time_profiles(corpus, docs, profile_half_lives, validation)
+            profile = query_time_profiles(corpus, docs, half_lives, validation)
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
                 candidate.settings.personal_candidates, SIZE, shared=terms,
                 local=LocalVectors.of(docs)))
-            if not floors:
-                floors.update({p: max(
-                    evaluator.ndcg(Method("floor", w, None, strategy),
-                                   [q for q in validation if q.protocol == p])
-                    for w in (plain, replace(plain, query=0.0))) for p in data.PROTOCOLS})
-                tuned.behaviour_tail_floor = max(
-                    (evaluator.ndcg(Method("floor", w, None, strategy), tail_queries)
-                     for w in (plain, replace(plain, query=0.0))), default=0.0)
-            # The shipped behaviour weights were tuned for the shipped vectors; each
-            # candidate's own scale gets its own two weights (offline, where the strategy can).
-            fitted = (_ascend(evaluator, validation, strategy, weights, SHORT_TERMS[:1],
-                              shipped.seen_policy, floors)
-                      if evaluator.tunes_offline(strategy) else weights)
+            # Each candidate's own scale gets its own two behaviour weights.
+            fitted = _ascend(evaluator, queries, strategy, weights, SHORT_TERMS[:1], policy,
+                             floors)
             ndcg = metrics.per_query(evaluator.choice_ranks(
-                Method("behaviour", fitted, "dynamic", strategy,
-                       seen_policy=shipped.seen_policy), validation, "behaviour"))["ndcg@10"]
+                Method("behaviour", fitted, "dynamic", strategy, seen_policy=policy),
+                validation, "behaviour"))["ndcg@10"]
             value = objective(ndcg, validation, floors)
             entry = tuned.behaviour_validation[label] = {
                 "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
@@ -1427,6 +1447,34 @@ def _ascend(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     return weights
 
 
+# The steps of ``_tune``: the content terms (the table for users without a behaviour vector),
+# then behaviour beside them (the table for users with one).
+CONTENT_STEPS: tuple[str | tuple[str, ...], ...] = (
+    ("interest_long", "seen"), "interest_short", "seen", "seen_crowding", "seen", "ambiguity",
+    "interest_long")
+BEHAVIOUR_STEPS: tuple[str | tuple[str, ...], ...] = (
+    ("behaviour", "seen"), "behaviour_short", "interest_long", "seen", "seen_crowding", "seen",
+    "ambiguity", "behaviour", "query", "popularity")
+
+
+def _tune_steps(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+                weights: BlendWeights, steps: Sequence[str | tuple[str, ...]], policy: str,
+                floors: Floors | None) -> BlendWeights:
+    """``_ascend`` over ``steps``, the seen weights left out where ``policy`` gives seen
+    documents no share (they would count for nothing)."""
+    if policy not in SEEN_SHARE_POLICIES:
+        steps = [t if isinstance(t, str) else tuple(n for n in t if n not in SEEN_WEIGHTS)
+                 for t in steps if t not in SEEN_WEIGHTS]
+    return _ascend(evaluator, tuning, strategy, weights, steps, policy, floors)
+
+
+def _tune_content(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
+                  plain: BlendWeights, policy: str, floors: Floors | None) -> BlendWeights:
+    """The content terms from the non-personalized default ``plain`` (CONTENT_STEPS)."""
+    start = replace(plain, seen=0.0, ambiguity=START_AMBIGUITY)
+    return _tune_steps(evaluator, tuning, strategy, start, CONTENT_STEPS, policy, floors)
+
+
 def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           progress: Callable[[str], None], plain: BlendWeights | None = None,
           policy: str = "neutral", floors: Floors | None = None
@@ -1448,19 +1496,10 @@ def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
     searches the seen weight with it:
     a user term alone pushes what the user knows down, the seen weight alone does nothing
     while no user term applies, so one at a time neither would ever be taken."""
-    def ascend(weights: BlendWeights, terms: Sequence[str | tuple[str, ...]]) -> BlendWeights:
-        if policy not in SEEN_SHARE_POLICIES:  # the seen weights count only where they apply
-            terms = [t if isinstance(t, str) else tuple(n for n in t if n not in SEEN_WEIGHTS)
-                     for t in terms if t not in SEEN_WEIGHTS]
-        return _ascend(evaluator, tuning, strategy, weights, terms, policy, floors)
-
-    plain = plain or ascend(BlendWeights(1.0), ("popularity", "query"))
-    start = replace(plain, seen=0.0, ambiguity=START_AMBIGUITY)
-    content = ascend(start, (("interest_long", "seen"), "interest_short", "seen",
-                             "seen_crowding", "seen", "ambiguity", "interest_long"))
-    full = ascend(content, (("behaviour", "seen"), "behaviour_short", "interest_long", "seen",
-                            "seen_crowding", "seen", "ambiguity", "behaviour", "query",
-                            "popularity"))
+    plain = plain or _ascend(evaluator, tuning, strategy, BlendWeights(1.0),
+                             ("popularity", "query"))
+    content = _tune_content(evaluator, tuning, strategy, plain, policy, floors)
+    full = _tune_steps(evaluator, tuning, strategy, content, BEHAVIOUR_STEPS, policy, floors)
     progress(f"tuned on validation ({strategy}, seen {policy}): without behaviour {content}; "
              f"with {full}")
     return content, full

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import SHIPPED_RANKING, ConfigError, load_settings
+from plugin.config import (
+    FROM_RANKING,
+    SHIPPED_RANKING,
+    ConfigError,
+    Settings,
+    load_settings,
+    without_ranking,
+)
 
 
 def test_defaults_and_overrides() -> None:
@@ -154,3 +161,19 @@ def test_the_ranking_file_orders_the_strategies_auto_prefers(tmp_path: Path) -> 
     path.write_text(json.dumps({**ranking, "strategy_order": ["knn_linear", "knn_linear"]}))
     with pytest.raises(ConfigError, match="strategy_order must list"):
         load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+
+
+def test_the_evaluation_starts_from_the_codes_defaults_not_the_last_file(tmp_path: Path) -> None:
+    """`make eval` chooses from the same starting point whatever ranking file it last wrote."""
+    ranking = json.loads(SHIPPED_RANKING.read_text())
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({**ranking, "behaviour_model": "item2vec", "seen_policy": "keep",
+                                "behaviour_support_exponent": 2.0,
+                                "half_life_short_days": 3.0}))
+    other = load_settings({"ES_INTEREST_RANKING_FILE": str(path)})
+    assert (other.behaviour_model, other.seen_policy) == ("item2vec", "keep")
+    start, shipped, code = without_ranking(other), without_ranking(load_settings({})), Settings()
+    for name in FROM_RANKING:
+        assert getattr(start, name) == getattr(shipped, name) == getattr(code, name)
+    # What the ranking file does not give stays the deployment's own.
+    assert start.engine_url == other.engine_url and start.blend_weights == other.blend_weights
