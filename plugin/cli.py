@@ -596,7 +596,8 @@ def dead_letter_purge() -> None:
 @click.option("--language-model", type=click.Path(exists=True, file_okay=False,
                                                  path_type=Path), default=None,
               help="a model fine-tuned elsewhere on this split's training pairs (bench/gpu.py) "
-                   "to compare on validation instead of fine-tuning here, time-capped")
+                   "to compare on validation instead of fine-tuning here (on a fixed number "
+                   "of pairs)")
 def evaluate(quick: bool, users: int | None, engines: str, out_dir: Path | None,
              choose: bool | None, language_model: Path | None) -> None:
     """Offline evaluation on MovieLens; writes evaluation.md, JSON, plots and ranking.json.

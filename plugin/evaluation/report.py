@@ -396,9 +396,9 @@ def _language_model(results: dict[str, Any]) -> list[str]:
     lines = ["", "Language model fine-tuned on the log (`es-interest train --model`: pairs of "
              "movies one user liked close in time, MultipleNegativesRankingLoss, "
              f"{report['pairs_trained']} of {report['pairs']} pairs in {report['steps']} steps, "
-             f"{report['seconds']:g} s on {_where(report)}, capped at "
-             f"{report['budget_s']:g} s), against the shipped model; each re-embeds the "
-             "catalogue in its own index (validation, first engine; tail: "
+             f"{report['seconds']:g} s on {_where(report)}, stopped at "
+             f"{report['budget_s']:g} s if not done), against the shipped model; each "
+             "re-embeds the catalogue in its own index (validation, first engine; tail: "
              f"{trial['tail_queries']} queries):", "",
              "| model | query vector | query vector, tail | content profile | "
              "content profile, tail |", "| --- | --- | --- | --- | --- |"]
