@@ -117,15 +117,16 @@ class LocalVectors:
 
     ids: list[str]
     row: dict[str, int]
-    # Per vector field: each document's unit vector (a row of zeros where it has none), and
-    # which documents have one.
-    unit: dict[str, npt.NDArray[np.float64]]
+    # Per vector field: each document's unit vector (a row of zeros where it has none), in
+    # float32 as the engine stores and scores them (half the memory to stream per search),
+    # and which documents have one.
+    unit: dict[str, npt.NDArray[np.float32]]
     has: dict[str, npt.NDArray[np.bool_]]
 
     @classmethod
     def of(cls, docs: Mapping[str, DocVector]) -> LocalVectors:
         ids = [sys.intern(d) for d in sorted(docs)]
-        unit: dict[str, npt.NDArray[np.float64]] = {}
+        unit: dict[str, npt.NDArray[np.float32]] = {}
         has: dict[str, npt.NDArray[np.bool_]] = {}
         for name, vectors in (("embedding", [docs[d].embedding for d in ids]),
                               (BEHAVIOUR_FIELD, [docs[d].behaviour for d in ids])):
@@ -137,7 +138,7 @@ class LocalVectors:
                                             for v in vectors if v is not None])
             norms = np.linalg.norm(matrix, axis=1)
             has[name] = present & (norms > 0)
-            unit[name] = matrix / np.where(norms > 0, norms, 1.0)[:, None]
+            unit[name] = (matrix / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
         return cls(ids, {d: i for i, d in enumerate(ids)}, unit, has)
 
     def rows(self, ids: Iterable[str]) -> npt.NDArray[np.bool_]:
@@ -160,7 +161,7 @@ class LocalVectors:
         norm = float(np.linalg.norm(query))
         if not candidates.size or k <= 0 or norm == 0:
             return [], np.zeros(0)
-        cosine = scope.unit @ (query / norm)
+        cosine = (scope.unit @ (query / norm).astype(np.float32)).astype(np.float64)
         nearest = (np.argpartition(-cosine, k - 1)[:k] if len(candidates) > k
                    else np.arange(len(candidates)))
         nearest = nearest[np.argsort(-cosine[nearest], kind="stable")]
@@ -172,7 +173,7 @@ class LocalScope:
     """The rows a user term's kNN search may return, and their unit vectors."""
 
     candidates: npt.NDArray[np.intp]
-    unit: npt.NDArray[np.float64]
+    unit: npt.NDArray[np.float32]
 
 
 @dataclass
@@ -193,6 +194,18 @@ class QueryTerms:
     # The rows asked for: tuning asks one target's rank under many weights (a map of every
     # document's row cost more memory than the scores).
     asked: dict[str, int | None] = field(default_factory=dict, init=False, repr=False)
+    # The first documents without the user, for the last blend asked: placing the seen
+    # documents asks for them under every user weight a tuning step tries, and they depend
+    # on none of those (one kept: a step that changes them misses anyway).
+    plain_tops: tuple[tuple[float, ...], list[str]] | None = field(
+        default=None, init=False, repr=False)
+
+    def plain_top(self, weights: BlendWeights, size: int) -> list[str]:
+        """``top_ids`` without the user (``weights``' user terms and seen share are 0)."""
+        key = (weights.bm25, weights.query, weights.popularity, float(size))
+        if self.plain_tops is None or self.plain_tops[0] != key:
+            self.plain_tops = (key, top_ids(self, weights, size))
+        return self.plain_tops[1]
 
     def row_of(self, doc: str) -> int | None:
         if doc not in self.asked:
@@ -233,6 +246,15 @@ def top_ids(terms: QueryTerms, weights: BlendWeights, size: int) -> list[str]:
     """The first ``size`` documents of the blend, best first (ties in the order fetched)."""
     candidates, score = blend(terms, weights)
     index = np.flatnonzero(candidates)
+    if size <= 0:
+        return []
+    if len(index) > size:
+        # Only the documents at or above the size-th best score can be among the first
+        # ``size``: sorting those alone gives the full sort's first ``size`` (ties stay in
+        # the order fetched).
+        values = score[index]
+        threshold = np.partition(values, len(values) - size)[len(values) - size]
+        index = index[values >= threshold]
     order = index[np.argsort(-score[index], kind="stable")][:size]
     return [terms.ids[i] for i in order]
 
@@ -410,7 +432,7 @@ class OfflineBlend:
             no_user = replace(plan, **dict.fromkeys(USER_TERMS, 0.0), seen=0.0)
             ranked = [h["_id"] for h in seen_places(
                 services.settings, [{"_id": i} for i in top_ids(terms, plan, self.size)],
-                [{"_id": i} for i in top_ids(terms, no_user, self.size)], set(held),
+                [{"_id": i} for i in terms.plain_top(no_user, self.size)], set(held),
                 self.size)]
             out.append(next((n for n, doc in enumerate(ranked, 1) if doc == q.movie_id), None))
         return out

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from plugin import fine_tuning, pipeline
 from plugin.config import (
@@ -560,12 +561,17 @@ def run(quick: bool, users: int | None, engines: Sequence[str], out_dir: Path,
     and whether to fine-tune the language model on validation; otherwise they stay the
     configured ones (the ablations are still reported), so the run measures what ships.
     ``language_model``: a model already fine-tuned on this split's training pairs (e.g. on a
-    GPU, bench/gpu.py), compared on validation in place of the time-capped in-process one,
-    with or without ``choose``."""
+    GPU, bench/gpu.py), compared on validation in place of the one fine-tuned here, with or
+    without ``choose``.
+
+    BLAS runs on one thread: the engines share the cores, and a second BLAS thread waiting
+    for a busy core turns a blend's microseconds into milliseconds (docs/evaluation.md's
+    phase times); the term fetches run in threads of their own."""
     prefix = f"eval-{uuid.uuid4().hex[:6]}"
     try:
-        return _run(prefix, quick, users, engines, out_dir, progress, ranking_out, choose,
-                    language_model)
+        with threadpool_limits(1, "blas"):
+            return _run(prefix, quick, users, engines, out_dir, progress, ranking_out,
+                        choose, language_model)
     finally:
         _remove(prefix, engines)
 

@@ -139,3 +139,21 @@ def test_local_vectors_find_the_exact_nearest_in_scope_scored_as_the_engine() ->
     assert len(ids) == 20 and all(int(d[1:]) % 2 == 0 for d in ids)
     ids, scores = local.knn(local.scope("embedding", local.rows([])), list(query), 5)
     assert ids == [] and len(scores) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_first_documents_are_the_full_sorts_first_ties_in_fetch_order(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    terms = _terms(seed, documents=300)
+    # Coarse scores: many ties, also at the cut.
+    terms.scores = np.round(terms.scores * 4) / 4
+    weights = BlendWeights(1.0, query=0.5, popularity=1.0, interest_long=1.0, behaviour=2.0,
+                           seen=0.5)
+    full = top_ids(terms, weights, size=len(terms.ids))
+    for size in (0, 1, 7, int(rng.integers(10, 100)), len(full), len(full) + 5):
+        assert top_ids(terms, weights, size) == full[:size]
+    # Without the user, kept for the last blend asked and asked again.
+    no_user = BlendWeights(1.0, query=0.5, popularity=1.0)
+    assert terms.plain_top(no_user, 20) == top_ids(terms, no_user, 20)
+    assert terms.plain_top(BlendWeights(1.0, popularity=3.0), 20) == top_ids(
+        terms, BlendWeights(1.0, popularity=3.0), 20)
