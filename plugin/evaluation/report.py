@@ -564,9 +564,10 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "reported either way)."]
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
-        lines += ["", "Behaviour vectors: the model (then the winner's own settings one at a "
-                  "time: item2vec's window, negative-sampling exponent and epochs, ALS's "
-                  "penalty and how many users a document needs for a vector), then cold "
+        lines += ["", "Behaviour vectors: the model, each at its own best settings "
+                  "(searched one at a time from the code's defaults: item2vec's window, "
+                  "negative-sampling exponent and epochs, ALS's penalty and how many users a "
+                  "document needs for a vector), then cold "
                   "documents' vectors mapped from their text (a ridge map fitted on documents "
                   "with both; `confidence`: how far a mapped vector is trusted against a "
                   "learned one, its cosine to any user that share of its mapped "

@@ -141,7 +141,7 @@ OTHER_USER = "control: another user's vectors"
 # The personalized default with each user's profile as it stood when training ended (the
 # validation period and the test's earlier events left out): what keeping it current is worth.
 FROZEN = "profile frozen at training's end"
-# Each behaviour model's own settings, searched one at a time where it is the best model.
+# Each behaviour model's own settings, searched one at a time before the models compete.
 MODEL_GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
     "item2vec": {"behaviour_item2vec_window": (5, 20, 50),
                  "behaviour_item2vec_ns_exponent": (-0.5, 0.0, 0.75),
@@ -992,9 +992,9 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                half_lives: tuple[float, float], tuning: list[data.Query],
                progress: Callable[[str], None]) -> tuple[Services, dict[str, Any]]:
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
-    engine, validation chooses the model (each without the text map; the winner's own
-    settings, MODEL_GRIDS, one at a time), then whether cold documents get vectors mapped
-    from their text. Each candidate is scored on every validation query with a blend this
+    engine, validation chooses the model (each without the text map and at its own best
+    settings, MODEL_GRIDS searched one at a time), then whether cold documents get vectors
+    mapped from their text. Each candidate is scored on every validation query with a blend this
     run tuned before any training (``strategy``'s non-personalized default, then its content
     terms under the starting seen policy: ``_tune``'s first steps), its two behaviour
     weights searched for that candidate: the choice sees the terms as ``_tune`` will first
@@ -1091,12 +1091,19 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                         services.settings.behaviour_text_map_confidence,
                     **{k: getattr(services.settings, k) for k in MODEL_SETTINGS}}
 
-        best = model(max(BEHAVIOUR_MODELS, key=lambda m: (score(model(m))["objective"],
-                                                          m == BEHAVIOUR_MODELS[0])))
-        for key, values in MODEL_GRIDS.get(best["behaviour_model"], {}).items():
-            # Ties keep the configured value.
-            best[key] = max(values, key=lambda v: (score({**best, key: v})["objective"],
-                                                   v == best[key]))
+        def own_best(name: str) -> dict[str, Any]:
+            """The model at its own best settings (MODEL_GRIDS, one at a time from the
+            code's defaults; ties keep the default): a model is not judged at a default
+            that does not suit it."""
+            choice = model(name)
+            for key, values in MODEL_GRIDS.get(name, {}).items():
+                choice[key] = max(values, key=lambda v: (
+                    score({**choice, key: v})["objective"], v == choice[key]))
+            return choice
+
+        candidates = [own_best(name) for name in BEHAVIOUR_MODELS]
+        # Ties keep the first model.
+        best = max(candidates, key=lambda c: (score(c)["objective"], c is candidates[0]))
         mapped = [{**best, "behaviour_text_map": True, "behaviour_text_map_confidence": c}
                   for c in TEXT_MAP_CONFIDENCES]
         # Ties keep no map.
