@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from plugin.config import (
+    BEHAVIOUR_MODELS,
     BLEND_STRATEGIES,
     LOCAL_ENGINE_URLS,
     PLACED_POLICIES,
@@ -98,6 +99,17 @@ def test_quick_evaluation_writes_its_report(tmp_path: Path, stack: None,
     # ... on the first engine's default strategy (scored offline where it tunes offline).
     assert saved["seen_policy"]["strategy"] == saved["engines"][engines[0]]["strategies"][0]
     assert chosen["embed_title_cleanup"] in ("years", "none")
+    # Each behaviour model was scored at every value of its own settings (at its own best,
+    # not at a default that need not suit it) before the models competed.
+    labels = saved["behaviour_choice"]["validation"]
+    assert {label.split(",")[0].removeprefix("model ") for label in labels} == set(
+        BEHAVIOUR_MODELS)
+    for name, grid in evaluation.MODEL_GRIDS.items():
+        own = [label for label in labels if label.startswith(f"model {name},")]
+        for key, values in grid.items():
+            for value in values:
+                assert any(f"{key.removeprefix('behaviour_')} {value}" in label
+                           for label in own), (name, key, value)
     # Every strategy the first engine offers is tuned offline on every validation query;
     # each blend recomputed in the process ranks the targets where the engine does (ties
     # and the kNN search's approximation aside).
