@@ -994,12 +994,12 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     """Behaviour vectors trained from the log, as `es-interest train` does. On the first
     engine, validation chooses the model (each without the text map and at its own best
     settings, MODEL_GRIDS searched one at a time), then whether cold documents get vectors
-    mapped from their text. Each candidate is scored on every validation query with a blend this
-    run tuned before any training (``strategy``'s non-personalized default, then its content
-    terms under the starting seen policy: ``_tune``'s first steps), its two behaviour
-    weights searched for that candidate: the choice sees the terms as ``_tune`` will first
-    see them, and depends on nothing the last run wrote (the ranking file), so a rerun makes
-    the same choice. The score is the tuning objective (``objective``: the discovery
+    mapped from their text. Each candidate is scored on every validation query with the
+    blend ``_tune`` would give it: from the content terms this run tuned before any training
+    (``strategy``'s non-personalized default, then its content terms under the starting seen
+    policy), its behaviour terms and the rest searched beside them (BEHAVIOUR_STEPS). So the
+    choice depends on nothing the last run wrote (the ranking file) and a rerun starts from
+    the same point. The score is the tuning objective (``objective``: the discovery
     protocols' mean, held to each protocol's floor), so a model is not chosen for finding
     again what the user knows at the cost of what is new; the floors here are ``strategy``'s
     non-personalized default's and BM25 + popularity's (the comparator is tuned after the
@@ -1048,8 +1048,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                           for p in data.PROTOCOLS}
         tuned.behaviour_tail_floor = best_without_user(tail_queries)
         weights = _tune_content(reference, queries, strategy, plain, policy, floors)
-        progress(f"behaviour candidates are scored with {weights} (seen {policy}), "
-                 f"each candidate's behaviour weights searched")
+        progress(f"behaviour candidates are tuned from {weights} (seen {policy})")
 
         def score(choice: dict[str, Any]) -> dict[str, float]:
             own = ("behaviour_model", "behaviour_text_map",
@@ -1069,9 +1068,11 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
             evaluator = Evaluator(candidate, {"dynamic": profile}, offline=OfflineBlend(
                 candidate.settings.personal_candidates, SIZE, shared=terms,
                 local=LocalVectors.of(docs)))
-            # Each candidate's own scale gets its own two behaviour weights.
-            fitted = _ascend(evaluator, queries, strategy, weights, SHORT_TERMS[:1], policy,
-                             floors)
+            # Each candidate gets the blend ``_tune`` would give it: its behaviour weights
+            # and the others searched again beside them (a model is not judged by weights
+            # another model's vectors were tuned with).
+            fitted = _tune_steps(evaluator, queries, strategy, weights, BEHAVIOUR_STEPS,
+                                 policy, floors)
             ndcg = metrics.per_query(evaluator.choice_ranks(
                 Method("behaviour", fitted, "dynamic", strategy, seen_policy=policy),
                 validation, "behaviour"))["ndcg@10"]
