@@ -1028,17 +1028,12 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         offline = reference.tunes_offline(strategy)
         # Where the blend is scored offline, tuning takes every validation query (as later).
         queries = validation if offline else tuning
+        bm25_popularity = _ascend(reference, queries, strategy, BlendWeights(1.0),
+                                  ("popularity",))
+        plain = _ascend(reference, queries, strategy, BlendWeights(1.0),
+                        ("popularity", "query"))
         if offline:  # the same weights the comparator's tuning would find: kept for it
-            tuned.bm25_popularity[strategy] = _ascend(reference, queries, strategy,
-                                                      BlendWeights(1.0), ("popularity",))
-            tuned.plain[strategy] = _ascend(reference, queries, strategy, BlendWeights(1.0),
-                                            ("popularity", "query"))
-            plain, bm25_popularity = tuned.plain[strategy], tuned.bm25_popularity[strategy]
-        else:
-            bm25_popularity = _ascend(reference, queries, strategy, BlendWeights(1.0),
-                                      ("popularity",))
-            plain = _ascend(reference, queries, strategy, BlendWeights(1.0),
-                            ("popularity", "query"))
+            tuned.bm25_popularity[strategy], tuned.plain[strategy] = bm25_popularity, plain
 
         def best_without_user(queries: list[data.Query]) -> float:
             return max((reference.ndcg(Method("floor", w, None, strategy), queries)
