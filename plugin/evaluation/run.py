@@ -1035,8 +1035,8 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         if offline:  # the same weights the comparator's tuning would find: kept for it
             tuned.bm25_popularity[strategy], tuned.plain[strategy] = bm25_popularity, plain
 
-        def best_without_user(queries: list[data.Query]) -> float:
-            return max((reference.ndcg(Method("floor", w, None, strategy), queries)
+        def best_without_user(subset: list[data.Query]) -> float:
+            return max((reference.ndcg(Method("floor", w, None, strategy), subset)
                         for w in (plain, bm25_popularity)), default=0.0)
 
         floors: Floors = {p: best_without_user([q for q in validation if q.protocol == p])
