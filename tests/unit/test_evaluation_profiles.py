@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from plugin.config import PLACED_POLICIES, SHIPPED_RANKING
 from plugin.evaluation import data
 from plugin.evaluation.run import (
     DAY,
@@ -16,7 +12,6 @@ from plugin.evaluation.run import (
     OTHER_USER,
     Corpus,
     _controls,
-    _services,
     _stored,
     best_arms,
     frozen_profiles,
@@ -175,18 +170,3 @@ def test_a_strategy_overtakes_the_shipped_order_only_surely() -> None:
     assert order == ["c", "a", "b"]
     assert asked["b > a"] == 0.6 and asked["c > a"] == 0.97
     assert stable_order(["a", "b"], lambda x, y: shares[(x, y)])[0] == ["a", "b"]
-
-
-def test_a_choosing_run_starts_under_a_seen_policy_the_product_ships(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every choice before the seen policy's own is made under one that ships, whatever the
-    ranking file says and whatever the code's default (two runs under ``neutral`` chose
-    different behaviour models on a near tie that ``floor`` does not have)."""
-
-    path = tmp_path / "ranking.json"
-    path.write_text(json.dumps({**json.loads(SHIPPED_RANKING.read_text()),
-                                "seen_policy": "own"}))
-    monkeypatch.setenv("ES_INTEREST_RANKING_FILE", str(path))
-    for choose in (True, False):
-        services = _services("elasticsearch", (30.0, 1.0), "t", choose=choose)
-        assert services.settings.seen_policy in PLACED_POLICIES
