@@ -574,11 +574,8 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "direction's), each trained from the log and scored with the blend the "
                   "tuning would give it: from the content terms this run tuned before any "
                   "training for the engine's default strategy (its non-personalized default, "
-                  "then its content terms under the seen policy "
-                  + (f"`{choice['reference_policy']}`, one the product ships; "
-                     if "reference_policy" in choice else "`neutral`; ")
-                  + "the code's defaults, not the ranking file's: a rerun starts from "
-                  "the same point), its behaviour weights "
+                  "then its content terms under the starting seen policy, the code's, not the "
+                  "ranking file's: a rerun starts from the same point), its behaviour weights "
                   "and the rest searched beside them for each candidate (every validation "
                   "query, first engine). The choice is the tuning objective's (the seen "
                   "policy's above; its floors here: that strategy's non-personalized default "

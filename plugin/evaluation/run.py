@@ -123,11 +123,6 @@ OFFLINE_GRID: dict[str, tuple[float, ...]] = {
 # them): at 0 a two-word query gets the full personal weight, and the floors on the longer
 # queries would hold every user term back before the exponent could turn them down there.
 START_AMBIGUITY = 1.0
-# The seen policy every choice made before the seen policy's own is made under (the
-# half-lives, the behaviour model, the content terms it is scored from): one the product
-# ships (PLACED_POLICIES), so nothing is chosen for a gain that the shipped policy takes
-# away; ``floor``, of the two the one that leaves the personal terms the most room.
-REFERENCE_POLICY = "floor"
 # The weights that say what seen documents get (the SEEN_SHARE_POLICIES only).
 SEEN_WEIGHTS = ("seen", "seen_crowding")
 # How many standard errors of its own mean a blend must clear each protocol's floor by, on
@@ -471,7 +466,7 @@ def _services(engine: str, half_lives: tuple[float, float], prefix: str,
                                  half_life_long_s=half_lives[0] * DAY,
                                  half_life_short_s=half_lives[1] * DAY,
                                  popularity_half_life_s=popularity_days * DAY,
-                                 seen_policy=REFERENCE_POLICY)
+                                 seen_policy="neutral")
     return Services(settings)
 
 
@@ -619,8 +614,8 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
     tuned = Tuned(embed_title_cleanup=cleanup)
     configured = load_settings()
     if not choose:
-        # The configured ones (``_services`` starts every deployment at REFERENCE_POLICY):
-        # a run that chooses nothing measures what ships.
+        # The configured ones (``_services`` starts every deployment neutral): a run that
+        # chooses nothing measures what ships.
         tuned.seen_policy = configured.seen_policy
         tuned.behaviour = {k: getattr(first.settings, k) for k in BEHAVIOUR_SETTINGS}
         half_lives = tuned.half_lives = (configured.half_life_long_s / DAY,
@@ -673,7 +668,6 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation,
-                             "reference_policy": REFERENCE_POLICY,
                              **({"tail_floor": tuned.behaviour_tail_floor}
                                 if tuned.behaviour_tail_floor is not None else {})},
         "behaviour_support": tuned.support_validation,
@@ -928,12 +922,12 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
         with clock.phase(f"tuning {s}"):
             tuned.chosen[s] = _tune(evaluator, tuning_for(s), s, progress,
                                     plain=tuned.plain[s],
-                                    policy=tuned.seen_policy or REFERENCE_POLICY, floors=floors)
+                                    policy=tuned.seen_policy or "neutral", floors=floors)
         if tuned.half_lives is None:
             with clock.phase("short-term half-life (choice)"):
                 short, tuned.chosen[s], tuned.short_half_life_validation = _short_half_life(
                     evaluator, corpus, docs, tuning_for(s), s, tuned.chosen[s],
-                    tuned.seen_policy or REFERENCE_POLICY, floors, half_lives, progress)
+                    tuned.seen_policy or "neutral", floors, half_lives, progress)
                 if short != half_lives[1]:
                     half_lives = (half_lives[0], short)
                     evaluator = _with_profiles(evaluator, _profiles(
@@ -957,7 +951,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
                 weights = (tuned.chosen[s][1] if s in tuned.chosen
                            else BlendWeights(**services.settings.blend_weights[s]))
                 tuned.offline_agreement[s] = _offline_agreement(
-                    evaluator, validation, s, weights, tuned.seen_policy or REFERENCE_POLICY,
+                    evaluator, validation, s, weights, tuned.seen_policy or "neutral",
                     tuned=s in tuned.chosen)
                 progress(f"offline blend against the engine ({s}): "
                          f"{tuned.offline_agreement[s]}")
@@ -969,7 +963,7 @@ def _evaluate_engine(services: Services, engine: str, corpus: Corpus,
     # measured through the same path as /search (weights=None).
     offline = evaluator.offline
     evaluator = evaluator.using(Services(replace(
-        services.settings, seen_policy=tuned.seen_policy or REFERENCE_POLICY,
+        services.settings, seen_policy=tuned.seen_policy or "neutral",
         blend_weights={s: asdict(w[1]) for s, w in tuned.chosen.items()},
         blend_weights_without_behaviour={s: asdict(w[0]) for s, w in tuned.chosen.items()})))
     with clock.phase("test queries"):
@@ -1002,8 +996,8 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     settings, MODEL_GRIDS searched one at a time), then whether cold documents get vectors
     mapped from their text. Each candidate is scored on every validation query with the
     blend ``_tune`` would give it: from the content terms this run tuned before any training
-    (``strategy``'s non-personalized default, then its content terms under REFERENCE_POLICY),
-    its behaviour terms and the rest searched beside them (BEHAVIOUR_STEPS). So the
+    (``strategy``'s non-personalized default, then its content terms under the starting seen
+    policy), its behaviour terms and the rest searched beside them (BEHAVIOUR_STEPS). So the
     choice depends on nothing the last run wrote (the ranking file) and a rerun starts from
     the same point. The score is the tuning objective (``objective``: the discovery
     protocols' mean, held to each protocol's floor), so a model is not chosen for finding
@@ -1128,7 +1122,7 @@ def _support_exponent(evaluator: Evaluator, corpus: Corpus, offered: list[str],
     ranking file and the other engines). ``coverage``: the run's own model's."""
     assert tuned.behaviour is not None
     settings = evaluator.services.settings
-    policy = tuned.seen_policy or REFERENCE_POLICY
+    policy = tuned.seen_policy or "neutral"
     weights = tuned.chosen[strategy][1]
     sizes: list[tuple[int, float, Evaluator, list[data.Query], str | None]] = [
         (len(corpus.split.static_events), coverage, evaluator, corpus.split.validation, None)]
@@ -1275,7 +1269,7 @@ def _choose_seen_policy(evaluator: Evaluator, tuning: list[data.Query],
     lets unseen documents near the user's taste pass a known one: measured through the API,
     `es-interest eval-api`). A strategy tuned offline is
     compared offline too (the agreement check measures that against the engine)."""
-    first = tuned.seen_policy or REFERENCE_POLICY
+    first = tuned.seen_policy or "neutral"
     candidates = {first: tuned.chosen[strategy]}
     for policy in SEEN_POLICIES:
         if policy not in candidates:
@@ -1321,7 +1315,7 @@ def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offere
     default's objective on every validation query beats the one ahead of it surely
     (``stable_order``); the first is the default from here on (its ablations, the leak bound)
     and what `auto` ships."""
-    policy = tuned.seen_policy or REFERENCE_POLICY
+    policy = tuned.seen_policy or "neutral"
     floors = _validation_floors(evaluator, validation, offered, tuned)
     # The engine's answers, not the offline blend's: the strategies are compared as served.
     ndcg = {s: metrics.per_query(evaluator.ranks(Method(
@@ -1494,7 +1488,7 @@ def _tune_content(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
 
 def _tune(evaluator: Evaluator, tuning: list[data.Query], strategy: str,
           progress: Callable[[str], None], plain: BlendWeights | None = None,
-          policy: str = REFERENCE_POLICY, floors: Floors | None = None
+          policy: str = "neutral", floors: Floors | None = None
           ) -> tuple[BlendWeights, BlendWeights]:
     """Popularity and the query vector (the non-personalized default; given as ``plain``
     where tuned already), then the content interest terms, the seen documents' weight, how
