@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +31,7 @@ import numpy.typing as npt
 from plugin.config import load_settings
 from plugin.evaluation import data, metrics
 from plugin.events import positive_sequences_of
-from plugin.pipeline.behaviour import learn_vectors
+from plugin.pipeline.behaviour import frequent_documents, learn_vectors, users_per_document
 from plugin.progress import progress
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,8 +81,7 @@ def ease_scorer(sequences: Mapping[str, list[str]], penalty: float = EASE_PENALT
                 min_users: int = EASE_MIN_USERS) -> Scorer:
     """EASE (Steck, 2019): the item-item weights B = I - P / diag(P), P = (X'X + penalty I)^-1
     over the users' liked documents X; a user's scores are their liked row of X times B."""
-    users_of = Counter(d for docs in sequences.values() for d in set(docs))
-    items = sorted(d for d, n in users_of.items() if n >= min_users)
+    items = frequent_documents(sequences, min_users)
     column = {d: i for i, d in enumerate(items)}
     liked = np.zeros((len(sequences), len(items)))
     row_of = {}
@@ -115,7 +114,7 @@ def ceiling_table(users: int | None = None) -> list[dict[str, Any]]:
     rated: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for event in rating_events:
         rated[event["user_id"]][event["doc_id"]] += float(event["weight"])
-    likes = Counter(d for docs in sequences.values() for d in docs)
+    likes = users_per_document(sequences)
     matches = _matches(movies)
     settings = load_settings()
     scorers: dict[str, Scorer] = {}
@@ -131,7 +130,7 @@ def ceiling_table(users: int | None = None) -> list[dict[str, Any]]:
         candidates = sorted(d for d in matches(query.text)
                             if d not in rated[query.user_id] or d == query.movie_id)
         target = candidates.index(query.movie_id)
-        popular = _scaled(np.array([math.log1p(likes[d]) for d in candidates]))
+        popular = _scaled(np.array([math.log1p(likes.get(d, 0)) for d in candidates]))
         ranks[(query.protocol, "popularity", 0.0)].append(_rank(popular, target))
         for name, scorer in scorers.items():
             behaviour = _scaled(scorer(query.user_id, candidates))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -197,7 +197,8 @@ def positive_pairs(services: Services) -> list[tuple[str, str]]:
     return sorted((u, d) for u, docs in positive_sequences(services).items() for d in docs)
 
 
-def _users_per_document(sequences: dict[str, list[str]]) -> dict[str, int]:
+def users_per_document(sequences: Mapping[str, list[str]]) -> dict[str, int]:
+    """How many users liked each document (``sequences``: per user, the liked documents)."""
     users: dict[str, int] = {}
     for docs in sequences.values():
         for doc in set(docs):
@@ -205,8 +206,9 @@ def _users_per_document(sequences: dict[str, list[str]]) -> dict[str, int]:
     return users
 
 
-def _frequent(sequences: dict[str, list[str]], min_users: int) -> list[str]:
-    return sorted(d for d, n in _users_per_document(sequences).items() if n >= min_users)
+def frequent_documents(sequences: Mapping[str, list[str]], min_users: int) -> list[str]:
+    """The documents at least ``min_users`` users liked, in id order: those a model learns."""
+    return sorted(d for d, n in users_per_document(sequences).items() if n >= min_users)
 
 
 # How many of each user's latest liked documents ``target_coverage`` asks about.
@@ -221,7 +223,7 @@ def target_coverage(sequences: dict[str, list[str]], min_users: int,
     without a behaviour vector; a term that can lift only the documents with one then
     crowds out the rest, so search weighs the term by this (``behaviour_support``). Pure:
     no engine."""
-    users = _users_per_document(sequences)
+    users = users_per_document(sequences)
     latest = [doc for docs in sequences.values() for doc in docs[-recent:]]
     if not latest:
         return 0.0
@@ -243,7 +245,7 @@ def item2vec_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
     same vectors). Pure: no engine."""
     from gensim.models import Word2Vec
 
-    items = _frequent(sequences, min_users)
+    items = frequent_documents(sequences, min_users)
     keep = set(items)
     sentences = [[d for d in docs if d in keep] for docs in sequences.values()]
     sentences = [s for s in sentences if len(s) > 1]
@@ -263,7 +265,7 @@ def als_vectors(sequences: dict[str, list[str]], dims: int, min_users: int,
     from implicit.als import AlternatingLeastSquares
     from scipy import sparse
 
-    items = _frequent(sequences, min_users)
+    items = frequent_documents(sequences, min_users)
     if len(items) <= 2:
         return {}
     column = {d: i for i, d in enumerate(items)}
