@@ -63,6 +63,9 @@ public final class ElasticsearchNode {
             .put("transport.port", args[3])
             // A dev node on a shared disk: don't turn read-only when the disk is nearly full.
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
+            // Nor stop merging (a force merge then waits forever) while gigabytes are free:
+            // the engine's default keeps 5% of the whole disk free for merges.
+            .put("indices.merge.disk.watermark.high", "1gb")
             .put("action.destructive_requires_name", false)
             .build();
         LogConfigurator.configureESLogging();
