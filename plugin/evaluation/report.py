@@ -565,7 +565,7 @@ def _ablations(results: dict[str, Any]) -> list[str]:
     choice = results.get("behaviour_choice") or {}
     if choice.get("validation"):
         lines += ["", "Behaviour vectors: the model, each at its own best settings "
-                  "(searched one at a time from the code's defaults: item2vec's window, "
+                  "(searched one at a time from the ranking file's: item2vec's window, "
                   "negative-sampling exponent and epochs, ALS's penalty and how many users a "
                   "document needs for a vector), then cold "
                   "documents' vectors mapped from their text (a ridge map fitted on documents "
@@ -577,7 +577,12 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   "then its content terms under the starting seen policy, the code's, not the "
                   "ranking file's: a rerun starts from the same point), its behaviour weights "
                   "and the rest searched beside them for each candidate (every validation "
-                  "query, first engine). The choice is the tuning objective's (the seen "
+                  "query, first engine). Each step keeps what the ranking file ships "
+                  "unless another candidate beats it in at least "
+                  f"{results.get('strategy_choice', {}).get('confidence', 0.95):.0%} of "
+                  "paired bootstrap resamples of the validation queries (the strategy "
+                  "order's rule: near-tied models would swap on a rerun's noise), and then "
+                  "takes the best of those that do. The objective is the tuning's (the seen "
                   "policy's above; its floors here: that strategy's non-personalized default "
                   "and BM25 + popularity, as this run tuned them); "
                   "the map's step (no map against each confidence) holds the tail targets to "
@@ -592,6 +597,9 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                      else "-") + " | "
                   + " | ".join(f"{v[p]:.4f}" for p in (*PROTOCOLS, "tail")) + " |"
                   for name, v in choice["validation"].items()]
+        if choice.get("overtakes"):
+            lines += ["", "Challenger over the setting held, share of resamples: " + "; ".join(
+                f"{pair} {share:.0%}" for pair, share in choice["overtakes"].items()) + "."]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]
     lines += _support(results)

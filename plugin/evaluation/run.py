@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -182,6 +182,7 @@ FINE_TUNE_BUDGET_S = {"full": 600.0, "quick": 180.0}
 Profile = Callable[[data.Query], UserVectors]
 # Each protocol's best NDCG@10 without a user: what the tuning objective holds a blend to.
 Floors = dict[str, float]
+T = TypeVar("T")
 
 
 @dataclass
@@ -512,6 +513,11 @@ class Tuned:
     behaviour: dict[str, Any] | None = None
     # Per candidate: the tuning objective, each protocol's NDCG@10 and the tail's.
     behaviour_validation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The ranking file's behaviour settings: each step of the choice keeps them unless a
+    # challenger surely beats them (``stable_choice``).
+    behaviour_incumbent: dict[str, Any] = field(default_factory=dict)
+    # "a > b": the share of resamples in which candidate a's objective beat b's (b held).
+    behaviour_overtakes: dict[str, float] = field(default_factory=dict)
     # The tail targets' floor in the text map's step (the best ranking without a user on them).
     behaviour_tail_floor: float | None = None
     # The strategies in the order `auto` prefers: the shipped one, where validation surely
@@ -613,6 +619,7 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
                                "per_query": {}, "embedded_text": text_ablation}
     tuned = Tuned(embed_title_cleanup=cleanup)
     configured = load_settings()
+    tuned.behaviour_incumbent = {k: getattr(configured, k) for k in BEHAVIOUR_SETTINGS}
     if not choose:
         # The configured ones (``_services`` starts every deployment neutral): a run that
         # chooses nothing measures what ships.
@@ -668,6 +675,8 @@ def _run(prefix: str, quick: bool, users: int | None, engines: Sequence[str], ou
         "embed_title_cleanup": cleanup,
         "behaviour_choice": {"chosen": tuned.behaviour,
                              "validation": tuned.behaviour_validation,
+                             "incumbent": tuned.behaviour_incumbent,
+                             "overtakes": tuned.behaviour_overtakes,
                              **({"tail_floor": tuned.behaviour_tail_floor}
                                 if tuned.behaviour_tail_floor is not None else {})},
         "behaviour_support": tuned.support_validation,
@@ -997,10 +1006,12 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     mapped from their text. Each candidate is scored on every validation query with the
     blend ``_tune`` would give it: from the content terms this run tuned before any training
     (``strategy``'s non-personalized default, then its content terms under the starting seen
-    policy), its behaviour terms and the rest searched beside them (BEHAVIOUR_STEPS). So the
-    choice depends on nothing the last run wrote (the ranking file) and a rerun starts from
-    the same point. The score is the tuning objective (``objective``: the discovery
-    protocols' mean, held to each protocol's floor), so a model is not chosen for finding
+    policy), its behaviour terms and the rest searched beside them (BEHAVIOUR_STEPS), so the
+    scores depend on nothing the last run wrote. Each step keeps the ranking file's setting
+    unless another surely beats it (``stable_choice``, as the strategy order does): reruns
+    of the same code chose different models on near ties. The score is the tuning objective
+    (``objective``: the discovery protocols' mean, held to each protocol's floor), so a
+    model is not chosen for finding
     again what the user knows at the cost of what is new; the floors here are ``strategy``'s
     non-personalized default's and BM25 + popularity's (the comparator is tuned after the
     vectors it would otherwise wait on). The model's choice gives the tail targets no floor
@@ -1045,13 +1056,19 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
         weights = _tune_content(reference, queries, strategy, plain, policy, floors)
         progress(f"behaviour candidates are tuned from {weights} (seen {policy})")
 
-        def score(choice: dict[str, Any]) -> dict[str, float]:
+        protocols = np.array([q.protocol for q in validation])
+        per_query: dict[str, np.ndarray] = {}
+
+        def name(choice: dict[str, Any]) -> str:
             own = ("behaviour_model", "behaviour_text_map",
                    *(("behaviour_text_map_confidence",) if choice["behaviour_text_map"]
                      else ()),
                    *MODEL_GRIDS.get(choice["behaviour_model"], {}))
-            label = ", ".join(f"{k.removeprefix('behaviour_')} {choice[k]}"
-                              for k in own).lower()
+            return ", ".join(f"{k.removeprefix('behaviour_')} {choice[k]}"
+                             for k in own).lower()
+
+        def score(choice: dict[str, Any]) -> dict[str, float]:
+            label = name(choice)
             if label in tuned.behaviour_validation:
                 return tuned.behaviour_validation[label]
             candidate = Services(replace(services.settings, **choice))
@@ -1072,6 +1089,7 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                 Method("behaviour", fitted, "dynamic", strategy, seen_policy=policy),
                 validation, "behaviour"))["ndcg@10"]
             value = objective(ndcg, validation, floors)
+            per_query[label] = ndcg
             entry = tuned.behaviour_validation[label] = {
                 "objective": value, "tail": float(ndcg[tail].mean()) if tail.any() else 0.0,
                 "objective_tail_floor": value + shortfall(ndcg[tail],
@@ -1081,30 +1099,48 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
                      f"(behaviour {fitted.behaviour:g}, short {fitted.behaviour_short:g})")
             return entry
 
-        def model(name: str) -> dict[str, Any]:
-            return {"behaviour_model": name, "behaviour_text_map": False,
-                    "behaviour_text_map_confidence":
-                        services.settings.behaviour_text_map_confidence,
-                    **{k: getattr(services.settings, k) for k in MODEL_SETTINGS}}
+        def share(key: str) -> Callable[[dict[str, Any], dict[str, Any]], float]:
+            def of(challenger: dict[str, Any], incumbent: dict[str, Any]) -> float:
+                value = overtake_share(
+                    per_query[name(challenger)], per_query[name(incumbent)], protocols,
+                    floors, tail=tail if key == "objective_tail_floor" else None,
+                    tail_floor=tuned.behaviour_tail_floor or 0.0)
+                tuned.behaviour_overtakes[f"{name(challenger)} > {name(incumbent)}"] = value
+                return value
+            return of
 
-        def own_best(name: str) -> dict[str, Any]:
+        def pick(incumbent: dict[str, Any], others: list[dict[str, Any]],
+                 key: str = "objective") -> dict[str, Any]:
+            for choice in (incumbent, *others):
+                score(choice)
+            return stable_choice(incumbent, others, share(key), lambda c: score(c)[key])
+
+        shipped = tuned.behaviour_incumbent
+
+        def model(label: str) -> dict[str, Any]:
+            return {"behaviour_model": label, "behaviour_text_map": False,
+                    "behaviour_text_map_confidence": shipped["behaviour_text_map_confidence"],
+                    **{k: shipped[k] for k in MODEL_SETTINGS}}
+
+        def own_best(label: str) -> dict[str, Any]:
             """The model at its own best settings (MODEL_GRIDS, one at a time from the
-            code's defaults; ties keep the default): a model is not judged at a default
-            that does not suit it."""
-            choice = model(name)
-            for key, values in MODEL_GRIDS.get(name, {}).items():
-                choice[key] = max(values, key=lambda v: (
-                    score({**choice, key: v})["objective"], v == choice[key]))
+            ranking file's, each kept unless another value surely beats it): a model is not
+            judged at a setting that does not suit it."""
+            choice = model(label)
+            for key, values in MODEL_GRIDS.get(label, {}).items():
+                choice = pick(choice, [{**choice, key: v} for v in values if v != choice[key]])
             return choice
 
-        candidates = [own_best(name) for name in BEHAVIOUR_MODELS]
-        # Ties keep the first model.
-        best = max(candidates, key=lambda c: (score(c)["objective"], c is candidates[0]))
-        mapped = [{**best, "behaviour_text_map": True, "behaviour_text_map_confidence": c}
-                  for c in TEXT_MAP_CONFIDENCES]
-        # Ties keep no map.
-        tuned.behaviour = max([best, *mapped], key=lambda choice: (
-            score(choice)["objective_tail_floor"], choice is best))
+        held = own_best(shipped["behaviour_model"])
+        best = pick(held, [own_best(label) for label in BEHAVIOUR_MODELS
+                           if label != shipped["behaviour_model"]])
+        options = [best, *({**best, "behaviour_text_map": True,
+                            "behaviour_text_map_confidence": c} for c in TEXT_MAP_CONFIDENCES)]
+        incumbent = next((o for o in options if shipped["behaviour_text_map"]
+                          and o["behaviour_text_map"] and o["behaviour_text_map_confidence"]
+                          == shipped["behaviour_text_map_confidence"]), best)
+        tuned.behaviour = pick(incumbent, [o for o in options if o is not incumbent],
+                               "objective_tail_floor")
     chosen = Services(replace(services.settings, **tuned.behaviour))
     return chosen, behaviour.train(chosen)
 
@@ -1334,16 +1370,31 @@ def _order_strategies(evaluator: Evaluator, validation: list[data.Query], offere
 
 
 def overtake_share(challenger: np.ndarray, incumbent: np.ndarray, protocols: np.ndarray,
-                   floors: Floors, samples: int = ORDER_RESAMPLES, seed: int = 0) -> float:
+                   floors: Floors, samples: int = ORDER_RESAMPLES, seed: int = 0,
+                   tail: np.ndarray | None = None, tail_floor: float = 0.0) -> float:
     """The share of bootstrap resamples of the queries (paired) in which ``challenger``'s
-    per-query NDCG@10 makes a better objective than ``incumbent``'s."""
+    per-query NDCG@10 makes a better objective than ``incumbent``'s; with ``tail`` (a mask
+    of the queries), the objective also holds those queries to ``tail_floor``."""
     rng = np.random.default_rng(seed)
+
+    def value(ndcg: np.ndarray, idx: np.ndarray) -> float:
+        score = _objective(ndcg[idx], protocols[idx], floors)
+        return score if tail is None else score + shortfall(ndcg[idx][tail[idx]], tail_floor)
+
     wins = 0
     for _ in range(samples):
         idx = rng.integers(0, len(protocols), len(protocols))
-        wins += (_objective(challenger[idx], protocols[idx], floors)
-                 > _objective(incumbent[idx], protocols[idx], floors))
+        wins += value(challenger, idx) > value(incumbent, idx)
     return wins / samples
+
+
+def stable_choice(incumbent: T, challengers: Sequence[T], share: Callable[[T, T], float],
+                  value: Callable[[T], float], confidence: float = ORDER_CONFIDENCE) -> T:
+    """``incumbent`` (what ships), unless challengers beat it in at least ``confidence`` of
+    the resamples (``share(challenger, incumbent)``): then the one of those with the best
+    ``value``. Near-tied candidates would otherwise swap on a rerun's noise."""
+    sure = [c for c in challengers if share(c, incumbent) >= confidence]
+    return max(sure, key=value) if sure else incumbent
 
 
 def stable_order(start: Sequence[str], share: Callable[[str, str], float],

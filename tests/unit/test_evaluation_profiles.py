@@ -19,6 +19,7 @@ from plugin.evaluation.run import (
     overtake_share,
     query_time_profiles,
     shortfall,
+    stable_choice,
     stable_order,
     time_buckets,
 )
@@ -170,3 +171,28 @@ def test_a_strategy_overtakes_the_shipped_order_only_surely() -> None:
     assert order == ["c", "a", "b"]
     assert asked["b > a"] == 0.6 and asked["c > a"] == 0.97
     assert stable_order(["a", "b"], lambda x, y: shares[(x, y)])[0] == ["a", "b"]
+
+
+def test_a_behaviour_setting_replaces_the_shipped_one_only_surely() -> None:
+    values = {"shipped": 0.300, "near": 0.301, "sure": 0.310, "surer": 0.320}
+    shares = {("near", "shipped"): 0.7, ("sure", "shipped"): 0.96,
+              ("surer", "shipped"): 0.99}
+    share = lambda c, i: shares[(c, i)]  # noqa: E731
+    # A better mean on a near tie keeps what ships.
+    assert stable_choice("shipped", ["near"], share, values.__getitem__) == "shipped"
+    # Of the sure winners, the best.
+    assert stable_choice("shipped", ["near", "sure", "surer"], share,
+                         values.__getitem__) == "surer"
+    assert stable_choice("shipped", [], share, values.__getitem__) == "shipped"
+
+
+def test_the_tail_floor_counts_in_the_resampled_objective() -> None:
+    protocols = np.array(["term", "words"] * 100)
+    floors = {"term": 0.0, "words": 0.0, "refind": 0.0}
+    tail = np.arange(protocols.size) < 40
+    incumbent = np.full(protocols.size, 0.5)
+    # Better overall, far below the tail's floor on the tail targets.
+    challenger = np.where(tail, 0.3, 0.7)
+    assert overtake_share(challenger, incumbent, protocols, floors) == 1.0
+    assert overtake_share(challenger, incumbent, protocols, floors, tail=tail,
+                          tail_floor=0.5) == 0.0
