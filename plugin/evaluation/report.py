@@ -92,6 +92,16 @@ def _p(test: dict[str, float]) -> str:
     return f"{test['mean_diff']:+.4f} (p {test['p_bootstrap']:.3g} / {test['p_wilcoxon']:.3g})"
 
 
+def _setting_change(pair: str) -> str:
+    """"a > b" of two candidates' labels ("key value, key value") as what differs: "model
+    ppmi_svd over als", "als_regularization 0.5 over 2.0"."""
+    challenger, held = (dict(item.split(" ", 1) for item in label.split(", "))
+                        for label in pair.split(" > "))
+    changed = [k for k in challenger if challenger[k] != held.get(k)]
+    return ", ".join(f"{k} {challenger[k]}" for k in changed) + " over " + ", ".join(
+        f"{k} {held[k]}" for k in changed if k in held)
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """docs/evaluation.md (or the quick run's copy) and its plots, one section at a time."""
     _plots(results, out_dir)
@@ -598,8 +608,10 @@ def _ablations(results: dict[str, Any]) -> list[str]:
                   + " | ".join(f"{v[p]:.4f}" for p in (*PROTOCOLS, "tail")) + " |"
                   for name, v in choice["validation"].items()]
         if choice.get("overtakes"):
-            lines += ["", "Challenger over the setting held, share of resamples: " + "; ".join(
-                f"{pair} {share:.0%}" for pair, share in choice["overtakes"].items()) + "."]
+            lines += ["", "Share of resamples in which a challenger beat the setting held "
+                      "(what differs between them): " + "; ".join(
+                          f"{_setting_change(pair)} {share:.1%}"
+                          for pair, share in choice["overtakes"].items()) + "."]
         lines += ["", "Chosen: " + ", ".join(f"`{k.removeprefix('behaviour_')}` {v}"
                                              for k, v in choice["chosen"].items()) + "."]
     lines += _support(results)

@@ -196,3 +196,15 @@ def test_the_tail_floor_counts_in_the_resampled_objective() -> None:
     assert overtake_share(challenger, incumbent, protocols, floors) == 1.0
     assert overtake_share(challenger, incumbent, protocols, floors, tail=tail,
                           tail_floor=0.5) == 0.0
+
+
+def test_the_report_names_what_differs_between_two_behaviour_candidates() -> None:
+    from plugin.evaluation.report import _setting_change
+
+    held = "model als, text_map false, als_regularization 2.0, min_interactions 3"
+    assert _setting_change(f"model ppmi_svd, text_map false > {held}") == (
+        "model ppmi_svd over model als")
+    assert _setting_change(
+        f"model als, text_map true, text_map_confidence 0.3, als_regularization 2.0, "
+        f"min_interactions 3 > {held}"
+    ) == "text_map true, text_map_confidence 0.3 over text_map false"
