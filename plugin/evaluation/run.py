@@ -1011,15 +1011,15 @@ def _behaviour(services: Services, corpus: Corpus, strategy: str, tuned: Tuned,
     unless another surely beats it (``stable_choice``, as the strategy order does): reruns
     of the same code chose different models on near ties. The score is the tuning objective
     (``objective``: the discovery protocols' mean, held to each protocol's floor), so a
-    model is not chosen for finding
-    again what the user knows at the cost of what is new; the floors here are ``strategy``'s
-    non-personalized default's and BM25 + popularity's (the comparator is tuned after the
-    vectors it would otherwise wait on). The model's choice gives the tail targets no floor
-    of their own: tried, it chose one user a document for a vector, and the leak bound
-    traced that choice's gain to other users' later events. The map's step (each of
-    TEXT_MAP_CONFIDENCES, or none) does: the map exists for the documents with too few
-    users, and it reads their text, not their users, so the tail targets are held to their
-    floor (the best non-personalized ranking on them) like a protocol.
+    model is not chosen for finding again what the user knows at the cost of what is new;
+    the floors here are ``strategy``'s non-personalized default's and BM25 + popularity's
+    (the comparator is tuned after the vectors it would otherwise wait on). The model's
+    choice gives the tail targets no floor of their own: tried, it chose one user a document
+    for a vector, and the leak bound traced that choice's gain to other users' later events.
+    The map's step (each of TEXT_MAP_CONFIDENCES, or none) does: the map exists for the
+    documents with too few users, and it reads their text, not their users, so the tail
+    targets are held to their floor (the best non-personalized ranking on them) like a
+    protocol.
 
     The candidates share every term search but the behaviour terms' (``TermStore``): each
     training rewrites the documents, which moves BM25's statistics and the kNN graphs a
