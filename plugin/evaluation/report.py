@@ -94,7 +94,7 @@ def _p(test: dict[str, float]) -> str:
 
 def _setting_change(pair: str) -> str:
     """"a > b" of two candidates' labels ("key value, key value") as what differs: "model
-    ppmi_svd over als", "als_regularization 0.5 over 2.0"."""
+    ppmi_svd over model als", "als_regularization 0.5 over als_regularization 2.0"."""
     challenger, held = (dict(item.split(" ", 1) for item in label.split(", "))
                         for label in pair.split(" > "))
     changed = [k for k in challenger if challenger[k] != held.get(k)]
