@@ -121,17 +121,13 @@ def ease_scorer(sequences: Mapping[str, list[str]], penalty: float = EASE_PENALT
 def cold_content_scorer(embeddings: Mapping[str, FloatArray],
                         rated: Mapping[str, Mapping[str, float]],
                         behaviour_vectors: Mapping[str, FloatArray]) -> Scorer:
-    """The user's content profile (the weighted sum of their rated documents' text vectors)
+    """The user's content profile (the folded form over their rated documents' text vectors)
     scored by cosine on the documents without a behaviour vector; 0 on the others."""
+    content = folded_vector_scorer(embeddings, rated)
+
     def score(user: str, candidates: list[str]) -> FloatArray:
-        parts = [w * embeddings[d] for d, w in rated[user].items() if d in embeddings]
-        if not parts:
-            return np.zeros(len(candidates))
-        total = np.sum(parts, axis=0)
-        total = total / (np.linalg.norm(total) or 1.0)
-        return np.array([float(embeddings[d] @ total)
-                         if d in embeddings and d not in behaviour_vectors else 0.0
-                         for d in candidates])
+        cold = np.array([d not in behaviour_vectors for d in candidates], dtype=np.float64)
+        return content(user, candidates) * cold
     return score
 
 
