@@ -44,6 +44,7 @@ from plugin.embedding import get_embedder
 from plugin.evaluation import data, metrics
 from plugin.evaluation.run import TAIL_USERS
 from plugin.events import positive_sequences_of
+from plugin.interest import interest_vector, replay
 from plugin.pipeline.behaviour import frequent_documents, learn_vectors, users_per_document
 from plugin.progress import progress
 
@@ -151,7 +152,7 @@ def ceiling_table(users: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """``models``: each arm's MRR@100 and NDCG@10 on the validation discovery queries, and its
     difference from popularity alone (95% bootstrap interval, one-sided p); ``tail``: ALS's
     arm with each content weight on documents without a behaviour vector, overall and on
-    the tail targets, against the same arm without it."""
+    the tail targets, against the same arm without it; ``dynamic``: ``dynamic_table``."""
     split, movies = data.split(users=users)
     rating_events = [e for e in split.train if "weight" in e]
     sequences = positive_sequences_of(rating_events)
@@ -217,7 +218,7 @@ def ceiling_table(users: int | None = None) -> dict[str, list[dict[str, Any]]]:
                          "mrr_diff_ci": metrics.bootstrap_ci(diff),
                          "p": metrics.paired_test(arm["mrr"], baseline["mrr"])["p_bootstrap"]})
     return {"models": rows, "tail": _tail_rows(ranks, tail_of),
-            "dynamic": dynamic_table(split, movies, als_vectors, settings)}
+            "dynamic": dynamic_table(split, likes, matches, als_vectors, settings)}
 
 
 def _tail_rows(ranks: Mapping[tuple[str, str, float, float], list[int | None]],
@@ -253,35 +254,34 @@ def _tail_rows(ranks: Mapping[tuple[str, str, float, float], list[int | None]],
 
 
 def decayed_vector(events: list[dict[str, Any]], vectors: Mapping[str, FloatArray],
-                   half_life_s: float | None, now: float, last: int | None = None
-                   ) -> FloatArray | None:
-    """The interest vector over the rated documents' behaviour vectors: the sum of weight x
-    2^(-(now - t)/half-life) x vector (README, "Interest model"; no decay without a
-    half-life), unit length; with ``last``, the mean of the last ``last`` liked documents'
-    vectors instead. None where nothing counts."""
+                   half_life_s: float | None, last: int | None = None) -> FloatArray | None:
+    """The user's interest vector over their rated documents' behaviour vectors, folded as
+    the workers fold it (``plugin.interest.replay``, ``interest_vector``) at ``half_life_s``;
+    with ``last``, the mean of the last ``last`` liked documents' vectors instead. None where
+    nothing counts."""
     rated = [e for e in events if "weight" in e and e["doc_id"] in vectors]
-    if last is not None:
-        liked = [e for e in rated if float(e["weight"]) > 0][-last:]
-        parts = [vectors[e["doc_id"]] for e in liked]
-    else:
-        parts = [float(e["weight"]) * (2.0 ** (-(now - float(e["timestamp"])) / half_life_s)
-                                       if half_life_s else 1.0) * vectors[e["doc_id"]]
-                 for e in rated]
-    if not parts:
+    if last is None:
+        if not rated or half_life_s is None:
+            return None
+        dims = len(vectors[rated[0]["doc_id"]])
+        state = replay(((float(e["timestamp"]), float(e["weight"]), vectors[e["doc_id"]])
+                        for e in rated), dims, half_life_s)
+        vector = interest_vector(state)
+        return None if vector is None else vector.astype(np.float64)
+    liked = [vectors[e["doc_id"]] for e in rated if float(e["weight"]) > 0][-last:]
+    if not liked:
         return None
-    total = np.sum(parts, axis=0)
+    total = np.sum(liked, axis=0)
     norm = float(np.linalg.norm(total))
     return total / norm if norm > 0 else None
 
 
-def dynamic_table(split: data.Split, movies: list[dict[str, Any]],
-                  vectors: Mapping[str, FloatArray], settings: Settings
-                  ) -> list[dict[str, Any]]:
+def dynamic_table(split: data.Split, likes: Mapping[str, int],
+                  matches: Callable[[str], set[str]], vectors: Mapping[str, FloatArray],
+                  settings: Settings) -> list[dict[str, Any]]:
     """Per short-term form, dynamic against static: each arm's NDCG@10 at its best long and
-    short weights, the paired difference with its interval and p-values."""
-    rating_events = [e for e in split.train if "weight" in e]
-    likes = users_per_document(positive_sequences_of(rating_events))
-    matches = _matches(movies)
+    short weights, the paired difference with its interval and p-values (``likes``: each
+    document's training users; ``matches``: a query's matching documents)."""
     long_s, short_s = settings.half_life_long_s, settings.half_life_short_s
     forms: dict[str, tuple[float | None, int | None]] = {
         "none": (None, None), f"half-life {short_s:g} s (shipped)": (short_s, None),
@@ -298,15 +298,14 @@ def dynamic_table(split: data.Split, movies: list[dict[str, Any]],
         target = candidates.index(query.movie_id)
         popular = _scaled(np.array([math.log1p(likes.get(d, 0)) for d in candidates]))
         matrix = np.array([vectors.get(d, none) for d in candidates])
-        frozen_at = float(static[-1]["timestamp"]) if static else 0.0
-        for profile, events, now in (("static", static, frozen_at),
-                                     ("dynamic", before, float(query.timestamp))):
-            long = decayed_vector(events, vectors, long_s, now)
-            long_scores = _scaled(matrix @ long) if long is not None else popular * 0
+        for profile, events in (("static", static), ("dynamic", before)):
+            long = decayed_vector(events, vectors, long_s)
+            long_scores = _scaled(matrix @ long) if long is not None else np.zeros_like(popular)
             for form, (half_life, last) in forms.items():
-                short = (decayed_vector(events, vectors, half_life, now, last)
+                short = (decayed_vector(events, vectors, half_life, last)
                          if form != "none" else None)
-                short_scores = _scaled(matrix @ short) if short is not None else popular * 0
+                short_scores = (_scaled(matrix @ short) if short is not None
+                                else np.zeros_like(popular))
                 for wl, ws in itertools.product(LONG_WEIGHTS, SHORT_WEIGHTS
                                                 if form != "none" else (0.0,)):
                     ranks[(profile, form, wl, ws)].append(_rank(
@@ -395,7 +394,7 @@ def _dynamic_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
     """The report: what was measured, then one row per protocol and arm, then the tail's
-    table (where it was measured)."""
+    and the dynamic profiles' tables (where they were measured)."""
     rows = tables["models"]
     counts = {row["protocol"]: row["queries"] for row in rows}
     header = HEADER.format(queries=", ".join(f"{p} {n}" for p, n in counts.items()),
@@ -418,8 +417,8 @@ def markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
                                         queries=tail[0]["queries"],
                                         tail_users=TAIL_USERS).rstrip("\n") + "\n")
         tail_columns = ("content weight", "behaviour weight (best)", "MRR@100", "NDCG@10",
-                   "NDCG@10 difference", "tail NDCG@10", "tail MRR@100",
-                   "tail difference [95% CI]", "p")
+                        "NDCG@10 difference", "tail NDCG@10", "tail MRR@100",
+                        "tail difference [95% CI]", "p")
         lines += ["| " + " | ".join(tail_columns) + " |",
                   "|" + " --- |" * len(tail_columns)]
         for row in tail:
@@ -443,8 +442,8 @@ def markdown(tables: Mapping[str, list[dict[str, Any]]]) -> str:
 def main(users: int | None, out: Path | None) -> None:
     """How much a better behaviour model could add over popularity on discovery queries
     (validation period; offline, no engine): the shipped one-vector form against full-rank
-    EASE, each at its best blend weight; and on tail targets, ALS's arm with a content term on
-    the documents without a behaviour vector."""
+    EASE, each at its best blend weight; on tail targets, ALS's arm with a content term on
+    the documents without a behaviour vector; and dynamic against static profiles."""
     table = markdown(ceiling_table(users))
     click.echo(table)
     if out is not None:

@@ -83,16 +83,16 @@ def test_the_decayed_vector_weighs_recent_events_more_and_the_last_liked_form_co
               {"doc_id": "b", "weight": -1.0, "timestamp": 10, "note": "a dislike"},
               {"doc_id": "a", "type": "comment", "timestamp": 20}]  # no weight: not rated
     # One half-life apart: "a" counts half of "b"'s like, which the dislike cancels.
-    vector = decayed_vector(events[:2], vectors, 10.0, now=10.0)
+    vector = decayed_vector(events[:2], vectors, 10.0)
     assert vector is not None
     np.testing.assert_allclose(vector, np.array([0.5, 1.0]) / np.sqrt(1.25))
-    only_a = decayed_vector(events[:3], vectors, 10.0, now=10.0)
+    only_a = decayed_vector(events[:3], vectors, 10.0)
     assert only_a is not None
     np.testing.assert_allclose(only_a, [1.0, 0.0])
-    last = decayed_vector(events, vectors, None, now=20.0, last=1)
+    last = decayed_vector(events, vectors, None, last=1)
     assert last is not None
     np.testing.assert_allclose(last, [0.0, 1.0])
-    assert decayed_vector(events[3:], vectors, 10.0, now=20.0) is None
+    assert decayed_vector(events[3:], vectors, 10.0) is None
 
 
 def test_the_dynamic_table_shows_both_profiles_and_their_difference() -> None:
